@@ -1,0 +1,94 @@
+"""pydistributed: Julia's ``Distributed`` standard library, for Python.
+
+A master process (id 1) and worker processes; remote calls and Futures, RemoteChannels, worker
+pools and ``pmap``. The public API is re-exported here; see ``docs/julia-to-python.md``.
+"""
+
+from .channels import AbstractChannel, Channel
+from .cluster import cluster_cookie
+from .errors import (
+    CapturedException,
+    CompositeException,
+    InterruptException,
+    ProcessExitedException,
+    RemoteException,
+)
+from .ids import RRID
+from .managers.base import ClusterManager, DefaultClusterManager, WorkerConfig
+from .managers.local import LocalManager
+from .managers.ssh import SSHManager
+from .processes import (
+    addprocs,
+    init_worker,
+    interrupt,
+    myid,
+    nprocs,
+    nworkers,
+    process_messages,
+    procs,
+    rmprocs,
+    start_worker,
+    worker_id_from_socket,
+    workers,
+)
+from .remotecall import remote_do, remotecall, remotecall_fetch, remotecall_wait
+from .remoteref import (
+    Future,
+    RemoteChannel,
+    channel_from_id,
+    fetch,
+    isready,
+    put,
+    remoteref_id,
+    take,
+    wait,
+)
+from .tasks import Task, async_, sync, timedwait
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RRID",
+    "AbstractChannel",
+    "CapturedException",
+    "Channel",
+    "ClusterManager",
+    "CompositeException",
+    "DefaultClusterManager",
+    "Future",
+    "InterruptException",
+    "LocalManager",
+    "ProcessExitedException",
+    "RemoteChannel",
+    "RemoteException",
+    "SSHManager",
+    "Task",
+    "WorkerConfig",
+    "addprocs",
+    "async_",
+    "channel_from_id",
+    "cluster_cookie",
+    "fetch",
+    "init_worker",
+    "interrupt",
+    "isready",
+    "myid",
+    "nprocs",
+    "nworkers",
+    "process_messages",
+    "procs",
+    "put",
+    "remote_do",
+    "remotecall",
+    "remotecall_fetch",
+    "remotecall_wait",
+    "remoteref_id",
+    "rmprocs",
+    "start_worker",
+    "sync",
+    "take",
+    "timedwait",
+    "wait",
+    "worker_id_from_socket",
+    "workers",
+]

@@ -1,0 +1,7 @@
+"""``python -m pydistributed``: the same as the ``pydist`` command."""
+
+import sys
+
+from pydistributed.cli import main
+
+sys.exit(main())

@@ -1,0 +1,459 @@
+"""Local, thread-safe channels: Julia's ``AbstractChannel`` and ``Channel``.
+
+``Channel(size)`` is a first-in, first-out queue shared by threads, with Julia's semantics:
+
+* ``Channel(0)`` is a rendezvous: ``put`` returns only once a ``take`` has received its value.
+* ``Channel(n)`` buffers up to ``n`` values; ``put`` blocks while the buffer is full.
+* ``Channel(math.inf)`` never blocks ``put``.
+
+``close()`` stops further ``put``; values already buffered can still be taken, after which
+``take``/``fetch``/``wait`` raise :class:`~pydistributed.errors.ChannelClosedError`. Iterating
+a channel takes values until it is closed and empty.
+
+How the rendezvous works (all under one lock)::
+
+    put(v):  a taker is waiting?  yes -> hand v to that taker (its _Request), return
+                                  no  -> post an _Offer(v), wait until a taker marks it taken
+    take():  an offer is posted?  yes -> mark the first offer taken, wake its putter, return v
+                                  no  -> post a _Request, wait until a putter fills it
+
+So offers and requests are never both pending. A putter that gives up (timeout, ``close``, an
+exception such as ``KeyboardInterrupt``) withdraws its offer under the lock, so a value whose
+``put`` did not return normally is never delivered. A taker that gives up after its request
+was filled hands the value back to the front of the channel, so no value is lost.
+
+Every blocking method takes ``timeout`` (seconds, ``None`` = forever), computes one monotonic
+deadline and raises the builtin :class:`TimeoutError` once it has passed; a negative timeout
+polls. This module does no I/O and imports nothing above :mod:`pydistributed.errors`.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import operator
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import ChannelClosedError
+
+__all__ = ["AbstractChannel", "Channel"]
+
+
+class AbstractChannel(abc.ABC):
+    """The channel methods, as a base class for channel types of your own.
+
+    ``RemoteChannel(f, pid)`` accepts anything that implements these methods. A subclass
+    implements the abstract methods and inherits iteration, which calls :meth:`take` until it
+    raises :class:`~pydistributed.errors.ChannelClosedError`.
+    """
+
+    @abc.abstractmethod
+    def put(self, value: Any, timeout: float | None = None) -> Any:
+        """Add ``value`` to the channel.
+
+        Blocks while the channel cannot accept the value (full, or unbuffered with no taker).
+        The return value is unspecified; :class:`Channel` returns ``None``.
+
+        Raises:
+            ChannelClosedError: the channel is closed (also if it closes while blocked).
+            TimeoutError: ``timeout`` seconds passed first; the value was not added.
+        """
+
+    @abc.abstractmethod
+    def take(self, timeout: float | None = None) -> Any:
+        """Remove and return the first value.
+
+        Blocks until a value is available.
+
+        Raises:
+            ChannelClosedError: the channel is closed and empty (also if it becomes so while
+                blocked). Iteration relies on this.
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+
+    @abc.abstractmethod
+    def fetch(self, timeout: float | None = None) -> Any:
+        """Return the first value without removing it.
+
+        Blocks until a value is available.
+
+        Raises:
+            ChannelClosedError: the channel is closed and empty.
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+
+    @abc.abstractmethod
+    def isready(self) -> bool:
+        """Whether a value can be taken now, without blocking. Never blocks."""
+
+    @abc.abstractmethod
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until a value is available, without taking it.
+
+        Raises:
+            ChannelClosedError: the channel is closed and empty.
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close the channel: further ``put`` raises. Idempotent; wakes every blocked caller."""
+
+    @abc.abstractmethod
+    def isopen(self) -> bool:
+        """Whether the channel is still open. Never blocks."""
+
+    def __iter__(self) -> Iterator[Any]:
+        """Take values until the channel is closed and empty, then stop.
+
+        Each step blocks in :meth:`take` (without timeout) while the channel is open and empty.
+        """
+        while True:
+            try:
+                value = self.take()
+            except ChannelClosedError:
+                return
+            yield value
+
+
+class _Offer:
+    """A value posted by a putter blocked on a rendezvous channel.
+
+    ``cond`` is ``None`` for a value handed back by an interrupted taker: its putter has
+    already returned, so the channel owns the value and nobody is waiting for it.
+    """
+
+    __slots__ = ("cond", "taken", "value")
+
+    def __init__(self, value: Any, cond: threading.Condition | None) -> None:
+        self.value = value
+        self.cond = cond
+        self.taken = False
+
+
+class _Request:
+    """A taker blocked on a rendezvous channel, waiting for a putter to fill it."""
+
+    __slots__ = ("cond", "filled", "value")
+
+    def __init__(self, cond: threading.Condition) -> None:
+        self.cond = cond
+        self.filled = False
+        self.value: Any = None
+
+
+def _check_size(size: Any) -> int | float:
+    """Return ``size`` as an ``int`` or ``math.inf``; raise ``ValueError`` for anything else."""
+    if isinstance(size, bool):
+        raise ValueError(f"Channel size must be a non-negative int or math.inf, not {size!r}")
+    if isinstance(size, float) and size == math.inf:
+        return math.inf
+    try:
+        n = operator.index(size)
+    except TypeError:
+        raise ValueError(
+            f"Channel size must be a non-negative int or math.inf, not {size!r}"
+        ) from None
+    if n < 0:
+        raise ValueError(f"Channel size must be a non-negative int or math.inf, not {size!r}")
+    return n
+
+
+def _deadline(timeout: float | None) -> float | None:
+    """The monotonic time at which a call with ``timeout`` gives up (``None``: never)."""
+    if timeout is None:
+        return None
+    t = float(timeout)
+    if math.isnan(t):
+        raise ValueError("timeout must be a number of seconds or None, not NaN")
+    if t == math.inf:
+        return None
+    return time.monotonic() + max(t, 0.0)
+
+
+def _wait(
+    cond: threading.Condition, deadline: float | None, op: str, timeout: float | None
+) -> None:
+    """Wait on ``cond`` (held) once; raise ``TimeoutError`` if ``deadline`` has passed.
+
+    Callers loop, re-checking their condition after every wakeup *before* calling this
+    again, so a wakeup that races with the deadline is never wasted.
+    """
+    if deadline is None:
+        cond.wait()
+        return
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError(f"Channel.{op} timed out after {timeout} s")
+    cond.wait(min(remaining, threading.TIMEOUT_MAX))
+
+
+class Channel(AbstractChannel):
+    """A local, thread-safe FIFO channel (Julia's ``Channel{Any}(size)``).
+
+    Args:
+        size: the capacity: ``0`` for an unbuffered (rendezvous) channel, a positive ``int``
+            for a bounded buffer, ``math.inf`` for an unbounded one.
+
+    Raises:
+        ValueError: ``size`` is not a non-negative ``int`` or ``math.inf`` (a ``bool`` is not a
+            size).
+
+    Many threads may put and take concurrently; every value is taken exactly once, in the
+    order the puts completed.
+    """
+
+    def __init__(self, size: int | float = 0) -> None:
+        self._size: int | float = _check_size(size)
+        # An RLock, not a Lock: Condition.wait then restores the lock with RLock's C method
+        # rather than a Python one, so a KeyboardInterrupt (or an asynchronous exception)
+        # arriving as the wait ends cannot leave this thread without the lock it must release.
+        self._lock = threading.RLock()
+        self._not_empty = threading.Condition(self._lock)  # takers of a buffered channel
+        self._not_full = threading.Condition(self._lock)  # putters of a bounded channel
+        self._readable = threading.Condition(self._lock)  # fetch() and wait()
+        self._buffer: deque[Any] = deque()
+        self._offers: deque[_Offer] = deque()  # size 0: values of blocked putters, in order
+        self._requests: deque[_Request] = deque()  # size 0: blocked takers, in order
+        self._open = True
+
+    # -- queries ---------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int | float:
+        """The capacity: ``0`` (unbuffered), a positive ``int``, or ``math.inf``."""
+        return self._size
+
+    def n_avail(self) -> int:
+        """How many values can be taken now (for size 0: how many putters are waiting)."""
+        with self._lock:
+            return self._n_avail()
+
+    def _n_avail(self) -> int:
+        return len(self._offers) if self._size == 0 else len(self._buffer)
+
+    def isready(self) -> bool:
+        """Whether a value can be taken now (for size 0: a putter is waiting). Never blocks."""
+        with self._lock:
+            return self._n_avail() > 0
+
+    def isopen(self) -> bool:
+        """Whether the channel is still open. Never blocks."""
+        return self._open
+
+    def __repr__(self) -> str:
+        with self._lock:
+            state = "open" if self._open else "closed"
+            return f"Channel(size={self._size}, avail={self._n_avail()}, {state})"
+
+    # -- put -------------------------------------------------------------------------------
+
+    def put(self, value: Any, timeout: float | None = None) -> None:
+        """Add ``value`` at the end of the channel.
+
+        Blocks on an unbuffered channel until a ``take`` receives the value, and on a full
+        bounded channel until there is room. Never blocks on an unbounded channel.
+
+        Args:
+            value: any object; it is stored as is, not copied.
+            timeout: seconds to wait at most; ``None`` waits forever, ``<= 0`` polls.
+
+        Raises:
+            ChannelClosedError: the channel is closed, or closed while this call was blocked;
+                the value was not added.
+            TimeoutError: the timeout passed first; the value was not added and will never
+                be delivered.
+        """
+        deadline = _deadline(timeout)
+        with self._lock:
+            if not self._open:
+                raise ChannelClosedError("put on a closed channel")
+            if self._size == 0:
+                self._put_rendezvous(value, deadline, timeout)
+                return
+            if self._size != math.inf:
+                try:
+                    while len(self._buffer) >= self._size:
+                        _wait(self._not_full, deadline, "put", timeout)
+                        # Checked after every wakeup: room freed after close() is no licence.
+                        if not self._open:
+                            raise ChannelClosedError("channel closed while put was blocked")
+                except BaseException:
+                    # We may have consumed a wakeup meant for "there is room": pass it on.
+                    if self._open and len(self._buffer) < self._size:
+                        self._not_full.notify()
+                    raise
+            self._buffer.append(value)
+            self._not_empty.notify()
+            self._readable.notify_all()
+
+    def _put_rendezvous(self, value: Any, deadline: float | None, timeout: float | None) -> None:
+        # Lock held, channel open.
+        if self._requests:
+            request = self._requests.popleft()
+            request.value = value
+            request.filled = True
+            request.cond.notify()
+            return
+        offer = _Offer(value, threading.Condition(self._lock))
+        self._offers.append(offer)
+        self._readable.notify_all()
+        try:
+            while not offer.taken:
+                if not self._open:
+                    raise ChannelClosedError("channel closed while put was blocked")
+                assert offer.cond is not None
+                _wait(offer.cond, deadline, "put", timeout)
+        finally:
+            if not offer.taken:
+                # Withdraw: a put that did not return normally must never deliver its value.
+                # close() may already have removed it.
+                try:
+                    self._offers.remove(offer)
+                except ValueError:
+                    pass
+
+    # -- take ------------------------------------------------------------------------------
+
+    def take(self, timeout: float | None = None) -> Any:
+        """Remove and return the first value.
+
+        Blocks until a value is available (for size 0: until a ``put`` offers one).
+
+        Args:
+            timeout: seconds to wait at most; ``None`` waits forever, ``<= 0`` polls.
+
+        Raises:
+            ChannelClosedError: the channel is closed and empty, or became so while blocked.
+            TimeoutError: the timeout passed first; nothing was taken.
+        """
+        deadline = _deadline(timeout)
+        with self._lock:
+            if self._size == 0:
+                return self._take_rendezvous(deadline, timeout)
+            try:
+                while not self._buffer:
+                    if not self._open:
+                        raise ChannelClosedError("take on a closed, empty channel")
+                    _wait(self._not_empty, deadline, "take", timeout)
+            except BaseException:
+                # We may have consumed a wakeup meant for "a value arrived": pass it on.
+                if self._buffer:
+                    self._not_empty.notify()
+                raise
+            value = self._buffer.popleft()
+            if self._size != math.inf:
+                self._not_full.notify()
+            return value
+
+    def _take_rendezvous(self, deadline: float | None, timeout: float | None) -> Any:
+        # Lock held.
+        if self._offers:
+            offer = self._offers.popleft()
+            offer.taken = True
+            if offer.cond is not None:
+                offer.cond.notify()
+            return offer.value
+        if not self._open:
+            raise ChannelClosedError("take on a closed, empty channel")
+        request = _Request(threading.Condition(self._lock))
+        self._requests.append(request)
+        try:
+            while not request.filled:
+                if not self._open:
+                    raise ChannelClosedError("channel closed while take was blocked")
+                _wait(request.cond, deadline, "take", timeout)
+        except BaseException:
+            if request.filled:
+                # Interrupted after a putter handed us its value (whose put has returned):
+                # give the value back to the front of the channel rather than lose it.
+                self._hand_back(request.value)
+            raise
+        finally:
+            if not request.filled:
+                try:
+                    self._requests.remove(request)
+                except ValueError:
+                    pass
+        return request.value
+
+    def _hand_back(self, value: Any) -> None:
+        # Lock held. Keeps the invariant that offers and requests are never both pending.
+        if self._requests:
+            request = self._requests.popleft()
+            request.value = value
+            request.filled = True
+            request.cond.notify()
+        else:
+            self._offers.appendleft(_Offer(value, None))
+            self._readable.notify_all()
+
+    # -- fetch / wait ----------------------------------------------------------------------
+
+    def fetch(self, timeout: float | None = None) -> Any:
+        """Return the first value without removing it.
+
+        Blocks until a value is available; for size 0, until a ``put`` is offering one (which
+        stays offered: the putter keeps waiting for a ``take``).
+
+        Args:
+            timeout: seconds to wait at most; ``None`` waits forever, ``<= 0`` polls.
+
+        Raises:
+            ChannelClosedError: the channel is closed and empty, or became so while blocked.
+            TimeoutError: the timeout passed first.
+        """
+        deadline = _deadline(timeout)
+        with self._lock:
+            self._wait_ready(deadline, "fetch", timeout)
+            return self._offers[0].value if self._size == 0 else self._buffer[0]
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until a value is available (``isready()``), without taking it.
+
+        Args:
+            timeout: seconds to wait at most; ``None`` waits forever, ``<= 0`` polls.
+
+        Raises:
+            ChannelClosedError: the channel is closed and empty, or became so while blocked.
+            TimeoutError: the timeout passed first.
+        """
+        deadline = _deadline(timeout)
+        with self._lock:
+            self._wait_ready(deadline, "wait", timeout)
+
+    def _wait_ready(self, deadline: float | None, op: str, timeout: float | None) -> None:
+        # Lock held. Peekers are woken with notify_all, so no wakeup can be lost here.
+        while not self._n_avail():
+            if not self._open:
+                raise ChannelClosedError(f"{op} on a closed, empty channel")
+            _wait(self._readable, deadline, op, timeout)
+
+    # -- close -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the channel. Idempotent; never blocks.
+
+        Further ``put`` raises ``ChannelClosedError``; a ``put`` blocked now raises it too, and
+        its value is not delivered. Buffered values can still be taken; once the channel is
+        empty, ``take``, ``fetch`` and ``wait`` raise ``ChannelClosedError``.
+        """
+        with self._lock:
+            if not self._open:
+                return
+            self._open = False
+            # Offers of blocked putters are withdrawn now, so no taker can get them between
+            # close() and their putters waking up to raise. Handed-back values stay.
+            for offer in self._offers:
+                if offer.cond is not None:
+                    offer.cond.notify()
+            self._offers = deque(o for o in self._offers if o.cond is None)
+            for request in self._requests:
+                request.cond.notify()
+            self._not_empty.notify_all()
+            self._not_full.notify_all()
+            self._readable.notify_all()

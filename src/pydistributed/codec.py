@@ -1,0 +1,183 @@
+"""Messages <-> frames. Touches no socket.
+
+``encode(msg)`` gives ``[header, body, *buffers]``:
+
+- the header is ``struct "!Bqqq"``: the message's ``TAG`` and its up to three integer header
+  fields (zeros where unused);
+- the body is the tuple of the message's ``BODY`` fields, pickled with cloudpickle and pickle
+  protocol 5 (functions defined in ``__main__``, lambdas and closures travel by value,
+  functions of importable modules by reference);
+- the buffers are the out-of-band buffers of protocol 5 of at least ``OOB_THRESHOLD`` bytes
+  (numpy arrays, ``bytearray``, ``PickleBuffer``): they are never copied into the pickle.
+  Exact ``bytes`` do not take that path in pickle itself; :func:`oob` wraps a large ``bytes``
+  argument so that it does.
+
+``decode(frames)`` gives the message back. When the header is fine but the body cannot be
+unpickled (a class the receiver does not have, a broken ``__reduce__``) it raises
+:class:`DecodeError`, which still carries the tag and the header fields, so the receiver can
+answer the right caller with the error instead of dropping the connection.
+
+While a message is encoded, :func:`encoding_target` tells ``__reduce__`` methods which process
+it is going to, and :func:`note_ref` collects the remote references it carries, so that the
+sender can announce them to their owners first.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import threading
+from typing import Any
+
+import cloudpickle
+
+from .errors import ProtocolError
+from .messages import MESSAGE_TYPES, Message
+
+__all__ = [
+    "OOB_THRESHOLD",
+    "DecodeError",
+    "decode",
+    "dumps",
+    "encode",
+    "encoding_target",
+    "loads",
+    "note_ref",
+    "oob",
+]
+
+OOB_THRESHOLD = 64 * 1024
+_HEADER = struct.Struct("!Bqqq")
+
+
+class DecodeError(ProtocolError):
+    """The body of a message could not be unpickled; ``tag`` and ``header`` are still known."""
+
+    def __init__(self, tag: int, header: dict[str, int], cause: BaseException) -> None:
+        super().__init__(f"cannot decode a {_name(tag)} message: {type(cause).__name__}: {cause}")
+        self.tag = tag
+        self.header = header
+        self.cause = cause
+
+
+def _name(tag: int) -> str:
+    cls = MESSAGE_TYPES.get(tag)
+    return cls.__name__ if cls else f"unknown (tag {tag})"
+
+
+class _Context(threading.local):
+    target: int | None = None
+    refs: list[Any] | None = None
+
+
+_ctx = _Context()
+
+
+def encoding_target() -> int | None:
+    """The pid a message being encoded on this thread goes to (None outside encoding)."""
+    return _ctx.target
+
+
+def note_ref(ref: Any) -> None:
+    """Record that the message being encoded on this thread carries the reference ``ref``."""
+    if _ctx.refs is not None:
+        _ctx.refs.append(ref)
+
+
+class _BigBytes:
+    """Carries a large ``bytes`` out of band (pickle keeps exact ``bytes`` in band)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (bytes, (pickle.PickleBuffer(self.data),))
+
+
+def oob(value: Any) -> Any:
+    """Return ``value``, wrapped so that a large exact ``bytes`` travels out of band."""
+    if type(value) is bytes and len(value) >= OOB_THRESHOLD:
+        return _BigBytes(value)
+    return value
+
+
+def dumps(obj: Any, buffers: list[Any] | None = None) -> bytes:
+    """Pickle ``obj`` with cloudpickle; large buffers go to ``buffers`` when it is given."""
+    if buffers is None:
+        return cloudpickle.dumps(obj, protocol=5)
+
+    def keep_in_band(buf: pickle.PickleBuffer) -> bool:
+        if buf.raw().nbytes < OOB_THRESHOLD:
+            return True
+        buffers.append(buf)
+        return False
+
+    return cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_in_band)
+
+
+def loads(data: Any, buffers: list[Any] | None = None) -> Any:
+    """Unpickle what :func:`dumps` made."""
+    return pickle.loads(data, buffers=buffers or ())
+
+
+def encode(msg: Message, target: int | None = None) -> tuple[list[Any], list[Any]]:
+    """Encode ``msg`` for process ``target``.
+
+    Returns:
+        ``(frames, refs)``: the frames to write, and the remote references the body carries.
+
+    Raises:
+        Whatever pickling raises (``PicklingError``, ``TypeError``...): nothing was sent.
+    """
+    cls = type(msg)
+    h = [getattr(msg, name) for name in cls.HEADER]
+    h += [0] * (3 - len(h))
+    header = _HEADER.pack(cls.TAG, *h)
+    if not cls.BODY:
+        return [header, b""], []
+    body = tuple(getattr(msg, name) for name in cls.BODY)
+    buffers: list[Any] = []
+    refs: list[Any] = []
+    saved = (_ctx.target, _ctx.refs)
+    _ctx.target, _ctx.refs = target, refs
+    try:
+        data = dumps(body, buffers)
+    finally:
+        _ctx.target, _ctx.refs = saved
+    return [header, data, *(b.raw() for b in buffers)], refs
+
+
+def decode_header(frames: list[Any]) -> tuple[int, dict[str, int]]:
+    """The tag and header fields of a message, without touching its body."""
+    head = frames[0]
+    if len(head) != _HEADER.size:
+        raise ProtocolError(f"bad header of {len(head)} bytes")
+    tag, a, b, c = _HEADER.unpack(head)
+    cls = MESSAGE_TYPES.get(tag)
+    if cls is None:
+        raise ProtocolError(f"unknown message tag {tag}")
+    return tag, dict(zip(cls.HEADER, (a, b, c)))
+
+
+def decode(frames: list[Any]) -> Message:
+    """Decode a message.
+
+    Raises:
+        ProtocolError: the header is garbled (the connection cannot be trusted any more).
+        DecodeError: the header is fine but the body is not; it carries the header.
+    """
+    if len(frames) < 2:
+        raise ProtocolError("a message has a header and a body")
+    tag, header = decode_header(frames)
+    cls = MESSAGE_TYPES[tag]
+    if not cls.BODY:
+        return cls(**header)
+    try:
+        body = pickle.loads(frames[1], buffers=frames[2:])
+        if not isinstance(body, tuple) or len(body) != len(cls.BODY):
+            raise ProtocolError(f"a {cls.__name__} body has {len(cls.BODY)} fields")
+        return cls(**header, **dict(zip(cls.BODY, body)))
+    except Exception as e:
+        raise DecodeError(tag, header, e) from e

@@ -1,0 +1,143 @@
+"""How a process runs the calls that arrive for it: concurrently, like Julia tasks.
+
+A worker's main thread runs calls when it is free (so that ``interrupt`` can deliver SIGINT to
+it and break a ``time.sleep``, a blocking read or a pure-Python loop); when it is busy, a call
+goes to a pool thread, started on demand, so that a call blocked on a channel or a lock never
+stops the next one. On the master (process 1) the main thread belongs to the user, so every
+incoming call runs on a pool thread.
+
+Interrupting: a call on the main thread gets :class:`InterruptException` from the SIGINT
+handler; a call on a pool thread gets it as an asynchronous exception
+(``PyThreadState_SetAsyncExc``), which takes effect at the next Python bytecode: it cannot break
+a blocking C call (``time.sleep``, a socket read, a long numpy operation) on a pool thread until
+that call returns. An idle process ignores an interrupt.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import queue
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .errors import InterruptException
+
+__all__ = ["Executor"]
+
+log = logging.getLogger("pydistributed.execution")
+
+_IDLE_RETIRE = 30.0
+
+
+def _async_raise(ident: int, exc: type[BaseException] | None) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(ident), ctypes.py_object(exc) if exc is not None else None
+    )
+
+
+class Executor:
+    """Runs submitted callables on the main thread when free, else on pool threads."""
+
+    def __init__(self, use_main_thread: bool) -> None:
+        self._use_main = use_main_thread
+        self._lock = threading.Lock()
+        self._main_q: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._main_idle = False
+        self._main_ident = threading.main_thread().ident
+        self._pool_q: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._pool_idle = 0
+        self._in_call: set[int] = set()
+        self.nthreads = 0
+
+    # -- submitting -----------------------------------------------------------------------
+
+    def submit(self, fn: Callable[[], None], main_ok: bool = True) -> None:
+        """Run ``fn()`` soon, concurrently with everything else. Never blocks."""
+        with self._lock:
+            if main_ok and self._main_idle:
+                self._main_idle = False
+                self._main_q.put(fn)
+                return
+            if self._pool_idle:
+                self._pool_idle -= 1
+                self._pool_q.put(fn)
+                return
+            self.nthreads += 1
+        t = threading.Thread(target=self._pool_loop, args=(fn,), name="pydist-call", daemon=True)
+        t.start()
+
+    def _pool_loop(self, fn: Callable[[], None]) -> None:
+        while True:
+            self._run(fn)
+            with self._lock:
+                self._pool_idle += 1
+            try:
+                fn = self._pool_q.get(timeout=_IDLE_RETIRE)
+            except queue.Empty:
+                with self._lock:
+                    if self._pool_idle:
+                        # nobody claimed this thread while it timed out: retire
+                        self._pool_idle -= 1
+                        self.nthreads -= 1
+                        return
+                fn = self._pool_q.get()  # a submitter claimed us just now; its item is coming
+
+    def run_main(self) -> None:
+        """Serve calls on the calling (main) thread forever. Used by workers."""
+        while True:
+            with self._lock:
+                self._main_idle = True
+            fn = self._main_q.get()
+            self._run(fn)
+
+    @staticmethod
+    def _run(fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except BaseException:  # a call wrapper must not raise; if it does, keep serving
+            log.exception("internal error while running a call")
+
+    # -- interrupting ---------------------------------------------------------------------
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Mark the user code run inside as interruptible by :meth:`interrupt`."""
+        ident = threading.get_ident()
+        with self._lock:
+            self._in_call.add(ident)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_call.discard(ident)
+                if ident != self._main_ident:
+                    # clear an asynchronous interrupt that arrived as the call returned
+                    _async_raise(ident, None)
+
+    def main_in_call(self) -> bool:
+        """True while the main thread runs interruptible user code."""
+        return self._main_ident in self._in_call
+
+    def interrupt(self) -> int:
+        """Interrupt every call running now; returns how many were hit."""
+        with self._lock:
+            running = list(self._in_call)
+            for ident in running:
+                if ident == self._main_ident:
+                    signal.pthread_kill(ident, signal.SIGINT)
+                else:
+                    _async_raise(ident, InterruptException)
+        return len(running)
+
+    def install_sigint_handler(self) -> None:
+        """On the main thread: SIGINT interrupts the call running there, else is ignored."""
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.main_in_call():
+                raise InterruptException()
+
+        signal.signal(signal.SIGINT, handler)

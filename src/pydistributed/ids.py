@@ -1,0 +1,36 @@
+"""Reference identities: ``RRID(whence, id)`` and the counter that allocates them."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import NamedTuple
+
+__all__ = ["RRID", "IdCounter"]
+
+
+class RRID(NamedTuple):
+    """The identity of a remote reference.
+
+    ``whence`` is the process that created the reference; ``id`` is unique among the
+    references created there. Equal and hashable by ``(whence, id)``.
+    """
+
+    whence: int
+    id: int
+
+    def __repr__(self) -> str:
+        return f"RRID({self.whence}, {self.id})"
+
+
+class IdCounter:
+    """A thread-safe source of increasing integers (``next()`` is atomic under the GIL)."""
+
+    def __init__(self, start: int = 1) -> None:
+        self._it = itertools.count(start)
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        # itertools.count.__next__ is atomic in CPython; the lock keeps free-threaded builds honest
+        with self._lock:
+            return next(self._it)

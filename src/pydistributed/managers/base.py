@@ -1,0 +1,116 @@
+"""The cluster manager interface: how workers are launched, connected, managed and killed.
+
+A manager implements :meth:`ClusterManager.launch`; the other methods have defaults that work
+for any worker started with ``python -m pydistributed.worker``:
+
+- ``launch(params, launched, launch_ntfy)`` starts workers and announces each with a
+  :class:`WorkerConfig`::
+
+      with launch_ntfy:
+          launched.append(cfg)
+          launch_ntfy.notify_all()
+
+  It must return once every worker it was asked for has been launched. ``params`` holds every
+  keyword ``addprocs`` was called with, plus the defaults (``dir``, ``exename``, ``exeflags``,
+  ``topology``, ``lazy``, ``enable_threaded_blas``, ``env``).
+  A config gives either ``host`` and ``port`` to connect to, or ``io``: the worker's standard
+  output, from which the master reads the line ``pydist_worker:PORT#HOST`` (and then relays the
+  rest as ``From worker N:``). If ``process`` is a :class:`subprocess.Popen` with a stderr pipe,
+  that is relayed too, and the process is killed if the worker fails to start.
+- ``manage(pid, config, op)`` is called with ``"register"``, ``"deregister"``, ``"interrupt"``
+  and ``"finalize"``. The default ``"interrupt"`` sends an interrupt message to the worker.
+- ``kill(pid, config)`` makes a worker exit; the default sends it an exit message.
+- ``connect(pid, config)`` returns ``(instream, outstream)``; the default opens a TCP connection
+  to ``config.host``/``config.port`` (or ``config.connect_at``).
+
+A manager that takes keyword arguments of its own lists them in ``extra_params``; ``addprocs``
+refuses any other unknown keyword with a ``TypeError``.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from dataclasses import dataclass
+from typing import Any, BinaryIO, ClassVar
+
+from .. import transport
+
+__all__ = ["ClusterManager", "DefaultClusterManager", "WorkerConfig"]
+
+
+@dataclass
+class WorkerConfig:
+    """What a manager knows about one worker (Julia's ``WorkerConfig``); every field optional."""
+
+    exename: str | None = None
+    exeflags: Any = None
+    host: str | None = None
+    port: int | None = None
+    sshflags: Any = None
+    max_parallel: int | None = None
+    connect_at: Any = None
+    process: Any = None
+    ospid: int | None = None
+    environ: dict[str, Any] | None = None
+    ident: Any = None
+    connect_idents: list[Any] | None = None
+    enable_threaded_blas: bool | None = None
+    io: Any = None
+    bind_addr: str | None = None
+    count: int | None = None
+    tunnel: bool | None = None
+    userdata: Any = None
+
+
+class ClusterManager(abc.ABC):
+    """Base class of the ways to start workers (Julia's ``ClusterManager``)."""
+
+    extra_params: ClassVar[frozenset[str]] = frozenset()
+
+    @abc.abstractmethod
+    def launch(
+        self,
+        params: dict[str, Any],
+        launched: list[WorkerConfig],
+        launch_ntfy: threading.Condition,
+    ) -> None:
+        """Start the workers; announce each config in ``launched`` and notify ``launch_ntfy``."""
+
+    def manage(self, pid: int, config: WorkerConfig, op: str) -> None:
+        """React to a worker's life events; the default handles ``"interrupt"`` over the wire."""
+        if op == "interrupt":
+            from ..cluster import current_cluster
+
+            current_cluster().send_interrupt(pid)
+
+    def kill(self, pid: int, config: WorkerConfig) -> None:
+        """Make worker ``pid`` exit; the default sends it an exit message."""
+        from ..cluster import current_cluster
+
+        current_cluster().send_exit(pid)
+
+    def connect(self, pid: int, config: WorkerConfig) -> tuple[BinaryIO, Any]:
+        """Open the connection to worker ``pid``: ``(instream, outstream)``; default TCP."""
+        host, port = config.host, config.port
+        if config.connect_at is not None:
+            host, port = config.connect_at
+        if host is None or port is None:
+            raise ValueError(f"worker {pid}: no host and port to connect to")
+        sock = transport.connect_tcp(host, int(port), timeout=30.0)
+        return transport.socket_streams(sock)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class DefaultClusterManager(ClusterManager):
+    """The manager of worker-to-worker connections (TCP); it launches nothing."""
+
+    def launch(
+        self,
+        params: dict[str, Any],
+        launched: list[WorkerConfig],
+        launch_ntfy: threading.Condition,
+    ) -> None:
+        raise TypeError("DefaultClusterManager does not launch workers")

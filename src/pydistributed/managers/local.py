@@ -1,0 +1,102 @@
+"""LocalManager: workers on this host, started as new interpreters (never forked)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from .base import ClusterManager, WorkerConfig
+
+__all__ = ["LocalManager", "worker_command", "worker_environment"]
+
+_BLAS_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def worker_environment(params: dict[str, Any], cwd: str) -> dict[str, str]:
+    """The environment of a local worker: ours, the master's sys.path, unbuffered output."""
+    env = dict(os.environ)
+    if not params.get("enable_threaded_blas"):
+        for var in _BLAS_VARS:
+            env[var] = "1"
+    # '' on sys.path means the directory the master was started in
+    path = [os.path.abspath(p) if p else cwd for p in sys.path]
+    env["PYDIST_SYS_PATH"] = json.dumps(path)
+    env["PYTHONUNBUFFERED"] = "1"
+    for key, value in (params.get("env") or {}).items():
+        env[str(key)] = str(value)
+    return env
+
+
+def worker_command(params: dict[str, Any], bind_to: str) -> list[str]:
+    exename = params.get("exename") or sys.executable
+    exeflags = params.get("exeflags") or ()
+    if isinstance(exeflags, str):
+        exeflags = exeflags.split()
+    return [str(exename), *map(str, exeflags), "-m", "pydistributed.worker", "--bind-to", bind_to]
+
+
+class LocalManager(ClusterManager):
+    """Launches ``np`` workers on this host; ``restrict`` binds them to 127.0.0.1."""
+
+    extra_params = frozenset({"restrict"})
+
+    def __init__(self, np: int, restrict: bool = True) -> None:
+        if isinstance(np, bool) or not isinstance(np, int) or np < 0:
+            raise ValueError(f"the number of workers is a non-negative int, not {np!r}")
+        self.np = np
+        self.restrict = restrict
+
+    def __repr__(self) -> str:
+        return f"LocalManager(np={self.np}, restrict={self.restrict})"
+
+    def launch(
+        self,
+        params: dict[str, Any],
+        launched: list[WorkerConfig],
+        launch_ntfy: threading.Condition,
+    ) -> None:
+        from ..cluster import cluster_cookie
+
+        cookie = cluster_cookie()
+        cwd = os.path.abspath(params.get("dir") or os.getcwd())
+        env = worker_environment(params, cwd)
+        cmd = worker_command(params, "127.0.0.1" if self.restrict else "0.0.0.0")
+        for _ in range(self.np):
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,  # a Ctrl-C in the terminal is the master's to relay
+            )
+            assert proc.stdin is not None
+            try:
+                # the cookie goes on stdin, never on the command line
+                proc.stdin.write((cookie + "\n").encode("ascii"))
+                proc.stdin.close()
+            except OSError:
+                pass  # it died at once; the master reports its stderr
+            config = WorkerConfig(
+                exename=cmd[0],
+                exeflags=tuple(cmd[1:-4]),
+                process=proc,
+                ospid=proc.pid,
+                io=proc.stdout,
+                enable_threaded_blas=bool(params.get("enable_threaded_blas")),
+                environ=params.get("env"),
+            )
+            with launch_ntfy:
+                launched.append(config)
+                launch_ntfy.notify_all()

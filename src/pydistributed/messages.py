@@ -1,0 +1,190 @@
+"""One frozen dataclass per message type.
+
+Every message has a ``TAG`` (its type on the wire) and up to three integer header fields
+(``HEADER`` names them), which travel in the fixed-size header frame so that they can be read
+even when the body cannot be unpickled. The other fields travel in the pickled body, in the
+order ``BODY`` gives.
+
+=================  =========================  ==========================================
+message            header                     meaning
+=================  =========================  ==========================================
+``Call``           whence, id (the Future)    run ``f``, store the result in that Future
+``CallFetch``      response_id                run ``f``, answer with a ``Result``
+``CallWait``       response_id, whence, id    run ``f``, store the result, answer when done
+``RemoteDo``       -                          run ``f``, answer nothing
+``Result``         response_id                the outcome of a ``CallFetch``/``CallWait``
+``RefCount``       -                          batched add-client and delete-client notices
+``JoinPGRP``       response_id                the master admits a worker: its id and peers
+``JoinComplete``   response_id                the worker's answer to ``JoinPGRP``
+``Identify``       pid                        first message on a worker-to-worker connection
+``PeerUpdate``     -                          workers that joined or left the cluster
+``Interrupt``      -                          interrupt the calls running now
+``Exit``           -                          exit now (``rmprocs``)
+=================  =========================  ==========================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "Call",
+    "CallFetch",
+    "CallWait",
+    "Exit",
+    "Identify",
+    "Interrupt",
+    "JoinComplete",
+    "JoinPGRP",
+    "Message",
+    "PeerUpdate",
+    "RefCount",
+    "RemoteDo",
+    "Result",
+]
+
+
+class Message:
+    """Base class of the message records."""
+
+    TAG: ClassVar[int] = 0
+    HEADER: ClassVar[tuple[str, ...]] = ()
+    BODY: ClassVar[tuple[str, ...]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Message):
+    TAG: ClassVar[int] = 1
+    HEADER: ClassVar[tuple[str, ...]] = ("whence", "id")
+    BODY: ClassVar[tuple[str, ...]] = ("f", "args", "kwargs")
+    whence: int
+    id: int
+    f: Any
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CallFetch(Message):
+    TAG: ClassVar[int] = 2
+    HEADER: ClassVar[tuple[str, ...]] = ("response_id",)
+    BODY: ClassVar[tuple[str, ...]] = ("f", "args", "kwargs")
+    response_id: int
+    f: Any
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CallWait(Message):
+    TAG: ClassVar[int] = 3
+    HEADER: ClassVar[tuple[str, ...]] = ("response_id", "whence", "id")
+    BODY: ClassVar[tuple[str, ...]] = ("f", "args", "kwargs")
+    response_id: int
+    whence: int
+    id: int
+    f: Any
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteDo(Message):
+    TAG: ClassVar[int] = 4
+    BODY: ClassVar[tuple[str, ...]] = ("f", "args", "kwargs")
+    f: Any
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Result(Message):
+    """``ok`` is False when ``value`` is a ``CapturedException`` raised by the call."""
+
+    TAG: ClassVar[int] = 5
+    HEADER: ClassVar[tuple[str, ...]] = ("response_id",)
+    BODY: ClassVar[tuple[str, ...]] = ("ok", "value")
+    response_id: int
+    ok: bool
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RefCount(Message):
+    """``adds``/``dels``: tuples ``(whence, id, client_pid)``; adds are applied first."""
+
+    TAG: ClassVar[int] = 6
+    BODY: ClassVar[tuple[str, ...]] = ("adds", "dels")
+    adds: tuple[tuple[int, int, int], ...] = ()
+    dels: tuple[tuple[int, int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class JoinPGRP(Message):
+    """``peers``: ``(pid, host, port)`` of the workers the new one may connect to."""
+
+    TAG: ClassVar[int] = 7
+    HEADER: ClassVar[tuple[str, ...]] = ("response_id",)
+    BODY: ClassVar[tuple[str, ...]] = ("pid", "topology", "lazy", "peers", "master_host")
+    response_id: int
+    pid: int
+    topology: str = "all_to_all"
+    lazy: bool = True
+    peers: tuple[tuple[int, str, int], ...] = ()
+    master_host: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class JoinComplete(Message):
+    TAG: ClassVar[int] = 8
+    HEADER: ClassVar[tuple[str, ...]] = ("response_id",)
+    BODY: ClassVar[tuple[str, ...]] = ("ospid", "hostname")
+    response_id: int
+    ospid: int
+    hostname: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Identify(Message):
+    TAG: ClassVar[int] = 9
+    HEADER: ClassVar[tuple[str, ...]] = ("pid",)
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUpdate(Message):
+    TAG: ClassVar[int] = 10
+    BODY: ClassVar[tuple[str, ...]] = ("added", "removed")
+    added: tuple[tuple[int, str, int], ...] = ()
+    removed: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupt(Message):
+    TAG: ClassVar[int] = 11
+
+
+@dataclass(frozen=True, slots=True)
+class Exit(Message):
+    TAG: ClassVar[int] = 12
+
+
+MESSAGE_TYPES: dict[int, type[Message]] = {
+    cls.TAG: cls
+    for cls in (
+        Call,
+        CallFetch,
+        CallWait,
+        RemoteDo,
+        Result,
+        RefCount,
+        JoinPGRP,
+        JoinComplete,
+        Identify,
+        PeerUpdate,
+        Interrupt,
+        Exit,
+    )
+}

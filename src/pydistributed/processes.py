@@ -1,0 +1,233 @@
+"""Processes: adding, removing, listing and interrupting them; starting a worker.
+
+``addprocs`` picks the cluster manager from its first argument: a count means
+:class:`LocalManager`, a list of machines :class:`SSHManager`, a manager itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, NoReturn
+
+from . import codec, handshake, transport
+from .cluster import Cluster, current_cluster, set_current_cluster
+from .managers.base import ClusterManager
+from .managers.local import LocalManager
+from .managers.ssh import SSHManager
+from .tasks import Task
+
+__all__ = [
+    "addprocs",
+    "init_worker",
+    "interrupt",
+    "myid",
+    "nprocs",
+    "nworkers",
+    "process_messages",
+    "procs",
+    "rmprocs",
+    "start_worker",
+    "worker_id_from_socket",
+    "workers",
+]
+
+
+def addprocs(np_or_machines: Any = None, /, **kw: Any) -> list[int]:
+    """Add workers and return their ids in ascending order.
+
+    - ``addprocs(n, restrict=True, **kw)``: ``n`` workers on this host (LocalManager);
+    - ``addprocs(**kw)``: one per CPU thread (``os.cpu_count()``);
+    - ``addprocs(machines, tunnel=False, sshflags=(), max_parallel=10, **kw)``: over ssh;
+    - ``addprocs(manager, **kw)``: with a ClusterManager of your own.
+
+    Common keywords: ``dir``, ``exename``, ``exeflags``, ``topology`` (``"all_to_all"``,
+    ``"master_worker"``, ``"custom"``), ``lazy``, ``enable_threaded_blas``, ``env``.
+
+    Raises:
+        RuntimeError: called on a worker, or a worker exited before it could join.
+        TimeoutError: a worker did not report within ``PYDIST_WORKER_TIMEOUT`` seconds.
+        TypeError: an unknown keyword.
+    """
+    c = current_cluster()
+    if c.myid != 1:
+        raise RuntimeError("Only process 1 can add and remove workers")
+    arg = np_or_machines
+    manager: ClusterManager
+    if arg is None:
+        arg = os.cpu_count() or 1
+    if isinstance(arg, ClusterManager):
+        manager = arg
+    elif isinstance(arg, bool):
+        raise TypeError("addprocs() takes a count, a list of machines or a ClusterManager")
+    elif isinstance(arg, int):
+        manager = LocalManager(arg, restrict=kw.pop("restrict", True))
+    elif isinstance(arg, (list, tuple)):
+        manager = SSHManager(list(arg))
+    else:
+        raise TypeError(
+            "addprocs() takes a count, a list of machines or a ClusterManager, "
+            f"not {type(arg).__name__}"
+        )
+    return c.add_workers(manager, kw)
+
+
+def rmprocs(*pids: Any, waitfor: float | None = None) -> Task[None] | None:
+    """Remove workers: ask them to exit, then interrupt, then kill, within ``waitfor`` seconds.
+
+    ``rmprocs(2, 3)`` or ``rmprocs([2, 3])``. With ``waitfor=0`` the removal runs in a
+    :class:`Task`, returned at once; ``wait`` on it before more parallel calls.
+
+    Raises:
+        RuntimeError: called on a worker.
+        TimeoutError: some workers were still running after ``waitfor`` seconds.
+    """
+    flat: list[int] = []
+    for p in pids:
+        if isinstance(p, (list, tuple, set, frozenset)):
+            flat.extend(p)
+        else:
+            flat.append(p)
+    c = current_cluster()
+    if c.myid != 1:
+        raise RuntimeError("Only process 1 can add and remove workers")
+    if waitfor is not None and waitfor < 0:
+        raise ValueError("waitfor must be >= 0")
+    if waitfor == 0:
+        return Task(c.remove_workers, flat, None).start()
+    c.remove_workers(flat, waitfor)
+    return None
+
+
+def interrupt(*pids: Any) -> None:
+    """Interrupt the calls running now on ``pids`` (all workers when none is given).
+
+    Each interrupted call's caller gets a ``RemoteException`` wrapping ``InterruptException``;
+    an idle worker ignores the interrupt and every worker stays usable.
+    """
+    flat: list[int] = []
+    for p in pids:
+        if isinstance(p, (list, tuple, set, frozenset)):
+            flat.extend(p)
+        else:
+            flat.append(p)
+    current_cluster().interrupt(flat)
+
+
+def myid() -> int:
+    """The id of this process (1 on the master)."""
+    return current_cluster().myid
+
+
+def nprocs() -> int:
+    """The number of processes, the master included."""
+    return len(current_cluster().proc_ids())
+
+
+def nworkers() -> int:
+    """The number of workers (1 when there are none: the master works)."""
+    n = nprocs()
+    return n - 1 if n > 1 else 1
+
+
+def procs(pid: int | None = None) -> list[int]:
+    """All process ids (``procs()``), or those on the same host as ``pid``."""
+    c = current_cluster()
+    if pid is None:
+        return c.proc_ids()
+    return c.procs_on_host(pid)
+
+
+def workers(pool: Any = None) -> list[int]:
+    """The worker ids (``[1]`` when there are none); ``workers(pool)``: the pool's."""
+    if pool is not None:
+        return list(pool.workers)
+    return current_cluster().worker_ids()
+
+
+# -- workers ---------------------------------------------------------------------------
+
+
+def _read_cookie() -> str:
+    line = sys.stdin.readline()
+    if not line:
+        raise ValueError("no cookie on standard input")
+    return line.rstrip("\r\n")
+
+
+def start_worker(
+    out: Any = None, cookie: str | None = None, *, bind_to: str | None = None
+) -> NoReturn:
+    """Make this process a worker: listen, print ``pydist_worker:PORT#HOST``, serve forever.
+
+    The cookie is read from the first line of standard input when not given. ``bind_to`` is
+    ``HOST`` or ``HOST:PORT`` (default ``127.0.0.1`` and a free port). Never returns: the
+    process exits when its connection to the master closes.
+    """
+    if out is None:
+        out = sys.stdout
+    if cookie is None:
+        cookie = _read_cookie()
+    host, port = "127.0.0.1", 0
+    if bind_to:
+        h, sep, p = bind_to.rpartition(":")
+        if sep and p.isdigit() and not bind_to.endswith("]"):
+            host, port = h.strip("[]"), int(p)
+        else:
+            host = bind_to.strip("[]")
+    c = Cluster(0, handshake.check_cookie(cookie), role="worker")
+    set_current_cluster(c)
+    c.serve(host, port, out)
+
+
+def init_worker(cookie: str, manager: ClusterManager | None = None) -> None:
+    """Make this process a worker that a custom transport will connect (see process_messages)."""
+    c = Cluster(0, handshake.check_cookie(cookie), role="worker")
+    set_current_cluster(c)
+
+
+def process_messages(r_stream: Any, w_stream: Any, incoming: bool = True) -> None:
+    """Serve a connection of a custom transport, on a new thread.
+
+    With ``incoming=True`` (the master connected to us) this process runs the server side of
+    the handshake and then serves the connection; returns at once.
+    """
+    import threading
+
+    c = current_cluster()
+    if not incoming:
+        raise NotImplementedError("process_messages(incoming=False) is not supported yet")
+
+    def serve() -> None:
+        def read_exact(n: int) -> bytes:
+            data = r_stream.read(n)
+            if data is None or len(data) != n:
+                raise EOFError("connection closed during the handshake")
+            return bytes(data)
+
+        def write(data: bytes) -> None:
+            w_stream.write(data)
+            if hasattr(w_stream, "flush"):
+                w_stream.flush()
+
+        handshake.server_handshake(read_exact, write, c.cookie)
+        first = codec.decode(transport.read_message(r_stream, limit=1 << 20))
+        c.process_first(r_stream, w_stream, first)
+
+    threading.Thread(target=serve, name="pydist-custom-transport", daemon=True).start()
+
+
+def worker_id_from_socket(s: Any) -> int:
+    """The id of the process at the other end of connection ``s`` (a socket or stream).
+
+    Inside a ``__reduce__`` running while a message is encoded, ``worker_id_from_socket(None)``
+    gives the process the message goes to. Returns -1 when ``s`` is not a connection.
+    """
+    if s is None:
+        target = codec.encoding_target()
+        return -1 if target is None else target
+    c = current_cluster()
+    for pid, peer in list(c.peers.items()):
+        if s is peer or s in (peer.sock, peer.reader, peer.writer, getattr(peer.writer, "sock", None)):
+            return pid
+    return -1
