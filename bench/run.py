@@ -1,8 +1,8 @@
 """Benchmark harness: pydistributed against its peers and the raw limits, in one command.
 
-Run from the repository root::
+Run from the repository root (``bench/README.md`` says more)::
 
-    python bench/run.py [--only W1,W3,W4] [--quick] [--json FILE]
+    python bench/run.py [--only W1,W3,W4] [--quick] [--json FILE] [--placement free]
 
 What it measures (DESIGN.md, "Figures to reach"):
 
@@ -12,7 +12,7 @@ What it measures (DESIGN.md, "Figures to reach"):
   and over a Unix socket. Peers: ``multiprocessing.Pool(1).apply`` (fork and spawn),
   ``ProcessPoolExecutor(1).submit().result()``, loky when installed.
 - **W3 bandwidth**: a 100 MB float64 array sent to a worker that returns its sum; the figure is
-  1e8 bytes / median time, in GB/s. Raw limit: a child that ``recv_into``\\ s the 100 MB into a
+  1e8 bytes / median time, in GB/s. Raw limit: a child that ``recv_into``-s the 100 MB into a
   preallocated buffer over loopback TCP and acks. For reading only: the same with the child also
   summing, over a Unix socket, an in-process ``memcpy`` and an in-process ``sum``. Peers:
   ``multiprocessing.Pool(1).apply`` (fork), loky when installed. Skipped without numpy.
@@ -21,14 +21,16 @@ What it measures (DESIGN.md, "Figures to reach"):
   floor: ``python -c pass``. Peers: ``multiprocessing`` Pool(2) with ``fork`` and with
   ``spawn``, ``ProcessPoolExecutor(2)``, loky when installed.
 
-How to read it: every contender runs in a fresh process of its own (see ``_contenders.py``).
-Each row shows the median figure, ``x raw`` (the figure divided by the raw limit's figure of
-this same run) and ``x best peer`` (divided by the best peer's figure of this same run), and
-the spread of the samples. Lower is better for us and s, higher for GB/s: ``x raw`` 1.25 on
-W1 means 25 % slower than the raw ping-pong; 0.75 on W3 means 75 % of the raw bandwidth. The
-``target`` line checks DESIGN.md's target against figures from this run only: PASS, MISS, or
-n/a when a figure it needs is missing. A contender that fails or exceeds its time limit prints
-an ERROR line and the run goes on; processes it leaves behind are reported and killed.
+How to read it: every contender measures itself in fresh processes of its own
+(``_contenders.py``); W1 and W3 take their samples in rounds, each round running every
+contender once, so that a slow spell of the machine hits them all alike. Each row shows the
+median figure, ``x raw`` (the figure divided by the raw limit's figure of this same run),
+``x best peer`` (divided by the best peer's figure of this same run) and the spread (lowest to
+highest sample). Lower is better for us and s, higher for GB/s: ``x raw`` 1.25 on W1 means
+25 % slower than the raw ping-pong; 0.75 on W3 means 75 % of the raw bandwidth. The ``target``
+line checks DESIGN.md's target against figures of this run only: PASS, MISS, or n/a when a
+figure it needs is missing. A contender that fails or exceeds its time limit prints an ERROR
+line and the run goes on; processes it leaves behind are reported and killed.
 """
 
 from __future__ import annotations

@@ -210,6 +210,8 @@ class Cluster:
         self._flusher: threading.Thread | None = None
         self._atexit = False
         self._closing = False
+        # per-process state of the layers above (e.g. CachingPool's function cache), by name
+        self.extensions: dict[str, Any] = {}
         self._handlers: dict[type[Message], Callable[[Peer, Any], None]] = {
             Call: self._on_call,
             CallFetch: self._on_call_fetch,

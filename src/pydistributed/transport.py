@@ -94,11 +94,14 @@ class SocketWriter:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._limit = max_message_bytes()
+        self.bytes_sent = 0
 
     def write_frames(self, frames: Sequence[Any]) -> None:
-        pieces: list[memoryview] = [memoryview(_prefix(frames, self._limit))]
+        prefix = _prefix(frames, self._limit)
+        pieces: list[memoryview] = [memoryview(prefix)]
         pieces.extend(memoryview(f).cast("B") for f in frames)
         pieces = [p for p in pieces if p.nbytes]
+        self.bytes_sent += sum(p.nbytes for p in pieces)
         sock = self.sock
         while pieces:
             sent = sock.sendmsg(pieces[:_IOV_MAX])
@@ -133,12 +136,15 @@ class StreamWriter:
     def __init__(self, stream: BinaryIO) -> None:
         self.stream = stream
         self._limit = max_message_bytes()
+        self.bytes_sent = 0
 
     def write_frames(self, frames: Sequence[Any]) -> None:
-        self.stream.write(_prefix(frames, self._limit))
+        prefix = _prefix(frames, self._limit)
+        self.stream.write(prefix)
         for f in frames:
             self.stream.write(f)
         self.stream.flush()
+        self.bytes_sent += len(prefix) + sum(memoryview(f).nbytes for f in frames)
 
     def close(self) -> None:
         try:

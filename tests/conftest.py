@@ -1,0 +1,99 @@
+"""Shared fixtures. Integration tests start real workers; every test ends them, by pid."""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+
+faulthandler.enable()
+
+
+def _worker_processes() -> dict[int, object]:
+    """pid -> Popen of every worker the current cluster knows about (process 1 only)."""
+    from pydistributed.cluster import current_cluster
+
+    c = current_cluster()
+    out: dict[int, object] = {}
+    for pid, info in list(c.workers.items()):
+        proc = info.config.process if info.config is not None else None
+        if proc is not None:
+            out[pid] = proc
+    return out
+
+
+def end_workers(pids: list[int]) -> None:
+    """Remove ``pids`` if still there; kill by OS pid whatever did not go."""
+    from pydistributed import rmprocs
+    from pydistributed.cluster import current_cluster
+
+    c = current_cluster()
+    procs = {p: proc for p, proc in _worker_processes().items() if p in pids}
+    live = [p for p in pids if p in c.workers]
+    if live:
+        try:
+            rmprocs(live, waitfor=10)
+        except Exception as e:  # still kill below
+            print(f"cleanup: rmprocs failed: {e!r}", file=sys.stderr)
+    for proc in procs.values():
+        try:
+            if proc.poll() is None:  # type: ignore[attr-defined]
+                proc.kill()  # type: ignore[attr-defined]
+            proc.wait(timeout=10)  # type: ignore[attr-defined]
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def add_workers() -> Iterator[Callable[..., list[int]]]:
+    """``add_workers(n, **kw)`` adds workers that are removed (and killed) after the test."""
+    added: list[int] = []
+
+    def add(n: int = 2, **kw: object) -> list[int]:
+        from pydistributed import addprocs
+
+        pids = addprocs(n, **kw)
+        added.extend(pids)
+        return pids
+
+    yield add
+    end_workers(added)
+
+
+@pytest.fixture
+def two_workers(add_workers: Callable[..., list[int]]) -> list[int]:
+    """Two fresh local workers."""
+    return add_workers(2)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Nothing survives the run: end every worker still known, by its OS pid."""
+    try:
+        leftovers = _worker_processes()
+    except Exception:
+        return
+    for proc in leftovers.values():
+        try:
+            if proc.poll() is None:  # type: ignore[attr-defined]
+                os.kill(proc.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+            proc.wait(timeout=5)  # type: ignore[attr-defined]
+        except Exception:
+            pass
+
+
+def process_state(ospid: int) -> str | None:
+    """The state letter of an OS process from /proc (None if gone; 'Z' is a zombie)."""
+    try:
+        with open(f"/proc/{ospid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def is_alive(ospid: int) -> bool:
+    state = process_state(ospid)
+    return state is not None and state not in ("Z", "X")
