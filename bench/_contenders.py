@@ -1,11 +1,12 @@
 """One contender of one workload, measured in a fresh process of its own.
 
-``run.py`` starts ``python bench/_contenders.py WORKLOAD KEY PARAMS_JSON`` once per contender,
-so that no contender inherits another's threads, pools or sockets (``multiprocessing`` forks
-after pydistributed's reader threads would be unsafe), and so that a contender that hangs can
-be killed without harming the others. The last line on standard output is
+``run.py`` starts ``python bench/_contenders.py WORKLOAD KEY PARAMS_JSON`` once per contender
+and round, so that no contender inherits another's threads, pools or sockets
+(``multiprocessing`` forking after pydistributed's reader threads would be unsafe), and so that
+a contender that hangs can be killed without harming the others. PARAMS_JSON holds the sample
+counts and the CPU placement (``apply_placement``). The last line on standard output is
 ``BENCH_RESULT {json}`` with ``samples`` (seconds: per-call block means for W1, per-transfer
-times for W3) and ``info`` (free-form notes, such as start-up time).
+times for W3) and ``info`` (notes such as the time ``addprocs`` took).
 """
 
 from __future__ import annotations

@@ -379,6 +379,7 @@ def run_child(argv: Sequence[str], timeout: float, tags: Tags) -> ChildRun:
             stdout=out,
             stderr=err,
         )
+        timed_out = True  # also when interrupted: then leave nothing behind, at once
         try:
             timed_out = not wait_exit(proc, timeout)
         finally:
@@ -386,7 +387,7 @@ def run_child(argv: Sequence[str], timeout: float, tags: Tags) -> ChildRun:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
-        leftovers = end_leftovers(tag, grace=0.0 if timed_out else LEFTOVER_GRACE_S)
+            leftovers = end_leftovers(tag, grace=0.0 if timed_out else LEFTOVER_GRACE_S)
         out.seek(0)
         err.seek(0)
         return ChildRun(
@@ -525,7 +526,7 @@ def judge(
 ) -> tuple[str, str]:
     """The verdict on DESIGN.md's target, from this run's figures: (verdict, detail)."""
     pd = figs.get("pydist")
-    raw = figs.get("raw_tcp") if w.name != "W4" else figs.get("pass")
+    raw = figs.get("raw_tcp")  # W1 and W3; W4 compares with spawn
     if pd is None:
         err = next((o.error for o in outcomes if o.contender.role == "pydist"), None)
         return "MISS", f"pydistributed gave no figure ({err or 'not run'})"
@@ -582,21 +583,26 @@ def report(w: Workload, outcomes: list[Outcome], params: dict[str, Any]) -> dict
     )
     verdict, detail = judge(w, figs, peer_best, outcomes)
 
-    print(f"\n{w.name} {w.title}")
-    print(f"   {describe_params(w, params)}")
-    print(f"   {'contender':<48} {'median':>11} {'x raw':>7} {'x best peer':>11}   spread")
-    rows = []
+    names = []
     for o in outcomes:
-        c = o.contender
-        mark = {"raw": " [raw limit]", "pydist": ""}.get(c.role, "")
+        mark = " [raw limit]" if o.contender.role == "raw" else ""
         if peer_best is not None and o is peer_best[0]:
             mark = " [best peer]"
-        name = f"{c.label}{mark}"
+        names.append(o.contender.label + mark)
+    width = max(len(n) for n in names)
+    pad = " " * width
+
+    print(f"\n{w.name} {w.title}")
+    print(f"   {describe_params(w, params)}")
+    print(f"   {'contender':<{width}} {'median':>11} {'x raw':>7} {'x best peer':>11}   spread")
+    rows = []
+    for o, name in zip(outcomes, names, strict=True):
+        c = o.contender
         v = figs.get(c.key)
         if o.skipped:
-            print(f"   {name:<48} skipped: {o.skipped}")
+            print(f"   {name:<{width}} skipped: {o.skipped}")
         elif v is None:
-            print(f"   {name:<48} ERROR: {o.error}")
+            print(f"   {name:<{width}} ERROR: {o.error}")
         else:
             lo, hi = sorted(
                 [figure(w, o, min(o.samples)) or 0.0, figure(w, o, max(o.samples)) or 0.0]
@@ -604,15 +610,18 @@ def report(w: Workload, outcomes: list[Outcome], params: dict[str, Any]) -> dict
             x_raw = f"{v / raw:.2f}" if raw else "-"
             x_peer = f"{v / peer_best[1]:.2f}" if peer_best else "-"
             spread = fmt(w, lo).split()[0] + ".." + fmt(w, hi)
-            print(f"   {name:<48} {fmt(w, v):>11} {x_raw:>7} {x_peer:>11}   {spread}")
+            print(f"   {name:<{width}} {fmt(w, v):>11} {x_raw:>7} {x_peer:>11}   {spread}")
         if o.leftovers:
             print(
-                f"   {'':<48} note: left {len(o.leftovers)} process(es) running "
+                f"   {pad} note: left {len(o.leftovers)} process(es) running "
                 f"{LEFTOVER_GRACE_S:.0f} s after it ended, killed: {o.leftovers}"
             )
         if c.role == "pydist" and o.info.get("addprocs_1_s"):
             took = ", ".join(f"{t:.3f}" for t in o.info["addprocs_1_s"])
-            print(f"   {'':<48} note: addprocs(1) took {took} s")
+            print(f"   {pad} note: addprocs(1) took {took} s")
+        got = set(o.info.get("placement", [])) - {params.get("placement")}
+        if got:
+            print(f"   {pad} note: ran with placement {', '.join(sorted(got))} (too few CPUs)")
         rows.append(
             {
                 "key": c.key,
@@ -691,6 +700,8 @@ def parse_args(argv: Sequence[str] | None, names: Sequence[str]) -> argparse.Nam
 def main(argv: Sequence[str] | None = None) -> int:
     table = workloads()
     args = parse_args(argv, list(table))
+    # A terminated harness unwinds like an interrupted one: every `finally` ends its children.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     t_start = time.perf_counter()
     tags = Tags()
     pydist_error, pydist_path = check_pydistributed(tags)

@@ -469,7 +469,7 @@ class Cluster:
 
     # -- calls ----------------------------------------------------------------------------
 
-    def _request(self, pid: int, make: Callable[[int], Message]) -> ResponseSlot:
+    def _request(self, pid: int, make: Callable[[int], Message]) -> tuple[Peer, int, ResponseSlot]:
         peer = self.get_peer(pid)
         rid = self._rids.next()
         slot = ResponseSlot()
@@ -482,12 +482,21 @@ class Cluster:
         if peer.closed and peer.pending.pop(rid, None) is not None:
             # closed between our check and our registration: nobody else will wake us
             slot.set(False, ProcessExitedException(pid, peer.close_reason))
-        return slot
+        return peer, rid, slot
 
-    @staticmethod
-    def _await(slot: ResponseSlot, timeout: float | None = None) -> Any:
-        if not slot.wait(timeout):
-            raise TimeoutError(f"no answer within {timeout} s")
+    def _await(
+        self, peer: Peer, rid: int, slot: ResponseSlot, timeout: float | None = None
+    ) -> Any:
+        """Wait for the answer to request ``rid``; Ctrl-C interrupts the remote call too."""
+        try:
+            answered = slot.wait(timeout)
+        except KeyboardInterrupt:
+            if peer.pending.pop(rid, None) is not None and peer.pid is not None:
+                self.send_interrupt(peer.pid)
+            raise
+        if not answered:
+            peer.pending.pop(rid, None)
+            raise TimeoutError(f"no answer from process {peer.pid} within {timeout} s")
         if slot.ok:
             return slot.value
         raise slot.value
@@ -509,10 +518,10 @@ class Cluster:
             raise RemoteException(self.myid, value)
         args, kwargs = _oob_args(args, kwargs)
         try:
-            slot = self._request(pid, lambda rid: CallFetch(rid, f, args, kwargs))
+            peer, rid, slot = self._request(pid, lambda rid: CallFetch(rid, f, args, kwargs))
         except (pickle.PicklingError, TypeError, AttributeError) as e:
             raise self._unpicklable(f, args, kwargs, e) from e
-        return self._await(slot, timeout)
+        return self._await(peer, rid, slot, timeout)
 
     def call(self, pid: int, rrid: RRID, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Start ``f`` on ``pid``, its result to be stored under ``rrid`` there.
@@ -546,12 +555,12 @@ class Cluster:
             return slot
         args, kwargs = _oob_args(args, kwargs)
         try:
-            rslot = self._request(
+            peer, rid, rslot = self._request(
                 pid, lambda rid: CallWait(rid, rrid.whence, rrid.id, f, args, kwargs)
             )
         except (pickle.PicklingError, TypeError, AttributeError) as e:
             raise self._unpicklable(f, args, kwargs, e) from e
-        self._await(rslot)
+        self._await(peer, rid, rslot)
         return None
 
     def remote_do(self, pid: int, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -1015,7 +1024,7 @@ class Cluster:
                             p.send(update)
                         except ProcessExitedException:
                             pass
-        joined = self._await(slot, worker_timeout())
+        joined = self._await(peer, rid, slot, worker_timeout())
         info.ospid = joined.ospid
         if config.ospid is None:
             config.ospid = joined.ospid
