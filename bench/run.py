@@ -679,7 +679,9 @@ def parse_args(argv: Sequence[str] | None, names: Sequence[str]) -> argparse.Nam
         default=",".join(names),
         help=f"comma-separated workloads among {','.join(names)} (default: all)",
     )
-    p.add_argument("--quick", action="store_true", help="fewer repetitions (about 40 s)")
+    p.add_argument(
+        "--quick", action="store_true", help="fewer repetitions (about 10 s instead of 35)"
+    )
     p.add_argument("--json", metavar="FILE", help="also write every figure and sample here")
     p.add_argument(
         "--placement",

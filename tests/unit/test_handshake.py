@@ -42,7 +42,8 @@ def _run(client_cookie: str, server_cookie: str) -> tuple[Any, Any]:
         out["client"] = handshake.client_handshake(*_io(a), client_cookie)
     except Exception as e:
         out["client"] = e
-    a.close()  # a client that gave up hangs up
+    a.shutdown(socket.SHUT_RDWR)  # a client that gave up hangs up
+    a.close()
     t.join(10)
     b.close()
     return out["client"], out["server"]
