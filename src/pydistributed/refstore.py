@@ -119,6 +119,21 @@ class RefStore:
             self._maybe_free(rrid, entry)
             return storage
 
+    def ensure(self, rrid: RRID, make: Callable[[], Any] = FutureSlot) -> Any:
+        """The storage of ``rrid``, made now if there is none, without counting a handle.
+
+        An operation can reach the owner before the call or notice that creates the
+        reference (they travel on different connections); the storage made here is the one
+        that the creating call will then fill.
+        """
+        with self._lock:
+            entry = self._entries.get(rrid)
+            if entry is None:
+                entry = self._entries[rrid] = _Entry()
+            if entry.storage is None:
+                entry.storage = make()
+            return entry.storage
+
     def install(self, rrid: RRID, storage: Any) -> None:
         """Set the storage of ``rrid`` (made by a factory) if the entry is still there."""
         with self._lock:

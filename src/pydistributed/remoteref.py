@@ -412,9 +412,7 @@ def _future_slot(rrid: RRID) -> FutureSlot:
     c = current_cluster()
     storage = c.refs.lookup(rrid)
     if storage is None:
-        storage = c.refs.add(rrid, c.myid, 0)
-    if storage is None:
-        raise KeyError(f"no storage for {rrid!r} on process {c.myid}")
+        storage = c.refs.ensure(rrid)
     return storage  # type: ignore[no-any-return]
 
 
