@@ -1128,21 +1128,24 @@ class Cluster:
             t2 = start + 2 * grace
             left = wait_until(min(t2, deadline) if deadline else t2)
         if left:
+            late = deadline is not None and time.monotonic() >= deadline
             for info in left:
                 proc = info.config.process if info.config is not None else None
                 if proc is not None and hasattr(proc, "kill"):
                     try:
                         proc.kill()
+                        proc.wait(timeout=5)
                     except Exception:
                         pass
                 peer = self.peers.get(info.pid)
                 if peer is not None:
                     peer.close("removed by rmprocs")
-            left = wait_until(deadline)
-        if left:
-            raise TimeoutError(
-                f"workers {[i.pid for i in left]} were still running after {waitfor} s"
-            )
+            still = wait_until(None if deadline is None else max(deadline, time.monotonic() + 5))
+            if late or still:
+                raise TimeoutError(
+                    f"workers {[i.pid for i in left]} did not exit within {waitfor} s; "
+                    "they were killed"
+                )
         # reap the processes, so that none is left behind as a zombie
         for info in infos:
             proc = info.config.process if info.config is not None else None

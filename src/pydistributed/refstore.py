@@ -5,13 +5,24 @@ The owner keeps, per reference, a count per client process of the handles that p
 Add-client and delete-client notices arrive from many connections in no guaranteed order, so
 a count may go below zero for a while (a delete overtook its add); the storage is freed only
 when *every* count is zero, which keeps a reference alive as long as anyone still holds it.
+
+Why an entry cannot be freed while a handle is still on its way: a process that sends a
+handle holds one itself while the message is encoded, and announces the receiver's handle to
+the owner (an add) before the message leaves. Its own delete, sent later on the same
+connection, therefore reaches the owner after that add; so at every moment some count is
+positive until the last handle anywhere is dropped.
+
+A client that has exited is *gone*: :meth:`RefStore.drop_client` forgets its counts, and
+notices about it that arrive later (an add announced by a third process before it learnt of
+the exit, a delete still in flight) are ignored, so they can neither keep an entry alive for
+ever nor free it early.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .errors import CapturedException
@@ -45,18 +56,29 @@ class FutureSlot:
 
     def put(self, value: Any) -> None:
         """Set the value. Raises ``RuntimeError`` if it was set already."""
+        if not self.try_put(value):
+            raise RuntimeError("a Future can be set only once")
+
+    def try_put(self, value: Any) -> bool:
+        """Set the value unless it was set already; whether it was set by this call."""
         with self._cond:
             if self._set:
-                raise RuntimeError("a Future can be set only once")
+                return False
             self._value = value
             self._set = True
             self._cond.notify_all()
+            return True
 
     def isready(self) -> bool:
+        """Whether the value is set. Never blocks."""
         return self._set
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until the value is set. Raises ``TimeoutError`` after ``timeout`` seconds."""
+        """Block until the value is set.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first (``<= 0`` polls).
+        """
         if self._set:
             return
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -68,28 +90,42 @@ class FutureSlot:
                 self._cond.wait(remaining)
 
     def fetch(self, timeout: float | None = None) -> Any:
-        """The value, once set (a :class:`Failure` if the call raised)."""
+        """The value, once set (a :class:`Failure` if the call raised).
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+        """
         self.wait(timeout)
         return self._value
 
 
 class _Entry:
-    __slots__ = ("clients", "storage")
+    __slots__ = ("clients", "pending", "storage")
 
     def __init__(self) -> None:
         self.storage: Any = None
         self.clients: dict[int, int] = {}
+        # made by ``ensure`` and not counted yet: kept while it waits for its first add
+        self.pending = False
 
 
 class RefStore:
-    """The stored references of one process, keyed by :class:`~pydistributed.ids.RRID`."""
+    """The stored references of one process, keyed by :class:`~pydistributed.ids.RRID`.
+
+    Thread-safe: notices are applied on connection reader threads while calls look storage
+    up on executor threads. ``len()`` is the number of live entries.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[RRID, _Entry] = {}
+        self._gone: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __contains__(self, rrid: object) -> bool:
+        return rrid in self._entries
 
     def lookup(self, rrid: RRID) -> Any:
         """The storage of ``rrid``, or None when there is none (never made, or freed)."""
@@ -105,8 +141,11 @@ class RefStore:
     ) -> Any:
         """Count ``n`` more handles of ``rrid`` held by ``client``; make the storage if needed.
 
-        Returns the storage (None when there is none yet and ``make`` is None, or when the
-        reference was freed by this very change).
+        A client that is gone is not counted (the storage is still made when asked for, and
+        freed at once if nobody else holds the reference).
+
+        Returns the storage (None when there is none yet and ``make`` is None; possibly a
+        storage that this very change freed).
         """
         with self._lock:
             entry = self._entries.get(rrid)
@@ -114,22 +153,25 @@ class RefStore:
                 entry = self._entries[rrid] = _Entry()
             if entry.storage is None and make is not None:
                 entry.storage = make()
-            entry.clients[client] = entry.clients.get(client, 0) + n
+            if client not in self._gone:
+                entry.clients[client] = entry.clients.get(client, 0) + n
+                entry.pending = False
             storage = entry.storage
             self._maybe_free(rrid, entry)
             return storage
 
     def ensure(self, rrid: RRID, make: Callable[[], Any] = FutureSlot) -> Any:
-        """The storage of ``rrid``, made now if there is none, without counting a handle.
+        """The storage of ``rrid``, made now (with no client counted) if there is none.
 
-        An operation can reach the owner before the call or notice that creates the
-        reference (they travel on different connections); the storage made here is the one
-        that the creating call will then fill.
+        For an operation that overtook the add that creates the storage (a ``Future(pid)``
+        made on one process, sent to a second, which used it before the first one's add
+        arrived): the entry then stays until its counts have gone up and back to zero.
         """
         with self._lock:
             entry = self._entries.get(rrid)
             if entry is None:
                 entry = self._entries[rrid] = _Entry()
+                entry.pending = True
             if entry.storage is None:
                 entry.storage = make()
             return entry.storage
@@ -142,19 +184,22 @@ class RefStore:
                 entry.storage = storage
 
     def release(self, rrid: RRID, client: int, n: int = 1) -> None:
-        """Count ``n`` fewer handles of ``rrid`` held by ``client``."""
+        """Count ``n`` fewer handles of ``rrid`` held by ``client`` (ignored if it is gone)."""
         with self._lock:
+            if client in self._gone:
+                return
             entry = self._entries.get(rrid)
             if entry is None:
                 # A delete that overtook its add: remember it, so that the add cancels it.
                 entry = self._entries[rrid] = _Entry()
             entry.clients[client] = entry.clients.get(client, 0) - n
+            entry.pending = False
             self._maybe_free(rrid, entry)
 
     def apply(
         self,
-        adds: list[tuple[RRID, int]] | tuple[tuple[RRID, int], ...],
-        dels: list[tuple[RRID, int]] | tuple[tuple[RRID, int], ...],
+        adds: Iterable[tuple[RRID, int]],
+        dels: Iterable[tuple[RRID, int]],
     ) -> None:
         """Apply a batch of notices, adds first.
 
@@ -167,17 +212,30 @@ class RefStore:
             self.release(rrid, client)
 
     def drop_client(self, client: int) -> None:
-        """Forget every handle that ``client`` held (it has exited)."""
+        """Forget every handle that ``client`` held, and every later notice about it.
+
+        Called when ``client`` has exited; process ids are never reused.
+        """
         with self._lock:
+            self._gone.add(client)
             for rrid, entry in list(self._entries.items()):
                 if entry.clients.pop(client, None) is not None:
                     self._maybe_free(rrid, entry)
 
     def _maybe_free(self, rrid: RRID, entry: _Entry) -> None:
+        # Lock held. An entry made by ``ensure`` is kept until its first notice.
+        if entry.pending:
+            return
         for count in entry.clients.values():
             if count:
                 return
         del self._entries[rrid]
+
+    def clients(self, rrid: RRID) -> dict[int, int]:
+        """A copy of the client counts of ``rrid`` (empty when there is no entry)."""
+        with self._lock:
+            entry = self._entries.get(rrid)
+            return {} if entry is None else dict(entry.clients)
 
     def snapshot(self) -> dict[RRID, dict[int, int]]:
         """A copy of the client counts (for tests and debugging)."""
