@@ -253,7 +253,7 @@ def everywhere(
     tasks: dict[int, Task[Any]] = {}
     for i in order:
         tasks[i] = Task(remotecall_fetch, _everywhere_here, pids[i], code, args, bindings)
-        tasks[i].start()._sync_wait()
+        tasks[i].start()
     failures = [e for e in (_failure(tasks[i]) for i in range(len(pids))) if e is not None]
     if failures:
         n, total = len(failures), len(pids)

@@ -470,7 +470,7 @@ def fetch(x: Any, timeout: float | None = None) -> Any:
         TimeoutError: ``timeout`` seconds passed first.
         RemoteException: a Future's call raised.
     """
-    if isinstance(x, (_RemoteRef, AbstractChannel, Task)):
+    if isinstance(x, (Future, RemoteChannel, AbstractChannel, Task)):
         return x.fetch(timeout)
     return x
 
@@ -626,11 +626,230 @@ def _module_has(module: types.ModuleType, name: str) -> bool:
     if name in vars(module):
         return True
     # a module whose class (a ModuleType subclass) defines the name, e.g. as a property
-    return any(
-        name in vars(k) for k in type(module).__mro__ if k not in (types.ModuleType, object)
-    )
+    return any(name in vars(k) for k in type(module).__mro__ if k not in (types.ModuleType, object))
 
 
-@_internal_marker := None or (lambda f: f)  # placeholder replaced below
+# -- owner-side operations (run on ``where``; pickled by reference) --------------------
+
+_TIMEOUT = "timeout"
+_CLOSED = "closed"
+_GONE = "gone"
+
+
+class _Marker:
+    """An outcome of an owner-side operation that the caller turns into an exception."""
+
+    __slots__ = ("kind", "message")
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Marker, (self.kind, self.message))
+
+
+def _raise_marker(value: Any) -> Any:
+    if isinstance(value, _Marker):
+        if value.kind == _TIMEOUT:
+            raise TimeoutError(value.message)
+        if value.kind == _CLOSED:
+            raise ChannelClosedError(value.message)
+        raise RuntimeError(value.message)  # _GONE: only ever sent to a caller that is gone
+    return value
+
+
+def _internal(f: Callable[..., Any]) -> Callable[..., Any]:
+    f._pydist_internal = True  # type: ignore[attr-defined]  # never on the main thread
+    return f
+
+
+def _future_slot(rrid: RRID) -> FutureSlot:
+    # ``ensure``: an operation may overtake the add that makes a Future(pid)'s storage
+    return current_cluster().refs.ensure(rrid)  # type: ignore[no-any-return]
+
+
+def _channel(rrid: RRID) -> Any:
+    c = current_cluster()
+    storage = c.refs.lookup(rrid)
+    if storage is None:
+        raise KeyError(f"no channel {rrid!r} on process {c.myid} (freed?)")
+    return storage
+
+
+def _caller_gone(caller: int) -> bool:
+    """Whether the process that asked for an operation has exited or lost its connection."""
+    c = current_cluster()
+    if caller == c.myid:
+        return False
+    if caller in c.dead:
+        return True
+    peer = c.peers.get(caller)
+    return peer is None or peer.closed
+
+
+def _blocking(op: Callable[[float | None], Any], timeout: float | None, caller: int) -> Any:
+    """``op(timeout)`` for ``caller``, in slices of ``_POLL`` s while the caller is remote.
+
+    A caller that is gone cannot receive the answer: its operation gives up rather than take
+    a value (or put one) that nobody will see. Raises what ``op`` raises.
+    """
+    if caller == current_cluster().myid:
+        return op(timeout)
+    deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+    while True:
+        step = _POLL
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= step:
+                return op(remaining)
+        try:
+            return op(step)
+        except TimeoutError:
+            if _caller_gone(caller):
+                return _Marker(_GONE, f"process {caller} is gone")
+
+
+def _guard(op: Callable[[], Any]) -> Any:
+    try:
+        return op()
+    except TimeoutError as e:
+        return _Marker(_TIMEOUT, str(e) or "timed out")
+    except ChannelClosedError as e:
+        return _Marker(_CLOSED, str(e) or "the channel is closed")
+
+
+@_internal
+def _fetch_ref(rrid: RRID, timeout: float | None, caller: int) -> Any:
+    slot = _future_slot(rrid)
+    try:
+        value = _blocking(slot.fetch, timeout, caller)
+    except TimeoutError:
+        return False, None
+    return value if isinstance(value, _Marker) else (True, value)
+
+
+@_internal
+def _wait_ref(rrid: RRID, timeout: float | None, caller: int) -> Any:
+    slot = _future_slot(rrid)
+    try:
+        marker = _blocking(slot.wait, timeout, caller)
+    except TimeoutError:
+        return False
+    return marker if isinstance(marker, _Marker) else True
+
+
+@_internal
+def _status_ref(rrid: RRID, timeout: float | None, caller: int) -> Any:
+    slot = _future_slot(rrid)
+    try:
+        value = _blocking(slot.fetch, timeout, caller)
+    except TimeoutError:
+        return False, None
+    if isinstance(value, _Marker):
+        return value
+    return True, value if isinstance(value, Failure) else None
+
+
+@_internal
+def _isready_ref(rrid: RRID) -> bool:
+    storage = current_cluster().refs.lookup(rrid)
+    return storage is not None and bool(storage.isready())
+
+
+@_internal
+def _put_ref(rrid: RRID, value: Any) -> bool:
+    return _future_slot(rrid).try_put(value)
+
+
+@_internal
+def _make_channel(rrid: RRID, client: int, f: Callable[[], Any] | None) -> None:
+    ch = Channel(1) if f is None else f()
+    for method in ("put", "take", "fetch", "isready", "wait"):
+        if not callable(getattr(ch, method, None)):
+            raise TypeError(
+                f"RemoteChannel(f): f() returned a {type(ch).__name__}, which has no "
+                f"{method}() method (expected an AbstractChannel)"
+            )
+    current_cluster().refs.add(rrid, client, make=lambda: ch)
+
+
+def _channel_op(ch: Any, name: str, timeout: float | None, caller: int, *args: Any) -> Any:
+    """Call ``ch.<name>(*args, timeout)``; polled for our own channels (see ``_blocking``)."""
+    method = getattr(ch, name)
+    if isinstance(ch, Channel):
+        return _guard(lambda: _blocking(lambda t: method(*args, t), timeout, caller))
+    # a channel of the user's own: pass a timeout only when one was given
+    if timeout is None:
+        return _guard(lambda: method(*args))
+    return _guard(lambda: method(*args, timeout))
+
+
+@_internal
+def _put_ch(rrid: RRID, value: Any, timeout: float | None, caller: int) -> Any:
+    marker = _channel_op(_channel(rrid), "put", timeout, caller, value)
+    return marker if isinstance(marker, _Marker) else None
+
+
+@_internal
+def _take_ch(rrid: RRID, timeout: float | None, caller: int) -> Any:
+    return _channel_op(_channel(rrid), "take", timeout, caller)
+
+
+@_internal
+def _fetch_ch(rrid: RRID, timeout: float | None, caller: int) -> Any:
+    return _channel_op(_channel(rrid), "fetch", timeout, caller)
+
+
+@_internal
+def _wait_ch(rrid: RRID, timeout: float | None, caller: int) -> Any:
+    marker = _channel_op(_channel(rrid), "wait", timeout, caller)
+    return marker if isinstance(marker, _Marker) else None
+
+
+@_internal
+def _isready_ch(rrid: RRID) -> bool:
+    return bool(_channel(rrid).isready())
+
+
+@_internal
+def _close_ch(rrid: RRID) -> None:
+    _channel(rrid).close()
+
+
+@_internal
+def _isopen_ch(rrid: RRID) -> bool:
+    ch = _channel(rrid)
+    isopen = getattr(ch, "isopen", None)
+    return True if isopen is None else bool(isopen())
+
+
+@_internal
 def _clear_here(names: tuple[str, ...], modname: str) -> list[str]:
-    raise NotImplementedError
+    """Set the existing ``names`` of module ``modname`` here to None; the names cleared.
+
+    Raises:
+        AttributeError: a name is a constant (``typing.Final``), or the module refused to
+            set it; the other names are still cleared.
+    """
+    module = sys.modules.get(modname)
+    if module is None:
+        return []
+    annotations = getattr(module, "__annotations__", None) or {}
+    cleared: list[str] = []
+    refused: list[str] = []
+    for name in names:
+        if not _module_has(module, name):
+            continue
+        if _is_final(annotations.get(name)):
+            refused.append(f"{name!r} is a constant (annotated typing.Final)")
+            continue
+        try:
+            setattr(module, name, None)
+        except Exception as e:
+            refused.append(f"{name!r} cannot be set: {type(e).__name__}: {e}")
+            continue
+        cleared.append(name)
+    if refused:
+        raise AttributeError(f"clear() in module {modname!r}: " + "; ".join(refused))
+    return cleared
