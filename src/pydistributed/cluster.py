@@ -294,7 +294,7 @@ class Cluster:
 
     def _connect_worker(self, pid: int, host: str, port: int) -> Peer:
         """Worker-to-worker: connect, authenticate, identify ourselves, start reading."""
-        sock = transport.connect_tcp(host, port, timeout=_HANDSHAKE_TIMEOUT)
+        sock = transport.connect(host, port, timeout=_HANDSHAKE_TIMEOUT)
         reader, writer = transport.socket_streams(sock)
         read_exact, write, _ = _stream_io(reader, writer)
         try:
@@ -694,6 +694,11 @@ class Cluster:
         threading.Thread(
             target=self._accept_loop, args=(sock,), name="pydist-accept", daemon=True
         ).start()
+        local = transport.listen_local(host, self.address[1])
+        if local is not None:
+            threading.Thread(
+                target=self._accept_loop, args=(local,), name="pydist-accept-local", daemon=True
+            ).start()
         threading.Thread(target=self._join_watchdog, name="pydist-watchdog", daemon=True).start()
         self._ensure_flusher()
         if threading.current_thread() is threading.main_thread():
@@ -727,7 +732,8 @@ class Cluster:
 
     def _serve_incoming(self, conn: socket.socket, addr: Any) -> None:
         try:
-            transport.set_socket_options(conn, remote=not _is_loopback(str(addr[0])))
+            remote = bool(addr) and not isinstance(addr, str) and not _is_loopback(str(addr[0]))
+            transport.set_socket_options(conn, remote=remote)
             conn.settimeout(_HANDSHAKE_TIMEOUT)
             reader, writer = transport.socket_streams(conn)
             read_exact, write, _ = _stream_io(reader, writer)

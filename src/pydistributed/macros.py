@@ -334,8 +334,14 @@ def _as_sequence(c: Iterable[T]) -> Sequence[T]:
 
 
 def _split(c: Iterable[T], n_parts: int) -> list[Sequence[T]]:
+    """The parts of ``c`` for ``n_parts`` workers, each a slice of ``c`` (see ``splitrange``)."""
     seq = _as_sequence(c)
-    return [seq[r.start : r.stop] for r in splitrange(len(seq), n_parts)]
+    ranges = splitrange(len(seq), n_parts)
+    try:
+        return [seq[r.start : r.stop] for r in ranges]
+    except TypeError:  # a sequence without slices (a deque): slice a copy
+        items = list(seq)
+        return [items[r.start : r.stop] for r in ranges]
 
 
 def _run_part(f: Callable[[T], Any], part: Iterable[T]) -> None:

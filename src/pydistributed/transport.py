@@ -27,6 +27,7 @@ import mmap
 import os
 import socket
 import struct
+import sys
 from collections.abc import Sequence
 from typing import Any, BinaryIO, Protocol
 
@@ -37,7 +38,10 @@ __all__ = [
     "FrameWriter",
     "SocketWriter",
     "StreamWriter",
+    "connect",
+    "connect_local",
     "connect_tcp",
+    "listen_local",
     "listen_tcp",
     "max_message_bytes",
     "read_message",
@@ -242,6 +246,51 @@ def socket_streams(sock: socket.socket) -> tuple[BinaryIO, SocketWriter]:
 
 def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _local_name(host: str, port: int) -> str:
+    # an abstract Unix socket name (Linux): no file to clean up, gone with its listener
+    return f"\0pydistributed-{host}-{port}"
+
+
+def listen_local(host: str, port: int) -> socket.socket | None:
+    """A Unix-socket twin of the TCP listener ``host:port`` (Linux), or None.
+
+    Processes on the same host reach a worker through it: a local round trip costs about half
+    of a loopback TCP one, and bulk data moves faster. The cookie handshake is the same.
+    """
+    if not sys.platform.startswith("linux") or not hasattr(socket, "AF_UNIX"):
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(_local_name(host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def connect_local(host: str, port: int, timeout: float) -> socket.socket | None:
+    """Connect to the Unix-socket twin of a loopback ``host:port``; None if there is none."""
+    if not _is_loopback(host) or not sys.platform.startswith("linux"):
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(_local_name(host, port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def connect(host: str, port: int, timeout: float) -> socket.socket:
+    """Connect to a worker's listener: through its Unix socket when local, else TCP."""
+    sock = connect_local(host, port, timeout)
+    if sock is not None:
+        return sock
+    return connect_tcp(host, port, timeout)
 
 
 def connect_tcp(host: str, port: int, timeout: float) -> socket.socket:

@@ -6,6 +6,7 @@ No processes are started. The expected parts are Julia's ``splitrange`` (Distrib
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 
 import pytest
@@ -70,6 +71,7 @@ def test_a_huge_range_is_never_materialized() -> None:
 def test_a_sequence_is_sliced_not_copied_whole() -> None:
     assert _split(["a", "b", "c", "d", "e"], 2) == [["a", "b", "c"], ["d", "e"]]
     assert _split((1, 2, 3), 2) == [(1, 2), (3,)]
+    assert _split(collections.deque([1, 2, 3]), 2) == [[1, 2], [3]]  # no slices: a list
     assert _split("hello", 2) == ["hel", "lo"]
 
 

@@ -21,7 +21,8 @@ for any worker started with ``python -m pydistributed.worker``:
   and ``"finalize"``. The default ``"interrupt"`` sends an interrupt message to the worker.
 - ``kill(pid, config)`` makes a worker exit; the default sends it an exit message.
 - ``connect(pid, config)`` returns ``(instream, outstream)``; the default opens a TCP connection
-  to ``config.host``/``config.port`` (or ``config.connect_at``).
+  to ``config.host``/``config.port`` (or ``config.connect_at``), through the worker's Unix
+  socket twin when the host is this one (loopback).
 
 A manager that takes keyword arguments of its own lists them in ``extra_params``; ``addprocs``
 refuses any other unknown keyword with a ``TypeError``.
@@ -97,7 +98,7 @@ class ClusterManager(abc.ABC):
             host, port = config.connect_at
         if host is None or port is None:
             raise ValueError(f"worker {pid}: no host and port to connect to")
-        sock = transport.connect_tcp(host, int(port), timeout=30.0)
+        sock = transport.connect(host, int(port), timeout=30.0)
         return transport.socket_streams(sock)
 
     def __repr__(self) -> str:

@@ -1,0 +1,494 @@
+"""Distributed reference counting: the owner frees a reference once no process holds it.
+
+Releases are batched (every 50 ms), so the checks poll the owner's table with a deadline.
+Functions that workers run live at module level here: workers import this module by name.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import os
+import pickle
+import signal
+import sys
+import time
+import types
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from pydistributed import (
+    RRID,
+    Channel,
+    CompositeException,
+    Future,
+    RemoteChannel,
+    RemoteException,
+    channel_from_id,
+    fetch,
+    remotecall,
+    remotecall_fetch,
+    remoteref_id,
+)
+from pydistributed.cluster import current_cluster
+from pydistributed.remoteref import clear
+
+AddWorkers = Callable[..., list[int]]
+
+# -- what the workers run ---------------------------------------------------------------
+
+_kept: dict[str, Any] = {}
+
+
+def nrefs() -> int:
+    """How many references this process stores (its owner table)."""
+    return len(current_cluster().refs)
+
+
+def clients(rrid: RRID) -> dict[int, int]:
+    """Who holds ``rrid`` here, by process, as this (owner) process counts them."""
+    return {p: n for p, n in current_cluster().refs.clients(rrid).items() if n}
+
+
+def stored(rrid: RRID) -> bool:
+    try:
+        channel_from_id(rrid)
+    except KeyError:
+        return False
+    return True
+
+
+def keep(name: str, obj: Any) -> int:
+    """Hold ``obj`` here under ``name``; return ``id(obj)``, to tell objects apart."""
+    _kept[name] = obj
+    return id(obj)
+
+
+def drop(*names: str) -> None:
+    for name in names:
+        _kept.pop(name, None)
+    gc.collect()
+
+
+def kept_is(name: str, obj: Any) -> bool:
+    return _kept[name] is obj
+
+
+def pass_on(name: str, to: int) -> None:
+    """Send what is kept under ``name`` to process ``to``, which keeps it too."""
+    remotecall_fetch(keep, to, name, _kept[name])
+
+
+def make_futures(owner: int, n: int, hold: bool) -> int:
+    """Make ``n`` empty Futures stored on ``owner``; keep them here if ``hold``."""
+    made = [Future(owner) for _ in range(n)] if hold else None
+    if not hold:
+        for _ in range(n):
+            Future(owner)
+    if hold:
+        _kept["futures"] = made
+    return n
+
+
+def churn_channels(n: int, size: int) -> None:
+    """Make ``n`` RemoteChannels here, each holding its own ``size`` bytes, and drop them."""
+    refs = current_cluster().refs
+    for i in range(n):
+        rc = RemoteChannel()
+        rc.put(b"\x01" * size)
+        del rc
+        if i % 50 == 49:
+            # pace ourselves on the releases (every 50 ms), so that the peak stays small
+            deadline = time.monotonic() + 10
+            while len(refs) > 100 and time.monotonic() < deadline:
+                time.sleep(0.002)
+
+
+def set_globals(mod: str = "__main__", **values: Any) -> None:
+    module = sys.modules.get(mod)
+    if module is None:
+        module = sys.modules[mod] = types.ModuleType(mod)
+    for k, v in values.items():
+        setattr(module, k, v)
+
+
+def get_globals(names: list[str], mod: str = "__main__") -> dict[str, Any]:
+    module = sys.modules[mod]
+    return {n: getattr(module, n, "<absent>") for n in names}
+
+
+def make_frozen_module(name: str) -> None:
+    """A module that refuses to set ``locked`` (a module attribute that cannot be set)."""
+
+    class Frozen(types.ModuleType):
+        def __setattr__(self, key: str, value: Any) -> None:
+            if key == "locked":
+                raise AttributeError("locked is read-only")
+            super().__setattr__(key, value)
+
+    module = Frozen(name)
+    module.__dict__.update(locked=1, free=2)
+    sys.modules[name] = module
+
+
+def make_final_module(name: str) -> None:
+    """A module with a constant, annotated ``typing.Final`` (also as a string)."""
+    module = types.ModuleType(name)
+    exec(
+        "from typing import Final\nLIMIT: Final = 3\nRATE: 'Final[float]' = 0.5\nplain: int = 4\n",
+        module.__dict__,
+    )
+    sys.modules[name] = module
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> None:
+    """Poll ``check()`` until true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = check()
+        if last:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what or check}")
+        time.sleep(0.02)
+
+
+def table_size(pid: int) -> int:
+    return int(remotecall_fetch(nrefs, pid))
+
+
+def rss_mb(ospid: int) -> float:
+    with open(f"/proc/{ospid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def ospid(pid: int) -> int:
+    value = current_cluster().workers[pid].ospid
+    assert value is not None
+    return value
+
+
+# -- the figures of the issue ------------------------------------------------------------
+
+
+def test_100k_futures_made_on_a_worker_and_dropped_leave_the_owner_empty(
+    two_workers: list[int],
+) -> None:
+    a, b = two_workers
+    # held: the owner counts every one of them
+    assert remotecall_fetch(make_futures, a, b, 100_000, True) == 100_000
+    eventually(lambda: table_size(b) == 100_000, what="the owner stores all 100,000")
+    remotecall_fetch(drop, a, "futures")
+    eventually(lambda: table_size(b) == 0, timeout=20, what="the owner's table empties")
+    # dropped at once, as made
+    remotecall_fetch(make_futures, a, b, 100_000, False)
+    eventually(lambda: table_size(b) == 0, timeout=20, what="the owner's table empties")
+    assert table_size(a) == 0
+
+
+def test_worker_memory_stays_flat_over_rounds_of_1mb_remotechannels(
+    add_workers: AddWorkers,
+) -> None:
+    (w,) = add_workers(1)
+    pid = ospid(w)
+    rss: list[float] = []
+    for _ in range(10):
+        remotecall_fetch(churn_channels, w, 10_000, 1 << 20)
+        eventually(lambda: table_size(w) == 0, what="every channel freed")
+        rss.append(rss_mb(pid))
+    # one round alone allocates 10 GB; a leak of even 1% of it would show
+    settled = rss[1:]
+    assert max(settled) - min(settled) < 64, rss
+    assert rss[-1] - rss[1] < 32, rss
+
+
+def test_remote_handles_made_and_dropped_by_the_master_leave_no_trace(
+    two_workers: list[int],
+) -> None:
+    w = two_workers[0]
+    for _ in range(3):
+        chans = [RemoteChannel(w) for _ in range(200)]
+        futs = [remotecall(len, w, b"x" * 1000) for _ in range(200)]
+        assert table_size(w) == 400
+        assert sum(fetch(f) for f in futs[:100]) == 100_000
+        del chans, futs
+        eventually(lambda: table_size(w) == 0, what="all freed")
+
+
+# -- the paths a reference travels -------------------------------------------------------
+
+
+def test_future_sent_master_to_a_to_b_and_dropped_everywhere_is_freed(
+    add_workers: AddWorkers,
+) -> None:
+    owner, a, b = add_workers(3)
+    f = remotecall(lambda: "value", owner)
+    rrid = remoteref_id(f)
+    remotecall_fetch(keep, a, "f", f)
+    remotecall_fetch(pass_on, a, "f", b)
+    eventually(lambda: remotecall_fetch(clients, owner, rrid) == {1: 1, a: 1, b: 1})
+    del f
+    gc.collect()
+    remotecall_fetch(drop, a, "f")
+    eventually(lambda: remotecall_fetch(clients, owner, rrid) == {b: 1})
+    assert remotecall_fetch(lambda: fetch(_kept["f"]), b) == "value"  # fetched: released
+    eventually(lambda: table_size(owner) == 0, what="freed on its owner")
+    remotecall_fetch(drop, b, "f")
+    assert table_size(owner) == 0
+
+
+def test_remotechannel_sent_master_to_a_to_b_and_dropped_everywhere_is_freed(
+    add_workers: AddWorkers,
+) -> None:
+    owner, a, b = add_workers(3)
+    rc = RemoteChannel(lambda: Channel(10), owner)
+    rc.put("from the master")
+    remotecall_fetch(keep, a, "rc", rc)
+    remotecall_fetch(pass_on, a, "rc", b)
+    assert remotecall_fetch(lambda: _kept["rc"].take(timeout=10), b) == "from the master"
+    rrid = remoteref_id(rc)
+    eventually(lambda: remotecall_fetch(clients, owner, rrid) == {1: 1, a: 1, b: 1})
+    remotecall_fetch(drop, b, "rc")
+    remotecall_fetch(drop, a, "rc")
+    eventually(lambda: remotecall_fetch(clients, owner, rrid) == {1: 1})
+    del rc
+    gc.collect()
+    eventually(lambda: table_size(owner) == 0, what="freed on its owner")
+
+
+def test_a_reference_received_twice_is_one_object(two_workers: list[int]) -> None:
+    a, b = two_workers
+    rc = RemoteChannel(b)
+    fut = Future(b)
+    first = remotecall_fetch(keep, a, "rc", rc)
+    assert remotecall_fetch(kept_is, a, "rc", rc)  # a second message, the same object
+    assert remotecall_fetch(keep, a, "rc2", rc) == first
+    remotecall_fetch(keep, a, "fut", fut)
+    assert remotecall_fetch(kept_is, a, "fut", fut)
+    # and here: what comes back is what we sent
+    assert remotecall_fetch(lambda x: x, a, rc) is rc
+    assert remotecall_fetch(lambda: _kept["fut"], a) is fut
+    # the extra handles were released again: one per process
+    eventually(lambda: remotecall_fetch(clients, b, remoteref_id(rc)) == {1: 1, a: 1})
+    eventually(lambda: remotecall_fetch(clients, b, remoteref_id(fut)) == {1: 1, a: 1})
+    remotecall_fetch(drop, a, "rc", "rc2", "fut")
+    del rc, fut
+    gc.collect()
+    eventually(lambda: table_size(b) == 0)
+
+
+def test_references_survive_being_sent_back_to_their_owner(two_workers: list[int]) -> None:
+    w = two_workers[0]
+    rc = RemoteChannel(w)
+    fut = Future(w)
+    # the owner gets handles to its own storage, uses them locally, and drops them
+    assert remotecall_fetch(lambda r: (r.put(1), r.take())[1], w, rc) == 1
+    remotecall_fetch(lambda f: f.put("set by the owner") and None, w, fut)
+    remotecall_fetch(keep, w, "rc", rc)
+    remotecall_fetch(drop, w, "rc")
+    time.sleep(0.2)  # several release batches
+    # still there for the master
+    rc.put(2)
+    assert rc.take(timeout=10) == 2
+    assert fut.fetch(timeout=10) == "set by the owner"
+    # a channel made on a worker comes back to the master and goes back again
+    rc2 = remotecall_fetch(lambda: RemoteChannel(lambda: Channel(5)), w)
+    assert rc2.where == w and rc2.whence == w
+    assert remotecall_fetch(lambda r: r.put("x") and None, w, rc2) is None
+    assert rc2.take(timeout=10) == "x"
+    del rc, fut, rc2
+    gc.collect()
+    eventually(lambda: table_size(w) == 0)
+
+
+def test_a_fetched_future_caches_its_value_and_releases_the_remote_copy(
+    two_workers: list[int],
+) -> None:
+    w = two_workers[0]
+    f = remotecall(lambda: list(range(1000)), w)
+    assert table_size(w) == 1
+    assert f.fetch(timeout=10) == list(range(1000))
+    eventually(lambda: table_size(w) == 0, what="the remote copy released")
+    assert f.isready() and f.fetch() == list(range(1000))
+    # the cached value travels with the Future, so a third process needs no owner
+    assert remotecall_fetch(lambda g: g.fetch(), two_workers[1], f) == list(range(1000))
+    # also after a put from here
+    g = Future(w)
+    g.put("mine")
+    eventually(lambda: table_size(w) == 0)
+    assert g.fetch() == "mine"
+
+
+def test_remoteref_id_and_channel_from_id(two_workers: list[int]) -> None:
+    w = two_workers[0]
+    rc = RemoteChannel(lambda: Channel(7), w)
+    rrid = remoteref_id(rc)
+    assert rrid == RRID(1, rc.id) and hash(rrid) == hash((1, rc.id))
+    assert remotecall_fetch(lambda r: channel_from_id(r).size, w, rrid) == 7
+    with pytest.raises(KeyError):
+        channel_from_id(rrid)  # valid only where the channel lives
+    local = RemoteChannel(lambda: Channel(3))
+    assert channel_from_id(remoteref_id(local)).size == 3
+    fut = Future()
+    assert channel_from_id(remoteref_id(fut)) is not None  # a Future's storage too
+    with pytest.raises(TypeError):
+        remoteref_id(object())  # type: ignore[arg-type]
+    assert remotecall_fetch(stored, w, rrid)
+    del rc
+    gc.collect()
+    eventually(lambda: not remotecall_fetch(stored, w, rrid), what="channel_from_id raises")
+    lrrid = remoteref_id(local)
+    del local
+    gc.collect()
+    eventually(lambda: not stored(lrrid), what="channel_from_id raises here")
+
+
+def test_handles_of_a_dead_worker_are_released_on_the_other_owners(
+    add_workers: AddWorkers,
+) -> None:
+    doomed, other = add_workers(2)
+    on_master = RemoteChannel()
+    on_other = RemoteChannel(other)
+    fut_on_other = Future(other)
+    for name, ref in (("a", on_master), ("b", on_other), ("c", fut_on_other)):
+        remotecall_fetch(keep, doomed, name, ref)
+    eventually(lambda: clients(remoteref_id(on_master)) == {1: 1, doomed: 1})
+    eventually(
+        lambda: remotecall_fetch(clients, other, remoteref_id(on_other)) == {1: 1, doomed: 1}
+    )
+    os.kill(ospid(doomed), signal.SIGKILL)
+    eventually(lambda: clients(remoteref_id(on_master)) == {1: 1}, what="dropped here")
+    eventually(
+        lambda: remotecall_fetch(clients, other, remoteref_id(on_other)) == {1: 1},
+        what="dropped on the other worker",
+    )
+    eventually(lambda: remotecall_fetch(clients, other, remoteref_id(fut_on_other)) == {1: 1})
+    master_rrid = remoteref_id(on_master)
+    del on_master, on_other, fut_on_other
+    gc.collect()
+    eventually(lambda: table_size(other) == 0)
+    eventually(lambda: not stored(master_rrid))
+
+
+def test_copies_and_pickles_made_by_hand_keep_the_count(two_workers: list[int]) -> None:
+    w = two_workers[0]
+    rc = RemoteChannel(w)
+    fut = Future(w)
+    assert copy.copy(rc) is rc and copy.deepcopy([rc])[0] is rc and copy.copy(fut) is fut
+    assert pickle.loads(pickle.dumps(rc)) is rc
+    assert pickle.loads(pickle.dumps(fut)) is fut
+    time.sleep(0.2)  # several release batches: nothing was released
+    assert remotecall_fetch(clients, w, remoteref_id(rc)) == {1: 1}
+    assert remotecall_fetch(clients, w, remoteref_id(fut)) == {1: 1}
+    # a pickle made by hand and unpickled elsewhere: the receiver announces itself
+    blob = pickle.dumps(rc)
+    remotecall_fetch(lambda b: keep("rc", pickle.loads(b)) and None, two_workers[1], blob)
+    eventually(lambda: remotecall_fetch(clients, w, remoteref_id(rc)) == {1: 1, 3: 1})
+    remotecall_fetch(drop, two_workers[1], "rc")
+    rc.put(5)
+    assert rc.take(timeout=10) == 5
+    del rc, fut
+    gc.collect()
+    eventually(lambda: table_size(w) == 0)
+
+
+def test_local_references_are_freed_with_or_without_workers() -> None:
+    before = nrefs()
+    refs: list[Any] = [Future() for _ in range(500)]
+    refs += [RemoteChannel() for _ in range(500)]
+    for r in refs[:500]:
+        r.put(1)
+    assert nrefs() == before + 1000
+    del refs, r
+    gc.collect()
+    eventually(lambda: nrefs() == before, what="all freed here")
+
+
+# -- clear -----------------------------------------------------------------------------
+
+
+def test_clear_sets_existing_globals_to_none_on_the_workers(two_workers: list[int]) -> None:
+    a, b = two_workers
+    for w in two_workers:
+        remotecall_fetch(set_globals, w, t_x=[1, 2], t_y="y", t_z=3)
+    assert clear(["t_x", "t_y", "t_missing"]) is None  # default: every worker
+    for w in two_workers:
+        got = remotecall_fetch(get_globals, w, ["t_x", "t_y", "t_z", "t_missing"])
+        assert got == {"t_x": None, "t_y": None, "t_z": 3, "t_missing": "<absent>"}
+    clear("t_z", b)  # one name, one pid
+    assert remotecall_fetch(get_globals, a, ["t_z"]) == {"t_z": 3}
+    assert remotecall_fetch(get_globals, b, ["t_z"]) == {"t_z": None}
+    # another module, by name or as a module; a module not loaded there has nothing
+    remotecall_fetch(set_globals, a, "t_clear_mod", v=1, u=2)
+    clear(("v",), [a, b], mod="t_clear_mod")
+    assert remotecall_fetch(get_globals, a, ["v", "u"], "t_clear_mod") == {"v": None, "u": 2}
+    with pytest.raises(TypeError):
+        clear([1], a)  # type: ignore[list-item]
+
+
+def test_clear_on_the_master_too() -> None:
+    mod = types.ModuleType("t_clear_master")
+    mod.big = list(range(10))  # type: ignore[attr-defined]
+    sys.modules[mod.__name__] = mod
+    try:
+        clear("big", 1, mod=mod)
+        assert mod.big is None  # type: ignore[attr-defined]
+    finally:
+        del sys.modules[mod.__name__]
+
+
+def test_clear_frees_what_a_global_held(two_workers: list[int]) -> None:
+    rc = RemoteChannel()
+    remotecall_fetch(lambda r: set_globals(held=r), two_workers[0], rc)
+    rrid = remoteref_id(rc)
+    eventually(lambda: clients(rrid) == {1: 1, two_workers[0]: 1})
+    clear("held", two_workers[0])
+    eventually(lambda: clients(rrid) == {1: 1}, what="the worker's handle released")
+
+
+def test_clear_raises_for_constants_and_clears_the_rest(two_workers: list[int]) -> None:
+    a, b = two_workers
+    for w in two_workers:
+        remotecall_fetch(make_final_module, w, "t_final")
+        remotecall_fetch(make_frozen_module, w, "t_frozen")
+    with pytest.raises(CompositeException) as info:
+        clear(["LIMIT", "RATE", "plain"], mod="t_final")
+    errors = info.value.exceptions
+    assert len(errors) == 2 and {e.pid for e in errors} == {a, b}
+    for e in errors:
+        assert isinstance(e, RemoteException) and isinstance(e.captured.exc, AttributeError)
+        assert "'LIMIT' is a constant" in str(e) and "'RATE' is a constant" in str(e)
+    assert remotecall_fetch(get_globals, a, ["LIMIT", "RATE", "plain"], "t_final") == {
+        "LIMIT": 3,
+        "RATE": 0.5,
+        "plain": None,
+    }
+    with pytest.raises(CompositeException, match="1 of the processes") as info2:
+        clear(["locked", "free"], b, mod="t_frozen")
+    assert "read-only" in str(info2.value.exceptions[0])
+    assert remotecall_fetch(get_globals, b, ["locked", "free"], "t_frozen") == {
+        "locked": 1,
+        "free": None,
+    }
+
+
+def test_clear_of_a_caching_pool_clears_it_and_returns_it() -> None:
+    class FakeCachingPool:
+        cleared = 0
+
+        def clear(self) -> None:
+            self.cleared += 1
+
+        def _pool_call(self, *args: Any) -> None:  # pragma: no cover - never called
+            raise AssertionError
+
+    pool = FakeCachingPool()
+    assert clear(pool) is pool and pool.cleared == 1
