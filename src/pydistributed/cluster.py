@@ -189,6 +189,7 @@ class Cluster:
         self.role = role
         self.cookie = check_cookie(cookie) if cookie is not None else random_cookie()
         self.refs = RefStore()
+        self.buffers = transport.BufferPool()
         self.executor = Executor(use_main_thread=(role == "worker"))
         self._lock = threading.RLock()
         self._join_lock = threading.Lock()
@@ -303,7 +304,7 @@ class Cluster:
             writer.close()
             raise
         sock.settimeout(None)
-        peer = Peer(reader, writer, pid, announce=self._announce, sock=sock)
+        peer = Peer(reader, writer, pid, announce=self._announce, sock=sock, alloc=self.buffers.get)
         peer.send(Identify(self.myid))
         with self._lock:
             self.peers[pid] = peer
@@ -676,6 +677,7 @@ class Cluster:
     def _flush_loop(self) -> None:
         while True:
             time.sleep(_FLUSH_INTERVAL)
+            self.buffers.trim()
             if self.refq:
                 try:
                     self.flush_refs()
@@ -751,7 +753,7 @@ class Cluster:
 
     def process_first(self, reader: Any, writer: Any, first: Message, sock: Any = None) -> None:
         """Serve an authenticated incoming connection whose first message is ``first``."""
-        peer = Peer(reader, writer, announce=self._announce, sock=sock)
+        peer = Peer(reader, writer, announce=self._announce, sock=sock, alloc=self.buffers.get)
         if isinstance(first, JoinPGRP):
             if self.joined.is_set():
                 log.warning("a second master tried to join this worker; refused")
@@ -993,7 +995,9 @@ class Cluster:
             raise
         if sock is not None:
             sock.settimeout(None)
-        peer = Peer(instream, outstream, pid, announce=self._announce, sock=sock)
+        peer = Peer(
+            instream, outstream, pid, announce=self._announce, sock=sock, alloc=self.buffers.get
+        )
         info = WorkerInfo(pid, config.bind_addr or config.host, config.port, config, manager)
         info.streams = streams
         with self._join_lock:

@@ -398,7 +398,8 @@ def distributed(
 
     Without one: returns at once a :class:`Task` covering all parts, registered with the
     enclosing ``sync()`` blocks; ``with sync(): distributed(f, c)`` waits for every part. The
-    parts have been sent when it returns, so later calls to the same workers run after them.
+    parts have been sent when it returns, so later calls to the same workers arrive after
+    them (and may run alongside them, as any two calls may).
     ``task.wait()`` raises a ``CompositeException`` of the failed parts'
     ``RemoteException``\\ s (so a ``sync()`` block raises it inside its own, as Julia nests
     them).

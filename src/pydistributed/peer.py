@@ -72,12 +72,14 @@ class Peer:
         *,
         announce: Callable[[Peer, list[Any]], None] | None = None,
         sock: Any = None,
+        alloc: Callable[[int], Any] | None = None,
     ) -> None:
         self.reader = reader
         self.writer = transport.as_frame_writer(writer)
         self.pid = pid
         self.sock = sock
         self.announce = announce
+        self.alloc = alloc
         self.pending: dict[int, ResponseSlot] = {}
         self.closed = False
         self.close_reason = ""
@@ -150,9 +152,10 @@ class Peer:
     ) -> None:
         reason = "connection closed"
         reader = self.reader
+        alloc = self.alloc
         try:
             while True:
-                frames = transport.read_message(reader)
+                frames = transport.read_message(reader, None, alloc)
                 try:
                     msg = codec.decode(frames)
                 except codec.DecodeError as e:
