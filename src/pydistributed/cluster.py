@@ -485,9 +485,7 @@ class Cluster:
             slot.set(False, ProcessExitedException(pid, peer.close_reason))
         return peer, rid, slot
 
-    def _await(
-        self, peer: Peer, rid: int, slot: ResponseSlot, timeout: float | None = None
-    ) -> Any:
+    def _await(self, peer: Peer, rid: int, slot: ResponseSlot, timeout: float | None = None) -> Any:
         """Wait for the answer to request ``rid``; Ctrl-C interrupts the remote call too."""
         try:
             answered = slot.wait(timeout)
@@ -524,7 +522,9 @@ class Cluster:
             raise self._unpicklable(f, args, kwargs, e) from e
         return self._await(peer, rid, slot, timeout)
 
-    def call(self, pid: int, rrid: RRID, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def call(
+        self, pid: int, rrid: RRID, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         """Start ``f`` on ``pid``, its result to be stored under ``rrid`` there.
 
         Returns the local storage when ``pid`` is this process, else None.
@@ -887,7 +887,9 @@ class Cluster:
                 self.remove_workers(pids, waitfor=10.0, quiet=True)
             first = launch_error[0] if launch_error else errors[0]
             if len(errors) > 1 or (launch_error and errors):
-                log.error("%d more workers failed to start", len(errors) - (0 if launch_error else 1))
+                log.error(
+                    "%d more workers failed to start", len(errors) - (0 if launch_error else 1)
+                )
             raise first
         return pids
 
@@ -1022,9 +1024,7 @@ class Cluster:
             rid = self._rids.next()
             slot = ResponseSlot()
             peer.pending[rid] = slot
-            peer.send(
-                JoinPGRP(rid, pid, topology, bool(params["lazy"]), tuple(table), "localhost")
-            )
+            peer.send(JoinPGRP(rid, pid, topology, bool(params["lazy"]), tuple(table), "localhost"))
             if topology == "all_to_all":
                 update = PeerUpdate(added=((pid, info.host or "", info.port or 0),))
                 for w in others:
@@ -1067,9 +1067,7 @@ class Cluster:
             except Exception:
                 log.exception("manage(deregister) failed for worker %d", pid)
         info.exited.set()
-        threading.Thread(
-            target=self._reap, args=(info,), name="pydist-reap", daemon=True
-        ).start()
+        threading.Thread(target=self._reap, args=(info,), name="pydist-reap", daemon=True).start()
 
     @staticmethod
     def _reap(info: WorkerInfo) -> None:
@@ -1235,4 +1233,3 @@ def cluster_cookie(cookie: str | None = None) -> str:
     if cookie is not None:
         c.cookie = check_cookie(cookie)
     return c.cookie
-

@@ -158,7 +158,7 @@ def decode_header(frames: list[Any]) -> tuple[int, dict[str, int]]:
     cls = MESSAGE_TYPES.get(tag)
     if cls is None:
         raise ProtocolError(f"unknown message tag {tag}")
-    return tag, dict(zip(cls.HEADER, (a, b, c)))
+    return tag, dict(zip(cls.HEADER, (a, b, c)[: len(cls.HEADER)], strict=True))
 
 
 def decode(frames: list[Any]) -> Message:
@@ -178,6 +178,6 @@ def decode(frames: list[Any]) -> Message:
         body = pickle.loads(frames[1], buffers=frames[2:])
         if not isinstance(body, tuple) or len(body) != len(cls.BODY):
             raise ProtocolError(f"a {cls.__name__} body has {len(cls.BODY)} fields")
-        return cls(**header, **dict(zip(cls.BODY, body)))
+        return cls(**header, **dict(zip(cls.BODY, body, strict=True)))
     except Exception as e:
         raise DecodeError(tag, header, e) from e

@@ -96,8 +96,10 @@ class CapturedException(Exception):
         if isinstance(self.exc, _RemoteStandIn):
             return self.exc.remote_type
         t = type(self.exc)
-        return t.__qualname__ if t.__module__ in ("builtins", "__main__") else (
-            f"{t.__module__}.{t.__qualname__}"
+        return (
+            t.__qualname__
+            if t.__module__ in ("builtins", "__main__")
+            else (f"{t.__module__}.{t.__qualname__}")
         )
 
     def __str__(self) -> str:

@@ -78,8 +78,12 @@ def _digest(cookie: str, role: bytes, challenge: bytes) -> bytes:
     return hmac.new(cookie.encode("ascii"), role + challenge, hashlib.sha256).digest()
 
 
+def _python_version() -> str:
+    return f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
 def _my_info() -> bytes:
-    info = {"protocol": PROTOCOL_VERSION, "python": "%d.%d" % sys.version_info[:2]}
+    info = {"protocol": PROTOCOL_VERSION, "python": _python_version()}
     data = json.dumps(info).encode()
     return struct.pack("!H", len(data)) + data
 
@@ -98,11 +102,11 @@ def _read_info(read_exact: ReadExact) -> dict[str, object]:
 
 
 def _mismatch(theirs: dict[str, object], their_side: str) -> str | None:
-    mine = {"protocol": PROTOCOL_VERSION, "python": "%d.%d" % sys.version_info[:2]}
+    mine = {"protocol": PROTOCOL_VERSION, "python": _python_version()}
     for key in ("protocol", "python"):
         if theirs.get(key) != mine[key]:
             return (
-                f"version mismatch: this side ({'pid ' + str(os.getpid())}) has {key} "
+                f"version mismatch: this process (os pid {os.getpid()}) has {key} "
                 f"{mine[key]}, the {their_side} has {key} {theirs.get(key)}"
             )
     return None

@@ -210,4 +210,3 @@ class Peer:
                 self._on_close(self, reason)
             except Exception:
                 log.exception("error while handling the loss of process %s", self.pid)
-

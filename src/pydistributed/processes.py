@@ -228,6 +228,11 @@ def worker_id_from_socket(s: Any) -> int:
         return -1 if target is None else target
     c = current_cluster()
     for pid, peer in list(c.peers.items()):
-        if s is peer or s in (peer.sock, peer.reader, peer.writer, getattr(peer.writer, "sock", None)):
+        if s is peer or s in (
+            peer.sock,
+            peer.reader,
+            peer.writer,
+            getattr(peer.writer, "sock", None),
+        ):
             return pid
     return -1

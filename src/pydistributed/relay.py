@@ -135,8 +135,10 @@ class OutputRelay:
     def _read_blocking(stream: RelayedStream) -> None:
         try:
             while True:
-                data = stream.file.read1(65536) if hasattr(stream.file, "read1") else (
-                    stream.file.readline()
+                data = (
+                    stream.file.read1(65536)
+                    if hasattr(stream.file, "read1")
+                    else (stream.file.readline())
                 )
                 if not data:
                     break

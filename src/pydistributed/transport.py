@@ -224,7 +224,7 @@ class BufferPool:
         with self._lock:
             self._collect()
             best = None
-            for i, (cap, f) in enumerate(self._free):
+            for i, (cap, _) in enumerate(self._free):
                 if size <= cap <= 2 * size and (best is None or cap < self._free[best][0]):
                     best = i
             if best is not None:
@@ -244,7 +244,12 @@ class BufferPool:
         except OSError:
             os.close(fd)
             raise
-        ref = weakref.ref(buf, lambda r, cap=cap, fd=fd: self._returned.append((cap, fd, r)))
+        returned = self._returned
+
+        def give_back(r: Any, cap: int = cap, fd: int = fd) -> None:
+            returned.append((cap, fd, r))  # may run on any thread, inside any lock
+
+        ref = weakref.ref(buf, give_back)
         self._live.add(ref)
         return buf
 
@@ -274,9 +279,7 @@ class BufferPool:
             os.close(fd)
 
 
-def read_message(
-    reader: BinaryIO, limit: int | None = None, alloc: Any = None
-) -> list[Any]:
+def read_message(reader: BinaryIO, limit: int | None = None, alloc: Any = None) -> list[Any]:
     """Read one whole message from ``reader`` and return its frames.
 
     ``alloc(size)`` gives the memory of frames of 1 MiB or more (default: anonymous mmap).
@@ -336,7 +339,7 @@ def set_socket_options(sock: socket.socket, *, remote: bool = False) -> None:
 
 def socket_streams(sock: socket.socket) -> tuple[BinaryIO, SocketWriter]:
     """The (incoming, outgoing) pair for a connected socket."""
-    reader = sock.makefile("rb", buffering=1 << 16)
+    reader: Any = sock.makefile("rb", buffering=1 << 16)
     return reader, SocketWriter(sock)
 
 

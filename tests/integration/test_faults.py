@@ -16,13 +16,15 @@ from pydistributed import (
     RemoteException,
     addprocs,
     cluster_cookie,
+    codec,
+    handshake,
     myid,
     remote_do,
     remotecall,
     remotecall_fetch,
     remotecall_wait,
+    transport,
 )
-from pydistributed import codec, handshake, transport
 from pydistributed.cluster import current_cluster
 from pydistributed.errors import AuthenticationError, ProtocolError
 from pydistributed.messages import Identify

@@ -230,7 +230,9 @@ def test_unknown_keyword_is_a_type_error() -> None:
         addprocs(1, bogus=True)
 
 
-def test_worker_output_is_relayed(two_workers: list[int], capfd: pytest.CaptureFixture[str]) -> None:
+def test_worker_output_is_relayed(
+    two_workers: list[int], capfd: pytest.CaptureFixture[str]
+) -> None:
     w = two_workers[0]
     remotecall_fetch(h.say, w, "hello out")
     remotecall_fetch(h.say, w, "hello err", "stderr")

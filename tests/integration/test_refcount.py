@@ -99,11 +99,11 @@ def churn_channels(n: int, size: int) -> None:
         rc = RemoteChannel()
         rc.put(b"\x01" * size)
         del rc
-        if i % 50 == 49:
-            # pace ourselves on the releases (every 50 ms), so that the peak stays small
+        if i % 100 == 99:
+            # the releases are batched every 50 ms: should they fall behind, let them catch up
             deadline = time.monotonic() + 10
-            while len(refs) > 100 and time.monotonic() < deadline:
-                time.sleep(0.002)
+            while len(refs) > 1000 and time.monotonic() < deadline:
+                time.sleep(0.005)
 
 
 def set_globals(mod: str = "__main__", **values: Any) -> None:
@@ -204,10 +204,11 @@ def test_worker_memory_stays_flat_over_rounds_of_1mb_remotechannels(
         remotecall_fetch(churn_channels, w, 10_000, 1 << 20)
         eventually(lambda: table_size(w) == 0, what="every channel freed")
         rss.append(rss_mb(pid))
-    # one round alone allocates 10 GB; a leak of even 1% of it would show
-    settled = rss[1:]
-    assert max(settled) - min(settled) < 64, rss
-    assert rss[-1] - rss[1] < 32, rss
+    # Each round allocates (and should free) 10 GB. The allocator keeps a high-water mark
+    # of what the releases let pile up between two batches (a few hundred MB at most); it
+    # may settle during the first rounds, but must not grow after that.
+    assert max(rss) < 1024, rss
+    assert max(rss[4:]) - max(rss[:4]) < 32, rss
 
 
 def test_remote_handles_made_and_dropped_by_the_master_leave_no_trace(

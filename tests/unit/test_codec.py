@@ -127,6 +127,6 @@ def test_note_ref_collects_during_encode_only() -> None:
             return (int, (3,))
 
     r = Ref()
-    frames, refs = codec.encode(Result(1, True, [r]), 5)
+    _, refs = codec.encode(Result(1, True, [r]), 5)
     assert refs == [r]
     assert codec.encoding_target() is None

@@ -100,3 +100,37 @@ def test_stream_writer_for_custom_transports() -> None:
     w.write_frames([b"head", b"body"])
     buf.seek(0)
     assert transport.read_message(buf) == [b"head", b"body"]  # type: ignore[arg-type]
+
+
+def test_buffer_pool_reuses_memory_once_free() -> None:
+    import gc
+
+    pool = transport.BufferPool(max_cached=64 << 20)
+    if not pool.enabled:
+        pytest.skip("no memfd_create on this platform")
+    a = pool.get(4 << 20)
+    memoryview(a)[:3] = b"abc"
+    del a
+    gc.collect()
+    b = pool.get(3 << 20)  # fits in the freed buffer (at most twice the size)
+    assert len(b) == 3 << 20
+    assert bytes(memoryview(b)[:3]) == b"abc"  # the same pages, mapped again
+    c = pool.get(1 << 20)  # a fresh one: the free buffer is more than twice too big
+    assert len(c) == 1 << 20
+    del b, c
+    gc.collect()
+    pool.trim(idle=0)
+    assert pool._free == [] and pool._cached == 0
+
+
+def test_buffer_pool_caps_what_it_keeps() -> None:
+    import gc
+
+    pool = transport.BufferPool(max_cached=2 << 20)
+    if not pool.enabled:
+        pytest.skip("no memfd_create on this platform")
+    bufs = [pool.get(1 << 20) for _ in range(4)]
+    del bufs
+    gc.collect()
+    pool.get(1 << 20)
+    assert pool._cached <= 2 << 20
