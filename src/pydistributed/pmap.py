@@ -57,8 +57,12 @@ __all__ = ["ExponentialBackOff", "asyncmap", "pmap"]
 log = logging.getLogger("pydistributed.pmap")
 
 DEFAULT_NTASKS = 100  # Julia's asyncmap default
-AUTO_MIN_BATCHES_PER_WORKER = 3  # batch_size="auto": at least this many batches per worker...
-AUTO_MAX_BATCH = 100  # ...of at most this many elements (Julia's batchsplit)
+# batch_size="auto" (see _auto_sizes): about this many batches per worker (as multiprocessing's
+# map; Julia's batchsplit makes at least 3 per worker but of at most 100 elements, which costs
+# a round trip per 100 elements: far too slow for tiny tasks here)...
+AUTO_BATCHES_PER_WORKER = 4
+AUTO_MAX_BATCH = 10_000  # ...of at most this many elements;
+AUTO_FIRST_BATCH = 100  # an input of unknown length starts with batches of this many
 INTERRUPT_GRACE = 5.0  # after Ctrl-C, how long pmap waits for the interrupted calls
 _TICK = 0.002  # how often the watcher looks at the runners of asyncmaps
 _FAST_ITEM = 20e-6  # items quicker than this are taken in growing chunks...
@@ -549,20 +553,41 @@ def _check_batch_size(batch_size: Any) -> int | str:
     return batch_size
 
 
-def _auto_batches(elements: Iterator[Any], nworkers: int) -> tuple[list[Any], int]:
-    """Julia's ``batchsplit``: batches of at most AUTO_MAX_BATCH elements, and at least
-    AUTO_MIN_BATCHES_PER_WORKER per worker when the input is short. Reads at most
-    ``min_batches * AUTO_MAX_BATCH`` elements ahead to decide; returns them and the size."""
-    min_batches = AUTO_MIN_BATCHES_PER_WORKER * max(1, nworkers)
-    head = list(itertools.islice(elements, min_batches * AUTO_MAX_BATCH))
-    if len(head) < min_batches * AUTO_MAX_BATCH:
-        return head, max(1, len(head) // min_batches)
-    return head, AUTO_MAX_BATCH
+def _auto_size(n: int, nworkers: int) -> int:
+    """``batch_size="auto"`` for ``n`` elements: about AUTO_BATCHES_PER_WORKER batches per
+    worker, of at most AUTO_MAX_BATCH elements."""
+    return max(1, min(AUTO_MAX_BATCH, -(-n // (AUTO_BATCHES_PER_WORKER * max(1, nworkers)))))
 
 
-def _batches(head: list[Any], rest: Iterator[Any], size: int) -> Iterator[list[Any]]:
+def _auto_sizes(
+    elements: Iterator[Any], total: int | None, nworkers: int
+) -> tuple[list[Any], Iterator[int]]:
+    """The sizes of the batches for ``batch_size="auto"``, and the elements read to decide.
+
+    Of a known length, every batch has :func:`_auto_size`. Of an unknown length, up to
+    ``AUTO_BATCHES_PER_WORKER * nworkers * AUTO_FIRST_BATCH`` elements are read ahead (Julia's
+    ``batchsplit`` peeks so too): if the input ends there, its length is known; else the
+    batches start at AUTO_FIRST_BATCH and double up to AUTO_MAX_BATCH.
+    """
+    if total is not None:
+        return [], itertools.repeat(_auto_size(total, nworkers))
+    peek = AUTO_BATCHES_PER_WORKER * max(1, nworkers) * AUTO_FIRST_BATCH
+    head = list(itertools.islice(elements, peek))
+    if len(head) < peek:
+        return head, itertools.repeat(_auto_size(len(head), nworkers))
+    growing = itertools.chain(
+        itertools.takewhile(
+            lambda s: s < AUTO_MAX_BATCH,
+            (AUTO_FIRST_BATCH << k for k in itertools.count()),
+        ),
+        itertools.repeat(AUTO_MAX_BATCH),
+    )
+    return head, growing
+
+
+def _batches(head: list[Any], rest: Iterator[Any], sizes: Iterator[int]) -> Iterator[list[Any]]:
     it = itertools.chain(head, rest)
-    while True:
+    for size in sizes:
         batch = list(itertools.islice(it, size))
         if not batch:
             return
@@ -823,11 +848,11 @@ def pmap(
             job = _Job(run.element, elements, nworkers, adaptive=False, name="pmap", on_stop=stop)
             return job.run(on_interrupt=run.interrupt_busy)
         if size == "auto":
-            head, n = _auto_batches(elements, len(members))
+            head, sizes = _auto_sizes(elements, total, len(members))
         else:
-            head, n = [], int(size)
+            head, sizes = [], itertools.repeat(int(size))
         runner = _BatchCall(f, star, capture=on_error is not None or run.retry)
-        batches = _batches(head, elements, n)
+        batches = _batches(head, elements, sizes)
         job = _Job(
             lambda b: run.batch(runner, b),
             batches,

@@ -617,8 +617,10 @@ def _is_final(annotation: Any) -> bool:
     """Whether a module-level annotation declares a constant (``typing.Final``)."""
     if annotation is typing.Final or typing.get_origin(annotation) is typing.Final:
         return True
-    if isinstance(annotation, str):  # ``from __future__ import annotations``
-        return _FINAL_TEXT.match(annotation.replace(" ", "")) is not None
+    if isinstance(annotation, str):
+        # ``from __future__ import annotations`` keeps the source text, quotes included
+        text = annotation.replace(" ", "").strip("'\"")
+        return _FINAL_TEXT.match(text) is not None
     return False
 
 

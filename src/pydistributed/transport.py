@@ -41,6 +41,7 @@ __all__ = [
     "MAX_FRAMES",
     "BufferPool",
     "FrameWriter",
+    "SocketReader",
     "SocketWriter",
     "StreamWriter",
     "connect",
@@ -337,10 +338,81 @@ def set_socket_options(sock: socket.socket, *, remote: bool = False) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 15000)
 
 
-def socket_streams(sock: socket.socket) -> tuple[BinaryIO, SocketWriter]:
+class SocketReader:
+    """Buffered reads from a socket, which also tell how much is buffered.
+
+    The reading role of a connection can pass between threads (see ``peer.py``): a thread that
+    gives it up must know whether bytes are already buffered before it waits on the socket
+    with ``select``; ``io.BufferedReader`` cannot tell without reading.
+    """
+
+    def __init__(self, sock: socket.socket, size: int = 1 << 16) -> None:
+        self.sock = sock
+        self._buf = bytearray(size)
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def buffered(self) -> int:
+        return self._end - self._start
+
+    def _fill(self, need: int) -> bool:
+        """Make ``need`` bytes available (need <= the buffer's size); False at EOF."""
+        while self._end - self._start < need:
+            if self._start and len(self._buf) - self._start < need:
+                n = self._end - self._start
+                self._view[:n] = self._view[self._start : self._end]
+                self._start, self._end = 0, n
+            got = self.sock.recv_into(self._view[self._end :])
+            if not got:
+                return False
+            self._end += got
+        return True
+
+    def read(self, n: int) -> bytes:
+        """Exactly ``n`` bytes, or fewer at EOF."""
+        avail = self._end - self._start
+        if avail >= n:
+            start = self._start
+            self._start = start + n
+            return bytes(self._view[start : start + n])
+        if n <= len(self._buf):
+            self._fill(n)
+            take = min(n, self._end - self._start)
+            start = self._start
+            self._start = start + take
+            return bytes(self._view[start : start + take])
+        out = bytearray(n)
+        got = self.readinto(out)
+        return bytes(out[:got])
+
+    def readinto(self, b: Any) -> int:
+        """Fill ``b`` (stops early only at EOF); large reads go straight into ``b``."""
+        view = memoryview(b).cast("B")
+        n = view.nbytes
+        avail = self._end - self._start
+        take = min(avail, n)
+        view[:take] = self._view[self._start : self._start + take]
+        self._start += take
+        got = take
+        while got < n:
+            k = self.sock.recv_into(view[got:])
+            if not k:
+                break
+            got += k
+        return got
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def socket_streams(sock: socket.socket) -> tuple[Any, SocketWriter]:
     """The (incoming, outgoing) pair for a connected socket."""
-    reader: Any = sock.makefile("rb", buffering=1 << 16)
-    return reader, SocketWriter(sock)
+    return SocketReader(sock), SocketWriter(sock)
 
 
 def _is_loopback(host: str) -> bool:

@@ -76,19 +76,30 @@ def kept_is(name: str, obj: Any) -> bool:
     return _kept[name] is obj
 
 
+def kept(name: str) -> Any:
+    return _kept[name]
+
+
+def take_kept(name: str) -> Any:
+    return _kept[name].take(timeout=10)
+
+
+def fetch_kept(name: str) -> Any:
+    return fetch(_kept[name], timeout=10)
+
+
+def keep_unpickled(name: str, blob: bytes) -> None:
+    _kept[name] = pickle.loads(blob)
+
+
 def pass_on(name: str, to: int) -> None:
     """Send what is kept under ``name`` to process ``to``, which keeps it too."""
     remotecall_fetch(keep, to, name, _kept[name])
 
 
-def make_futures(owner: int, n: int, hold: bool) -> int:
-    """Make ``n`` empty Futures stored on ``owner``; keep them here if ``hold``."""
-    made = [Future(owner) for _ in range(n)] if hold else None
-    if not hold:
-        for _ in range(n):
-            Future(owner)
-    if hold:
-        _kept["futures"] = made
+def make_futures(owner: int, n: int) -> int:
+    """Make ``n`` empty Futures stored on ``owner`` and keep them here."""
+    _kept["futures"] = [Future(owner) for _ in range(n)]
     return n
 
 
@@ -183,13 +194,9 @@ def test_100k_futures_made_on_a_worker_and_dropped_leave_the_owner_empty(
     two_workers: list[int],
 ) -> None:
     a, b = two_workers
-    # held: the owner counts every one of them
-    assert remotecall_fetch(make_futures, a, b, 100_000, True) == 100_000
+    assert remotecall_fetch(make_futures, a, b, 100_000) == 100_000
     eventually(lambda: table_size(b) == 100_000, what="the owner stores all 100,000")
     remotecall_fetch(drop, a, "futures")
-    eventually(lambda: table_size(b) == 0, timeout=20, what="the owner's table empties")
-    # dropped at once, as made
-    remotecall_fetch(make_futures, a, b, 100_000, False)
     eventually(lambda: table_size(b) == 0, timeout=20, what="the owner's table empties")
     assert table_size(a) == 0
 
@@ -240,7 +247,7 @@ def test_future_sent_master_to_a_to_b_and_dropped_everywhere_is_freed(
     gc.collect()
     remotecall_fetch(drop, a, "f")
     eventually(lambda: remotecall_fetch(clients, owner, rrid) == {b: 1})
-    assert remotecall_fetch(lambda: fetch(_kept["f"]), b) == "value"  # fetched: released
+    assert remotecall_fetch(fetch_kept, b, "f") == "value"  # fetched: released
     eventually(lambda: table_size(owner) == 0, what="freed on its owner")
     remotecall_fetch(drop, b, "f")
     assert table_size(owner) == 0
@@ -254,7 +261,7 @@ def test_remotechannel_sent_master_to_a_to_b_and_dropped_everywhere_is_freed(
     rc.put("from the master")
     remotecall_fetch(keep, a, "rc", rc)
     remotecall_fetch(pass_on, a, "rc", b)
-    assert remotecall_fetch(lambda: _kept["rc"].take(timeout=10), b) == "from the master"
+    assert remotecall_fetch(take_kept, b, "rc") == "from the master"
     rrid = remoteref_id(rc)
     eventually(lambda: remotecall_fetch(clients, owner, rrid) == {1: 1, a: 1, b: 1})
     remotecall_fetch(drop, b, "rc")
@@ -276,7 +283,7 @@ def test_a_reference_received_twice_is_one_object(two_workers: list[int]) -> Non
     assert remotecall_fetch(kept_is, a, "fut", fut)
     # and here: what comes back is what we sent
     assert remotecall_fetch(lambda x: x, a, rc) is rc
-    assert remotecall_fetch(lambda: _kept["fut"], a) is fut
+    assert remotecall_fetch(kept, a, "fut") is fut
     # the extra handles were released again: one per process
     eventually(lambda: remotecall_fetch(clients, b, remoteref_id(rc)) == {1: 1, a: 1})
     eventually(lambda: remotecall_fetch(clients, b, remoteref_id(fut)) == {1: 1, a: 1})
@@ -359,8 +366,9 @@ def test_handles_of_a_dead_worker_are_released_on_the_other_owners(
     on_master = RemoteChannel()
     on_other = RemoteChannel(other)
     fut_on_other = Future(other)
-    for name, ref in (("a", on_master), ("b", on_other), ("c", fut_on_other)):
-        remotecall_fetch(keep, doomed, name, ref)
+    remotecall_fetch(keep, doomed, "a", on_master)
+    remotecall_fetch(keep, doomed, "b", on_other)
+    remotecall_fetch(keep, doomed, "c", fut_on_other)
     eventually(lambda: clients(remoteref_id(on_master)) == {1: 1, doomed: 1})
     eventually(
         lambda: remotecall_fetch(clients, other, remoteref_id(on_other)) == {1: 1, doomed: 1}
@@ -391,8 +399,10 @@ def test_copies_and_pickles_made_by_hand_keep_the_count(two_workers: list[int]) 
     assert remotecall_fetch(clients, w, remoteref_id(fut)) == {1: 1}
     # a pickle made by hand and unpickled elsewhere: the receiver announces itself
     blob = pickle.dumps(rc)
-    remotecall_fetch(lambda b: keep("rc", pickle.loads(b)) and None, two_workers[1], blob)
-    eventually(lambda: remotecall_fetch(clients, w, remoteref_id(rc)) == {1: 1, 3: 1})
+    remotecall_fetch(keep_unpickled, two_workers[1], "rc", blob)
+    eventually(
+        lambda: remotecall_fetch(clients, w, remoteref_id(rc)) == {1: 1, two_workers[1]: 1}
+    )
     remotecall_fetch(drop, two_workers[1], "rc")
     rc.put(5)
     assert rc.take(timeout=10) == 5
