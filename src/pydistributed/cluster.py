@@ -28,10 +28,12 @@ once, and every reference it held is released.
 
 from __future__ import annotations
 
+import _signal
 import atexit
 import logging
 import os
 import pickle
+import signal
 import socket
 import sys
 import threading
@@ -347,9 +349,13 @@ class Cluster:
 
     def _run(self, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, Any]:
         """Run user code: ``(True, value)`` or ``(False, CapturedException)``."""
+        ex = self.executor
+        ident = ex.enter_call()
         try:
-            with self.executor.interruptible():
+            try:
                 return True, f(*args, **kwargs)
+            finally:
+                ex.exit_call(ident)
         except SystemExit as e:
             if self.role == "worker":
                 self._exit_now(e.code if isinstance(e.code, int) else 0)
@@ -488,6 +494,8 @@ class Cluster:
     def _await(self, peer: Peer, rid: int, slot: ResponseSlot, timeout: float | None = None) -> Any:
         """Wait for the answer to request ``rid``; Ctrl-C interrupts the remote call too."""
         try:
+            if timeout is None and not slot.is_set():
+                self._read_answer(peer, slot)
             answered = slot.wait(timeout)
         except KeyboardInterrupt:
             if peer.pending.pop(rid, None) is not None and peer.pid is not None:
@@ -499,6 +507,30 @@ class Cluster:
         if slot.ok:
             return slot.value
         raise slot.value
+
+    @staticmethod
+    def _read_answer(peer: Peer, slot: ResponseSlot) -> None:
+        """Read the answer on this thread when the connection lets us (no hand-off).
+
+        On the main thread a Ctrl-C that arrives meanwhile is held until the reading role is
+        given back, then delivered: a message is never read in part.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            peer.read_until(slot.is_set)
+            return
+        # _signal, not signal: the enum wrapping of the latter costs more than the read
+        old = _signal.getsignal(signal.SIGINT)
+        if not callable(old):
+            peer.read_until(slot.is_set)
+            return
+        held: list[Any] = []
+        _signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+        try:
+            peer.read_until(slot.is_set)
+        finally:
+            _signal.signal(signal.SIGINT, old)
+        if held:
+            old(signal.SIGINT, held[0])
 
     def call_fetch(
         self,

@@ -24,9 +24,12 @@ sender can announce them to their owners first.
 
 from __future__ import annotations
 
+import io
 import pickle
 import struct
 import threading
+import weakref
+from types import FunctionType
 from typing import Any
 
 import cloudpickle
@@ -103,8 +106,75 @@ def oob(value: Any) -> Any:
     return value
 
 
+try:  # cloudpickle's own decisions, reused with a cache (see _Pickler)
+    from cloudpickle.cloudpickle import _should_pickle_by_reference
+except ImportError:  # pragma: no cover - another cloudpickle layout
+    _should_pickle_by_reference = None
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle's Pickler, remembering which functions go by reference.
+
+    cloudpickle asks, for every function it meets, whether its module can be imported by
+    name; the answer does not change for a given function object, and asking costs more than
+    the rest of pickling a small call. ``_BY_REFERENCE`` keeps the answers (weakly).
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is FunctionType and _should_pickle_by_reference is not None:
+            by_ref = _BY_REFERENCE.get(obj)
+            if by_ref is None:
+                by_ref = _BY_REFERENCE[obj] = bool(_should_pickle_by_reference(obj))
+            if by_ref:
+                return NotImplemented
+            return self._dynamic_function_reduce(obj)
+        return super().reducer_override(obj)
+
+
+_BY_REFERENCE: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+class _Reusable(threading.local):
+    """One pickler per thread, reused: making a Pickler costs more than a small dump."""
+
+    def __init__(self) -> None:
+        self.file = io.BytesIO()
+        self.buffers: list[Any] | None = None
+        self.pickler = _Pickler(self.file, protocol=5, buffer_callback=self._keep)
+        self.busy = False
+
+    def _keep(self, buf: pickle.PickleBuffer) -> bool:
+        if self.buffers is None or buf.raw().nbytes < OOB_THRESHOLD:
+            return True
+        self.buffers.append(buf)
+        return False
+
+
+_reusable = _Reusable()
+
+
 def dumps(obj: Any, buffers: list[Any] | None = None) -> bytes:
     """Pickle ``obj`` with cloudpickle; large buffers go to ``buffers`` when it is given."""
+    r = _reusable
+    if r.busy:  # a __reduce__ pickling something itself, while we pickle
+        return _dumps_fresh(obj, buffers)
+    r.busy = True
+    try:
+        f = r.file
+        f.seek(0)
+        f.truncate()
+        r.buffers = buffers
+        p = r.pickler
+        p.clear_memo()
+        p.globals_ref = {}
+        p.dump(obj)
+        return f.getvalue()
+    finally:
+        r.buffers = None
+        r.busy = False
+
+
+def _dumps_fresh(obj: Any, buffers: list[Any] | None) -> bytes:
     if buffers is None:
         return cloudpickle.dumps(obj, protocol=5)
 
@@ -178,6 +248,6 @@ def decode(frames: list[Any]) -> Message:
         body = pickle.loads(frames[1], buffers=frames[2:])
         if not isinstance(body, tuple) or len(body) != len(cls.BODY):
             raise ProtocolError(f"a {cls.__name__} body has {len(cls.BODY)} fields")
-        return cls(**header, **dict(zip(cls.BODY, body, strict=True)))
+        return cls(*header.values(), *body)
     except Exception as e:
         raise DecodeError(tag, header, e) from e

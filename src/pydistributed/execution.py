@@ -118,6 +118,21 @@ class Executor:
                     # clear an asynchronous interrupt that arrived as the call returned
                     _async_raise(ident, None)
 
+    def enter_call(self) -> int:
+        """Mark this thread as running interruptible user code (see :meth:`interruptible`)."""
+        ident = threading.get_ident()
+        with self._lock:
+            self._in_call.add(ident)
+        return ident
+
+    def exit_call(self, ident: int) -> None:
+        """End what :meth:`enter_call` began."""
+        with self._lock:
+            self._in_call.discard(ident)
+            if ident != self._main_ident:
+                # clear an asynchronous interrupt that arrived as the call returned
+                _async_raise(ident, None)
+
     def main_in_call(self) -> bool:
         """True while the main thread runs interruptible user code."""
         return self._main_ident in self._in_call

@@ -11,7 +11,10 @@ the connection stays up. A garbled frame, an oversized frame or EOF ends the con
 from __future__ import annotations
 
 import logging
+import os
+import select
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -22,6 +25,17 @@ from .messages import Message
 __all__ = ["Peer", "ResponseSlot", "describe_unpicklable"]
 
 log = logging.getLogger("pydistributed.peer")
+
+
+_PARK = 0.002
+
+
+class _Closed(Exception):
+    """The connection was closed while the reader thread waited for the reading role."""
+
+
+def _ignore(*args: Any) -> None:
+    pass
 
 
 class ResponseSlot:
@@ -39,6 +53,9 @@ class ResponseSlot:
         self.ok = ok
         self.value = value
         self._lock.release()
+
+    def is_set(self) -> bool:
+        return not self._lock.locked()
 
     def wait(self, timeout: float | None = None) -> bool:
         """True once answered; False if ``timeout`` passed first."""
@@ -80,13 +97,26 @@ class Peer:
         self.sock = sock
         self.announce = announce
         self.alloc = alloc
+        self.limit = transport.max_message_bytes()
         self.pending: dict[int, ResponseSlot] = {}
         self.closed = False
         self.close_reason = ""
         self._send_lock = threading.Lock()
         self._close_lock = threading.Lock()
         self._on_close: Callable[[Peer, str], None] | None = None
+        self._on_message: Callable[[Peer, Message], None] = _ignore
+        self._on_decode_error: Callable[[Peer, codec.DecodeError], None] = _ignore
         self.thread: threading.Thread | None = None
+        # the reading role (see read_until); only for socket readers, which can tell what
+        # they have buffered before waiting in select
+        self._role_cond = threading.Condition(threading.Lock())
+        self._role: Any = None
+        self._takers = 0
+        self._parked_at = 0.0
+        self._hurry = False
+        self._wake_r = self._wake_w = -1
+        if isinstance(reader, transport.SocketReader):
+            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def __repr__(self) -> str:
         return f"<Peer pid={self.pid} {'closed' if self.closed else 'open'}>"
@@ -131,39 +161,42 @@ class Peer:
     ) -> None:
         """Start reading (on a new thread, or on this one when ``thread`` is False)."""
         self._on_close = on_close
+        self._on_message = on_message
+        self._on_decode_error = on_decode_error
         if self.closed:
             on_close(self, self.close_reason)
             return
         if not thread:
-            self._read_loop(on_message, on_decode_error)
+            self.thread = threading.current_thread()
+            self._read_loop()
             return
         self.thread = threading.Thread(
-            target=self._read_loop,
-            args=(on_message, on_decode_error),
-            name=f"pydist-reader-{self.pid}",
-            daemon=True,
+            target=self._read_loop, name=f"pydist-reader-{self.pid}", daemon=True
         )
         self.thread.start()
 
-    def _read_loop(
-        self,
-        on_message: Callable[[Peer, Message], None],
-        on_decode_error: Callable[[Peer, codec.DecodeError], None],
-    ) -> None:
-        reason = "connection closed"
-        reader = self.reader
-        alloc = self.alloc
+    def _read_one(self) -> None:
+        """Read one whole message and hand it on, on whichever thread holds the role."""
+        frames = transport.read_message(self.reader, self.limit, self.alloc)
         try:
-            while True:
-                frames = transport.read_message(reader, None, alloc)
-                try:
-                    msg = codec.decode(frames)
-                except codec.DecodeError as e:
-                    on_decode_error(self, e)
-                    continue
-                on_message(self, msg)
+            msg = codec.decode(frames)
+        except codec.DecodeError as e:
+            self._on_decode_error(self, e)
+            return
+        self._on_message(self, msg)
+
+    def _read_loop(self) -> None:
+        reason = "connection closed"
+        try:
+            if self._wake_r >= 0:
+                self._shared_read_loop()
+            else:
+                while True:
+                    self._read_one()
         except EOFError as e:
             reason = str(e) or reason
+        except _Closed:
+            reason = self.close_reason
         except ProtocolError as e:
             reason = f"protocol error: {e}"
             log.warning("dropping the connection to process %s: %s", self.pid, e)
@@ -174,9 +207,110 @@ class Peer:
             log.exception("reader of process %s failed", self.pid)
         self.close(reason)
         try:
-            reader.close()
+            self.reader.close()
         except Exception:
             pass
+        with self._role_cond:
+            for fd in (self._wake_r, self._wake_w):
+                if fd >= 0:
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
+
+    # -- the reading role -----------------------------------------------------------------
+    #
+    # A caller that waits for its answer on this connection reads the socket itself when no
+    # other caller does, so the answer needs no hand-off between threads (and no GIL
+    # ping-pong with the reader thread). One thread at a time holds the reading role: the
+    # reader thread ("bg"), a caller (its thread id), or nobody (None). A caller takes a free
+    # role at once, or asks the reader thread for it: a flag, a byte on a wake-up pipe (the
+    # reader waits in ``select`` on the socket and that pipe), and a condition to wait on.
+    # When the caller has its answer it leaves the role free ("parked") without waking
+    # anybody, because the next call usually follows within microseconds; the reader thread
+    # takes it back after ``_PARK`` seconds, or at once if other callers are waiting for
+    # answers. A whole message is always read by one thread.
+
+    def _shared_read_loop(self) -> None:
+        reader = self.reader
+        fd = reader.fileno()
+        cond = self._role_cond
+        while True:
+            with cond:
+                while True:
+                    if self.closed:
+                        raise _Closed()
+                    if self._role is None and not self._takers:
+                        idle = time.monotonic() - self._parked_at
+                        if idle >= _PARK or self._hurry:
+                            break
+                        cond.wait(_PARK - idle)
+                    else:
+                        cond.wait(_PARK)
+                self._role = "bg"
+                self._hurry = False
+            try:
+                while not self._takers:
+                    if not reader.buffered():
+                        ready, _, _ = select.select([fd, self._wake_r], [], [])
+                        if self._wake_r in ready:
+                            try:
+                                os.read(self._wake_r, 4096)
+                            except BlockingIOError:
+                                pass
+                            continue
+                    self._read_one()
+            finally:
+                with cond:
+                    self._role = None
+                    self._parked_at = 0.0
+                    cond.notify_all()
+
+    def read_until(self, done: Callable[[], bool]) -> bool:
+        """Read and dispatch messages on this thread until ``done()``.
+
+        Returns False at once (having read nothing) when another caller holds the reading
+        role or the connection cannot share it; the caller then waits the usual way.
+        """
+        cond = self._role_cond
+        me = threading.get_ident()
+        with cond:
+            if self._wake_r < 0 or self.closed or self.thread is None:
+                return False
+            if self._role is not None and self._role != "bg":
+                return False  # another caller reads; it will hand us our answer
+            self._takers += 1
+            try:
+                if self._role == "bg":
+                    try:
+                        os.write(self._wake_w, b"x")
+                    except OSError:
+                        pass  # full of wake-ups already
+                while self._role is not None and not self.closed and not done():
+                    cond.wait()
+                if self._role is not None or self.closed:
+                    return True  # closed, or answered meanwhile: nothing to read
+                self._role = me
+            finally:
+                self._takers -= 1
+        try:
+            while not done() and not self.closed:
+                try:
+                    self._read_one()
+                except EOFError as e:
+                    self.close(str(e) or "connection closed")
+                except ProtocolError as e:
+                    log.warning("dropping the connection to process %s: %s", self.pid, e)
+                    self.close(f"protocol error: {e}")
+                except (OSError, ValueError) as e:
+                    self.close(f"connection lost: {e}")
+        finally:
+            with cond:
+                self._role = None
+                self._parked_at = time.monotonic()
+                if self.pending or self._takers:
+                    # others wait for answers: the reader thread must read now
+                    self._hurry = True
+                    cond.notify_all()
+        return True
 
     # -- closing --------------------------------------------------------------------------
 
@@ -192,6 +326,13 @@ class Peer:
             self.writer.close()
         except Exception:
             pass
+        with self._role_cond:
+            if self._wake_w >= 0:
+                try:
+                    os.write(self._wake_w, b"x")
+                except OSError:
+                    pass
+            self._role_cond.notify_all()
         if self.thread is None or threading.current_thread() is self.thread:
             # closing a buffered reader that another thread is reading from would block
             try:

@@ -64,7 +64,8 @@ AUTO_BATCHES_PER_WORKER = 4
 AUTO_MAX_BATCH = 10_000  # ...of at most this many elements;
 AUTO_FIRST_BATCH = 100  # an input of unknown length starts with batches of this many
 INTERRUPT_GRACE = 5.0  # after Ctrl-C, how long pmap waits for the interrupted calls
-_TICK = 0.002  # how often the watcher looks at the runners of asyncmaps
+_TICK = 0.002  # how often the watcher looks at the runners of asyncmaps...
+_LINGER = 1.0  # ...and for how long it goes on ticking once there are none
 _FAST_ITEM = 20e-6  # items quicker than this are taken in growing chunks...
 _MAX_CHUNK = 256  # ...of at most this many
 _NTASKS_EVERY = 0.25  # how often pmap asks the pool how many workers it has
@@ -156,7 +157,7 @@ class _Job:
             (asyncmap); otherwise ``ntasks`` runner threads start at once and the caller
             waits (pmap's feeders).
         max_chunk: how many items a runner may take at once.
-        name: names the runner threads.
+        name: names the map in log messages.
         on_stop: called when the map stops early (an error, Ctrl-C).
     """
 
@@ -222,7 +223,8 @@ class _Job:
         with self.lock:
             self.runners.append(runner)
             self.active += 1
-        monitor = _monitor(current_cluster()) if self.limit > 1 else None
+        watched = self.limit > 1 or callable(self._ntasks)
+        monitor = _monitor(current_cluster()) if watched else None
         if monitor is not None:
             monitor.watch(self)
         try:
@@ -269,15 +271,13 @@ class _Job:
             return  # a second Ctrl-C: stop waiting
 
     def _spawn_locked(self) -> None:
-        """Lock held: start one more runner thread."""
+        """Lock held: start one more runner, on a thread of this process's executor (which
+        keeps idle threads for a while: starting a thread costs more than a tiny task)."""
         runner = _Runner()
         self.runners.append(runner)
         self.active += 1
-        t = threading.Thread(
-            target=self._work, args=(runner,), name=f"pydist-{self.name}", daemon=True
-        )
         try:
-            t.start()
+            current_cluster().executor.submit(lambda: self._work(runner), main_ok=False)
         except BaseException:
             self.runners.remove(runner)
             self.active -= 1
@@ -319,9 +319,11 @@ class _Job:
                 if not self.adaptive:
                     self._maybe_grow()
                 t0 = time.perf_counter()
-                for i, item in enumerate(batch, start):
-                    results[i] = fn(item)
-                    runner.count += 1
+                if len(batch) == 1:
+                    results[start] = fn(batch[0])
+                else:
+                    results[start : start + len(batch)] = [fn(item) for item in batch]
+                runner.count += len(batch)
                 if chunk < self.max_chunk:
                     if time.perf_counter() - t0 < _FAST_ITEM * len(batch):
                         chunk = min(2 * chunk, self.max_chunk)
@@ -362,7 +364,12 @@ class _Job:
 
     def check_stalls(self) -> None:
         """Called by the watcher: add runners while the present ones wait without working."""
-        if self.stop or self.exhausted or len(self.runners) >= self.limit:
+        if self.stop or self.exhausted:
+            return
+        if callable(self._ntasks) and time.monotonic() - self._asked_at >= _NTASKS_EVERY:
+            self._asked_at = time.monotonic()
+            self.limit = self._ask_ntasks()
+        if len(self.runners) >= self.limit:
             return
         now = time.monotonic()
         blocked = 0
@@ -385,12 +392,17 @@ class _Job:
 
 
 class _Monitor:
-    """The per-process watcher of running asyncmaps (see the module's docstring)."""
+    """The per-process watcher of running asyncmaps (see the module's docstring).
+
+    It ticks while there are maps to watch, and for a second after the last one ends, so that
+    a stream of short maps (a worker running batches) does not wake it up each time.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._jobs: set[_Job] = set()
         self._thread: threading.Thread | None = None
+        self._sleeping = False
 
     def watch(self, job: _Job) -> None:
         with self._cond:
@@ -400,17 +412,28 @@ class _Monitor:
                     target=self._loop, name="pydist-asyncmap-watch", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            elif self._sleeping:
+                self._cond.notify()
 
     def unwatch(self, job: _Job) -> None:
         with self._cond:
             self._jobs.discard(job)
 
     def _loop(self) -> None:
+        idle_since: float | None = None
         while True:
             with self._cond:
-                while not self._jobs:
-                    self._cond.wait()
+                if not self._jobs:
+                    now = time.monotonic()
+                    if idle_since is None:
+                        idle_since = now
+                    if now - idle_since > _LINGER:
+                        self._sleeping = True
+                        while not self._jobs:
+                            self._cond.wait()
+                        self._sleeping = False
+                if self._jobs:
+                    idle_since = None
                 jobs = list(self._jobs)
             time.sleep(_TICK)
             for job in jobs:
@@ -638,7 +661,6 @@ class _PMap:
         self.progress = progress
         self.cluster = current_cluster()
         self.stopping = threading.Event()
-        self.job: _Job | None = None
         self._busy: dict[int, int] = {}
         self._busy_lock = threading.Lock()
         if isinstance(pool, CachingPool) and not pool._remote:
@@ -731,14 +753,13 @@ class _PMap:
     def batch(self, runner: _BatchCall, batch: list[Any]) -> list[Any]:
         capture_errors = runner.capture
         try:
-            pid_results = self.call(runner, (batch,))
+            results: list[Any] = self.call(runner, (batch,))
         except Exception as e:
             if not capture_errors:
                 raise
             # the whole batch failed (a dead worker...): every element is handled alone
             results = [self.recover(item, e) for item in batch]
         else:
-            results = pid_results
             for i, r in enumerate(results):
                 if isinstance(r, _Failed):
                     err = RemoteException(r.pid, r.captured)
@@ -783,9 +804,10 @@ def pmap(
         distributed: False maps on this process with concurrent threads (``asyncmap`` with as
             many tasks as the pool has workers). A pool of no workers, or only this process,
             also maps here.
-        batch_size: elements per remote call (an int >= 1, or ``"auto"``: batches of at
-            most 100, at least 3 per worker). A batch runs on the worker as a local
-            ``asyncmap``.
+        batch_size: elements per remote call: an int >= 1, or ``"auto"``: about 4 batches per
+            worker, of at most 10_000 elements (an input of unknown length: batches of 100
+            doubling up to 10_000, unless it turns out short). A batch runs on the worker as
+            a local ``asyncmap``.
         on_error: called with the exception of a failed element (the original one, not the
             ``RemoteException`` around it; ``ProcessExitedException`` for a worker that
             died); what it returns takes the element's place, what it raises stops the map.
@@ -862,7 +884,7 @@ def pmap(
             on_stop=stop,
         )
         parts = job.run(on_interrupt=run.interrupt_busy)
-        return [r for part in parts for r in part]
+        return list(itertools.chain.from_iterable(parts))
     finally:
         run.stopping.set()
         bar.close()

@@ -107,12 +107,24 @@ class SocketWriter:
         self.bytes_sent = 0
 
     def write_frames(self, frames: Sequence[Any]) -> None:
-        prefix = _prefix(frames, self._limit)
-        pieces: list[memoryview] = [memoryview(prefix)]
-        pieces.extend(memoryview(f).cast("B") for f in frames)
-        pieces = [p for p in pieces if p.nbytes]
-        self.bytes_sent += sum(p.nbytes for p in pieces)
+        lens = [len(f) if type(f) is bytes else memoryview(f).nbytes for f in frames]
+        total = sum(lens)
+        if total > self._limit:
+            raise ProtocolError(
+                f"message of {total} bytes exceeds the size guard of {self._limit} bytes "
+                "(PYDIST_MAX_MESSAGE_BYTES)"
+            )
+        if not 1 <= len(frames) <= MAX_FRAMES:
+            raise ProtocolError(f"a message has 1 to {MAX_FRAMES} frames, not {len(frames)}")
+        prefix = _COUNT.pack(len(frames)) + struct.pack(f"!{len(lens)}Q", *lens)
+        self.bytes_sent += len(prefix) + total
         sock = self.sock
+        if total < 65536:
+            # small: one buffer, one send (cheaper than building an iovec list)
+            sock.sendall(prefix + b"".join(frames))
+            return
+        pieces: list[memoryview] = [memoryview(prefix)]
+        pieces.extend(memoryview(f).cast("B") for f, n in zip(frames, lens, strict=True) if n)
         while pieces:
             sent = sock.sendmsg(pieces[:_IOV_MAX])
             # drop what went out; keep the tail of a piece that went out in part
@@ -291,6 +303,8 @@ def read_message(reader: BinaryIO, limit: int | None = None, alloc: Any = None) 
     """
     if limit is None:
         limit = max_message_bytes()
+    if type(reader) is SocketReader:
+        return reader.read_message(limit, alloc)
     head = reader.read(4)
     if not head:
         raise EOFError("connection closed")
@@ -300,6 +314,10 @@ def read_message(reader: BinaryIO, limit: int | None = None, alloc: Any = None) 
     if not 1 <= n <= MAX_FRAMES:
         raise ProtocolError(f"bad frame count {n}")
     lens = struct.unpack(f"!{n}Q", _read_exact(reader, 8 * n))
+    return _read_frames(reader, lens, limit, alloc)
+
+
+def _read_frames(reader: BinaryIO, lens: Sequence[int], limit: int, alloc: Any) -> list[Any]:
     total = sum(lens)
     if total > limit:
         raise ProtocolError(
@@ -372,6 +390,45 @@ class SocketReader:
                 return False
             self._end += got
         return True
+
+    def read_message(self, limit: int, alloc: Any = None) -> list[Any]:
+        """``transport.read_message`` for this reader: small messages come out of the buffer
+        with one ``recv`` and no copies beyond the frames themselves."""
+        if self._end - self._start < 4 and not self._fill(4):
+            if self._end == self._start:
+                raise EOFError("connection closed")
+            raise EOFError("connection closed in the middle of a message")
+        view = self._view
+        (n,) = _COUNT.unpack_from(view, self._start)
+        if not 1 <= n <= MAX_FRAMES:
+            raise ProtocolError(f"bad frame count {n}")
+        head = 4 + 8 * n
+        if head > len(self._buf):
+            # more frame lengths than the buffer holds: the general path
+            self._start += 4
+            lens = struct.unpack(f"!{n}Q", _read_exact(self, 8 * n))  # type: ignore[arg-type]
+            return _read_frames(self, lens, limit, alloc)  # type: ignore[arg-type]
+        if self._end - self._start < head and not self._fill(head):
+            raise EOFError("connection closed in the middle of a message")
+        lens = struct.unpack_from(f"!{n}Q", view, self._start + 4)
+        total = sum(lens)
+        if total > limit:
+            raise ProtocolError(
+                f"message of {total} bytes exceeds the size guard of {limit} bytes "
+                "(PYDIST_MAX_MESSAGE_BYTES); refused"
+            )
+        if head + total <= len(self._buf) and total < _BIG_FRAME:
+            if self._end - self._start < head + total and not self._fill(head + total):
+                raise EOFError("connection closed in the middle of a message")
+            pos = self._start + head
+            frames: list[Any] = []
+            for size in lens:
+                frames.append(bytes(view[pos : pos + size]))
+                pos += size
+            self._start = pos
+            return frames
+        self._start += head
+        return _read_frames(self, lens, limit, alloc)  # type: ignore[arg-type]
 
     def read(self, n: int) -> bytes:
         """Exactly ``n`` bytes, or fewer at EOF."""

@@ -640,13 +640,31 @@ class _Missing:
 
 
 def _drop_cached(uid: int) -> None:
-    """Run on a worker: drop every function that the cache ``uid`` stored here."""
+    """Unpickling a :class:`_Drop` (on a worker's reader thread): drop every function that the
+    cache ``uid`` stored here. Done while decoding, so that no call sent after the drop can
+    still find them, however the calls then run."""
     cache = _worker_cache(current_cluster())
     for key in [k for k in list(cache) if k[0] == uid]:
         cache.pop(key, None)
 
 
-_drop_cached._pydist_internal = True  # type: ignore[attr-defined]
+class _Drop:
+    """Sent to a worker by ``clear()``: unpickled there, it drops the cache ``uid``."""
+
+    __slots__ = ("uid",)
+
+    def __init__(self, uid: int) -> None:
+        self.uid = uid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_drop_cached, (self.uid,))
+
+
+def _ignore(_: Any) -> None:
+    """The call that carries a :class:`_Drop`: the work was done while decoding it."""
+
+
+_ignore._pydist_internal = True  # type: ignore[attr-defined]
 
 
 def _cached_keys(uid: int) -> list[tuple[int, int]]:
@@ -740,8 +758,9 @@ def _send_drops(c: Cluster, uid: int, pids: Iterable[int]) -> None:
         if pid == c.myid or pid in c.dead:
             continue
         try:
-            # one way, and after every call this process made to pid: no round trip
-            remote_do(_drop_cached, pid, uid)
+            # one way, no round trip: the drop happens as the worker decodes the message, in
+            # order with the calls this process sends it
+            remote_do(_ignore, pid, _Drop(uid))
         except (ProcessExitedException, ValueError):
             pass
 

@@ -285,8 +285,9 @@ def test_a_reference_received_twice_is_one_object(two_workers: list[int]) -> Non
     assert remotecall_fetch(lambda x: x, a, rc) is rc
     assert remotecall_fetch(kept, a, "fut") is fut
     # the extra handles were released again: one per process
-    eventually(lambda: remotecall_fetch(clients, b, remoteref_id(rc)) == {1: 1, a: 1})
-    eventually(lambda: remotecall_fetch(clients, b, remoteref_id(fut)) == {1: 1, a: 1})
+    rc_id, fut_id = remoteref_id(rc), remoteref_id(fut)
+    eventually(lambda: remotecall_fetch(clients, b, rc_id) == {1: 1, a: 1})
+    eventually(lambda: remotecall_fetch(clients, b, fut_id) == {1: 1, a: 1})
     remotecall_fetch(drop, a, "rc", "rc2", "fut")
     del rc, fut
     gc.collect()
@@ -369,18 +370,16 @@ def test_handles_of_a_dead_worker_are_released_on_the_other_owners(
     remotecall_fetch(keep, doomed, "a", on_master)
     remotecall_fetch(keep, doomed, "b", on_other)
     remotecall_fetch(keep, doomed, "c", fut_on_other)
-    eventually(lambda: clients(remoteref_id(on_master)) == {1: 1, doomed: 1})
-    eventually(
-        lambda: remotecall_fetch(clients, other, remoteref_id(on_other)) == {1: 1, doomed: 1}
-    )
+    master_rrid, other_rrid, fut_rrid = map(remoteref_id, (on_master, on_other, fut_on_other))
+    eventually(lambda: clients(master_rrid) == {1: 1, doomed: 1})
+    eventually(lambda: remotecall_fetch(clients, other, other_rrid) == {1: 1, doomed: 1})
     os.kill(ospid(doomed), signal.SIGKILL)
-    eventually(lambda: clients(remoteref_id(on_master)) == {1: 1}, what="dropped here")
+    eventually(lambda: clients(master_rrid) == {1: 1}, what="dropped here")
     eventually(
-        lambda: remotecall_fetch(clients, other, remoteref_id(on_other)) == {1: 1},
+        lambda: remotecall_fetch(clients, other, other_rrid) == {1: 1},
         what="dropped on the other worker",
     )
-    eventually(lambda: remotecall_fetch(clients, other, remoteref_id(fut_on_other)) == {1: 1})
-    master_rrid = remoteref_id(on_master)
+    eventually(lambda: remotecall_fetch(clients, other, fut_rrid) == {1: 1})
     del on_master, on_other, fut_on_other
     gc.collect()
     eventually(lambda: table_size(other) == 0)
@@ -400,9 +399,8 @@ def test_copies_and_pickles_made_by_hand_keep_the_count(two_workers: list[int]) 
     # a pickle made by hand and unpickled elsewhere: the receiver announces itself
     blob = pickle.dumps(rc)
     remotecall_fetch(keep_unpickled, two_workers[1], "rc", blob)
-    eventually(
-        lambda: remotecall_fetch(clients, w, remoteref_id(rc)) == {1: 1, two_workers[1]: 1}
-    )
+    rc_id = remoteref_id(rc)
+    eventually(lambda: remotecall_fetch(clients, w, rc_id) == {1: 1, two_workers[1]: 1})
     remotecall_fetch(drop, two_workers[1], "rc")
     rc.put(5)
     assert rc.take(timeout=10) == 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -30,7 +31,7 @@ def test_n_delays_first_exact_then_growing_within_jitter() -> None:
         delays = list(ebo)
         assert len(delays) == 6 == len(ebo)
         assert delays[0] == 0.01  # exactly first_delay (API.md)
-        for prev, nxt in zip(delays, delays[1:], strict=False):
+        for prev, nxt in itertools.pairwise(delays):
             ratio = nxt / prev
             assert 3.0 * 0.8 - 1e-9 <= ratio <= 3.0 * 1.2 + 1e-9
 

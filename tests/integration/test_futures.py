@@ -1,0 +1,203 @@
+"""Futures from any process: put, fetch, wait, isready, caching, and their owner's death."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from pydistributed import (
+    Future,
+    ProcessExitedException,
+    RemoteException,
+    async_,
+    fetch,
+    isready,
+    put,
+    remotecall,
+    remotecall_fetch,
+    remoteref_id,
+    wait,
+)
+from pydistributed.cluster import current_cluster
+
+# -- what the workers run ---------------------------------------------------------------
+
+
+def fetch_it(f: Future, timeout: float | None = None) -> Any:
+    return f.fetch(timeout)
+
+
+def put_it(f: Future, value: Any) -> str:
+    try:
+        f.put(value)
+    except RuntimeError:
+        return "refused"
+    return "set"
+
+
+def wait_it(f: Future) -> bool:
+    f.wait()
+    return True
+
+
+def make_future_here() -> Future:
+    return Future()
+
+
+def fetched_then_owner(f: Future) -> tuple[bool, Any]:
+    """Whether ``f`` arrived with its value cached, and the value."""
+    return f.isready(), f.fetch()
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def ospid(pid: int) -> int:
+    value = current_cluster().workers[pid].ospid
+    assert value is not None
+    return value
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run ``fn`` on a thread; the list gets its result or exception."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as e:
+            out.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+# -- tests ------------------------------------------------------------------------------
+
+
+def test_local_future() -> None:
+    f = Future()
+    assert f.where == 1 and f.whence == 1 and remoteref_id(f).id == f.id
+    assert not f.isready() and not isready(f)
+    with pytest.raises(TimeoutError):
+        f.fetch(timeout=0.05)
+    with pytest.raises(TimeoutError):
+        wait(f, timeout=0.05)
+    obj = {"a": [1, 2]}
+    assert put(f, obj) is f
+    assert f.isready() and f.fetch() is obj  # a local put stores the object itself
+    assert wait(f) is f and fetch(f, timeout=1) is obj
+    with pytest.raises(RuntimeError, match="only once"):
+        f.put(2)
+
+
+def test_remote_future_put_and_fetch_from_anywhere(two_workers: list[int]) -> None:
+    a, b = two_workers
+    f = Future(a)
+    assert f.where == a and f.whence == 1
+    assert not f.isready()
+    with pytest.raises(TimeoutError):
+        f.fetch(timeout=0.1)
+    with pytest.raises(TimeoutError):
+        f.wait(timeout=0.1)
+    waiting = remotecall(fetch_it, b, f)  # another worker waits for it
+    assert remotecall_fetch(put_it, b, f, [1, 2, 3]) == "set"  # and another one sets it
+    assert waiting.fetch(timeout=10) == [1, 2, 3]
+    assert f.wait(timeout=10) is f and f.isready()
+    assert f.fetch(timeout=10) == [1, 2, 3]
+    assert remotecall_fetch(put_it, b, f, "again") == "refused"
+    with pytest.raises(RuntimeError):
+        f.put("again")  # cached here: refused without asking
+
+
+def test_only_one_put_wins(two_workers: list[int]) -> None:
+    a, b = two_workers
+    for _ in range(5):
+        f = Future(a)
+        results = [remotecall(put_it, w, f, w) for w in (a, b, a, b)]
+        outcomes = sorted(fetch(r) for r in results)
+        assert outcomes == ["refused", "refused", "refused", "set"]
+        assert f.fetch(timeout=10) in (a, b)
+
+
+def test_future_made_on_a_worker_for_the_master(two_workers: list[int]) -> None:
+    f = remotecall_fetch(make_future_here, two_workers[0])
+    assert f.where == two_workers[0] and f.whence == two_workers[0]
+    f.put("from the master")
+    assert remotecall_fetch(fetch_it, two_workers[1], f) == "from the master"
+    g = remotecall_fetch(lambda: Future(1), two_workers[0])
+    assert g.where == 1 and g.whence == two_workers[0]
+    remotecall_fetch(put_it, two_workers[1], g, 5)
+    assert g.fetch(timeout=10) == 5
+
+
+def test_fetch_caches_so_the_owner_is_no_longer_needed(two_workers: list[int]) -> None:
+    a, b = two_workers
+    f = remotecall(lambda: "value", a)
+    assert f.fetch(timeout=10) == "value"
+    os.kill(ospid(a), signal.SIGKILL)
+    assert f.fetch() == "value" and f.isready() and f.wait() is f
+    # it travels with its value
+    assert remotecall_fetch(fetched_then_owner, b, f) == (True, "value")
+
+
+def test_failed_call_raises_at_fetch_on_every_process(two_workers: list[int]) -> None:
+    a, b = two_workers
+    f = remotecall(math.sqrt, a, -1)
+    assert f.wait(timeout=10) is f  # an error counts as set
+    with pytest.raises(RemoteException) as info:
+        f.fetch()
+    assert info.value.pid == a and isinstance(info.value.captured.exc, ValueError)
+    with pytest.raises(RemoteException) as info2:
+        remotecall_fetch(fetch_it, b, f)  # raised on b, which reports it
+    assert "math domain error" in str(info2.value)
+    local = remotecall(math.sqrt, 1, -1)
+    with pytest.raises(RemoteException, match="On worker 1"):
+        local.fetch(timeout=10)
+
+
+def test_generic_functions_on_tasks_and_plain_values() -> None:
+    t = async_(lambda: 7)
+    assert fetch(t, 10) == 7 and wait(t) is t and isready(t)
+    assert fetch(7) == 7
+
+
+def test_blocked_future_operations_fail_fast_when_the_owner_dies(two_workers: list[int]) -> None:
+    doomed, other = two_workers
+    f = Future(doomed)
+    g = remotecall(time.sleep, doomed, 60)
+    blocked = [
+        in_thread(lambda: f.fetch()),
+        in_thread(lambda: f.wait()),
+        in_thread(lambda: f.fetch(timeout=30)),
+        in_thread(lambda: g.fetch()),
+        in_thread(lambda: wait(g)),
+        in_thread(lambda: remotecall_fetch(fetch_it, other, f)),
+        in_thread(lambda: remotecall_fetch(wait_it, other, f)),
+    ]
+    time.sleep(0.5)  # all of them are waiting now
+    assert all(not out for _, out in blocked)
+    start = time.monotonic()
+    os.kill(ospid(doomed), signal.SIGKILL)
+    for t, _ in blocked:
+        t.join(5)
+    elapsed = time.monotonic() - start
+    outcomes = [out[0] if out else None for _, out in blocked]
+    for e in outcomes[:5]:
+        assert isinstance(e, ProcessExitedException) and e.worker_id == doomed, outcomes
+    for e in outcomes[5:]:  # raised on the other worker, which reports it
+        assert isinstance(e, RemoteException), outcomes
+        assert isinstance(e.captured.exc, ProcessExitedException), outcomes
+    assert elapsed < 2.0, elapsed
+    # and at once afterwards
+    for op in (f.fetch, f.wait, f.isready, lambda: f.put(1), lambda: Future(doomed).fetch()):
+        with pytest.raises(ProcessExitedException):
+            op()

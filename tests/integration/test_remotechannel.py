@@ -1,0 +1,341 @@
+"""RemoteChannels from any process: the channel methods, handles passed around, blocking,
+the owner's death, and the jobs/results example.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pydistributed import (
+    Channel,
+    Future,
+    ProcessExitedException,
+    RemoteChannel,
+    RemoteException,
+    channel_from_id,
+    fetch,
+    isready,
+    put,
+    remote_do,
+    remotecall,
+    remotecall_fetch,
+    remoteref_id,
+    take,
+    wait,
+)
+from pydistributed.cluster import current_cluster
+from pydistributed.errors import ChannelClosedError
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+# -- what the workers run ---------------------------------------------------------------
+
+
+def put_all(rc: RemoteChannel, items: list[Any]) -> int:
+    for x in items:
+        rc.put(x)
+    return len(items)
+
+
+def take_n(rc: RemoteChannel, n: int) -> list[Any]:
+    return [rc.take(timeout=30) for _ in range(n)]
+
+
+def take_one(rc: RemoteChannel, timeout: float | None = None) -> Any:
+    return rc.take(timeout)
+
+
+def drain(rc: RemoteChannel) -> list[Any]:
+    return list(rc)
+
+
+def make_channel_here(size: int) -> RemoteChannel:
+    return RemoteChannel(lambda: Channel(size))
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+class NotAChannel:
+    def put(self, v: Any) -> None: ...
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def ospid(pid: int) -> int:
+    value = current_cluster().workers[pid].ospid
+    assert value is not None
+    return value
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run ``fn`` on a thread; the list gets its result or exception."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as e:
+            out.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+# -- the channel methods ------------------------------------------------------------------
+
+
+def test_default_is_a_channel_of_one_on_that_process(two_workers: list[int]) -> None:
+    w = two_workers[0]
+    rc = RemoteChannel(w)
+    assert (rc.where, rc.whence) == (w, 1)
+    assert remotecall_fetch(lambda r: channel_from_id(r).size, w, remoteref_id(rc)) == 1
+    assert not rc.isready() and rc.isopen()
+    assert rc.put("a") is rc
+    assert rc.isready()
+    assert rc.fetch(timeout=5) == "a" and rc.wait(timeout=5) is rc  # not removed
+    with pytest.raises(TimeoutError):
+        rc.put("b", timeout=0.1)  # full
+    assert rc.take(timeout=5) == "a"
+    with pytest.raises(TimeoutError):
+        rc.take(timeout=0.1)
+    with pytest.raises(TimeoutError):
+        rc.fetch(timeout=0.1)
+    with pytest.raises(TimeoutError):
+        rc.wait(timeout=0.1)
+    assert RemoteChannel(pid=w).where == w and RemoteChannel(None, w).where == w
+
+
+def test_factory_channel_close_and_iteration(two_workers: list[int]) -> None:
+    w = two_workers[0]
+    rc = RemoteChannel(lambda: Channel(10), w)
+    for i in range(10):
+        rc.put(i, timeout=5)  # room for all ten
+    rc.close()
+    assert not rc.isopen()
+    with pytest.raises(ChannelClosedError):
+        rc.put(10)
+    assert rc.fetch() == 0
+    assert list(rc) == list(range(10))  # what was buffered, then the end
+    for op in (rc.take, rc.fetch, rc.wait):
+        with pytest.raises(ChannelClosedError):
+            op()
+    # a closed channel wakes a blocked taker on another process
+    rc2 = RemoteChannel(lambda: Channel(10), w)
+    draining = remotecall(drain, two_workers[1], rc2)
+    put_all(rc2, ["x", "y"])
+    rc2.close()
+    assert draining.fetch(timeout=10) == ["x", "y"]
+
+
+def test_factory_errors(two_workers: list[int]) -> None:
+    w = two_workers[0]
+    with pytest.raises(RemoteException) as info:
+        RemoteChannel(NotAChannel, w)
+    assert isinstance(info.value.captured.exc, TypeError) and "take()" in str(info.value)
+    with pytest.raises(RemoteException, match="ZeroDivisionError"):
+        RemoteChannel(lambda: 1 / 0, w)
+    with pytest.raises(TypeError):
+        RemoteChannel(w, w)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        RemoteChannel("2")  # type: ignore[arg-type]
+
+
+def test_unbuffered_remote_channel_is_a_rendezvous(two_workers: list[int]) -> None:
+    a, b = two_workers
+    rc = RemoteChannel(lambda: Channel(0), a)
+    putting = remotecall(put_all, b, rc, ["hello"])
+    time.sleep(0.3)
+    assert not putting.isready()  # no taker yet
+    assert rc.isready()  # a putter waits
+    assert rc.take(timeout=10) == "hello"
+    assert putting.fetch(timeout=10) == 1
+
+
+def test_local_remote_channel_stores_the_objects_themselves() -> None:
+    rc = RemoteChannel(lambda: Channel(2))
+    assert rc.where == 1
+    obj = {"k": [1]}
+    rc.put(obj)
+    assert rc.take() is obj
+
+
+# -- from any process, passed any way -------------------------------------------------
+
+
+def test_used_from_every_process(two_workers: list[int]) -> None:
+    a, b = two_workers
+    for owner in (1, a):
+        rc = RemoteChannel(lambda: Channel(100), owner)
+        assert remotecall_fetch(put_all, b, rc, list(range(20))) == 20  # b -> owner
+        assert rc.take(timeout=10) == 0
+        consumer = remotecall(take_n, a, rc, 19)
+        assert consumer.fetch(timeout=10) == list(range(1, 20))
+        rc.put("last")
+        assert remotecall_fetch(take_one, b, rc, 10) == "last"
+
+
+def test_passed_as_argument_return_value_and_in_a_closure(two_workers: list[int]) -> None:
+    a, b = two_workers
+    rc = remotecall_fetch(make_channel_here, a, 5)  # a return value, made on a
+    assert (rc.where, rc.whence) == (a, a)
+    rc.put("via the master")
+    assert remotecall_fetch(lambda: rc.take(timeout=10), b) == "via the master"  # captured
+    nested = {"chans": [rc], "fut": Future(b)}
+    assert remotecall_fetch(lambda d: d["chans"][0].put(1) and None, b, nested) is None
+    assert rc.take(timeout=10) == 1
+    # a RemoteChannel inside a Future's value
+    f = remotecall(make_channel_here, b, 3)
+    rc_b = fetch(f)
+    assert rc_b.where == b
+    rc_b.put("in a future")
+    assert remotecall_fetch(take_one, a, rc_b, 10) == "in a future"
+
+
+def test_generic_functions_accept_every_kind_of_reference(two_workers: list[int]) -> None:
+    w = two_workers[0]
+    for ch in (Channel(1), RemoteChannel(w), RemoteChannel()):
+        assert put(ch, "v") is ch
+        assert isready(ch) and fetch(ch) == "v" and fetch(ch, 1) == "v"
+        assert wait(ch) is ch and wait(ch, 1) is ch
+        assert take(ch) == "v"
+        with pytest.raises(TimeoutError):
+            take(ch, 0.05)
+        with pytest.raises(TimeoutError):
+            put(ch, 1, 5)
+            put(ch, 2, 0.05)
+        assert take(ch, 5) == 1
+    for f in (Future(), Future(w)):
+        assert put(f, 3) is f and isready(f) and wait(f) is f and fetch(f) == 3
+
+
+# -- blocking --------------------------------------------------------------------------
+
+
+def test_a_worker_blocked_in_take_still_serves(two_workers: list[int]) -> None:
+    w = two_workers[0]
+    rc = RemoteChannel(w)
+    blocked = remotecall(take_one, w, rc)  # on w, on its own channel
+    more = [remotecall(take_one, w, RemoteChannel(w), 30) for _ in range(10)]  # and others
+    time.sleep(0.2)
+    assert not blocked.isready()
+    assert remotecall_fetch(add, w, 1, 2) == 3  # it answers calls
+    other = RemoteChannel(lambda: Channel(3), w)  # and serves other references
+    other.put("x")
+    assert other.take(timeout=5) == "x"
+    f = Future(w)
+    f.put(9)
+    assert f.fetch(timeout=5) == 9
+    rc.put("go")  # a put from the master unblocks it
+    assert blocked.fetch(timeout=10) == "go"
+    assert not any(m.isready() for m in more)
+
+
+def test_streams_many_items_in_order_between_workers(two_workers: list[int]) -> None:
+    a, b = two_workers
+    rc = RemoteChannel(lambda: Channel(16), b)
+    n = 2000
+    consumer = remotecall(take_n, b, rc, n)
+    producer = remotecall(put_all, a, rc, list(range(n)))
+    assert producer.fetch(timeout=60) == n
+    assert consumer.fetch(timeout=60) == list(range(n))
+
+
+def test_large_values(two_workers: list[int]) -> None:
+    a, b = two_workers
+    rc = RemoteChannel(lambda: Channel(2), a)
+    data = os.urandom(8 << 20)
+    rc.put(data)
+    assert remotecall_fetch(lambda r: len(r.fetch()), b, rc) == len(data)
+    assert rc.take(timeout=10) == data
+
+
+# -- death ------------------------------------------------------------------------------
+
+
+def test_blocked_operations_fail_fast_when_the_owner_dies(two_workers: list[int]) -> None:
+    doomed, other = two_workers
+    empty = RemoteChannel(doomed)
+    full = RemoteChannel(doomed)
+    full.put("filler")
+    blocked = [
+        in_thread(lambda: empty.take()),
+        in_thread(lambda: empty.fetch()),
+        in_thread(lambda: empty.wait()),
+        in_thread(lambda: empty.take(timeout=30)),
+        in_thread(lambda: full.put("more")),
+        in_thread(lambda: remotecall_fetch(take_one, other, empty)),
+        in_thread(lambda: remotecall_fetch(put_all, other, full, [1])),
+    ]
+    time.sleep(0.5)  # all of them are waiting now
+    assert all(not out for _, out in blocked)
+    start = time.monotonic()
+    os.kill(ospid(doomed), signal.SIGKILL)
+    for t, _ in blocked:
+        t.join(5)
+    elapsed = time.monotonic() - start
+    outcomes = [out[0] if out else None for _, out in blocked]
+    for e in outcomes[:5]:
+        assert isinstance(e, ProcessExitedException) and e.worker_id == doomed, outcomes
+    for e in outcomes[5:]:  # raised on the other worker, which reports it
+        assert isinstance(e, RemoteException), outcomes
+        assert isinstance(e.captured.exc, ProcessExitedException), outcomes
+    assert elapsed < 2.0, elapsed
+    for op in (empty.take, empty.isready, full.isopen, lambda: full.put(1)):
+        with pytest.raises(ProcessExitedException):
+            op()
+    with pytest.raises(ProcessExitedException):
+        RemoteChannel(doomed)
+
+
+def test_a_dead_taker_does_not_swallow_a_later_value(two_workers: list[int]) -> None:
+    doomed = two_workers[0]
+    rc = RemoteChannel()  # on the master
+    remote_do(take_one, doomed, rc)  # blocks on the master, for doomed
+    time.sleep(0.3)
+    os.kill(ospid(doomed), signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while doomed in current_cluster().workers and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(1.0)  # the abandoned take gives up within 0.25 s of noticing
+    rc.put("for the living")
+    time.sleep(0.3)  # time enough for an abandoned take to grab it
+    assert rc.isready()
+    assert rc.take(timeout=5) == "for the living"
+
+
+# -- the example -------------------------------------------------------------------------
+
+
+def test_jobs_results_example() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pydistributed", "-p", "2", str(EXAMPLES / "jobs_results.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=EXAMPLES.parent,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    done = [
+        re.fullmatch(r"(\d+) finished in (\d+\.\d\d) seconds on worker (\d+)", ln) for ln in lines
+    ]
+    matches = [m for m in done if m]
+    assert sorted(int(m[1]) for m in matches) == list(range(1, 13)), proc.stdout
+    assert {int(m[3]) for m in matches} <= {2, 3}
+    assert all(0 <= float(m[2]) <= 0.1 for m in matches)
+    assert re.fullmatch(r"12 jobs on 2 workers in \d+\.\d\d seconds", lines[-1]), proc.stdout
