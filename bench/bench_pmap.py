@@ -8,8 +8,9 @@ What it measures, each contender in a fresh process of its own (``--child``), 2 
 
 - **W2a tiny tasks**: ``pmap(inc, range(20_000))`` with ``batch_size=1``, tasks per second;
   peer: ``multiprocessing.Pool(2).map(inc, ..., chunksize=1)``; reference: bare
-  ``remotecall_fetch`` calls from one feeder thread per worker (what pmap's per-element
-  overhead is measured against). Target: pmap >= the peer.
+  ``remotecall_fetch`` calls from one feeder thread per worker (pmap's pattern without pmap),
+  measured in the same process as pmap, the two interleaved, so that their ratio shows pmap's
+  own per-element overhead. Target: pmap >= the peer.
 - **W2b tiny tasks, batched**: the same with ``batch_size="auto"``; peer: ``Pool(2).map`` with its
   default chunking. Target: pmap >= 0.5 x the peer.
 - **W5 CPU scaling**: a pure-Python CPU-bound job of >= 1 s serially (``cpu_work`` tasks,
@@ -39,8 +40,8 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 N_TINY = 20_000
-W5_TASKS = 20
-W5_TASK_S = 0.06  # each cpu_work task takes about this long serially
+W5_TASKS = 24
+W5_TASK_S = 0.06  # each cpu_work task takes about this long serially (1.4 s in all)
 CHILD_TIMEOUT = {True: 90.0, False: 180.0}  # per contender process, quick / full
 
 # (workload, contender key, label, role)
@@ -121,6 +122,8 @@ def _child_pydist(workload: str, contender: str, quick: bool) -> dict[str, Any]:
                 "parallel_s": statistics.median(parallel),
             }
         if contender == "bare":
+            # for reading pmap's per-element overhead: calls alone, one feeder thread per
+            # worker, each call waiting for its answer (pmap's pattern without pmap)
             lock = threading.Lock()
 
             def bare() -> None:
@@ -140,9 +143,17 @@ def _child_pydist(workload: str, contender: str, quick: bool) -> dict[str, Any]:
                 for t in threads:
                     t.join()
 
+            def tiny() -> None:
+                pmap(inc, work)
+
             bare()  # warm up
-            samples = _timed(bare, reps)
-            return {"samples": [N_TINY / s for s in samples]}
+            tiny()
+            # interleaved, so that a slow spell of the machine hits both alike
+            pairs = [(_timed(tiny, 1)[0], _timed(bare, 1)[0]) for _ in range(reps)]
+            return {
+                "samples": [N_TINY / b for _, b in pairs],
+                "pmap_over_bare": [b / p for p, b in pairs],
+            }
         size: int | str = 1 if workload == "W2a" else "auto"
         assert pmap(inc, work, batch_size=size) == want  # warm up, and check
         samples = _timed(lambda: pmap(inc, work, batch_size=size), reps)
@@ -227,7 +238,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
             "figure": statistics.median(samples) if samples else None,
             "samples": samples,
         }
-        for extra in ("error", "serial_s", "parallel_s", "leftovers"):
+        for extra in ("error", "serial_s", "parallel_s", "leftovers", "pmap_over_bare"):
             if extra in m:
                 row[extra] = m[extra]
         rows.append(row)
@@ -272,6 +283,9 @@ def report(rows: list[dict[str, Any]]) -> str:
             if r.get("samples") and len(r["samples"]) > 1:
                 lo, hi = min(r["samples"]), max(r["samples"])
                 line += f"   [{lo:,.2f}..{hi:,.2f}]" if hi < 100 else f"   [{lo:,.0f}..{hi:,.0f}]"
+            if "pmap_over_bare" in r:
+                ratio = statistics.median(r["pmap_over_bare"])
+                line += f"   (pmap / bare, measured interleaved in one process: {ratio:.2f})"
             if "serial_s" in r:
                 line += f"   (serial {r['serial_s']:.2f} s, parallel {r['parallel_s']:.2f} s)"
             if "error" in r:

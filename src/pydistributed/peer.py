@@ -28,6 +28,7 @@ log = logging.getLogger("pydistributed.peer")
 
 
 _PARK = 0.002
+_HELD_POLL = 0.05
 
 
 class _Closed(Exception):
@@ -244,7 +245,9 @@ class Peer:
                             break
                         cond.wait(_PARK - idle)
                     else:
-                        cond.wait(_PARK)
+                        # a caller reads; it parks the role without waking us (that is
+                        # the point), so look again now and then
+                        cond.wait(_HELD_POLL)
                 self._role = "bg"
                 self._hurry = False
             try:
