@@ -28,7 +28,7 @@ log = logging.getLogger("pydistributed.peer")
 
 
 _PARK = 0.002
-_HELD_POLL = 0.05
+_HELD_POLL = 0.005
 
 
 class _Closed(Exception):
