@@ -50,7 +50,7 @@ class Executor:
         self._main_ident = threading.main_thread().ident
         self._pool_q: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._pool_idle = 0
-        self._in_call: set[int] = set()
+        self._in_call: dict[int, int] = {}
         self.nthreads = 0
 
     # -- submitting -----------------------------------------------------------------------
@@ -67,12 +67,18 @@ class Executor:
                 self._pool_q.put(fn)
                 return
             self.nthreads += 1
-        t = threading.Thread(target=self._pool_loop, args=(fn,), name="pydist-call", daemon=True)
+        # a Thread keeps its args as long as it runs: pass ``fn`` in a box that the loop
+        # empties, so that a finished call (and the arguments its closure holds, remote
+        # references among them) does not outlive itself
+        box = [fn]
+        t = threading.Thread(target=self._pool_loop, args=(box,), name="pydist-call", daemon=True)
         t.start()
 
-    def _pool_loop(self, fn: Callable[[], None]) -> None:
+    def _pool_loop(self, box: list[Callable[[], None]]) -> None:
+        fn = box.pop()
         while True:
             self._run(fn)
+            del fn  # see submit: nothing of a finished call stays referenced
             with self._lock:
                 self._pool_idle += 1
             try:
@@ -88,11 +94,15 @@ class Executor:
 
     def run_main(self) -> None:
         """Serve calls on the calling (main) thread forever. Used by workers."""
+        with self._lock:
+            self._main_idle = True
         while True:
-            with self._lock:
-                self._main_idle = True
             fn = self._main_q.get()
             self._run(fn)
+            del fn  # see submit
+            with self._lock:
+                if self._main_q.empty():
+                    self._main_idle = True
 
     @staticmethod
     def _run(fn: Callable[[], None]) -> None:
@@ -106,32 +116,34 @@ class Executor:
     @contextmanager
     def interruptible(self) -> Iterator[None]:
         """Mark the user code run inside as interruptible by :meth:`interrupt`."""
-        ident = threading.get_ident()
-        with self._lock:
-            self._in_call.add(ident)
+        ident = self.enter_call()
         try:
             yield
         finally:
-            with self._lock:
-                self._in_call.discard(ident)
-                if ident != self._main_ident:
-                    # clear an asynchronous interrupt that arrived as the call returned
-                    _async_raise(ident, None)
+            self.exit_call(ident)
 
     def enter_call(self) -> int:
-        """Mark this thread as running interruptible user code (see :meth:`interruptible`)."""
+        """Mark this thread as running interruptible user code (calls may nest)."""
         ident = threading.get_ident()
         with self._lock:
-            self._in_call.add(ident)
+            self._in_call[ident] = self._in_call.get(ident, 0) + 1
         return ident
 
     def exit_call(self, ident: int) -> None:
         """End what :meth:`enter_call` began."""
         with self._lock:
-            self._in_call.discard(ident)
+            depth = self._in_call.pop(ident, 1) - 1
+            if depth:
+                self._in_call[ident] = depth
+                return
             if ident != self._main_ident:
                 # clear an asynchronous interrupt that arrived as the call returned
                 _async_raise(ident, None)
+            elif self._use_main and self._main_q.empty():
+                # the main thread is free again before it sends this call's answer, so the
+                # caller's next call (which may arrive before that send returns) runs here,
+                # where an interrupt can reach it
+                self._main_idle = True
 
     def main_in_call(self) -> bool:
         """True while the main thread runs interruptible user code."""

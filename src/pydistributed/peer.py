@@ -231,7 +231,7 @@ class Peer:
     # answers. A whole message is always read by one thread.
 
     def _shared_read_loop(self) -> None:
-        reader = self.reader
+        reader: Any = self.reader
         fd = reader.fileno()
         cond = self._role_cond
         while True:

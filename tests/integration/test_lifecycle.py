@@ -273,3 +273,39 @@ def test_addprocs_default_is_one_per_cpu(add_workers) -> None:  # type: ignore[n
     finally:
         rmprocs(pids, waitfor=10)
     assert set(workers()) == before or workers() == [1]
+
+
+def _on_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def test_back_to_back_calls_run_on_the_main_thread(two_workers: list[int]) -> None:
+    """The answer of one call must not beat the main thread back to idle (interruptible)."""
+    w = two_workers[0]
+    assert all(remotecall_fetch(_on_main, w) for _ in range(300))
+    for _ in range(5):
+        remotecall_fetch(_on_main, w)
+        fut = remotecall(h.sleep_then, w, 10)
+        time.sleep(0.05)
+        start = time.monotonic()
+        interrupt(w)
+        with pytest.raises(RemoteException):
+            fut.fetch(timeout=10)
+        assert time.monotonic() - start < 2.0
+
+
+def test_nested_self_call_keeps_the_worker_concurrent(two_workers: list[int]) -> None:
+    w = two_workers[0]
+    gate = Future(w)
+
+    def nested_then_wait(g: Future) -> object:
+        remotecall_fetch(myid, myid())  # a call to itself, on the main thread
+        return g.fetch()
+
+    first = remotecall(nested_then_wait, w, gate)
+    time.sleep(0.2)
+    assert remotecall_fetch(h.add, w, 2, 2) == 4  # not queued behind the blocked call
+    gate.put("go")
+    assert first.fetch(timeout=10) == "go"
