@@ -14,9 +14,11 @@ from .errors import (
     RemoteException,
 )
 from .ids import RRID
+from .macros import distributed, everywhere, fetchfrom, spawn, spawnat
 from .managers.base import ClusterManager, DefaultClusterManager, WorkerConfig
 from .managers.local import LocalManager
 from .managers.ssh import SSHManager
+from .pmap import ExponentialBackOff, asyncmap, pmap
 from .processes import (
     addprocs,
     init_worker,
@@ -36,6 +38,7 @@ from .remoteref import (
     Future,
     RemoteChannel,
     channel_from_id,
+    clear,
     fetch,
     isready,
     put,
@@ -44,17 +47,27 @@ from .remoteref import (
     wait,
 )
 from .tasks import Task, async_, sync, timedwait
+from .workerpool import (
+    AbstractWorkerPool,
+    CachingPool,
+    WorkerPool,
+    default_worker_pool,
+    remote,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "RRID",
     "AbstractChannel",
+    "AbstractWorkerPool",
+    "CachingPool",
     "CapturedException",
     "Channel",
     "ClusterManager",
     "CompositeException",
     "DefaultClusterManager",
+    "ExponentialBackOff",
     "Future",
     "InterruptException",
     "LocalManager",
@@ -64,26 +77,37 @@ __all__ = [
     "SSHManager",
     "Task",
     "WorkerConfig",
+    "WorkerPool",
     "addprocs",
     "async_",
+    "asyncmap",
     "channel_from_id",
+    "clear",
     "cluster_cookie",
+    "default_worker_pool",
+    "distributed",
+    "everywhere",
     "fetch",
+    "fetchfrom",
     "init_worker",
     "interrupt",
     "isready",
     "myid",
     "nprocs",
     "nworkers",
+    "pmap",
     "process_messages",
     "procs",
     "put",
+    "remote",
     "remote_do",
     "remotecall",
     "remotecall_fetch",
     "remotecall_wait",
     "remoteref_id",
     "rmprocs",
+    "spawn",
+    "spawnat",
     "start_worker",
     "sync",
     "take",
