@@ -309,3 +309,25 @@ def test_nested_self_call_keeps_the_worker_concurrent(two_workers: list[int]) ->
     assert remotecall_fetch(h.add, w, 2, 2) == 4  # not queued behind the blocked call
     gate.put("go")
     assert first.fetch(timeout=10) == "go"
+
+
+def test_killed_master_ends_a_worker_stuck_in_c_code() -> None:
+    """A worker holding the GIL in C cannot see its connection close; the kernel ends it."""
+    proc, ospids = _run_master(
+        "from tests.integration import _helpers as h\n"
+        "from pydistributed import remotecall\n"
+        "remotecall(h.hold_gil, pids[0], 10**12)\n"
+        "time.sleep(0.5)\n"
+        "print('stuck', flush=True)\n"
+        "time.sleep(60)"
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "stuck"
+        proc.kill()
+        proc.wait(10)
+        assert _wait_gone(ospids, 5.0) == []
+    finally:
+        _kill_all(ospids)
+        proc.kill()
+        proc.wait(10)

@@ -22,6 +22,51 @@ _BLAS_VARS = (
 )
 
 
+class _Spawner:
+    """Starts local workers from one thread that lives as long as this process.
+
+    A local worker asks the kernel (``PR_SET_PDEATHSIG``) to kill it when its parent dies,
+    so that a worker stuck in a C call that holds the GIL (where no Python thread of its own
+    can notice the lost connection) still dies with the master. The kernel ties that signal
+    to the *thread* that forked the child, so the fork must come from a thread that never
+    ends before the process does: this one.
+    """
+
+    def __init__(self) -> None:
+        import queue
+
+        self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name="pydist-spawner", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            args, kwargs, done, out = self._q.get()
+            try:
+                out.append(subprocess.Popen(*args, **kwargs))
+            except BaseException as e:
+                out.append(e)
+            done.set()
+
+    def popen(self, *args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        done = threading.Event()
+        out: list[Any] = []
+        self._q.put((args, kwargs, done, out))
+        done.wait()
+        if isinstance(out[0], BaseException):
+            raise out[0]
+        return out[0]  # type: ignore[no-any-return]
+
+
+def _spawner() -> _Spawner:
+    from ..cluster import current_cluster
+
+    ext = current_cluster().extensions
+    spawner = ext.get("managers.local.spawner")
+    if spawner is None:
+        spawner = ext.setdefault("managers.local.spawner", _Spawner())
+    return spawner  # type: ignore[no-any-return]
+
+
 def worker_environment(params: dict[str, Any], cwd: str) -> dict[str, str]:
     """The environment of a local worker: ours, the master's sys.path, unbuffered output."""
     env = dict(os.environ)
@@ -32,6 +77,7 @@ def worker_environment(params: dict[str, Any], cwd: str) -> dict[str, str]:
     path = [os.path.abspath(p) if p else cwd for p in sys.path]
     env["PYDIST_SYS_PATH"] = json.dumps(path)
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYDIST_PARENT_PID"] = str(os.getpid())  # the worker dies with us (see _Spawner)
     for key, value in (params.get("env") or {}).items():
         env[str(key)] = str(value)
     return env
@@ -71,8 +117,9 @@ class LocalManager(ClusterManager):
         cwd = os.path.abspath(params.get("dir") or os.getcwd())
         env = worker_environment(params, cwd)
         cmd = worker_command(params, "127.0.0.1" if self.restrict else "0.0.0.0")
+        spawner = _spawner()
         for _ in range(self.np):
-            proc = subprocess.Popen(
+            proc = spawner.popen(
                 cmd,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
