@@ -309,7 +309,14 @@ class Cluster:
         peer = Peer(reader, writer, pid, announce=self._announce, sock=sock, alloc=self.buffers.get)
         peer.send(Identify(self.myid))
         with self._lock:
-            self.peers[pid] = peer
+            existing = self.peers.get(pid)
+            if existing is None or existing.closed:
+                self.peers[pid] = peer
+        if existing is not None and not existing.closed:
+            # it connected to us meanwhile: keep one connection per pair, so that what this
+            # process sends to it stays in order
+            peer.close("a connection already exists")
+            return existing
         peer.start(self._on_message, self._on_decode_error, self._on_close)
         return peer
 
@@ -349,6 +356,13 @@ class Cluster:
 
     def _run(self, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, Any]:
         """Run user code: ``(True, value)`` or ``(False, CapturedException)``."""
+        if getattr(f, "_pydist_internal", False):
+            # the runtime's own operations (on references and pools) serve other processes;
+            # an interrupt is meant for the calls of this one, so they are not interruptible
+            try:
+                return True, f(*args, **kwargs)
+            except BaseException as e:
+                return False, capture(e)
         ex = self.executor
         ident = ex.enter_call()
         try:

@@ -206,10 +206,10 @@ class _Job:
         """
         if self.adaptive:
             return self._run_adaptive()
-        with self.lock:
-            for _ in range(self.limit):
-                self._spawn_locked()
         try:
+            with self.lock:
+                for _ in range(self.limit):
+                    self._spawn_locked()
             with self.done:
                 while self.active:
                     self.done.wait()

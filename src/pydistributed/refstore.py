@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .errors import CapturedException
+from .errors import CapturedException, RemoteException
 from .ids import RRID
 
 __all__ = ["Failure", "FutureSlot", "RefStore"]
@@ -34,11 +34,19 @@ __all__ = ["Failure", "FutureSlot", "RefStore"]
 class Failure:
     """What a ``Future`` holds when the call that was to set it raised on process ``pid``."""
 
-    __slots__ = ("captured", "pid")
+    __slots__ = ("_error", "captured", "pid")
 
     def __init__(self, pid: int, captured: CapturedException) -> None:
         self.pid = pid
         self.captured = captured
+        self._error: RemoteException | None = None
+
+    def error(self) -> RemoteException:
+        """The RemoteException to raise: one object per failure, however often it is raised
+        (so that ``sync()`` can tell a failure it has seen already)."""
+        if self._error is None:
+            self._error = RemoteException(self.pid, self.captured)
+        return self._error
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Failure, (self.pid, self.captured))
@@ -118,7 +126,7 @@ class RefStore:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[RRID, _Entry] = {}
+        self._entries: dict[tuple[int, int], _Entry] = {}  # keyed by RRID (a tuple)
         self._gone: set[int] = set()
 
     def __len__(self) -> int:
@@ -127,8 +135,11 @@ class RefStore:
     def __contains__(self, rrid: object) -> bool:
         return rrid in self._entries
 
-    def lookup(self, rrid: RRID) -> Any:
-        """The storage of ``rrid``, or None when there is none (never made, or freed)."""
+    def lookup(self, rrid: tuple[int, int]) -> Any:
+        """The storage of ``rrid``, or None when there is none (never made, or freed).
+
+        ``rrid`` may be a plain ``(whence, id)`` tuple: it equals the RRID.
+        """
         entry = self._entries.get(rrid)
         return None if entry is None else entry.storage
 
@@ -222,7 +233,7 @@ class RefStore:
                 if entry.clients.pop(client, None) is not None:
                     self._maybe_free(rrid, entry)
 
-    def _maybe_free(self, rrid: RRID, entry: _Entry) -> None:
+    def _maybe_free(self, rrid: tuple[int, int], entry: _Entry) -> None:
         # Lock held. An entry made by ``ensure`` is kept until its first notice.
         if entry.pending:
             return
@@ -237,7 +248,7 @@ class RefStore:
             entry = self._entries.get(rrid)
             return {} if entry is None else dict(entry.clients)
 
-    def snapshot(self) -> dict[RRID, dict[int, int]]:
+    def snapshot(self) -> dict[tuple[int, int], dict[int, int]]:
         """A copy of the client counts (for tests and debugging)."""
         with self._lock:
             return {k: dict(v.clients) for k, v in self._entries.items()}

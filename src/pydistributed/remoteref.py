@@ -43,7 +43,7 @@ from typing import Any
 from . import codec
 from .channels import AbstractChannel, Channel
 from .cluster import Cluster, current_cluster
-from .errors import ChannelClosedError, CompositeException, RemoteException
+from .errors import ChannelClosedError, CompositeException
 from .ids import RRID
 from .refstore import Failure, FutureSlot
 from .tasks import Task
@@ -70,17 +70,19 @@ _POLL = 0.25
 class _RemoteRef:
     """What ``Future`` and ``RemoteChannel`` share: identity, counting, pickling."""
 
-    __slots__ = ("__weakref__", "_cluster", "_released", "rrid", "where")
+    __slots__ = ("__weakref__", "_cluster", "_key", "_released", "rrid", "where")
 
     _cluster: Cluster
     where: int
     rrid: RRID
+    _key: tuple[int, int]  # the rrid as a plain tuple: cheaper to pickle, equal as a dict key
     _released: bool
 
     def _init(self, cluster: Cluster, where: int, rrid: RRID) -> None:
         self._cluster = cluster
         self.where = where
         self.rrid = rrid
+        self._key = (rrid.whence, rrid.id)
         self._released = False
         cluster.handles[rrid] = self
 
@@ -142,28 +144,42 @@ class _RemoteRef:
         return c.call_fetch(self.where, f, args)
 
 
+def _handles_lock(c: Cluster) -> threading.Lock:
+    """Serialises get-or-create of handles: two readers may unpickle one reference at once."""
+    lock = c.extensions.get("remoteref.handles_lock")
+    if lock is None:
+        lock = c.extensions.setdefault("remoteref.handles_lock", threading.Lock())
+    return lock  # type: ignore[no-any-return]
+
+
 def _rebuild(
     cls: type[_RemoteRef], where: int, whence: int, id: int, counted: bool = True
 ) -> _RemoteRef:
     """Unpickle a handle: one object per reference per process."""
     c = current_cluster()
     rrid = RRID(whence, id)
-    existing = c.handles.get(rrid)
-    if (
-        existing is not None
-        and type(existing) is cls
-        and (not existing._released or getattr(existing, "_value", _NOTHING) is not _NOTHING)
-    ):
+    # Held only for a lookup and an insert: no I/O, and finalizers never take it.
+    with _handles_lock(c):
+        existing = c.handles.get(rrid)
+        if (
+            existing is not None
+            and type(existing) is cls
+            and (not existing._released or getattr(existing, "_value", _NOTHING) is not _NOTHING)
+        ):
+            obj = existing
+        else:
+            obj = cls.__new__(cls)
+            if isinstance(obj, Future):
+                obj._value = _NOTHING
+                obj._lock = threading.Lock()
+            obj._init(c, where, rrid)
+            existing = None
+    if existing is not None:
         if counted:
             # the sender counted one more handle for us; we keep using the one we have
             c.queue_release(where, rrid)
             c._ensure_flusher()
         return existing
-    obj = cls.__new__(cls)
-    obj._init(c, where, rrid)
-    if isinstance(obj, Future):
-        obj._value = _NOTHING
-        obj._lock = threading.Lock()
     if not counted:
         if where == c.myid:
             c.refs.add(rrid, c.myid, make=None)
@@ -177,19 +193,21 @@ def _rebuild_fetched(where: int, whence: int, id: int, value: Any) -> Future:
     """Unpickle a Future whose value was already fetched: it carries the value, no count."""
     c = current_cluster()
     rrid = RRID(whence, id)
-    existing = c.handles.get(rrid)
-    if isinstance(existing, Future):
-        existing._cache(value)
-        return existing
-    fut = Future.__new__(Future)
-    fut._cluster = c
-    fut.where = where
-    fut.rrid = rrid
-    fut._released = True
-    fut._value = value
-    fut._lock = threading.Lock()
-    c.handles[rrid] = fut
-    return fut
+    with _handles_lock(c):
+        existing = c.handles.get(rrid)
+        if not isinstance(existing, Future):
+            fut = Future.__new__(Future)
+            fut._cluster = c
+            fut.where = where
+            fut.rrid = rrid
+            fut._key = (whence, id)
+            fut._released = True
+            fut._value = value
+            fut._lock = threading.Lock()
+            c.handles[rrid] = fut
+            return fut
+    existing._cache(value)
+    return existing
 
 
 class Future(_RemoteRef):
@@ -238,7 +256,7 @@ class Future(_RemoteRef):
         return super().__reduce__()
 
     def _slot(self) -> FutureSlot:
-        return _future_slot(self.rrid)
+        return _future_slot(self._key)
 
     def _cache(self, value: Any) -> Any:
         """Keep ``value`` here (the first one wins) and release the remote copy."""
@@ -252,7 +270,7 @@ class Future(_RemoteRef):
     @staticmethod
     def _unwrap(value: Any) -> Any:
         if isinstance(value, Failure):
-            raise RemoteException(value.pid, value.captured)
+            raise value.error()
         return value
 
     def fetch(self, timeout: float | None = None) -> Any:
@@ -272,7 +290,7 @@ class Future(_RemoteRef):
                 value = self._slot().fetch(timeout)
             else:
                 ready, value = _raise_marker(
-                    c.call_fetch(self.where, _fetch_ref, (self.rrid, timeout, c.myid))
+                    c.call_fetch(self.where, _fetch_ref, (self._key, timeout, c.myid))
                 )
                 if not ready:
                     raise TimeoutError(f"{self!r} was not set within {timeout} s")
@@ -291,7 +309,7 @@ class Future(_RemoteRef):
         c = self._cluster
         if self.where == c.myid:
             self._slot().wait(timeout)
-        elif not _raise_marker(c.call_fetch(self.where, _wait_ref, (self.rrid, timeout, c.myid))):
+        elif not _raise_marker(c.call_fetch(self.where, _wait_ref, (self._key, timeout, c.myid))):
             raise TimeoutError(f"{self!r} was not set within {timeout} s")
         return self
 
@@ -299,7 +317,7 @@ class Future(_RemoteRef):
         """Whether the value is set (asks the owner; True at once once cached here)."""
         if self._value is not _NOTHING:
             return True
-        return bool(self._call(_isready_ref, self.rrid))
+        return bool(self._call(_isready_ref, self._key))
 
     def put(self, value: Any) -> Future:
         """Set the value, once, and cache it here; returns the Future.
@@ -314,7 +332,7 @@ class Future(_RemoteRef):
         if self.where == c.myid:
             ok = self._slot().try_put(value)
         else:
-            ok = c.call_fetch(self.where, _put_ref, (self.rrid, codec.oob(value)))
+            ok = c.call_fetch(self.where, _put_ref, (self._key, codec.oob(value)))
         if not ok:
             raise RuntimeError("a Future can be set only once")
         self._cache(value)
@@ -333,7 +351,7 @@ class Future(_RemoteRef):
                 value = self._slot().fetch(timeout)
             else:
                 ready, value = _raise_marker(
-                    c.call_fetch(self.where, _status_ref, (self.rrid, timeout, c.myid))
+                    c.call_fetch(self.where, _status_ref, (self._key, timeout, c.myid))
                 )
                 if not ready:
                     raise TimeoutError(f"{self!r} was not set within {timeout} s")
@@ -342,7 +360,7 @@ class Future(_RemoteRef):
         except Exception as e:
             return e
         if isinstance(value, Failure):
-            return RemoteException(value.pid, value.captured)
+            return value.error()
         return None
 
 
@@ -371,9 +389,9 @@ class RemoteChannel(_RemoteRef):
         where = c.myid if pid is None else _check_pid(pid)
         rrid = RRID(c.myid, c.rrids.next())
         if where == c.myid:
-            _make_channel(rrid, c.myid, f)
+            _make_channel((rrid.whence, rrid.id), c.myid, f)
         else:
-            c.call_fetch(where, _make_channel, (rrid, c.myid, f))
+            c.call_fetch(where, _make_channel, ((rrid.whence, rrid.id), c.myid, f))
         self._init(c, where, rrid)
         c._ensure_flusher()
 
@@ -381,8 +399,8 @@ class RemoteChannel(_RemoteRef):
         """Run a blocking channel operation on the owner; raise what its marker says."""
         c = self._cluster
         if self.where == c.myid:
-            return _raise_marker(f(self.rrid, *args, c.myid))
-        return _raise_marker(c.call_fetch(self.where, f, (self.rrid, *args, c.myid)))
+            return _raise_marker(f(self._key, *args, c.myid))
+        return _raise_marker(c.call_fetch(self.where, f, (self._key, *args, c.myid)))
 
     def put(self, value: Any, timeout: float | None = None) -> RemoteChannel:
         """Put ``value`` into the channel; returns the RemoteChannel.
@@ -421,7 +439,7 @@ class RemoteChannel(_RemoteRef):
 
     def isready(self) -> bool:
         """Whether a value can be taken now (it may be gone by the time you take it)."""
-        return bool(self._call(_isready_ch, self.rrid))
+        return bool(self._call(_isready_ch, self._key))
 
     def wait(self, timeout: float | None = None) -> RemoteChannel:
         """Block until a value is available, without taking it; returns the RemoteChannel.
@@ -436,11 +454,11 @@ class RemoteChannel(_RemoteRef):
 
     def close(self) -> None:
         """Close the channel: further puts raise; buffered values can still be taken."""
-        self._call(_close_ch, self.rrid)
+        self._call(_close_ch, self._key)
 
     def isopen(self) -> bool:
         """Whether the channel is still open."""
-        return bool(self._call(_isopen_ch, self.rrid))
+        return bool(self._call(_isopen_ch, self._key))
 
     def __iter__(self) -> Iterator[Any]:
         """Take values until the channel is closed and empty."""
@@ -666,16 +684,24 @@ def _internal(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _future_slot(rrid: RRID) -> FutureSlot:
-    # ``ensure``: an operation may overtake the add that makes a Future(pid)'s storage
-    return current_cluster().refs.ensure(rrid)  # type: ignore[no-any-return]
+# Owner-side operations take the reference's ``key``: its RRID as a plain tuple, which finds
+# the same entry (an RRID is a tuple) and costs less to pickle than the named tuple.
 
 
-def _channel(rrid: RRID) -> Any:
+def _future_slot(key: tuple[int, int]) -> FutureSlot:
+    refs = current_cluster().refs
+    slot = refs.lookup(key)
+    if slot is None:
+        # an operation may overtake the add that makes a Future(pid)'s storage
+        slot = refs.ensure(RRID(*key))
+    return slot  # type: ignore[no-any-return]
+
+
+def _channel(key: tuple[int, int]) -> Any:
     c = current_cluster()
-    storage = c.refs.lookup(rrid)
+    storage = c.refs.lookup(key)
     if storage is None:
-        raise KeyError(f"no channel {rrid!r} on process {c.myid} (freed?)")
+        raise KeyError(f"no channel {RRID(*key)!r} on process {c.myid} (freed?)")
     return storage
 
 
@@ -690,62 +716,56 @@ def _caller_gone(caller: int) -> bool:
     return peer is None or peer.closed
 
 
-def _blocking(op: Callable[[float | None], Any], timeout: float | None, caller: int) -> Any:
-    """``op(timeout)`` for ``caller``, in slices of ``_POLL`` s while the caller is remote.
+def _blocking(
+    method: Callable[..., Any], args: tuple[Any, ...], t: float | None, caller: int
+) -> Any:
+    """``method(*args, t)`` for ``caller``: in slices of ``_POLL`` s while the caller is remote.
 
-    A caller that is gone cannot receive the answer: its operation gives up rather than take
-    a value (or put one) that nobody will see. Raises what ``op`` raises.
+    A caller that is gone cannot receive the answer: its operation gives up (returning a
+    ``_GONE`` marker) rather than take a value, or put one, that nobody will see. Raises what
+    ``method`` raises (``TimeoutError`` once ``t`` seconds have passed).
     """
     if caller == current_cluster().myid:
-        return op(timeout)
-    deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        return method(*args, t)
+    deadline = None if t is None else time.monotonic() + max(t, 0.0)
     while True:
         step = _POLL
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= step:
-                return op(remaining)
+                return method(*args, remaining)
         try:
-            return op(step)
+            return method(*args, step)
         except TimeoutError:
             if _caller_gone(caller):
                 return _Marker(_GONE, f"process {caller} is gone")
 
 
-def _guard(op: Callable[[], Any]) -> Any:
-    try:
-        return op()
-    except TimeoutError as e:
-        return _Marker(_TIMEOUT, str(e) or "timed out")
-    except ChannelClosedError as e:
-        return _Marker(_CLOSED, str(e) or "the channel is closed")
-
-
 @_internal
-def _fetch_ref(rrid: RRID, timeout: float | None, caller: int) -> Any:
-    slot = _future_slot(rrid)
+def _fetch_ref(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
+    slot = _future_slot(key)
     try:
-        value = _blocking(slot.fetch, timeout, caller)
+        value = _blocking(slot.fetch, (), timeout, caller)
     except TimeoutError:
         return False, None
     return value if isinstance(value, _Marker) else (True, value)
 
 
 @_internal
-def _wait_ref(rrid: RRID, timeout: float | None, caller: int) -> Any:
-    slot = _future_slot(rrid)
+def _wait_ref(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
+    slot = _future_slot(key)
     try:
-        marker = _blocking(slot.wait, timeout, caller)
+        marker = _blocking(slot.wait, (), timeout, caller)
     except TimeoutError:
         return False
     return marker if isinstance(marker, _Marker) else True
 
 
 @_internal
-def _status_ref(rrid: RRID, timeout: float | None, caller: int) -> Any:
-    slot = _future_slot(rrid)
+def _status_ref(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
+    slot = _future_slot(key)
     try:
-        value = _blocking(slot.fetch, timeout, caller)
+        value = _blocking(slot.fetch, (), timeout, caller)
     except TimeoutError:
         return False, None
     if isinstance(value, _Marker):
@@ -754,18 +774,18 @@ def _status_ref(rrid: RRID, timeout: float | None, caller: int) -> Any:
 
 
 @_internal
-def _isready_ref(rrid: RRID) -> bool:
-    storage = current_cluster().refs.lookup(rrid)
+def _isready_ref(key: tuple[int, int]) -> bool:
+    storage = current_cluster().refs.lookup(key)
     return storage is not None and bool(storage.isready())
 
 
 @_internal
-def _put_ref(rrid: RRID, value: Any) -> bool:
-    return _future_slot(rrid).try_put(value)
+def _put_ref(key: tuple[int, int], value: Any) -> bool:
+    return _future_slot(key).try_put(value)
 
 
 @_internal
-def _make_channel(rrid: RRID, client: int, f: Callable[[], Any] | None) -> None:
+def _make_channel(key: tuple[int, int], client: int, f: Callable[[], Any] | None) -> None:
     ch = Channel(1) if f is None else f()
     for method in ("put", "take", "fetch", "isready", "wait"):
         if not callable(getattr(ch, method, None)):
@@ -773,55 +793,61 @@ def _make_channel(rrid: RRID, client: int, f: Callable[[], Any] | None) -> None:
                 f"RemoteChannel(f): f() returned a {type(ch).__name__}, which has no "
                 f"{method}() method (expected an AbstractChannel)"
             )
-    current_cluster().refs.add(rrid, client, make=lambda: ch)
+    current_cluster().refs.add(RRID(*key), client, make=lambda: ch)
 
 
 def _channel_op(ch: Any, name: str, timeout: float | None, caller: int, *args: Any) -> Any:
-    """Call ``ch.<name>(*args, timeout)``; polled for our own channels (see ``_blocking``)."""
+    """``ch.<name>(*args)`` for ``caller``; a timeout or a closed channel becomes a marker.
+
+    An ``AbstractChannel`` takes a timeout, so it is polled (see ``_blocking``); a channel of
+    the user's own that is not one gets a timeout only when the caller gave one.
+    """
     method = getattr(ch, name)
-    if isinstance(ch, Channel):
-        return _guard(lambda: _blocking(lambda t: method(*args, t), timeout, caller))
-    # a channel of the user's own: pass a timeout only when one was given
-    if timeout is None:
-        return _guard(lambda: method(*args))
-    return _guard(lambda: method(*args, timeout))
+    try:
+        if isinstance(ch, AbstractChannel):
+            return _blocking(method, args, timeout, caller)
+        return method(*args) if timeout is None else method(*args, timeout)
+    except TimeoutError as e:
+        return _Marker(_TIMEOUT, str(e) or "timed out")
+    except ChannelClosedError as e:
+        return _Marker(_CLOSED, str(e) or "the channel is closed")
 
 
 @_internal
-def _put_ch(rrid: RRID, value: Any, timeout: float | None, caller: int) -> Any:
-    marker = _channel_op(_channel(rrid), "put", timeout, caller, value)
+def _put_ch(key: tuple[int, int], value: Any, timeout: float | None, caller: int) -> Any:
+    marker = _channel_op(_channel(key), "put", timeout, caller, value)
     return marker if isinstance(marker, _Marker) else None
 
 
 @_internal
-def _take_ch(rrid: RRID, timeout: float | None, caller: int) -> Any:
-    return _channel_op(_channel(rrid), "take", timeout, caller)
+def _take_ch(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
+    return _channel_op(_channel(key), "take", timeout, caller)
 
 
 @_internal
-def _fetch_ch(rrid: RRID, timeout: float | None, caller: int) -> Any:
-    return _channel_op(_channel(rrid), "fetch", timeout, caller)
+def _fetch_ch(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
+    return _channel_op(_channel(key), "fetch", timeout, caller)
 
 
 @_internal
-def _wait_ch(rrid: RRID, timeout: float | None, caller: int) -> Any:
-    marker = _channel_op(_channel(rrid), "wait", timeout, caller)
+def _wait_ch(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
+    marker = _channel_op(_channel(key), "wait", timeout, caller)
     return marker if isinstance(marker, _Marker) else None
 
 
 @_internal
-def _isready_ch(rrid: RRID) -> bool:
-    return bool(_channel(rrid).isready())
+def _isready_ch(key: tuple[int, int]) -> bool:
+    return bool(_channel(key).isready())
 
 
 @_internal
-def _close_ch(rrid: RRID) -> None:
-    _channel(rrid).close()
+def _close_ch(key: tuple[int, int]) -> None:
+    _channel(key).close()
 
 
 @_internal
-def _isopen_ch(rrid: RRID) -> bool:
-    ch = _channel(rrid)
+def _isopen_ch(key: tuple[int, int]) -> bool:
+    ch = _channel(key)
     isopen = getattr(ch, "isopen", None)
     return True if isopen is None else bool(isopen())
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -172,6 +175,8 @@ def test_pmap_pool_positionally_or_by_keyword(shared: list[int]) -> None:
         pmap(lambda x: x, range(3), pool=[a])  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         pmap(lambda x: x)
+    # an empty pool maps here, as Julia does (and as with no workers at all)
+    assert pmap(lambda x: myid(), WorkerPool([]), range(3)) == [1, 1, 1]
 
 
 def test_pmap_zips_several_iterables(shared: list[int]) -> None:
@@ -498,3 +503,40 @@ def test_ctrl_c_interrupts_the_remote_calls(shared: list[int]) -> None:
     assert [remotecall_fetch(myid, w) for w in shared] == shared
     assert pmap(lambda x: (x, myid()), range(4))[0][0] == 0
     assert len(pmap(lambda x: myid(), range(8))) == 8
+
+
+# -- the examples ----------------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _run_example(name: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pydistributed", "-p", "2", str(EXAMPLES / name)],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=EXAMPLES.parent,
+    )
+    assert proc.returncode == 0, f"{name} exited with {proc.returncode}:\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_example_pmap_basics() -> None:
+    out = _run_example("pmap_basics.py")
+    assert "squares: [1, 4, 9, 16, 25, 36, 49, 64, 81, 100]" in out
+    assert "workers used: [2, 3] of [2, 3]" in out
+    assert "sums: [11, 22, 33]" in out
+    assert "batched: 100000 results, last 100000" in out
+    assert "inline: [1, ValueError('2 is even'), 3, ValueError('4 is even')]" in out
+    assert "zeros: [1, 0, 3, 0]" in out
+    assert "retried: [0, 10, 20, 30, 40, 50, 60, 70]" in out
+    assert "asyncmap: 3 sizes, all equal: True" in out
+
+
+def test_example_pmap_caching_pool() -> None:
+    out = _run_example("pmap_caching_pool.py")
+    assert "results: [1, 3, 5] ... 199" in out
+    m = re.search(r"sent (\d+) MB for 100 elements on 2 workers", out)
+    assert m and 100 <= int(m.group(1)) < 110, out
+    assert re.search(r"again: same results True, sent 0\.\d MB", out), out

@@ -362,3 +362,50 @@ def test_caching_pool_sent_to_a_worker(shared: list[int]) -> None:
     )
     remotecall_fetch(lambda p: p.clear(), a, pool)
     assert pool.isready()
+
+
+class _RoundRobin(AbstractWorkerPool):
+    """A pool of one's own: every worker is always free, handed out in turn."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self._pids = list(pids)
+        self._next = 0
+        self._lock = threading.Lock()
+        self.taken: list[int] = []
+
+    def push(self, pid: int) -> _RoundRobin:
+        self._pids.append(pid)
+        return self
+
+    def put(self, pid: int) -> int:
+        return pid
+
+    def take(self, timeout: float | None = None) -> int:
+        with self._lock:
+            pid = self._pids[self._next % len(self._pids)]
+            self._next += 1
+            self.taken.append(pid)
+            return pid
+
+    def isready(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return len(self._pids)
+
+    @property
+    def workers(self) -> list[int]:
+        return sorted(self._pids)
+
+
+def test_a_pool_of_ones_own(shared: list[int]) -> None:
+    a, b = shared
+    pool = _RoundRobin([a, b])
+    assert [remotecall_fetch(myid, pool) for _ in range(4)] == [a, b, a, b]
+    assert remotecall(myid, pool).fetch(timeout=T) == a
+    assert workers(pool) == [a, b] and pool.wait(timeout=T) is pool
+    out = pmap(lambda x: (x, myid()), pool, range(6))
+    assert [x for x, _ in out] == list(range(6)) and {w for _, w in out} == {a, b}
+    assert remote(myid, pool)() in (a, b)
+    with pytest.raises(TypeError):
+        AbstractWorkerPool()  # type: ignore[abstract]

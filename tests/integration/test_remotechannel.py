@@ -25,6 +25,7 @@ from pydistributed import (
     RemoteException,
     channel_from_id,
     fetch,
+    interrupt,
     isready,
     put,
     remote_do,
@@ -159,9 +160,12 @@ def test_unbuffered_remote_channel_is_a_rendezvous(two_workers: list[int]) -> No
     a, b = two_workers
     rc = RemoteChannel(lambda: Channel(0), a)
     putting = remotecall(put_all, b, rc, ["hello"])
+    deadline = time.monotonic() + 10
+    while not rc.isready() and time.monotonic() < deadline:  # until the putter waits there
+        time.sleep(0.02)
+    assert rc.isready()
     time.sleep(0.3)
-    assert not putting.isready()  # no taker yet
-    assert rc.isready()  # a putter waits
+    assert not putting.isready()  # no taker yet: the put does not return
     assert rc.take(timeout=10) == "hello"
     assert putting.fetch(timeout=10) == 1
 
@@ -243,6 +247,18 @@ def test_a_worker_blocked_in_take_still_serves(two_workers: list[int]) -> None:
     rc.put("go")  # a put from the master unblocks it
     assert blocked.fetch(timeout=10) == "go"
     assert not any(m.isready() for m in more)
+
+
+def test_interrupting_the_owner_spares_the_operations_it_serves(two_workers: list[int]) -> None:
+    owner, other = two_workers
+    rc = RemoteChannel(owner)
+    blocked = remotecall(take_one, other, rc)  # served on the owner, for the other worker
+    time.sleep(0.3)
+    interrupt(owner)  # the owner runs no call of its own: it ignores the interrupt
+    time.sleep(0.8)  # the served take wakes up (every 0.25 s) meanwhile
+    assert not blocked.isready()
+    rc.put("value")
+    assert blocked.fetch(timeout=10) == "value"
 
 
 def test_streams_many_items_in_order_between_workers(two_workers: list[int]) -> None:
