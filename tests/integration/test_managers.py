@@ -1,0 +1,154 @@
+"""The ClusterManager seam, driven by a manager written the way a user (or the SSH and
+scheduler managers to come) would write one: only the public interface."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from pydistributed import (
+    ClusterManager,
+    WorkerConfig,
+    addprocs,
+    cluster_cookie,
+    interrupt,
+    myid,
+    remotecall,
+    remotecall_fetch,
+    rmprocs,
+    workers,
+)
+from tests.conftest import end_workers, is_alive
+from tests.integration import _helpers as h
+
+
+class RecordingManager(ClusterManager):
+    """Starts workers itself, with `io` for the banner (like SSHManager will)."""
+
+    extra_params = frozenset({"tag"})
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.ops: list[tuple[int, str]] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.params: dict[str, Any] = {}
+
+    def launch(
+        self, params: dict[str, Any], launched: list[WorkerConfig], launch_ntfy: threading.Condition
+    ) -> None:
+        self.params = dict(params)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        for i in range(self.n):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pydistributed.worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+            )
+            assert proc.stdin is not None
+            proc.stdin.write((cluster_cookie() + "\n").encode())
+            proc.stdin.close()
+            self.procs.append(proc)
+            cfg = WorkerConfig(process=proc, io=proc.stdout, userdata={"index": i})
+            with launch_ntfy:
+                launched.append(cfg)
+                launch_ntfy.notify_all()
+
+    def manage(self, pid: int, config: WorkerConfig, op: str) -> None:
+        self.ops.append((pid, op))
+        super().manage(pid, config, op)
+
+
+class HostPortManager(ClusterManager):
+    """Announces workers it started by host and port (no io)."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def launch(
+        self, params: dict[str, Any], launched: list[WorkerConfig], launch_ntfy: threading.Condition
+    ) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pydistributed.worker", "--cookie", cluster_cookie()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()  # pydist_worker:PORT#HOST
+        port, _, host = line.split(":", 1)[1].partition("#")
+        cfg = WorkerConfig(host=host, port=int(port), process=proc)
+        with launch_ntfy:
+            launched.append(cfg)
+            launch_ntfy.notify_all()
+
+
+def _kill(procs: list[Any]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
+
+
+def test_custom_manager_life_cycle() -> None:
+    m = RecordingManager(2)
+    pids = addprocs(m, tag="x", dir=None)
+    try:
+        assert pids == sorted(pids) and len(pids) == 2
+        assert m.params["tag"] == "x" and m.params["topology"] == "all_to_all"
+        assert [remotecall_fetch(myid, p) for p in pids] == pids
+        assert sorted(p for p, op in m.ops if op == "register") == pids
+        # interrupt goes through manage(...,"interrupt"), whose default reaches the worker
+        fut = remotecall(h.sleep_then, pids[0], 30)
+        time.sleep(0.3)
+        interrupt(pids[0])
+        with pytest.raises(Exception, match="InterruptException"):
+            fut.fetch(timeout=10)
+        assert (pids[0], "interrupt") in m.ops
+        rmprocs(pids, waitfor=10)
+        assert all(p not in workers() for p in pids)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not all((p, "finalize") in m.ops for p in pids):
+            time.sleep(0.05)
+        for p in pids:
+            assert (p, "deregister") in m.ops and (p, "finalize") in m.ops
+        assert all(not is_alive(proc.pid) for proc in m.procs)
+    finally:
+        end_workers(pids)
+        _kill(m.procs)
+
+
+def test_manager_giving_host_and_port() -> None:
+    m = HostPortManager()
+    pids = addprocs(m)
+    try:
+        assert remotecall_fetch(myid, pids[0]) == pids[0]
+    finally:
+        end_workers(pids)
+        _kill(m.procs)
+
+
+def test_unknown_keyword_for_a_manager() -> None:
+    with pytest.raises(TypeError, match="nope"):
+        addprocs(RecordingManager(1), nope=1)
+
+
+def test_a_failing_launch_is_raised() -> None:
+    class Broken(ClusterManager):
+        def launch(self, params: dict[str, Any], launched: list[WorkerConfig], ntfy: Any) -> None:
+            raise OSError("no such cluster")
+
+    with pytest.raises(OSError, match="no such cluster"):
+        addprocs(Broken())
