@@ -964,11 +964,12 @@ class Cluster:
             if config.io is not None:
                 out_stream = self._relay_stream(config.io, "stdout", True)
                 streams.insert(0, out_stream)
-            if config.host is None or config.port is None:
-                if config.connect_at is None:
-                    if out_stream is None:
-                        raise ValueError("a WorkerConfig needs host and port, connect_at, or io")
+            custom_transport = type(manager).connect is not ClusterManager.connect
+            if (config.host is None or config.port is None) and config.connect_at is None:
+                if out_stream is not None:
                     self._await_banner(config, out_stream, streams)
+                elif not custom_transport:
+                    raise ValueError("a WorkerConfig needs host and port, connect_at, or io")
             pid = self._admit(manager, config, params, streams)
             results.append((config, pid, None))
         except BaseException as e:

@@ -152,3 +152,69 @@ def test_a_failing_launch_is_raised() -> None:
 
     with pytest.raises(OSError, match="no such cluster"):
         addprocs(Broken())
+
+
+CUSTOM_WORKER = """
+import socket, sys, threading
+from pydistributed import init_worker, process_messages
+init_worker(sys.stdin.readline().strip())
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen()
+print(srv.getsockname()[1], flush=True)
+conn, _ = srv.accept()
+process_messages(conn.makefile("rb"), conn.makefile("wb"), incoming=True)
+threading.Event().wait()
+"""
+
+
+class CustomTransportManager(ClusterManager):
+    """A transport of its own: connect() returns plain file objects (init_worker and
+    process_messages on the worker side)."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def launch(
+        self, params: dict[str, Any], launched: list[WorkerConfig], launch_ntfy: threading.Condition
+    ) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CUSTOM_WORKER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(cluster_cookie() + "\n")
+        proc.stdin.close()
+        port = int(proc.stdout.readline())
+        cfg = WorkerConfig(process=proc, userdata={"port": port})
+        with launch_ntfy:
+            launched.append(cfg)
+            launch_ntfy.notify_all()
+
+    def connect(self, pid: int, config: WorkerConfig) -> tuple[Any, Any]:
+        import socket
+
+        s = socket.create_connection(("127.0.0.1", config.userdata["port"]), timeout=10)
+        s.settimeout(None)
+        return s.makefile("rb"), s.makefile("wb")
+
+
+def test_custom_transport_with_init_worker_and_process_messages() -> None:
+    m = CustomTransportManager()
+    pids = addprocs(m, topology="master_worker")
+    try:
+        (w,) = pids
+        assert remotecall_fetch(myid, w) == w
+        assert remotecall_fetch(h.add, w, 2, 3) == 5
+        big = bytes(range(256)) * 8192  # 2 MB: out-of-band frames over plain streams
+        assert remotecall_fetch(h.identity, w, big) == big
+        assert remotecall(h.add, w, 1, 1).fetch(timeout=10) == 2
+    finally:
+        end_workers(pids)
+        _kill(m.procs)
