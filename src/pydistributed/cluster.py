@@ -306,7 +306,7 @@ class Cluster:
             writer.close()
             raise
         sock.settimeout(None)
-        peer = Peer(reader, writer, pid, announce=self._announce, sock=sock, alloc=self.buffers.get)
+        peer = self._make_peer(reader, writer, pid, sock)
         peer.send(Identify(self.myid))
         with self._lock:
             existing = self.peers.get(pid)
@@ -318,6 +318,12 @@ class Cluster:
             peer.close("a connection already exists")
             return existing
         peer.start(self._on_message, self._on_decode_error, self._on_close)
+        return peer
+
+    def _make_peer(self, reader: Any, writer: Any, pid: int | None, sock: Any) -> Peer:
+        peer = Peer(reader, writer, pid, announce=self._announce, sock=sock, alloc=self.buffers.get)
+        peer.shield = self.executor.shield
+        peer.unshield = self.executor.unshield
         return peer
 
     def _install_peer(self, peer: Peer) -> None:
@@ -365,16 +371,22 @@ class Cluster:
                 return False, capture(e)
         ex = self.executor
         ident = ex.enter_call()
+        exited = False
         try:
             try:
                 return True, f(*args, **kwargs)
             finally:
                 ex.exit_call(ident)
+                exited = True
         except SystemExit as e:
+            if not exited:
+                ex.exit_call(ident)
             if self.role == "worker":
                 self._exit_now(e.code if isinstance(e.code, int) else 0)
             return False, capture(e)
         except BaseException as e:
+            if not exited:  # an interrupt landed before exit_call had finished
+                ex.exit_call(ident)
             return False, capture(e)
 
     def _store(self, slot: Any, ok: bool, value: Any) -> None:
@@ -522,15 +534,17 @@ class Cluster:
             return slot.value
         raise slot.value
 
-    @staticmethod
-    def _read_answer(peer: Peer, slot: ResponseSlot) -> None:
+    def _read_answer(self, peer: Peer, slot: ResponseSlot) -> None:
         """Read the answer on this thread when the connection lets us (no hand-off).
 
         On the main thread a Ctrl-C that arrives meanwhile is held until the reading role is
         given back, then delivered: a message is never read in part.
         """
         if threading.current_thread() is not threading.main_thread():
-            peer.read_until(slot.is_set)
+            # an interrupt can land anywhere in a call on a pool thread (an asynchronous
+            # exception): such a thread waits on its slot instead of reading the stream
+            if threading.get_ident() not in self.executor._in_call:
+                peer.read_until(slot.is_set)
             return
         # _signal, not signal: the enum wrapping of the latter costs more than the read
         old = _signal.getsignal(signal.SIGINT)
@@ -799,7 +813,7 @@ class Cluster:
 
     def process_first(self, reader: Any, writer: Any, first: Message, sock: Any = None) -> None:
         """Serve an authenticated incoming connection whose first message is ``first``."""
-        peer = Peer(reader, writer, announce=self._announce, sock=sock, alloc=self.buffers.get)
+        peer = self._make_peer(reader, writer, None, sock)
         if isinstance(first, JoinPGRP):
             if self.joined.is_set():
                 log.warning("a second master tried to join this worker; refused")
@@ -1044,9 +1058,7 @@ class Cluster:
             raise
         if sock is not None:
             sock.settimeout(None)
-        peer = Peer(
-            instream, outstream, pid, announce=self._announce, sock=sock, alloc=self.buffers.get
-        )
+        peer = self._make_peer(instream, outstream, pid, sock)
         info = WorkerInfo(pid, config.bind_addr or config.host, config.port, config, manager)
         info.streams = streams
         with self._join_lock:

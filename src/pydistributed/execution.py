@@ -15,6 +15,7 @@ that call returns. An idle process ignores an interrupt.
 
 from __future__ import annotations
 
+import _signal
 import ctypes
 import logging
 import queue
@@ -83,6 +84,9 @@ class Executor:
                 self._pool_idle += 1
             try:
                 fn = self._pool_q.get(timeout=_IDLE_RETIRE)
+            except InterruptException:
+                log.warning("an interrupt reached an idle pool thread; ignored")
+                fn = self._pool_q.get()
             except queue.Empty:
                 with self._lock:
                     if self._pool_idle:
@@ -144,6 +148,42 @@ class Executor:
                 # caller's next call (which may arrive before that send returns) runs here,
                 # where an interrupt can reach it
                 self._main_idle = True
+
+    def shield(self, big: bool = True) -> Any:
+        """Hold interrupts off this thread while it writes a message (a message cut in half
+        would put the stream out of step). On the main thread a SIGINT is held and delivered
+        by :meth:`unshield`; a pool thread is out of reach of ``interrupt`` meanwhile.
+
+        ``big=False`` (a message that goes out in one small ``send``, which a signal cannot
+        cut unless the socket is full) skips the SIGINT swap, which costs two system calls.
+        """
+        ident = threading.get_ident()
+        if ident == self._main_ident:
+            if not big:
+                return None
+            old = _signal.getsignal(signal.SIGINT)
+            if not callable(old):
+                return None
+            held: list[Any] = []
+            _signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+            return (True, old, held)
+        if ident not in self._in_call:
+            return None
+        with self._lock:
+            depth = self._in_call.pop(ident, 0)
+        return (False, ident, depth) if depth else None
+
+    def unshield(self, token: Any) -> None:
+        """End :meth:`shield`; deliver a SIGINT that arrived meanwhile."""
+        if token[0]:
+            _, old, held = token
+            _signal.signal(signal.SIGINT, old)
+            if held:
+                old(signal.SIGINT, held[0])
+            return
+        _, ident, depth = token
+        with self._lock:
+            self._in_call[ident] = depth
 
     def main_in_call(self) -> bool:
         """True while the main thread runs interruptible user code."""

@@ -98,6 +98,9 @@ class Peer:
         self.sock = sock
         self.announce = announce
         self.alloc = alloc
+        # set by the cluster: keep interrupts away from this thread while it writes
+        self.shield: Callable[[bool], Any] | None = None
+        self.unshield: Callable[[Any], None] | None = None
         self.limit = transport.max_message_bytes()
         self.pending: dict[int, ResponseSlot] = {}
         self.closed = False
@@ -142,13 +145,27 @@ class Peer:
             raise ProcessExitedException(self.pid or 0, self.close_reason)
         try:
             with self._send_lock:
-                self.writer.write_frames(frames)
+                shield = self.shield
+                token = None
+                if shield is not None:
+                    token = shield(len(frames) > 2 or len(frames[1]) >= 65536)
+                try:
+                    self.writer.write_frames(frames)
+                finally:
+                    if token is not None:
+                        self.unshield(token)  # type: ignore[misc]
         except ProtocolError:
             raise
         except (OSError, ValueError) as e:
             # ValueError: writing to a closed file object
             self.close(f"write failed: {e}")
             raise ProcessExitedException(self.pid or 0, str(e)) from e
+        except BaseException:
+            # an interrupt while a message was half written: the stream is out of step, and
+            # only closing it keeps the other side from reading garbage
+            if getattr(self.writer, "partial", False):
+                self.close("interrupted while sending a message")
+            raise
 
     # -- reading --------------------------------------------------------------------------
 
@@ -287,10 +304,12 @@ class Peer:
                         os.write(self._wake_w, b"x")
                     except OSError:
                         pass  # full of wake-ups already
-                while self._role is not None and not self.closed and not done():
+                # wait only for the reader thread to put the role down: if another caller
+                # takes it first, that caller will fill our slot (it never signals here)
+                while self._role == "bg" and not self.closed and not done():
                     cond.wait()
                 if self._role is not None or self.closed:
-                    return True  # closed, or answered meanwhile: nothing to read
+                    return True  # closed, answered, or another caller reads: wait on the slot
                 self._role = me
             finally:
                 self._takers -= 1
@@ -336,6 +355,12 @@ class Peer:
                 except OSError:
                     pass
             self._role_cond.notify_all()
+        if self.thread is None:
+            with self._role_cond:  # nobody reads: the wake-up pipe can go now
+                for fd in (self._wake_r, self._wake_w):
+                    if fd >= 0:
+                        os.close(fd)
+                self._wake_r = self._wake_w = -1
         if self.thread is None or threading.current_thread() is self.thread:
             # closing a buffered reader that another thread is reading from would block
             try:

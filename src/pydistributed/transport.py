@@ -105,6 +105,7 @@ class SocketWriter:
         self.sock = sock
         self._limit = max_message_bytes()
         self.bytes_sent = 0
+        self.partial = False
 
     def write_frames(self, frames: Sequence[Any]) -> None:
         lens = [len(f) if type(f) is bytes else memoryview(f).nbytes for f in frames]
@@ -119,9 +120,11 @@ class SocketWriter:
         prefix = _COUNT.pack(len(frames)) + struct.pack(f"!{len(lens)}Q", *lens)
         self.bytes_sent += len(prefix) + total
         sock = self.sock
+        self.partial = True  # stays True if an exception leaves the message half written
         if total < 65536:
             # small: one buffer, one send (cheaper than building an iovec list)
             sock.sendall(prefix + b"".join(frames))
+            self.partial = False
             return
         pieces: list[memoryview] = [memoryview(prefix)]
         pieces.extend(memoryview(f).cast("B") for f, n in zip(frames, lens, strict=True) if n)
@@ -136,6 +139,7 @@ class SocketWriter:
                 else:
                     pieces[0] = pieces[0][sent:]
                     sent = 0
+        self.partial = False
 
     def write(self, data: Any) -> int:
         self.sock.sendall(data)
