@@ -6,6 +6,7 @@ import faulthandler
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -97,3 +98,27 @@ def process_state(ospid: int) -> str | None:
 def is_alive(ospid: int) -> bool:
     state = process_state(ospid)
     return state is not None and state not in ("Z", "X")
+
+
+def worker_ospid(pid: int) -> int:
+    """The OS process id of worker ``pid`` of the current cluster."""
+    from pydistributed.cluster import current_cluster
+
+    value = current_cluster().workers[pid].ospid
+    assert value is not None
+    return value
+
+
+def in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    """Run ``fn`` on a daemon thread; the list gets its result or its exception."""
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as e:
+            out.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out

@@ -163,26 +163,6 @@ class WorkerInfo:
         self.streams: list[RelayedStream] = []
 
 
-def _stream_io(
-    instream: Any, outstream: Any
-) -> tuple[Callable[[int], bytes], Callable[[bytes], Any], Any]:
-    sock = getattr(outstream, "sock", None)
-
-    def read_exact(n: int) -> bytes:
-        data = instream.read(n)
-        if data is None or len(data) != n:
-            raise EOFError("connection closed during the handshake")
-        return bytes(data)
-
-    def write(data: bytes) -> None:
-        outstream.write(data)
-        flush = getattr(outstream, "flush", None)
-        if flush is not None:
-            flush()
-
-    return read_exact, write, sock
-
-
 class Cluster:
     """This process's membership in a cluster."""
 
@@ -299,7 +279,7 @@ class Cluster:
         """Worker-to-worker: connect, authenticate, identify ourselves, start reading."""
         sock = transport.connect(host, port, timeout=_HANDSHAKE_TIMEOUT)
         reader, writer = transport.socket_streams(sock)
-        read_exact, write, _ = _stream_io(reader, writer)
+        read_exact, write = transport.handshake_io(reader, writer)
         try:
             client_handshake(read_exact, write, self.cookie)
         except BaseException:
@@ -798,7 +778,7 @@ class Cluster:
             transport.set_socket_options(conn, remote=remote)
             conn.settimeout(_HANDSHAKE_TIMEOUT)
             reader, writer = transport.socket_streams(conn)
-            read_exact, write, _ = _stream_io(reader, writer)
+            read_exact, write = transport.handshake_io(reader, writer)
             server_handshake(read_exact, write, self.cookie)
             first = codec.decode(transport.read_message(reader, limit=1 << 20))
             conn.settimeout(None)
@@ -1045,7 +1025,8 @@ class Cluster:
             pid = self._next_pid
             self._next_pid += 1
         instream, outstream = manager.connect(pid, config)
-        read_exact, write, sock = _stream_io(instream, outstream)
+        read_exact, write = transport.handshake_io(instream, outstream)
+        sock = getattr(outstream, "sock", None)
         if sock is not None:
             sock.settimeout(_HANDSHAKE_TIMEOUT)
         try:

@@ -95,12 +95,7 @@ class CapturedException(Exception):
         """The qualified name of the remote exception's class."""
         if isinstance(self.exc, _RemoteStandIn):
             return self.exc.remote_type
-        t = type(self.exc)
-        return (
-            t.__qualname__
-            if t.__module__ in ("builtins", "__main__")
-            else (f"{t.__module__}.{t.__qualname__}")
-        )
+        return _qualname(self.exc)
 
     def __str__(self) -> str:
         head = f"{self.type_name}: {self.exc}" if str(self.exc) else self.type_name

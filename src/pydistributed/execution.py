@@ -21,8 +21,7 @@ import logging
 import queue
 import signal
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from .errors import InterruptException
@@ -117,17 +116,8 @@ class Executor:
 
     # -- interrupting ---------------------------------------------------------------------
 
-    @contextmanager
-    def interruptible(self) -> Iterator[None]:
-        """Mark the user code run inside as interruptible by :meth:`interrupt`."""
-        ident = self.enter_call()
-        try:
-            yield
-        finally:
-            self.exit_call(ident)
-
     def enter_call(self) -> int:
-        """Mark this thread as running interruptible user code (calls may nest)."""
+        """Mark this thread as running user code that ``interrupt`` may break (calls may nest)."""
         ident = threading.get_ident()
         with self._lock:
             self._in_call[ident] = self._in_call.get(ident, 0) + 1

@@ -199,17 +199,7 @@ def process_messages(r_stream: Any, w_stream: Any, incoming: bool = True) -> Non
         raise NotImplementedError("process_messages(incoming=False) is not supported yet")
 
     def serve() -> None:
-        def read_exact(n: int) -> bytes:
-            data = r_stream.read(n)
-            if data is None or len(data) != n:
-                raise EOFError("connection closed during the handshake")
-            return bytes(data)
-
-        def write(data: bytes) -> None:
-            w_stream.write(data)
-            if hasattr(w_stream, "flush"):
-                w_stream.flush()
-
+        read_exact, write = transport.handshake_io(r_stream, w_stream)
         handshake.server_handshake(read_exact, write, c.cookie)
         first = codec.decode(transport.read_message(r_stream, limit=1 << 20))
         c.process_first(r_stream, w_stream, first)

@@ -187,13 +187,6 @@ class RefStore:
                 entry.storage = make()
             return entry.storage
 
-    def install(self, rrid: RRID, storage: Any) -> None:
-        """Set the storage of ``rrid`` (made by a factory) if the entry is still there."""
-        with self._lock:
-            entry = self._entries.get(rrid)
-            if entry is not None and entry.storage is None:
-                entry.storage = storage
-
     def release(self, rrid: RRID, client: int, n: int = 1) -> None:
         """Count ``n`` fewer handles of ``rrid`` held by ``client`` (ignored if it is gone)."""
         with self._lock:

@@ -47,13 +47,13 @@ __all__ = [
     "connect",
     "connect_local",
     "connect_tcp",
+    "handshake_io",
     "listen_local",
     "listen_tcp",
     "max_message_bytes",
     "read_message",
     "set_socket_options",
     "socket_streams",
-    "write_message",
 ]
 
 MAX_FRAMES = 65536
@@ -85,8 +85,9 @@ class FrameWriter(Protocol):
         """Close the outgoing side."""
 
 
-def _prefix(frames: Sequence[Any], limit: int) -> bytes:
-    lens = [memoryview(f).nbytes for f in frames]
+def _prefix(frames: Sequence[Any], limit: int) -> tuple[bytes, list[int], int]:
+    """The length prefix of a message, its frames' sizes and their total; checks the guard."""
+    lens = [len(f) if type(f) is bytes else memoryview(f).nbytes for f in frames]
     total = sum(lens)
     if total > limit:
         raise ProtocolError(
@@ -95,7 +96,7 @@ def _prefix(frames: Sequence[Any], limit: int) -> bytes:
         )
     if not 1 <= len(frames) <= MAX_FRAMES:
         raise ProtocolError(f"a message has 1 to {MAX_FRAMES} frames, not {len(frames)}")
-    return _COUNT.pack(len(frames)) + struct.pack(f"!{len(lens)}Q", *lens)
+    return _COUNT.pack(len(frames)) + struct.pack(f"!{len(lens)}Q", *lens), lens, total
 
 
 class SocketWriter:
@@ -108,16 +109,7 @@ class SocketWriter:
         self.partial = False
 
     def write_frames(self, frames: Sequence[Any]) -> None:
-        lens = [len(f) if type(f) is bytes else memoryview(f).nbytes for f in frames]
-        total = sum(lens)
-        if total > self._limit:
-            raise ProtocolError(
-                f"message of {total} bytes exceeds the size guard of {self._limit} bytes "
-                "(PYDIST_MAX_MESSAGE_BYTES)"
-            )
-        if not 1 <= len(frames) <= MAX_FRAMES:
-            raise ProtocolError(f"a message has 1 to {MAX_FRAMES} frames, not {len(frames)}")
-        prefix = _COUNT.pack(len(frames)) + struct.pack(f"!{len(lens)}Q", *lens)
+        prefix, lens, total = _prefix(frames, self._limit)
         self.bytes_sent += len(prefix) + total
         sock = self.sock
         self.partial = True  # stays True if an exception leaves the message half written
@@ -165,12 +157,12 @@ class StreamWriter:
         self.bytes_sent = 0
 
     def write_frames(self, frames: Sequence[Any]) -> None:
-        prefix = _prefix(frames, self._limit)
+        prefix, _, total = _prefix(frames, self._limit)
         self.stream.write(prefix)
         for f in frames:
             self.stream.write(f)
         self.stream.flush()
-        self.bytes_sent += len(prefix) + sum(memoryview(f).nbytes for f in frames)
+        self.bytes_sent += len(prefix) + total
 
     def close(self) -> None:
         try:
@@ -342,11 +334,6 @@ def _read_frames(reader: BinaryIO, lens: Sequence[int], limit: int, alloc: Any) 
     return frames
 
 
-def write_message(writer: FrameWriter, frames: Sequence[Any]) -> None:
-    """Write one message; see :class:`FrameWriter`."""
-    writer.write_frames(frames)
-
-
 def set_socket_options(sock: socket.socket, *, remote: bool = False) -> None:
     """TCP_NODELAY always; keepalive and TCP_USER_TIMEOUT for links that may be cut."""
     if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -469,6 +456,24 @@ class SocketReader:
 
     def close(self) -> None:
         self.closed = True
+
+
+def handshake_io(instream: Any, outstream: Any) -> tuple[Any, Any]:
+    """``(read_exact, write)`` over a connection's two streams, for the handshake."""
+
+    def read_exact(n: int) -> bytes:
+        data = instream.read(n)
+        if data is None or len(data) != n:
+            raise EOFError("connection closed during the handshake")
+        return bytes(data)
+
+    def write(data: bytes) -> None:
+        outstream.write(data)
+        flush = getattr(outstream, "flush", None)
+        if flush is not None:
+            flush()
+
+    return read_exact, write
 
 
 def socket_streams(sock: socket.socket) -> tuple[Any, SocketWriter]:

@@ -350,15 +350,24 @@ class _LocalPool(AbstractWorkerPool):
                 self._prune()
                 if self._master_works():
                     return self._cluster.myid
-                if not self._members:
-                    raise RuntimeError("No active worker available in pool")
-                wait = _POLL
-                if deadline is not None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError(f"no worker of the pool became free within {timeout} s")
-                    wait = min(wait, remaining)
-                self._cond.wait(wait)
+                self._wait_for_a_free_worker(deadline, timeout)
+
+    def _wait_for_a_free_worker(self, deadline: float | None, timeout: float | None) -> None:
+        """Under ``self._cond``: wait a little for a worker to come free.
+
+        Raises:
+            RuntimeError: the pool has no live worker, so none will ever come free.
+            TimeoutError: the deadline has passed.
+        """
+        if not self._members:
+            raise RuntimeError("No active worker available in pool")
+        wait = _POLL
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no worker of the pool became free within {timeout} s")
+            wait = min(wait, remaining)
+        self._cond.wait(wait)
 
     def isready(self) -> bool:
         """Whether :meth:`take` would return at once (a live worker is free)."""
@@ -387,15 +396,7 @@ class _LocalPool(AbstractWorkerPool):
                 self._prune()
                 if self._master_works() or any(self._alive(p) for p in self._free):
                     return self
-                if not self._members:
-                    raise RuntimeError("No active worker available in pool")
-                wait = _POLL
-                if deadline is not None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError(f"no worker of the pool became free within {timeout} s")
-                    wait = min(wait, remaining)
-                self._cond.wait(wait)
+                self._wait_for_a_free_worker(deadline, timeout)
 
     def __len__(self) -> int:
         """The number of live workers in the pool, busy or free (the default pool without

@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 import os
 import signal
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,7 +23,8 @@ from pydistributed import (
     remoteref_id,
     wait,
 )
-from pydistributed.cluster import current_cluster
+from tests.conftest import in_thread
+from tests.conftest import worker_ospid as ospid
 
 # -- what the workers run ---------------------------------------------------------------
 
@@ -57,27 +56,6 @@ def fetched_then_owner(f: Future) -> tuple[bool, Any]:
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def ospid(pid: int) -> int:
-    value = current_cluster().workers[pid].ospid
-    assert value is not None
-    return value
-
-
-def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    """Run ``fn`` on a thread; the list gets its result or exception."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as e:
-            out.append(e)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
 
 
 # -- tests ------------------------------------------------------------------------------

@@ -24,15 +24,9 @@ from pydistributed import (
     rmprocs,
     workers,
 )
-from pydistributed.cluster import current_cluster
 from tests.conftest import is_alive
+from tests.conftest import worker_ospid as _ospid
 from tests.integration import _helpers as h
-
-
-def _ospid(pid: int) -> int:
-    ospid = current_cluster().workers[pid].ospid
-    assert ospid is not None
-    return ospid
 
 
 def test_killed_worker_fails_pending_calls_fast(two_workers: list[int]) -> None:
@@ -111,9 +105,23 @@ def _kill_all(ospids: list[int]) -> None:
             pass
 
 
-def test_killed_master_leaves_no_orphans() -> None:
-    proc, ospids = _run_master("time.sleep(60)")
+@pytest.mark.parametrize(
+    "setup",
+    [
+        "",
+        # a worker holding the GIL in C cannot see its connection close: the kernel ends it
+        "from tests.integration import _helpers as h\n"
+        "from pydistributed import remotecall\n"
+        "remotecall(h.hold_gil, pids[0], 10**12)\n"
+        "time.sleep(0.5)\n",
+    ],
+    ids=["idle", "stuck-in-c"],
+)
+def test_killed_master_leaves_no_orphans(setup: str) -> None:
+    proc, ospids = _run_master(setup + "print('ready', flush=True)\ntime.sleep(60)")
     try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
         proc.kill()
         proc.wait(10)
         assert _wait_gone(ospids, 5.0) == []
@@ -309,25 +317,3 @@ def test_nested_self_call_keeps_the_worker_concurrent(two_workers: list[int]) ->
     assert remotecall_fetch(h.add, w, 2, 2) == 4  # not queued behind the blocked call
     gate.put("go")
     assert first.fetch(timeout=10) == "go"
-
-
-def test_killed_master_ends_a_worker_stuck_in_c_code() -> None:
-    """A worker holding the GIL in C cannot see its connection close; the kernel ends it."""
-    proc, ospids = _run_master(
-        "from tests.integration import _helpers as h\n"
-        "from pydistributed import remotecall\n"
-        "remotecall(h.hold_gil, pids[0], 10**12)\n"
-        "time.sleep(0.5)\n"
-        "print('stuck', flush=True)\n"
-        "time.sleep(60)"
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "stuck"
-        proc.kill()
-        proc.wait(10)
-        assert _wait_gone(ospids, 5.0) == []
-    finally:
-        _kill_all(ospids)
-        proc.kill()
-        proc.wait(10)

@@ -34,6 +34,7 @@ from pydistributed import (
     remoteref_id,
 )
 from pydistributed.cluster import current_cluster
+from tests.conftest import worker_ospid as ospid
 
 AddWorkers = Callable[..., list[int]]
 
@@ -216,12 +217,6 @@ def rss_mb(ospid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
-
-
-def ospid(pid: int) -> int:
-    value = current_cluster().workers[pid].ospid
-    assert value is not None
-    return value
 
 
 # -- the figures of the issue ------------------------------------------------------------

@@ -9,9 +9,7 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,8 @@ from pydistributed import (
 )
 from pydistributed.cluster import current_cluster
 from pydistributed.errors import ChannelClosedError
+from tests.conftest import in_thread
+from tests.conftest import worker_ospid as ospid
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -74,27 +74,6 @@ class NotAChannel:
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def ospid(pid: int) -> int:
-    value = current_cluster().workers[pid].ospid
-    assert value is not None
-    return value
-
-
-def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    """Run ``fn`` on a thread; the list gets its result or exception."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as e:
-            out.append(e)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
 
 
 # -- the channel methods ------------------------------------------------------------------
