@@ -1188,7 +1188,8 @@ class Cluster:
                 peer = self.peers.get(info.pid)
                 if peer is not None:
                     peer.close("removed by rmprocs")
-            still = wait_until(None if deadline is None else max(deadline, time.monotonic() + 5))
+            # killed and disconnected: they are deregistered at once; bound the wait anyway
+            still = wait_until(max(deadline or 0.0, time.monotonic() + 5))
             if late or still:
                 raise TimeoutError(
                     f"workers {[i.pid for i in left]} did not exit within {waitfor} s; "
