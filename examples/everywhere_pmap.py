@@ -10,9 +10,7 @@ The code string runs in ``__main__`` of each process (this one included); ``at_w
 ``pydist -p 2 examples/everywhere_pmap.py``.
 """
 
-from pydistributed import myid
-from pydistributed.macros import everywhere
-from pydistributed.pmap import pmap
+from pydistributed import everywhere, myid, pmap
 
 
 def at_worker(n: int) -> tuple[int, int]:

@@ -12,8 +12,7 @@ import operator
 import random
 import sys
 
-from pydistributed import nworkers
-from pydistributed.macros import distributed
+from pydistributed import distributed, nworkers
 
 
 def toss(_: int) -> int:

@@ -12,8 +12,7 @@ Run: ``pydist -p 2 examples/pmap_basics.py``.
 import os
 import random
 
-from pydistributed import myid, workers
-from pydistributed.pmap import ExponentialBackOff, asyncmap, pmap
+from pydistributed import ExponentialBackOff, asyncmap, myid, pmap, workers
 
 
 def odd_or_fail(x: int) -> int:

@@ -13,16 +13,14 @@ the function (and what it captures) to each worker once and reuses it until ``cl
 the end of a ``with`` block). Run: ``pydist -p 2 examples/pmap_caching_pool.py``.
 """
 
-from pydistributed import workers
+from pydistributed import CachingPool, pmap, workers
 from pydistributed.cluster import current_cluster
-from pydistributed.pmap import pmap
-from pydistributed.workerpool import CachingPool
 
 
 def bytes_sent() -> int:
-    """Bytes this process has written to its workers so far."""
+    """Bytes this process has written to its workers so far (a look inside the runtime)."""
     c = current_cluster()
-    return sum(c.get_peer(p).writer.bytes_sent for p in workers())
+    return sum(c.connections.get(p).writer.bytes_sent for p in workers())
 
 
 if __name__ == "__main__":

@@ -13,8 +13,7 @@ The calls run at the same time: the block takes about as long as one of them. Ru
 import os
 import time
 
-from pydistributed import myid, sync, workers
-from pydistributed.macros import spawnat
+from pydistributed import myid, spawnat, sync, workers
 
 
 def work(seconds: float) -> str:

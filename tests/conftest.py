@@ -8,33 +8,32 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 faulthandler.enable()
 
 
-def _worker_processes() -> dict[int, object]:
-    """pid -> Popen of every worker the current cluster knows about (process 1 only)."""
+def worker_table() -> dict[int, Any]:
+    """pid -> WorkerInfo of every worker the current cluster knows about."""
     from pydistributed.cluster import current_cluster
 
-    c = current_cluster()
-    out: dict[int, object] = {}
-    for pid, info in list(c.workers.items()):
-        proc = info.config.process if info.config is not None else None
-        if proc is not None:
-            out[pid] = proc
-    return out
+    return {info.pid: info for info in current_cluster().registry.infos()}
+
+
+def _worker_processes() -> dict[int, object]:
+    """pid -> Popen of every worker the current cluster knows about (process 1 only)."""
+    return {pid: info.process for pid, info in worker_table().items() if info.process}
 
 
 def end_workers(pids: list[int]) -> None:
     """Remove ``pids`` if still there; kill by OS pid whatever did not go."""
     from pydistributed import rmprocs
-    from pydistributed.cluster import current_cluster
 
-    c = current_cluster()
     procs = {p: proc for p, proc in _worker_processes().items() if p in pids}
-    live = [p for p in pids if p in c.workers]
+    table = worker_table()
+    live = [p for p in pids if p in table]
     if live:
         try:
             rmprocs(live, waitfor=10)
@@ -102,9 +101,7 @@ def is_alive(ospid: int) -> bool:
 
 def worker_ospid(pid: int) -> int:
     """The OS process id of worker ``pid`` of the current cluster."""
-    from pydistributed.cluster import current_cluster
-
-    value = current_cluster().workers[pid].ospid
+    value = worker_table()[pid].ospid
     assert value is not None
     return value
 

@@ -4,12 +4,18 @@ A master process (id 1) and worker processes; remote calls and Futures, RemoteCh
 pools and ``pmap``. The public API is re-exported here; see ``docs/julia-to-python.md``.
 """
 
+from .asyncmap import asyncmap
+from .backoff import ExponentialBackOff
 from .channels import AbstractChannel, Channel
+from .clearing import clear
 from .cluster import cluster_cookie
 from .errors import (
     CapturedException,
+    ChannelClosedError,
     CompositeException,
     InterruptException,
+    LaunchError,
+    LaunchTimeoutError,
     ProcessExitedException,
     RemoteException,
 )
@@ -18,7 +24,7 @@ from .macros import distributed, everywhere, fetchfrom, spawn, spawnat
 from .managers.base import ClusterManager, DefaultClusterManager, WorkerConfig
 from .managers.local import LocalManager
 from .managers.ssh import SSHManager
-from .pmap import ExponentialBackOff, asyncmap, pmap
+from .pmap import pmap
 from .processes import (
     addprocs,
     init_worker,
@@ -38,7 +44,6 @@ from .remoteref import (
     Future,
     RemoteChannel,
     channel_from_id,
-    clear,
     fetch,
     isready,
     put,
@@ -64,12 +69,15 @@ __all__ = [
     "CachingPool",
     "CapturedException",
     "Channel",
+    "ChannelClosedError",
     "ClusterManager",
     "CompositeException",
     "DefaultClusterManager",
     "ExponentialBackOff",
     "Future",
     "InterruptException",
+    "LaunchError",
+    "LaunchTimeoutError",
     "LocalManager",
     "ProcessExitedException",
     "RemoteChannel",

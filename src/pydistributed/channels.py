@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from . import timeouts
 from .errors import ChannelClosedError
 
 __all__ = ["AbstractChannel", "Channel"]
@@ -163,18 +164,6 @@ def _check_size(size: Any) -> int | float:
     return n
 
 
-def _deadline(timeout: float | None) -> float | None:
-    """The monotonic time at which a call with ``timeout`` gives up (``None``: never)."""
-    if timeout is None:
-        return None
-    t = float(timeout)
-    if math.isnan(t):
-        raise ValueError("timeout must be a number of seconds or None, not NaN")
-    if t == math.inf:
-        return None
-    return time.monotonic() + max(t, 0.0)
-
-
 def _wait(
     cond: threading.Condition, deadline: float | None, op: str, timeout: float | None
 ) -> None:
@@ -268,7 +257,7 @@ class Channel(AbstractChannel):
             TimeoutError: the timeout passed first; the value was not added and will never
                 be delivered.
         """
-        deadline = _deadline(timeout)
+        deadline = timeouts.deadline(timeout)
         with self._lock:
             if not self._open:
                 raise ChannelClosedError("put on a closed channel")
@@ -331,7 +320,7 @@ class Channel(AbstractChannel):
             ChannelClosedError: the channel is closed and empty, or became so while blocked.
             TimeoutError: the timeout passed first; nothing was taken.
         """
-        deadline = _deadline(timeout)
+        deadline = timeouts.deadline(timeout)
         with self._lock:
             if self._size == 0:
                 return self._take_rendezvous(deadline, timeout)
@@ -407,7 +396,7 @@ class Channel(AbstractChannel):
             ChannelClosedError: the channel is closed and empty, or became so while blocked.
             TimeoutError: the timeout passed first.
         """
-        deadline = _deadline(timeout)
+        deadline = timeouts.deadline(timeout)
         with self._lock:
             self._wait_ready(deadline, "fetch", timeout)
             return self._offers[0].value if self._size == 0 else self._buffer[0]
@@ -422,7 +411,7 @@ class Channel(AbstractChannel):
             ChannelClosedError: the channel is closed and empty, or became so while blocked.
             TimeoutError: the timeout passed first.
         """
-        deadline = _deadline(timeout)
+        deadline = timeouts.deadline(timeout)
         with self._lock:
             self._wait_ready(deadline, "wait", timeout)
 

@@ -9,12 +9,15 @@ The tree::
           +-- RemoteException           a call raised on another process; wraps a CapturedException
           +-- CapturedException         an exception and its traceback text, made portable
           +-- ProcessExitedException    the process a call or reference needs is gone
+          |                             (``.removed``: by rmprocs, not by a crash or a lost link)
           +-- ExceptionGroup
           |    +-- CompositeException   the errors of several tasks or processes at once
           +-- ProtocolError             a peer broke the wire protocol (garbled frame, bad size)
           |    +-- AuthenticationError  a peer failed the cookie handshake or speaks another version
           +-- RuntimeError
                +-- ChannelClosedError   put on a closed channel, or take/fetch on a closed empty one
+               +-- LaunchError          a worker failed to start or join; carries its output's tail
+                    +-- LaunchTimeoutError (also a TimeoutError) it did not report in time
 
 Errors are translated once, where layers meet: an exception raised by a remote call is captured
 on the worker (:func:`capture`), sent back, and raised on the caller as a
@@ -38,6 +41,8 @@ __all__ = [
     "ChannelClosedError",
     "CompositeException",
     "InterruptException",
+    "LaunchError",
+    "LaunchTimeoutError",
     "ProcessExitedException",
     "ProtocolError",
     "RemoteException",
@@ -154,19 +159,51 @@ class RemoteException(Exception):
 
 
 class ProcessExitedException(Exception):
-    """The process ``worker_id`` has exited (or its connection was lost)."""
+    """The process ``worker_id`` has exited (or its connection was lost).
 
-    def __init__(self, worker_id: int, reason: str = "") -> None:
+    ``removed`` is True when it was removed on purpose (``rmprocs``), False when it died or its
+    connection broke; ``reason`` says what was seen.
+    """
+
+    def __init__(self, worker_id: int, reason: str = "", *, removed: bool = False) -> None:
         super().__init__(worker_id, reason)
         self.worker_id = worker_id
         self.reason = reason
+        self.removed = removed
 
     def __str__(self) -> str:
+        if self.removed:
+            base = f"worker {self.worker_id} has exited: it was removed by rmprocs"
+            return f"{base} ({self.reason})" if self.reason else base
         base = f"worker {self.worker_id} has exited"
         return f"{base}: {self.reason}" if self.reason else base
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ProcessExitedException, (self.worker_id, self.reason))
+        return (_rebuild_exited, (self.worker_id, self.reason, self.removed))
+
+
+def _rebuild_exited(worker_id: int, reason: str, removed: bool) -> ProcessExitedException:
+    return ProcessExitedException(worker_id, reason, removed=removed)
+
+
+class LaunchError(RuntimeError):
+    """A worker failed to start or to join the cluster.
+
+    ``output`` holds the last lines it wrote (its standard error when it has one, else its
+    standard output; empty when it printed nothing); ``ospid`` its OS process id when known.
+    """
+
+    def __init__(self, message: str, output: str = "", ospid: int | None = None) -> None:
+        super().__init__(message)
+        self.output = output
+        self.ospid = ospid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.args[0], self.output, self.ospid))
+
+
+class LaunchTimeoutError(LaunchError, TimeoutError):
+    """A worker did not report its address within ``PYDIST_WORKER_TIMEOUT`` seconds."""
 
 
 class CompositeException(ExceptionGroup):  # type: ignore[misc]

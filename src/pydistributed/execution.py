@@ -18,15 +18,18 @@ from __future__ import annotations
 import _signal
 import ctypes
 import logging
+import os
 import queue
 import signal
+import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
+from . import scope
 from .errors import InterruptException
 
-__all__ = ["Executor"]
+__all__ = ["Executor", "exit_process", "hold_sigint", "release_sigint"]
 
 log = logging.getLogger("pydistributed.execution")
 
@@ -39,11 +42,49 @@ def _async_raise(ident: int, exc: type[BaseException] | None) -> None:
     )
 
 
-class Executor:
-    """Runs submitted callables on the main thread when free, else on pool threads."""
+def exit_process(code: int) -> NoReturn:
+    """End this process now, whatever its threads are doing (a worker that must go: its master
+    left, it was told to exit, or a call raised ``SystemExit``). Output is flushed first."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
 
-    def __init__(self, use_main_thread: bool) -> None:
+
+def hold_sigint() -> tuple[Any, list[Any]] | None:
+    """On the main thread: hold off SIGINT until :func:`release_sigint` (for a message that must
+    be read or written whole). Returns None, holding nothing, when SIGINT has no Python
+    handler (ignored or default), so there is nothing to hold.
+
+    ``_signal``, not ``signal``: the enum wrapping of the latter costs more than a small read.
+    """
+    old = _signal.getsignal(signal.SIGINT)
+    if not callable(old):
+        return None
+    held: list[Any] = []
+    _signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+    return old, held
+
+
+def release_sigint(token: tuple[Any, list[Any]]) -> None:
+    """End :func:`hold_sigint`: restore the handler and deliver a SIGINT that came meanwhile."""
+    old, held = token
+    _signal.signal(signal.SIGINT, old)
+    if held:
+        old(signal.SIGINT, held[0])
+
+
+class Executor:
+    """Runs submitted callables on the main thread when free, else on pool threads.
+
+    ``owner`` (the cluster) is bound to every pool thread (see ``scope``).
+    """
+
+    def __init__(self, use_main_thread: bool, owner: Any = None) -> None:
         self._use_main = use_main_thread
+        self._owner = owner
         self._lock = threading.Lock()
         self._main_q: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._main_idle = False
@@ -51,7 +92,6 @@ class Executor:
         self._pool_q: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._pool_idle = 0
         self._in_call: dict[int, int] = {}
-        self.nthreads = 0
 
     # -- submitting -----------------------------------------------------------------------
 
@@ -66,7 +106,6 @@ class Executor:
                 self._pool_idle -= 1
                 self._pool_q.put(fn)
                 return
-            self.nthreads += 1
         # a Thread keeps its args as long as it runs: pass ``fn`` in a box that the loop
         # empties, so that a finished call (and the arguments its closure holds, remote
         # references among them) does not outlive itself
@@ -75,6 +114,7 @@ class Executor:
         t.start()
 
     def _pool_loop(self, box: list[Callable[[], None]]) -> None:
+        scope.bind(self._owner)
         fn = box.pop()
         while True:
             self._run(fn)
@@ -91,7 +131,6 @@ class Executor:
                     if self._pool_idle:
                         # nobody claimed this thread while it timed out: retire
                         self._pool_idle -= 1
-                        self.nthreads -= 1
                         return
                 fn = self._pool_q.get()  # a submitter claimed us just now; its item is coming
 
@@ -151,12 +190,8 @@ class Executor:
         if ident == self._main_ident:
             if not big:
                 return None
-            old = _signal.getsignal(signal.SIGINT)
-            if not callable(old):
-                return None
-            held: list[Any] = []
-            _signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
-            return (True, old, held)
+            token = hold_sigint()
+            return None if token is None else (True, token)
         if ident not in self._in_call:
             return None
         with self._lock:
@@ -166,14 +201,15 @@ class Executor:
     def unshield(self, token: Any) -> None:
         """End :meth:`shield`; deliver a SIGINT that arrived meanwhile."""
         if token[0]:
-            _, old, held = token
-            _signal.signal(signal.SIGINT, old)
-            if held:
-                old(signal.SIGINT, held[0])
+            release_sigint(token[1])
             return
         _, ident, depth = token
         with self._lock:
             self._in_call[ident] = depth
+
+    def in_call(self) -> bool:
+        """True while this thread runs interruptible user code (an interrupt may land in it)."""
+        return threading.get_ident() in self._in_call
 
     def main_in_call(self) -> bool:
         """True while the main thread runs interruptible user code."""

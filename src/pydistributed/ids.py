@@ -6,7 +6,7 @@ import itertools
 import threading
 from typing import NamedTuple
 
-__all__ = ["RRID", "IdCounter"]
+__all__ = ["RRID", "IdCounter", "check_pid"]
 
 
 class RRID(NamedTuple):
@@ -34,3 +34,15 @@ class IdCounter:
         # itertools.count.__next__ is atomic in CPython; the lock keeps free-threaded builds honest
         with self._lock:
             return next(self._it)
+
+
+def check_pid(pid: object, what: str = "a process id") -> int:
+    """``pid`` itself if it is an ``int`` (not a ``bool``): the one check of every process id
+    a user gives.
+
+    Raises:
+        TypeError: it is not; the message names ``what`` was expected.
+    """
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise TypeError(f"expected {what} (an int), not {type(pid).__name__}")
+    return pid

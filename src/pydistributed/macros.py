@@ -15,8 +15,8 @@ returns a ``Task`` registered the same way; with a reducer it blocks and returns
 ``everywhere`` blocks until every process is done, and registers nothing.
 
 ``spawn`` picks the workers round-robin, as Julia's ``nextproc()``: ``n`` calls on ``n``
-workers visit each once. The counter belongs to the current ``Cluster`` (in its
-``extensions``), not to this module.
+workers visit each once. The counter belongs to the current ``Cluster`` (a ``ClusterVar``),
+not to this module.
 
 How ``distributed`` splits its collection (Julia's ``splitrange``)::
 
@@ -37,8 +37,9 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
-from .cluster import current_cluster
+from .cluster import ClusterVar, current_cluster
 from .errors import CompositeException
+from .ids import check_pid
 from .remotecall import remotecall, remotecall_fetch
 from .remoteref import Future
 from .tasks import Task, register_sync, sync
@@ -47,8 +48,6 @@ __all__ = ["distributed", "everywhere", "fetchfrom", "nextproc", "spawn", "spawn
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-_ROUND_ROBIN_KEY = "pydistributed.macros.round_robin"
 
 
 # -- spawn, spawnat, fetchfrom -------------------------------------------------------------
@@ -68,6 +67,9 @@ class _RoundRobin:
         return idx
 
 
+ROUND_ROBIN: ClusterVar[_RoundRobin] = ClusterVar("macros.round_robin", _RoundRobin)
+
+
 def nextproc() -> int:
     """The next worker in round-robin order (Julia's ``nextproc()``); ``1`` with no workers.
 
@@ -75,11 +77,8 @@ def nextproc() -> int:
     ``n`` calls on ``n`` workers return each worker once. The position is kept per cluster.
     """
     c = current_cluster()
-    rr = c.extensions.get(_ROUND_ROBIN_KEY)
-    if rr is None:
-        rr = c.extensions.setdefault(_ROUND_ROBIN_KEY, _RoundRobin())
-    ws = c.worker_ids()
-    return ws[rr.take() % len(ws)]
+    ws = c.registry.worker_ids()
+    return ws[ROUND_ROBIN.get(c).take() % len(ws)]
 
 
 def _where(p: Any) -> Any:
@@ -244,7 +243,7 @@ def everywhere(
     elif not callable(code):
         raise TypeError(f"everywhere takes source text or a callable, not {type(code).__name__}")
     c = current_cluster()
-    pids = _pid_list(c.proc_ids() if procs is None else procs)
+    pids = _pid_list(c.registry.proc_ids() if procs is None else procs)
     me = c.myid
     # Start the other processes first, so that our own part does not delay their messages
     # (Julia's remotecall_eval runs the local part last for the same reason). Each call runs
@@ -274,11 +273,7 @@ def _pid_list(procs: int | Iterable[int]) -> list[int]:
         return [procs]
     if isinstance(procs, (str, bytes)) or not isinstance(procs, Iterable):
         raise TypeError(f"procs must be a process id or ids, not {type(procs).__name__}")
-    pids = list(procs)
-    for p in pids:
-        if isinstance(p, bool) or not isinstance(p, int):
-            raise TypeError(f"procs must be process ids (int), not {type(p).__name__}")
-    return pids
+    return [check_pid(p, "procs to be process ids") for p in procs]
 
 
 # -- distributed ---------------------------------------------------------------------------
@@ -425,7 +420,7 @@ def distributed(
         >>> with sync():
         ...     distributed(print, range(4))
     """
-    pids = current_cluster().worker_ids()
+    pids = current_cluster().registry.worker_ids()
     parts = _split(c, len(pids))
     if reducer is None:
         sent = threading.Event()

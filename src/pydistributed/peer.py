@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from . import codec, transport
+from . import codec, scope, transport
 from .errors import ProcessExitedException, ProtocolError
 from .messages import Message
 
@@ -91,6 +91,7 @@ class Peer:
         announce: Callable[[Peer, list[Any]], None] | None = None,
         sock: Any = None,
         alloc: Callable[[int], Any] | None = None,
+        owner: Any = None,
     ) -> None:
         self.reader = reader
         self.writer = transport.as_frame_writer(writer)
@@ -98,6 +99,7 @@ class Peer:
         self.sock = sock
         self.announce = announce
         self.alloc = alloc
+        self.owner = owner  # the cluster whose messages these are (see scope)
         # set by the cluster: keep interrupts away from this thread while it writes
         self.shield: Callable[[bool], Any] | None = None
         self.unshield: Callable[[Any], None] | None = None
@@ -105,6 +107,7 @@ class Peer:
         self.pending: dict[int, ResponseSlot] = {}
         self.closed = False
         self.close_reason = ""
+        self.removing = False  # set when the other side was asked to exit (rmprocs)
         self._send_lock = threading.Lock()
         self._close_lock = threading.Lock()
         self._on_close: Callable[[Peer, str], None] | None = None
@@ -142,7 +145,7 @@ class Peer:
 
     def send_frames(self, frames: list[Any]) -> None:
         if self.closed:
-            raise ProcessExitedException(self.pid or 0, self.close_reason)
+            raise ProcessExitedException(self.pid or 0, self.close_reason, removed=self.removing)
         try:
             with self._send_lock:
                 shield = self.shield
@@ -159,7 +162,7 @@ class Peer:
         except (OSError, ValueError) as e:
             # ValueError: writing to a closed file object
             self.close(f"write failed: {e}")
-            raise ProcessExitedException(self.pid or 0, str(e)) from e
+            raise ProcessExitedException(self.pid or 0, str(e), removed=self.removing) from e
         except BaseException:
             # an interrupt while a message was half written: the stream is out of step, and
             # only closing it keeps the other side from reading garbage
@@ -204,6 +207,7 @@ class Peer:
         self._on_message(self, msg)
 
     def _read_loop(self) -> None:
+        scope.bind(self.owner)
         reason = "connection closed"
         try:
             if self._wake_r >= 0:
@@ -313,6 +317,7 @@ class Peer:
                 self._role = me
             finally:
                 self._takers -= 1
+        outer = scope.bound(self.owner)
         try:
             while not done() and not self.closed:
                 try:
@@ -325,6 +330,7 @@ class Peer:
                 except (OSError, ValueError) as e:
                     self.close(f"connection lost: {e}")
         finally:
+            scope.bind(outer)
             with cond:
                 self._role = None
                 self._parked_at = time.monotonic()
@@ -367,7 +373,7 @@ class Peer:
                 self.reader.close()
             except Exception:
                 pass
-        exc = ProcessExitedException(self.pid or 0, reason)
+        exc = ProcessExitedException(self.pid or 0, reason, removed=self.removing)
         while self.pending:
             try:
                 _, slot = self.pending.popitem()

@@ -10,8 +10,9 @@ import os
 import sys
 from typing import Any, NoReturn
 
-from . import codec, handshake, transport
+from . import codec, handshake
 from .cluster import Cluster, current_cluster, set_current_cluster
+from .ids import check_pid
 from .managers.base import ClusterManager
 from .managers.local import LocalManager
 from .managers.ssh import SSHManager
@@ -45,8 +46,10 @@ def addprocs(np_or_machines: Any = None, /, **kw: Any) -> list[int]:
     ``"master_worker"``, ``"custom"``), ``lazy``, ``enable_threaded_blas``, ``env``.
 
     Raises:
-        RuntimeError: called on a worker, or a worker exited before it could join.
-        TimeoutError: a worker did not report within ``PYDIST_WORKER_TIMEOUT`` seconds.
+        RuntimeError: called on a worker.
+        LaunchError: a worker exited before it could join (a ``RuntimeError``), or did not
+            report within ``PYDIST_WORKER_TIMEOUT`` seconds (``LaunchTimeoutError``, also a
+            ``TimeoutError``); it carries the end of the worker's output.
         TypeError: an unknown keyword.
     """
     c = current_cluster()
@@ -69,7 +72,17 @@ def addprocs(np_or_machines: Any = None, /, **kw: Any) -> list[int]:
             "addprocs() takes a count, a list of machines or a ClusterManager, "
             f"not {type(arg).__name__}"
         )
-    return c.add_workers(manager, kw)
+    return c.lifecycle.add_workers(manager, kw, c.cookie)
+
+
+def _flatten(pids: tuple[Any, ...]) -> list[int]:
+    flat: list[int] = []
+    for p in pids:
+        if isinstance(p, (list, tuple, set, frozenset)):
+            flat.extend(p)
+        else:
+            flat.append(p)
+    return flat
 
 
 def rmprocs(*pids: Any, waitfor: float | None = None) -> Task[None] | None:
@@ -82,20 +95,15 @@ def rmprocs(*pids: Any, waitfor: float | None = None) -> Task[None] | None:
         RuntimeError: called on a worker.
         TimeoutError: some workers were still running after ``waitfor`` seconds.
     """
-    flat: list[int] = []
-    for p in pids:
-        if isinstance(p, (list, tuple, set, frozenset)):
-            flat.extend(p)
-        else:
-            flat.append(p)
+    flat = _flatten(pids)
     c = current_cluster()
     if c.myid != 1:
         raise RuntimeError("Only process 1 can add and remove workers")
     if waitfor is not None and waitfor < 0:
         raise ValueError("waitfor must be >= 0")
     if waitfor == 0:
-        return Task(c.remove_workers, flat, None).start()
-    c.remove_workers(flat, waitfor)
+        return Task(c.lifecycle.remove_workers, flat, None).start()
+    c.lifecycle.remove_workers(flat, waitfor)
     return None
 
 
@@ -105,13 +113,7 @@ def interrupt(*pids: Any) -> None:
     Each interrupted call's caller gets a ``RemoteException`` wrapping ``InterruptException``;
     an idle worker ignores the interrupt and every worker stays usable.
     """
-    flat: list[int] = []
-    for p in pids:
-        if isinstance(p, (list, tuple, set, frozenset)):
-            flat.extend(p)
-        else:
-            flat.append(p)
-    current_cluster().interrupt(flat)
+    current_cluster().lifecycle.interrupt(_flatten(pids))
 
 
 def myid() -> int:
@@ -121,7 +123,7 @@ def myid() -> int:
 
 def nprocs() -> int:
     """The number of processes, the master included."""
-    return len(current_cluster().proc_ids())
+    return len(current_cluster().registry.proc_ids())
 
 
 def nworkers() -> int:
@@ -132,17 +134,17 @@ def nworkers() -> int:
 
 def procs(pid: int | None = None) -> list[int]:
     """All process ids (``procs()``), or those on the same host as ``pid``."""
-    c = current_cluster()
+    registry = current_cluster().registry
     if pid is None:
-        return c.proc_ids()
-    return c.procs_on_host(pid)
+        return registry.proc_ids()
+    return registry.procs_on_host(check_pid(pid))
 
 
 def workers(pool: Any = None) -> list[int]:
     """The worker ids (``[1]`` when there are none); ``workers(pool)``: the pool's."""
     if pool is not None:
         return list(pool.workers)
-    return current_cluster().worker_ids()
+    return current_cluster().registry.worker_ids()
 
 
 # -- workers ---------------------------------------------------------------------------
@@ -177,12 +179,16 @@ def start_worker(
             host = bind_to.strip("[]")
     c = Cluster(0, handshake.check_cookie(cookie), role="worker")
     set_current_cluster(c)
-    c.serve(host, port, out)
+    c.server.serve(host, port, out)
 
 
 def init_worker(cookie: str, manager: ClusterManager | None = None) -> None:
-    """Make this process a worker that a custom transport will connect (see process_messages)."""
-    c = Cluster(0, handshake.check_cookie(cookie), role="worker")
+    """Make this process a worker that a custom transport will connect (see process_messages).
+
+    ``manager`` opens this worker's connections to other workers with its ``connect`` (Julia's
+    ``init_worker(cookie, manager)``); the default, ``DefaultClusterManager``, uses TCP.
+    """
+    c = Cluster(0, handshake.check_cookie(cookie), role="worker", manager=manager)
     set_current_cluster(c)
 
 
@@ -192,19 +198,13 @@ def process_messages(r_stream: Any, w_stream: Any, incoming: bool = True) -> Non
     With ``incoming=True`` (the master connected to us) this process runs the server side of
     the handshake and then serves the connection; returns at once.
     """
-    import threading
-
-    c = current_cluster()
     if not incoming:
-        raise NotImplementedError("process_messages(incoming=False) is not supported yet")
-
-    def serve() -> None:
-        read_exact, write = transport.handshake_io(r_stream, w_stream)
-        handshake.server_handshake(read_exact, write, c.cookie)
-        first = codec.decode(transport.read_message(r_stream, limit=1 << 20))
-        c.process_first(r_stream, w_stream, first)
-
-    threading.Thread(target=serve, name="pydist-custom-transport", daemon=True).start()
+        raise NotImplementedError(
+            "process_messages(incoming=False) is not supported: in pydistributed the master "
+            "opens every connection to a worker it launches, so a custom transport serves "
+            "the worker's side only (incoming=True)"
+        )
+    current_cluster().serve_streams(r_stream, w_stream)
 
 
 def worker_id_from_socket(s: Any) -> int:
@@ -216,13 +216,4 @@ def worker_id_from_socket(s: Any) -> int:
     if s is None:
         target = codec.encoding_target()
         return -1 if target is None else target
-    c = current_cluster()
-    for pid, peer in list(c.peers.items()):
-        if s is peer or s in (
-            peer.sock,
-            peer.reader,
-            peer.writer,
-            getattr(peer.writer, "sock", None),
-        ):
-            return pid
-    return -1
+    return current_cluster().connections.pid_of(s)

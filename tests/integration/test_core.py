@@ -23,7 +23,7 @@ from pydistributed import (
     remoteref_id,
     workers,
 )
-from pydistributed.cluster import current_cluster
+from tests.conftest import worker_table
 from tests.integration import _helpers as h
 
 
@@ -55,7 +55,7 @@ def test_process_queries(two_workers: list[int]) -> None:
 
 
 def test_no_workers_means_master_works() -> None:
-    if len(current_cluster().workers) == 0:
+    if not worker_table():
         assert workers() == [1] and nworkers() == 1 and nprocs() == 1
 
 

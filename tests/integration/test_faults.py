@@ -25,15 +25,14 @@ from pydistributed import (
     remotecall_wait,
     transport,
 )
-from pydistributed.cluster import current_cluster
 from pydistributed.errors import AuthenticationError, ProtocolError
 from pydistributed.messages import Identify
-from tests.conftest import end_workers, is_alive
+from tests.conftest import end_workers, is_alive, worker_table
 from tests.integration import _helpers as h
 
 
 def _address(pid: int) -> tuple[str, int]:
-    info = current_cluster().workers[pid]
+    info = worker_table()[pid]
     assert info.host and info.port
     return info.host, info.port
 
@@ -211,7 +210,7 @@ def _call_boom() -> None:
 def test_worker_that_never_reports(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYDIST_WORKER_TIMEOUT", "2")
     code = "import sys, time; print('stuck before the banner', file=sys.stderr); time.sleep(60)"
-    before = set(current_cluster().workers)
+    before = set(worker_table())
     start = time.monotonic()
     with pytest.raises(TimeoutError) as info:
         addprocs(1, exeflags=["-c", code])
@@ -223,7 +222,7 @@ def test_worker_that_never_reports(monkeypatch: pytest.MonkeyPatch) -> None:
     while is_alive(ospid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not is_alive(ospid)
-    assert set(current_cluster().workers) == before
+    assert set(worker_table()) == before
 
 
 def test_worker_that_dies_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -239,10 +238,10 @@ def test_bad_exename_fails_cleanly() -> None:
 
 
 def test_failed_addprocs_leaves_no_workers(monkeypatch: pytest.MonkeyPatch) -> None:
-    before = set(current_cluster().workers)
+    before = set(worker_table())
     with pytest.raises(RuntimeError):
         addprocs(2, exeflags=["-c", "raise SystemExit(1)"])
-    assert set(current_cluster().workers) == before
+    assert set(worker_table()) == before
     pids = addprocs(1)
     try:
         assert remotecall_fetch(myid, pids[0]) == pids[0]

@@ -69,7 +69,7 @@ MASTER_SCRIPT = textwrap.dedent(
     pids = addprocs(2)
     for p in pids:
         remotecall_fetch(sum, p, [1])
-    print(" ".join(str(current_cluster().workers[p].ospid) for p in pids), flush=True)
+    print(" ".join(str(current_cluster().registry.get(p).ospid) for p in pids), flush=True)
     {tail}
     """
 )

@@ -26,10 +26,12 @@ from pydistributed import (
     myid,
     remotecall_fetch,
 )
+from pydistributed.asyncmap import asyncmap
+from pydistributed.backoff import ExponentialBackOff
 from pydistributed.cluster import current_cluster
-from pydistributed.pmap import INTERRUPT_GRACE, ExponentialBackOff, asyncmap, pmap
+from pydistributed.pmap import INTERRUPT_GRACE, pmap
 from pydistributed.workerpool import CachingPool, WorkerPool
-from tests.conftest import end_workers
+from tests.conftest import end_workers, worker_table
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -142,7 +144,7 @@ def test_asyncmap_errors() -> None:
 
 
 def test_pmap_without_workers_runs_here() -> None:
-    if current_cluster().workers:
+    if worker_table():
         pytest.skip("workers left over by another module")  # never expected: fixtures clean up
     assert pmap(lambda x: (x, myid()), range(4)) == [(x, 1) for x in range(4)]
     assert pmap(lambda x: x + 1, range(4), batch_size=2) == [1, 2, 3, 4]
@@ -213,14 +215,14 @@ def test_pmap_reads_a_generator_lazily(shared: list[int]) -> None:
 def test_pmap_ships_the_function_once_per_worker(shared: list[int]) -> None:
     c = current_cluster()
     big = np.ones(10_000_000 // 8)  # 10 MB, captured by the closure
-    before = sum(c.get_peer(p).writer.bytes_sent for p in shared)
+    before = sum(c.connections.get(p).writer.bytes_sent for p in shared)
     assert pmap(lambda i: float(big[i]) * i, range(50)) == [float(i) for i in range(50)]
-    sent = sum(c.get_peer(p).writer.bytes_sent for p in shared) - before
+    sent = sum(c.connections.get(p).writer.bytes_sent for p in shared) - before
     assert 20e6 <= sent < 30e6, sent  # twice 10 MB, not 50 times
     # and only for the time of the map: nothing stays cached on the workers
-    from pydistributed.workerpool import _EXT_CACHE
+    from pydistributed.funccache import _STORED
 
-    assert remotecall_fetch(lambda: len(current_cluster().extensions[_EXT_CACHE]), shared[0]) == 0
+    assert remotecall_fetch(lambda: len(_STORED.get(current_cluster())), shared[0]) == 0
 
 
 def test_pmap_with_a_caching_pool_keeps_the_function(shared: list[int]) -> None:
@@ -232,9 +234,9 @@ def test_pmap_with_a_caching_pool_keeps_the_function(shared: list[int]) -> None:
 
     with CachingPool(shared) as pool:
         assert pmap(f, pool, range(10)) == [1.0 + i for i in range(10)]
-        before = sum(c.get_peer(p).writer.bytes_sent for p in shared)
+        before = sum(c.connections.get(p).writer.bytes_sent for p in shared)
         assert pmap(f, pool, range(10), batch_size=1) == [1.0 + i for i in range(10)]
-        assert sum(c.get_peer(p).writer.bytes_sent for p in shared) - before < 1e6
+        assert sum(c.connections.get(p).writer.bytes_sent for p in shared) - before < 1e6
 
 
 def test_pmap_distributed_false_runs_here_concurrently(shared: list[int]) -> None:
@@ -440,7 +442,7 @@ def test_a_worker_dying_during_the_map_with_retries(add_workers: Callable[..., l
     victim = pids[0]  # the first worker handed out: it dies at its first element
     out = pmap(_die_on(victim), range(30), retry_delays=[0, 0])
     assert out == [x * 2 for x in range(30)]
-    assert victim in current_cluster().dead
+    assert current_cluster().registry.is_dead(victim)
 
 
 def test_a_worker_dying_during_a_batched_map_with_retries(

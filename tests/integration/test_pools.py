@@ -25,16 +25,16 @@ from pydistributed import (
     workers,
 )
 from pydistributed.cluster import current_cluster
+from pydistributed.funccache import cached_keys
 from pydistributed.pmap import pmap
 from pydistributed.workerpool import (
     AbstractWorkerPool,
     CachingPool,
     WorkerPool,
-    _cached_keys,
     default_worker_pool,
     remote,
 )
-from tests.conftest import end_workers
+from tests.conftest import end_workers, worker_table
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -60,7 +60,7 @@ def shared() -> Iterator[list[int]]:
 
 
 def test_default_pool_without_workers_is_the_master() -> None:
-    if current_cluster().workers:
+    if worker_table():
         pytest.skip("workers left over by another module")  # never expected: fixtures clean up
     pool = default_worker_pool()
     assert isinstance(pool, WorkerPool) and isinstance(pool, AbstractWorkerPool)
@@ -261,7 +261,7 @@ def test_a_dead_worker_is_skipped(add_workers: Callable[..., list[int]]) -> None
     # a worker that dies while busy is dropped when it comes back
     ospid = remotecall_fetch(os.getpid, c)
     os.kill(ospid, 9)
-    assert timedwait(lambda: c in current_cluster().dead, T, pollint=0.01) == "ok"
+    assert timedwait(lambda: current_cluster().registry.is_dead(c), T, pollint=0.01) == "ok"
     pool.put(c)
     assert pool.workers == [a]
     pool.put(busy)
@@ -288,7 +288,7 @@ def test_a_blocked_taker_wakes_when_the_last_busy_worker_dies(
 
 def _bytes_sent(pids: list[int]) -> dict[int, int]:
     c = current_cluster()
-    return {p: c.get_peer(p).writer.bytes_sent for p in pids}
+    return {p: c.connections.get(p).writer.bytes_sent for p in pids}
 
 
 def test_caching_pool_ships_a_big_closure_once_per_worker(shared: list[int]) -> None:
@@ -311,9 +311,9 @@ def test_caching_pool_ships_a_big_closure_once_per_worker(shared: list[int]) -> 
     assert [remotecall_fetch(total, pool) for _ in range(6)] == [12.5e6] * 6  # reuses it
     assert sum(_bytes_sent(shared).values()) - sum(sent.values()) < 5e6
     # clear() drops it on the workers; the next call ships it again
-    assert [len(remotecall_fetch(_cached_keys, p, pool._cache.uid)) for p in shared] == [2, 2]
+    assert [len(remotecall_fetch(cached_keys, p, pool.cache.uid)) for p in shared] == [2, 2]
     assert pool.clear() is pool
-    assert [remotecall_fetch(_cached_keys, p, pool._cache.uid) for p in shared] == [[], []]
+    assert [remotecall_fetch(cached_keys, p, pool.cache.uid) for p in shared] == [[], []]
     before = _bytes_sent(shared)
     assert remotecall_fetch(lambda: float(big[0]), pool) == 1.0
     assert sum(_bytes_sent(shared).values()) - sum(before.values()) > 100e6
@@ -334,10 +334,10 @@ def test_caching_pool_reuses_a_function_and_keeps_its_state(shared: list[int]) -
         fut = remotecall(count, pool)
         assert fut.fetch(timeout=T) == 4
         assert remotecall_wait(count, pool).fetch() == 5
-        uid = pool._cache.uid
-        assert len(remotecall_fetch(_cached_keys, a, uid)) == 1
+        uid = pool.cache.uid
+        assert len(remotecall_fetch(cached_keys, a, uid)) == 1
     # leaving the block cleared it
-    assert remotecall_fetch(_cached_keys, a, uid) == []
+    assert remotecall_fetch(cached_keys, a, uid) == []
     assert counter == [0]  # the master's closure never ran
 
 
@@ -345,12 +345,12 @@ def test_a_collected_caching_pool_drops_its_cache(shared: list[int]) -> None:
     a, _ = shared
     pool = CachingPool([a])
     assert remotecall_fetch(lambda: 42, pool) == 42
-    uid = pool._cache.uid
-    assert remotecall_fetch(_cached_keys, a, uid) != []
+    uid = pool.cache.uid
+    assert remotecall_fetch(cached_keys, a, uid) != []
     del pool
     gc.collect()
     CachingPool([a])  # the next CachingPool operation sends the drops
-    assert remotecall_fetch(_cached_keys, a, uid) == []
+    assert remotecall_fetch(cached_keys, a, uid) == []
 
 
 def test_caching_pool_sent_to_a_worker(shared: list[int]) -> None:

@@ -21,6 +21,7 @@ import pytest
 
 from pydistributed import (
     RRID,
+    CachingPool,
     Channel,
     CompositeException,
     Future,
@@ -540,14 +541,13 @@ def test_clear_raises_for_constants_and_clears_the_rest(two_workers: list[int]) 
 
 
 def test_clear_of_a_caching_pool_clears_it_and_returns_it() -> None:
-    class FakeCachingPool:
+    class CountingPool(CachingPool):
         cleared = 0
 
-        def clear(self) -> None:
+        def clear(self) -> CountingPool:
             self.cleared += 1
+            super().clear()
+            return self
 
-        def _pool_call(self, *args: Any) -> None:  # pragma: no cover - never called
-            raise AssertionError
-
-    pool = FakeCachingPool()
+    pool = CountingPool([])
     assert clear(pool) is pool and pool.cleared == 1

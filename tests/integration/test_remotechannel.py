@@ -33,9 +33,8 @@ from pydistributed import (
     take,
     wait,
 )
-from pydistributed.cluster import current_cluster
 from pydistributed.errors import ChannelClosedError
-from tests.conftest import in_thread
+from tests.conftest import in_thread, worker_table
 from tests.conftest import worker_ospid as ospid
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -304,7 +303,7 @@ def test_a_dead_taker_does_not_swallow_a_later_value(two_workers: list[int]) -> 
     time.sleep(0.3)
     os.kill(ospid(doomed), signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while doomed in current_cluster().workers and time.monotonic() < deadline:
+    while doomed in worker_table() and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(1.0)  # the abandoned take gives up within 0.25 s of noticing
     rc.put("for the living")

@@ -8,8 +8,7 @@ import time
 import pytest
 
 from pydistributed import addprocs, pmap, workers
-from pydistributed.cluster import current_cluster
-from tests.conftest import end_workers
+from tests.conftest import end_workers, worker_table
 
 
 def _rss_kb(ospid: int) -> int:
@@ -28,7 +27,7 @@ def test_128_workers() -> None:
         pids = addprocs(128, topology="master_worker")
         assert len(pids) == 128 and workers() == pids
         time.sleep(1.0)
-        rss = sorted(_rss_kb(current_cluster().workers[p].ospid or 0) for p in pids)
+        rss = sorted(_rss_kb(worker_table()[p].ospid or 0) for p in pids)
         median_mb = rss[len(rss) // 2] / 1024
         print(f"idle worker RSS: median {median_mb:.1f} MB, max {rss[-1] / 1024:.1f} MB")
         assert median_mb <= 25.0  # DESIGN.md: idle worker RSS <= 25 MB

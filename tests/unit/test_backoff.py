@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from pydistributed.pmap import ExponentialBackOff
+from pydistributed.backoff import ExponentialBackOff
 
 pytestmark = pytest.mark.timeout(30)
 

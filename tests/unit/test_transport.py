@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from pydistributed import transport
+from pydistributed import buffers, transport
 from pydistributed.errors import ProtocolError
 
 
@@ -105,7 +105,7 @@ def test_stream_writer_for_custom_transports() -> None:
 def test_buffer_pool_reuses_memory_once_free() -> None:
     import gc
 
-    pool = transport.BufferPool(max_cached=64 << 20)
+    pool = buffers.BufferPool(max_cached=64 << 20)
     if not pool.enabled:
         pytest.skip("no memfd_create on this platform")
     a = pool.get(4 << 20)
@@ -126,7 +126,7 @@ def test_buffer_pool_reuses_memory_once_free() -> None:
 def test_buffer_pool_caps_what_it_keeps() -> None:
     import gc
 
-    pool = transport.BufferPool(max_cached=2 << 20)
+    pool = buffers.BufferPool(max_cached=2 << 20)
     if not pool.enabled:
         pytest.skip("no memfd_create on this platform")
     bufs = [pool.get(1 << 20) for _ in range(4)]

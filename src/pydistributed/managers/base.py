@@ -12,14 +12,19 @@ for any worker started with ``python -m pydistributed.worker``:
 
   It must return once every worker it was asked for has been launched. ``params`` holds every
   keyword ``addprocs`` was called with, plus the defaults (``dir``, ``exename``, ``exeflags``,
-  ``topology``, ``lazy``, ``enable_threaded_blas``, ``env``).
+  ``topology``, ``lazy``, ``enable_threaded_blas``, ``env``), and ``cookie``: the cluster
+  cookie, for the manager to hand to each worker (on its standard input, never on a command
+  line). The manager acts on the cluster that called it through these arguments alone.
   A config gives either ``host`` and ``port`` to connect to, or ``io``: the worker's standard
   output, from which the master reads the line ``pydist_worker:PORT#HOST`` (and then relays the
   rest as ``From worker N:``). If ``process`` is a :class:`subprocess.Popen` with a stderr pipe,
   that is relayed too, and the process is killed if the worker fails to start.
 - ``manage(pid, config, op)`` is called with ``"register"``, ``"deregister"``, ``"interrupt"``
-  and ``"finalize"``. The default ``"interrupt"`` sends an interrupt message to the worker.
-- ``kill(pid, config)`` makes a worker exit; the default sends it an exit message.
+  and ``"finalize"``; the default does nothing, as in Julia. (``interrupt`` always reaches the
+  worker over the wire; ``manage`` is told so that a manager can do more.)
+- ``kill(pid, config)`` makes a worker exit. A manager that does not override it gets the
+  default behaviour: the cluster sends the worker an exit message (Julia's
+  ``remote_do(exit, pid)``).
 - ``connect(pid, config)`` returns ``(instream, outstream)``; the default opens a TCP connection
   to ``config.host``/``config.port`` (or ``config.connect_at``), through the worker's Unix
   socket twin when the host is this one (loopback).
@@ -35,9 +40,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any, BinaryIO, ClassVar
 
-from .. import transport
+from .. import sockets
 
-__all__ = ["ClusterManager", "DefaultClusterManager", "WorkerConfig"]
+__all__ = ["ClusterManager", "DefaultClusterManager", "WorkerConfig", "overrides"]
 
 
 @dataclass
@@ -79,17 +84,18 @@ class ClusterManager(abc.ABC):
         """Start the workers; announce each config in ``launched`` and notify ``launch_ntfy``."""
 
     def manage(self, pid: int, config: WorkerConfig, op: str) -> None:
-        """React to a worker's life events; the default handles ``"interrupt"`` over the wire."""
-        if op == "interrupt":
-            from ..cluster import current_cluster
-
-            current_cluster().send_interrupt(pid)
+        """React to a worker's life events (``op``: ``"register"``, ``"deregister"``,
+        ``"interrupt"``, ``"finalize"``); the default does nothing."""
+        return None  # an optional hook, not abstract
 
     def kill(self, pid: int, config: WorkerConfig) -> None:
-        """Make worker ``pid`` exit; the default sends it an exit message."""
-        from ..cluster import current_cluster
+        """Make worker ``pid`` exit.
 
-        current_cluster().send_exit(pid)
+        Not overridden, the cluster sends the worker an exit message instead of calling this
+        (see :func:`overrides`); an override may stop the process its own way (a scheduler's
+        cancel, a signal over ssh).
+        """
+        return None  # an optional hook, not abstract
 
     def connect(self, pid: int, config: WorkerConfig) -> tuple[BinaryIO, Any]:
         """Open the connection to worker ``pid``: ``(instream, outstream)``; default TCP."""
@@ -98,15 +104,24 @@ class ClusterManager(abc.ABC):
             host, port = config.connect_at
         if host is None or port is None:
             raise ValueError(f"worker {pid}: no host and port to connect to")
-        sock = transport.connect(host, int(port), timeout=30.0)
-        return transport.socket_streams(sock)
+        sock = sockets.connect(host, int(port), timeout=30.0)
+        return sockets.socket_streams(sock)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
+def overrides(manager: ClusterManager, method: str) -> bool:
+    """Whether ``manager``'s class overrides ``ClusterManager.<method>`` (e.g. ``"kill"``)."""
+    return getattr(type(manager), method) is not getattr(ClusterManager, method)
+
+
 class DefaultClusterManager(ClusterManager):
-    """The manager of worker-to-worker connections (TCP); it launches nothing."""
+    """The manager of a worker's connections to other workers (Julia's
+    ``DefaultClusterManager``): its :meth:`connect` opens them, over TCP (through the Unix-socket
+    twin on this host). ``init_worker(cookie, manager)`` may give another manager whose
+    ``connect`` a custom transport provides. It launches nothing.
+    """
 
     def launch(
         self,
@@ -114,4 +129,7 @@ class DefaultClusterManager(ClusterManager):
         launched: list[WorkerConfig],
         launch_ntfy: threading.Condition,
     ) -> None:
-        raise TypeError("DefaultClusterManager does not launch workers")
+        raise TypeError(
+            "DefaultClusterManager makes worker-to-worker connections and launches no workers; "
+            "use LocalManager, SSHManager or a ClusterManager of your own with addprocs"
+        )

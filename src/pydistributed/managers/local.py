@@ -57,14 +57,17 @@ class _Spawner:
         return out[0]  # type: ignore[no-any-return]
 
 
-def _spawner() -> _Spawner:
-    from ..cluster import current_cluster
+_spawner: _Spawner | None = None
+_spawner_lock = threading.Lock()
 
-    ext = current_cluster().extensions
-    spawner = ext.get("managers.local.spawner")
-    if spawner is None:
-        spawner = ext.setdefault("managers.local.spawner", _Spawner())
-    return spawner  # type: ignore[no-any-return]
+
+def spawner() -> _Spawner:
+    """This process's spawner (one per process: the thread must outlive every worker)."""
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = _Spawner()
+        return _spawner
 
 
 def worker_environment(params: dict[str, Any], cwd: str) -> dict[str, str]:
@@ -111,15 +114,12 @@ class LocalManager(ClusterManager):
         launched: list[WorkerConfig],
         launch_ntfy: threading.Condition,
     ) -> None:
-        from ..cluster import cluster_cookie
-
-        cookie = cluster_cookie()
+        cookie = params["cookie"]
         cwd = os.path.abspath(params.get("dir") or os.getcwd())
         env = worker_environment(params, cwd)
         cmd = worker_command(params, "127.0.0.1" if self.restrict else "0.0.0.0")
-        spawner = _spawner()
         for _ in range(self.np):
-            proc = spawner.popen(
+            proc = spawner().popen(
                 cmd,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,

@@ -1,0 +1,236 @@
+"""Outgoing calls: send a request, wait for its answer, on the caller's own thread.
+
+How ``remotecall_fetch(f, 2, x)`` travels (the master calling worker 2)::
+
+    caller thread (master)                   worker 2
+    ----------------------                   --------
+    Calls.call_fetch
+      request: encode CallFetch(rid, f, x),
+      write it under the send lock  -------> its reader thread decodes it (dispatch.py) and
+                                             submits it to the executor (execution.py):
+                                             the main thread if free, else a pool thread
+      wait_answer: take the connection's     runs f(x), encodes Result(rid, value),
+      reading role and read until the        writes it from that same thread
+      answer to rid is in  <---------------
+      (dispatch fills the slot of rid;
+       no hand-off to another thread)
+    return the value, or raise RemoteException(2, ...)
+
+A caller that finds the reading role held by another caller waits on its slot instead; the
+holder fills it (``peer.py``). A call to this process itself runs the function through the same
+``Dispatcher`` methods, without a message, and passes the objects themselves (no copy).
+
+Ctrl-C while waiting: the request is abandoned here and the call is interrupted on the other
+side (an ``Interrupt`` message); a message being read when the signal lands is read to its end
+first (SIGINT is held meanwhile, ``execution.hold_sigint``).
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from . import codec
+from .connections import Connections
+from .dispatch import Dispatcher
+from .errors import ProcessExitedException, RemoteException
+from .execution import Executor, hold_sigint, release_sigint
+from .ids import RRID, IdCounter
+from .messages import Call, CallFetch, CallWait, Interrupt, Message, RemoteDo
+from .peer import Peer, ResponseSlot, describe_unpicklable
+from .registry import Registry
+
+__all__ = ["Calls"]
+
+_UNPICKLABLE = (pickle.PicklingError, TypeError, AttributeError)
+
+
+def _oob_args(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Let large ``bytes`` arguments travel out of band (see ``codec.oob``)."""
+    for a in args:
+        if type(a) is bytes:
+            args = tuple(codec.oob(x) for x in args)
+            break
+    if kwargs:
+        kwargs = {k: codec.oob(v) for k, v in kwargs.items()}
+    return args, kwargs
+
+
+def _unpicklable(
+    f: Any, args: tuple[Any, ...], kwargs: dict[str, Any], e: BaseException
+) -> pickle.PicklingError:
+    values: dict[str, Any] = {"the function": f}
+    values.update({f"argument {i + 1}": a for i, a in enumerate(args)})
+    values.update({f"keyword argument {k!r}": v for k, v in kwargs.items()})
+    return pickle.PicklingError(describe_unpicklable("cannot send the call", values, e))
+
+
+class Calls:
+    """The four call forms, and the request/answer machinery under them.
+
+    Raises (each call form):
+        pickle.PicklingError: ``f`` or an argument could not be pickled; nothing was sent.
+        ProcessExitedException: the process has exited, or exits before answering.
+        ValueError: there is no such process.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        connections: Connections,
+        dispatch: Dispatcher,
+        executor: Executor,
+    ) -> None:
+        self.registry = registry
+        self.connections = connections
+        self.dispatch = dispatch
+        self.executor = executor
+        self._rids = IdCounter()
+
+    # -- the call forms --------------------------------------------------------------------
+
+    def call_fetch(
+        self,
+        pid: int,
+        f: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Run ``f`` on ``pid`` and return its value (raise its error as RemoteException).
+
+        Raises:
+            RemoteException: ``f`` raised there.
+            TimeoutError: no answer within ``timeout`` seconds (the call may still run).
+        """
+        kwargs = kwargs or {}
+        if pid == self.registry.myid:
+            ok, value = self.dispatch.execute(f, args, kwargs)
+            if ok:
+                return value
+            raise RemoteException(pid, value)
+        args, kwargs = _oob_args(args, kwargs)
+        try:
+            peer, rid, slot = self.request(pid, lambda rid: CallFetch(rid, f, args, kwargs))
+        except _UNPICKLABLE as e:
+            raise _unpicklable(f, args, kwargs, e) from e
+        return self.wait_answer(peer, rid, slot, timeout)
+
+    def call(
+        self, pid: int, rrid: RRID, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Start ``f`` on ``pid``, its result to be stored under ``rrid`` there.
+
+        Returns the local storage when ``pid`` is this process, else None.
+        """
+        if pid == self.registry.myid:
+            return self.dispatch.start_call(rrid, pid, f, args, kwargs, main_ok=False)
+        args, kwargs = _oob_args(args, kwargs)
+        try:
+            self.connections.get(pid).send(Call(rrid.whence, rrid.id, f, args, kwargs))
+        except _UNPICKLABLE as e:
+            raise _unpicklable(f, args, kwargs, e) from e
+        return None
+
+    def call_wait(
+        self, pid: int, rrid: RRID, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Run ``f`` on ``pid``, store its result under ``rrid`` there, return when done.
+
+        Returns the local storage when ``pid`` is this process, else None.
+        """
+        if pid == self.registry.myid:
+            slot = self.dispatch.refs.add(rrid, pid)
+            self.dispatch.call_into(slot, f, args, kwargs)
+            return slot
+        args, kwargs = _oob_args(args, kwargs)
+        try:
+            peer, rid, rslot = self.request(
+                pid, lambda rid: CallWait(rid, rrid.whence, rrid.id, f, args, kwargs)
+            )
+        except _UNPICKLABLE as e:
+            raise _unpicklable(f, args, kwargs, e) from e
+        self.wait_answer(peer, rid, rslot)
+        return None
+
+    def remote_do(self, pid: int, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Start ``f`` on ``pid`` and return at once; nobody is answered."""
+        if pid == self.registry.myid:
+            self.dispatch.start_remote_do(f, args, kwargs, pid, main_ok=False)
+            return
+        args, kwargs = _oob_args(args, kwargs)
+        try:
+            self.connections.get(pid).send(RemoteDo(f, args, kwargs))
+        except _UNPICKLABLE as e:
+            raise _unpicklable(f, args, kwargs, e) from e
+
+    # -- requests and answers --------------------------------------------------------------
+
+    def request(self, pid: int, make: Callable[[int], Message]) -> tuple[Peer, int, ResponseSlot]:
+        """Send ``make(rid)`` to ``pid`` with a fresh response id; the slot its answer fills."""
+        return self.request_on(self.connections.get(pid), make)
+
+    def request_on(
+        self, peer: Peer, make: Callable[[int], Message]
+    ) -> tuple[Peer, int, ResponseSlot]:
+        """:meth:`request` on a given connection (one not in the table yet: a joining worker)."""
+        rid = self._rids.next()
+        slot = ResponseSlot()
+        peer.pending[rid] = slot
+        try:
+            peer.send(make(rid))
+        except BaseException:
+            peer.pending.pop(rid, None)
+            raise
+        if peer.closed and peer.pending.pop(rid, None) is not None:
+            # closed between our check and our registration: nobody else will wake us
+            slot.set(False, ProcessExitedException(peer.pid or 0, peer.close_reason))
+        return peer, rid, slot
+
+    def wait_answer(
+        self, peer: Peer, rid: int, slot: ResponseSlot, timeout: float | None = None
+    ) -> Any:
+        """Wait for the answer to request ``rid``; Ctrl-C interrupts the remote call too.
+
+        Raises:
+            RemoteException: the call raised there.
+            ProcessExitedException: the connection closed first.
+            TimeoutError: no answer within ``timeout`` seconds.
+        """
+        try:
+            if timeout is None and not slot.is_set():
+                self._read_answer(peer, slot)
+            answered = slot.wait(timeout)
+        except KeyboardInterrupt:
+            if peer.pending.pop(rid, None) is not None and peer.pid is not None:
+                self.connections.send_quietly(peer.pid, Interrupt())
+            raise
+        if not answered:
+            peer.pending.pop(rid, None)
+            raise TimeoutError(f"no answer from process {peer.pid} within {timeout} s")
+        if slot.ok:
+            return slot.value
+        raise slot.value
+
+    def _read_answer(self, peer: Peer, slot: ResponseSlot) -> None:
+        """Read the answer on this thread when the connection lets us (no hand-off).
+
+        On the main thread a Ctrl-C that arrives meanwhile is held until the reading role is
+        given back, then delivered: a message is never read in part.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            # an interrupt can land anywhere in a call on a pool thread (an asynchronous
+            # exception): such a thread waits on its slot instead of reading the stream
+            if not self.executor.in_call():
+                peer.read_until(slot.is_set)
+            return
+        token = hold_sigint()
+        try:
+            peer.read_until(slot.is_set)
+        finally:
+            if token is not None:
+                release_sigint(token)

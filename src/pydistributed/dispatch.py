@@ -1,0 +1,264 @@
+"""Incoming messages: what each one does here, and how a call's function is run.
+
+Every message a connection reads goes to :meth:`Dispatcher.on_message`, which looks its type
+up in the handler table::
+
+    Call(whence, id, f, ...)       store storage for RRID(whence, id); run f later; put the
+                                   result (or the captured error) into that storage
+    CallFetch(rid, f, ...)         run f later; answer Result(rid, value) to the caller
+    CallWait(rid, whence, id, f)   as Call, then answer Result(rid, None) once stored
+    RemoteDo(f, ...)               run f later; a failure is logged here, nobody is answered
+    Result(rid, ok, value)         fill the caller's response slot ``rid`` of that connection
+    JoinComplete(rid, ...)         likewise (the answer to JoinPGRP)
+    RefCount(adds, dels)           adjust the reference counts of the stored values
+    Interrupt()                    interrupt the calls running here (``execution``)
+    Exit(), PeerUpdate(...)        registered by the cluster (the life cycle's concern)
+
+"Run later" means: submitted to the executor (the main thread when free, else a pool thread),
+so that the reader goes back to reading at once. A call to this process itself
+(``remotecall(f, myid(), ...)``) takes the same functions below (:meth:`Dispatcher.execute`,
+:meth:`Dispatcher.start_call`, :meth:`Dispatcher.call_into`,
+:meth:`Dispatcher.start_remote_do`) without a message.
+
+A message whose body cannot be decoded still has a header: :meth:`Dispatcher.on_decode_error`
+answers the caller it names with the error (or stores the error where the call's result was to
+go), and the connection stays up.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+from . import codec
+from .errors import ProcessExitedException, RemoteException, capture
+from .execution import Executor, exit_process
+from .ids import RRID
+from .messages import (
+    Call,
+    CallFetch,
+    CallWait,
+    Interrupt,
+    JoinComplete,
+    Message,
+    RefCount,
+    RemoteDo,
+    Result,
+)
+from .peer import Peer, describe_unpicklable
+from .refstore import Failure, RefStore
+from .registry import Registry
+
+__all__ = ["Dispatcher", "is_internal"]
+
+log = logging.getLogger("pydistributed")
+
+
+def is_internal(f: Any) -> bool:
+    """Whether ``f`` is one of the runtime's own operations (on references and pools).
+
+    They serve other processes, not the user of this one: an interrupt is not for them, and
+    they never run on the main thread (where they could block an interruptible call).
+    """
+    return getattr(f, "_pydist_internal", False)
+
+
+class Dispatcher:
+    """The handler table of incoming messages, and the running of calls.
+
+    Args:
+        registry: this process's id and role.
+        refs: the stored values of calls and references owned here.
+        executor: where calls run.
+    """
+
+    def __init__(self, registry: Registry, refs: RefStore, executor: Executor) -> None:
+        self.registry = registry
+        self.refs = refs
+        self.executor = executor
+        self._handlers: dict[type[Message], Callable[[Peer, Any], None]] = {
+            Call: self._on_call,
+            CallFetch: self._on_call_fetch,
+            CallWait: self._on_call_wait,
+            RemoteDo: self._on_remote_do,
+            Result: self._on_result,
+            JoinComplete: self._on_answer,
+            RefCount: self._on_refcount,
+            Interrupt: self._on_interrupt,
+        }
+
+    def register(self, msg_type: type[Message], handler: Callable[[Peer, Any], None]) -> None:
+        """Handle messages of ``msg_type`` with ``handler(peer, msg)`` (on the reading thread:
+        it must not block)."""
+        self._handlers[msg_type] = handler
+
+    # -- reading side ----------------------------------------------------------------------
+
+    def on_message(self, peer: Peer, msg: Message) -> None:
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            log.warning("unexpected %s from process %s; ignored", type(msg).__name__, peer.pid)
+            return
+        handler(peer, msg)
+
+    def on_decode_error(self, peer: Peer, err: codec.DecodeError) -> None:
+        h = err.header
+        captured = capture(err)
+        log.debug("undecodable message from %s: %s", peer.pid, err)
+        if err.tag in (CallFetch.TAG, CallWait.TAG):
+            if err.tag == CallWait.TAG:
+                slot = self.refs.add(RRID(h["whence"], h["id"]), h["whence"])
+                self.store(slot, False, captured)
+            self.reply(peer, h["response_id"], False, captured)
+        elif err.tag == Call.TAG:
+            slot = self.refs.add(RRID(h["whence"], h["id"]), h["whence"])
+            self.store(slot, False, captured)
+        elif err.tag in (Result.TAG, JoinComplete.TAG):
+            rslot = peer.pending.pop(h["response_id"], None)
+            if rslot is not None:
+                rslot.set(False, RemoteException(peer.pid or 0, captured))
+        else:
+            log.warning("dropped an undecodable message from process %s: %s", peer.pid, err)
+
+    def _on_call(self, peer: Peer, msg: Call) -> None:
+        rrid = RRID(msg.whence, msg.id)
+        self.start_call(rrid, msg.whence, msg.f, msg.args, msg.kwargs, not is_internal(msg.f))
+
+    def _on_call_fetch(self, peer: Peer, msg: CallFetch) -> None:
+        def run() -> None:
+            ok, value = self.execute(msg.f, msg.args, msg.kwargs)
+            self.reply(peer, msg.response_id, ok, value)
+
+        self.executor.submit(run, not is_internal(msg.f))
+
+    def _on_call_wait(self, peer: Peer, msg: CallWait) -> None:
+        slot = self.refs.add(RRID(msg.whence, msg.id), msg.whence)
+
+        def run() -> None:
+            self.call_into(slot, msg.f, msg.args, msg.kwargs)
+            self.reply(peer, msg.response_id, True, None)
+
+        self.executor.submit(run, not is_internal(msg.f))
+
+    def _on_remote_do(self, peer: Peer, msg: RemoteDo) -> None:
+        self.start_remote_do(msg.f, msg.args, msg.kwargs, peer.pid, not is_internal(msg.f))
+
+    def _on_result(self, peer: Peer, msg: Result) -> None:
+        slot = peer.pending.pop(msg.response_id, None)
+        if slot is None:
+            return  # its caller gave up
+        if msg.ok:
+            slot.set(True, msg.value)
+        else:
+            slot.set(False, RemoteException(peer.pid or 0, msg.value))
+
+    def _on_answer(self, peer: Peer, msg: Any) -> None:
+        slot = peer.pending.pop(msg.response_id, None)
+        if slot is not None:
+            slot.set(True, msg)
+
+    def _on_refcount(self, peer: Peer, msg: RefCount) -> None:
+        self.refs.apply(
+            [(RRID(w, i), c) for w, i, c in msg.adds],
+            [(RRID(w, i), c) for w, i, c in msg.dels],
+        )
+
+    def _on_interrupt(self, peer: Peer, msg: Interrupt) -> None:
+        self.executor.interrupt()
+
+    # -- running calls (from a message, or a call to this process itself) -----------------
+
+    def execute(self, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, Any]:
+        """Run user code: ``(True, value)`` or ``(False, CapturedException)``.
+
+        A user function is interruptible while it runs (``interrupt``, Ctrl-C on a worker);
+        ``SystemExit`` in a call on a worker ends the worker, as ``exit()`` does in Julia.
+        """
+        if is_internal(f):
+            try:
+                return True, f(*args, **kwargs)
+            except BaseException as e:
+                return False, capture(e)
+        ex = self.executor
+        ident = ex.enter_call()
+        exited = False
+        try:
+            try:
+                return True, f(*args, **kwargs)
+            finally:
+                ex.exit_call(ident)
+                exited = True
+        except SystemExit as e:
+            if not exited:
+                ex.exit_call(ident)
+            if self.registry.role == "worker":
+                exit_process(e.code if isinstance(e.code, int) else 0)
+            return False, capture(e)
+        except BaseException as e:
+            if not exited:  # an interrupt landed before exit_call had finished
+                ex.exit_call(ident)
+            return False, capture(e)
+
+    def store(self, slot: Any, ok: bool, value: Any) -> None:
+        """Put a call's outcome into the storage of its Future."""
+        if slot is None:
+            return
+        try:
+            slot.put(value if ok else Failure(self.registry.myid, value))
+        except RuntimeError:
+            log.warning("a call's result arrived for a Future that was already set; dropped")
+
+    def reply(self, peer: Peer, rid: int, ok: bool, value: Any) -> None:
+        """Answer request ``rid`` of ``peer``; a value that cannot be pickled is answered with
+        the error that says so."""
+        try:
+            peer.send(Result(rid, ok, codec.oob(value) if ok else value))
+            return
+        except ProcessExitedException:
+            return  # the caller is gone
+        except Exception as e:
+            what = "the return value" if ok else "the exception"
+            err = pickle.PicklingError(describe_unpicklable(what, {what: value}, e))
+        try:
+            peer.send(Result(rid, False, capture(err)))
+        except Exception:
+            log.exception("could not answer a call from process %s", peer.pid)
+
+    def call_into(self, slot: Any, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Run ``f`` on this thread and store its outcome in ``slot``."""
+        ok, value = self.execute(f, args, kwargs)
+        self.store(slot, ok, value)
+
+    def start_call(
+        self,
+        rrid: RRID,
+        client: int,
+        f: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        main_ok: bool,
+    ) -> Any:
+        """Make the storage of ``rrid`` (held by ``client``) and run ``f`` into it, soon.
+        Returns the storage."""
+        slot = self.refs.add(rrid, client)
+        self.executor.submit(lambda: self.call_into(slot, f, args, kwargs), main_ok)
+        return slot
+
+    def start_remote_do(
+        self,
+        f: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        origin: int | None,
+        main_ok: bool,
+    ) -> None:
+        """Run ``f`` soon, for nobody: a failure is logged on this process."""
+
+        def run() -> None:
+            ok, value = self.execute(f, args, kwargs)
+            if not ok:
+                log.error("remote_do from process %s failed:\n%s", origin, value)
+
+        self.executor.submit(run, main_ok)

@@ -1,0 +1,462 @@
+"""The master's side of the workers' life cycle: adding, admitting, removing, reaping.
+
+Adding (``addprocs``)::
+
+    addprocs thread        launch thread              one setup thread per worker
+    ---------------        -------------              ---------------------------
+    check the keywords
+    start launch --------> manager.launch(params,
+                             launched, launch_ntfy)
+                           append a WorkerConfig,
+                           notify  -----------------> relay its stdout/stderr; read its
+    (waits on the                                     banner "pydist_worker:PORT#HOST" (or
+     condition; starts a                              take host and port from the config)
+     setup thread per                                 admit: manager.connect, handshake,
+     new config)                                      JoinPGRP(pid, topology, peers) and wait
+                                                      for JoinComplete; tell the others
+    join every setup;                                 (PeerUpdate); manage(pid, "register")
+    the new ids, sorted
+
+If any worker fails, the ones that joined in this call are removed again and the first error is
+raised (a :class:`~pydistributed.errors.LaunchError` carrying the end of the worker's output,
+when it never got as far as the connection).
+
+Removing (``rmprocs``) escalates within ``waitfor``: an exit request (``manager.kill``, or an
+``Exit`` message when the manager does not override it), then an interrupt, then killing the
+process (when the manager gave a ``Popen``) and closing its connection. A worker is gone from
+the table (*deregistered*) when its connection closes, whoever closed it: callers waiting on
+it get ``ProcessExitedException``, the other workers are told (``PeerUpdate``), and the
+references it held are released.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from typing import Any
+
+from . import timeouts
+from .calls import Calls
+from .connections import Connections
+from .errors import LaunchError, LaunchTimeoutError
+from .managers.base import ClusterManager, WorkerConfig, overrides
+from .messages import Exit, Interrupt, JoinPGRP, PeerUpdate
+from .peer import Peer
+from .refstore import RefStore
+from .registry import TOPOLOGIES, Registry, WorkerInfo
+from .relay import OutputRelay, RelayedStream
+from .timeouts import worker_timeout
+
+__all__ = ["COMMON_PARAMS", "Lifecycle", "end_process"]
+
+log = logging.getLogger("pydistributed")
+
+COMMON_PARAMS = frozenset(
+    {"dir", "exename", "exeflags", "topology", "lazy", "enable_threaded_blas", "env"}
+)
+_KILL_WAIT = 5.0  # how long a killed process may take to be reaped
+
+
+def end_process(proc: Any, grace: float = 0.0) -> None:
+    """Give ``proc`` (a ``Popen``, or None) ``grace`` seconds to exit, then kill it; reap it.
+
+    Never raises, never waits more than ``grace`` plus a few seconds.
+    """
+    if proc is None or not hasattr(proc, "wait"):
+        return
+    try:
+        proc.wait(timeout=max(0.0, grace))
+        return
+    except Exception:
+        pass
+    try:
+        proc.kill()
+        proc.wait(timeout=_KILL_WAIT)
+    except Exception:
+        pass
+
+
+def _output_tail(streams: list[RelayedStream]) -> str:
+    """The last lines a worker wrote: its stderr's when it wrote any, else its stdout's."""
+    for kind in ("stderr", "stdout"):
+        for s in streams:
+            if s.kind == kind and s.tail:
+                return s.tail_text()
+    return ""
+
+
+def _describe_tail(output: str, streams: list[RelayedStream]) -> str:
+    if not output:
+        return "; it printed nothing"
+    which = "stderr" if any(s.kind == "stderr" and s.tail for s in streams) else "output"
+    return f"; its {which} ended with:\n{output}"
+
+
+class Lifecycle:
+    """Adds, removes and interrupts workers (process 1 only), and notices them leave."""
+
+    def __init__(
+        self, registry: Registry, connections: Connections, calls: Calls, refs: RefStore
+    ) -> None:
+        self.registry = registry
+        self.connections = connections
+        self.calls = calls
+        self.refs = refs
+        self._join_lock = threading.Lock()
+        self._relay: OutputRelay | None = None
+        self._relay_lock = threading.Lock()
+        self._atexit = False
+        self.closing = False
+
+    def _check_master(self) -> None:
+        if self.registry.myid != 1:
+            raise RuntimeError("Only process 1 can add and remove workers")
+
+    # -- adding ----------------------------------------------------------------------------
+
+    def add_workers(self, manager: ClusterManager, kw: dict[str, Any], cookie: str) -> list[int]:
+        """``addprocs(manager, **kw)``: launch, connect and admit workers; their ids, sorted.
+
+        Raises:
+            RuntimeError: called on a worker.
+            TypeError: an unknown keyword.
+            ValueError: an unknown topology.
+            LaunchError: a worker exited, or did not report, before joining.
+        """
+        self._check_master()
+        known = COMMON_PARAMS | manager.extra_params
+        for key in kw:
+            if key not in known:
+                raise TypeError(f"addprocs() got an unexpected keyword argument {key!r}")
+        params: dict[str, Any] = {
+            "dir": None,
+            "exename": None,
+            "exeflags": (),
+            "topology": "all_to_all",
+            "lazy": True,
+            "enable_threaded_blas": False,
+            "env": None,
+        }
+        params.update(kw)
+        if params["topology"] not in TOPOLOGIES:
+            raise ValueError(
+                f"topology must be one of {', '.join(map(repr, TOPOLOGIES))}, "
+                f"not {params['topology']!r}"
+            )
+        params["cookie"] = cookie
+        self.registry.topology = params["topology"]
+        if not self._atexit:
+            self._atexit = True
+            atexit.register(self.shutdown)
+
+        launched: list[WorkerConfig] = []
+        cond = threading.Condition()
+        launch_error: list[BaseException] = []
+        done = threading.Event()
+
+        def launch() -> None:
+            try:
+                manager.launch(params, launched, cond)
+            except BaseException as e:
+                launch_error.append(e)
+            finally:
+                done.set()
+                with cond:
+                    cond.notify_all()
+
+        threading.Thread(target=launch, name="pydist-launch", daemon=True).start()
+        results: list[tuple[int | None, BaseException | None]] = []
+        setups: list[threading.Thread] = []
+        seen = 0
+        while True:
+            with cond:
+                while len(launched) == seen and not done.is_set():
+                    cond.wait(0.5)
+                new = launched[seen:]
+                seen = len(launched)
+            for config in new:
+                t = threading.Thread(
+                    target=self._setup_one,
+                    args=(manager, config, params, results),
+                    name="pydist-setup",
+                    daemon=True,
+                )
+                t.start()
+                setups.append(t)
+            if done.is_set() and len(launched) == seen:
+                break
+        for t in setups:
+            t.join()
+        pids = sorted(pid for pid, err in results if pid is not None and err is None)
+        errors = [err for _, err in results if err is not None]
+        if launch_error or errors:
+            if pids:
+                self.remove_workers(pids, waitfor=10.0)
+            first = launch_error[0] if launch_error else errors[0]
+            more = len(errors) - (0 if launch_error else 1)
+            if more:
+                log.error("%d more workers failed to start", more)
+            raise first
+        return pids
+
+    def _relay_stream(self, file: Any, kind: str, banner: bool) -> RelayedStream:
+        with self._relay_lock:
+            if self._relay is None:
+                self._relay = OutputRelay()
+        return self._relay.add(file, kind, banner)
+
+    def _setup_one(
+        self,
+        manager: ClusterManager,
+        config: WorkerConfig,
+        params: dict[str, Any],
+        results: list[tuple[int | None, BaseException | None]],
+    ) -> None:
+        streams: list[RelayedStream] = []
+        pid: int | None = None
+        try:
+            proc = config.process
+            err_file = getattr(proc, "stderr", None) if proc is not None else None
+            if err_file is not None:
+                streams.append(self._relay_stream(err_file, "stderr", False))
+            out_stream = None
+            if config.io is not None:
+                out_stream = self._relay_stream(config.io, "stdout", True)
+                streams.insert(0, out_stream)
+            custom_transport = overrides(manager, "connect")
+            if (config.host is None or config.port is None) and config.connect_at is None:
+                if out_stream is not None:
+                    self._await_banner(config, out_stream, streams)
+                elif not custom_transport:
+                    raise ValueError("a WorkerConfig needs host and port, connect_at, or io")
+            pid = self._admit(manager, config, params, streams)
+            results.append((pid, None))
+        except BaseException as e:
+            end_process(config.process)
+            results.append((pid, e))
+
+    def _await_banner(
+        self, config: WorkerConfig, out: RelayedStream, streams: list[RelayedStream]
+    ) -> None:
+        timeout = worker_timeout()
+        out.banner_event.wait(timeout)
+        if out.banner is None:
+            if out.eof.is_set():
+                proc = config.process
+                code = None
+                if proc is not None and hasattr(proc, "wait"):
+                    try:
+                        code = proc.wait(timeout=2)
+                    except Exception:
+                        code = None
+                for s in streams:
+                    s.eof.wait(2)
+                output = _output_tail(streams)
+                raise LaunchError(
+                    f"worker (os pid {config.ospid}) exited with code {code} before reporting "
+                    f"its address{_describe_tail(output, streams)}",
+                    output,
+                    config.ospid,
+                )
+            output = _output_tail(streams)
+            raise LaunchTimeoutError(
+                f"worker (os pid {config.ospid}) did not report its address within "
+                f"{timeout:g} s (PYDIST_WORKER_TIMEOUT){_describe_tail(output, streams)}",
+                output,
+                config.ospid,
+            )
+        config.host, config.port = out.banner[0], out.banner[1]
+        if config.bind_addr is None:
+            config.bind_addr = out.banner[0]
+
+    def _admit(
+        self,
+        manager: ClusterManager,
+        config: WorkerConfig,
+        params: dict[str, Any],
+        streams: list[RelayedStream],
+    ) -> int:
+        """Connect to a launched worker, send it ``JoinPGRP``, wait for it to join."""
+        pid = self.registry.assign_pid()
+        instream, outstream = manager.connect(pid, config)
+        peer = self.connections.open(pid, instream, outstream)
+        info = WorkerInfo(pid, config.bind_addr or config.host, config.port, config, manager)
+        topology = params["topology"]
+        with self._join_lock:
+            others = self.registry.admit(info)
+            self.connections.install(pid, peer)
+            if topology == "all_to_all":
+                table = [(w.pid, w.host or "", w.port or 0) for w in others]
+            elif topology == "custom":
+                wanted = set(config.connect_idents or ())
+                ident_of = {w.pid: w.config.ident for w in others if w.config is not None}
+                table = [
+                    (w.pid, w.host or "", w.port or 0)
+                    for w in others
+                    if ident_of.get(w.pid) in wanted
+                ]
+            else:
+                table = []
+            self.connections.start(peer)
+            _, rid, slot = self.calls.request_on(
+                peer,
+                lambda rid: JoinPGRP(
+                    rid, pid, topology, bool(params["lazy"]), tuple(table), "localhost"
+                ),
+            )
+            if topology == "all_to_all":
+                update = PeerUpdate(added=((pid, info.host or "", info.port or 0),))
+                for w in others:
+                    self.connections.send_quietly(w.pid, update)
+        try:
+            joined = self.calls.wait_answer(peer, rid, slot, worker_timeout())
+        except TimeoutError as e:
+            output = _output_tail(streams)
+            raise LaunchTimeoutError(
+                f"worker {pid} (os pid {config.ospid}) did not join within "
+                f"{worker_timeout():g} s (PYDIST_WORKER_TIMEOUT){_describe_tail(output, streams)}",
+                output,
+                config.ospid,
+            ) from e
+        info.ospid = joined.ospid
+        if config.ospid is None:
+            config.ospid = joined.ospid
+        for s in streams:
+            s.set_pid(pid)
+        try:
+            manager.manage(pid, config, "register")
+        except Exception:
+            log.exception("manage(register) failed for worker %d", pid)
+        return pid
+
+    # -- leaving ---------------------------------------------------------------------------
+
+    def on_lost(self, peer: Peer, reason: str) -> None:
+        """The connection to a worker closed: it has left the cluster (deregister it)."""
+        pid = peer.pid
+        if pid is None:
+            return
+        info = self.registry.remove(pid)
+        self.refs.drop_client(pid)
+        if info is None:
+            return
+        update = PeerUpdate(removed=(pid,))
+        for other in self.connections.snapshot().values():
+            try:
+                other.send(update)
+            except Exception:
+                pass
+        self._manage(info, "deregister")
+        info.exited.set()
+        threading.Thread(target=self._reap, args=(info,), name="pydist-reap", daemon=True).start()
+
+    def _reap(self, info: WorkerInfo) -> None:
+        end_process(info.process, grace=_KILL_WAIT)
+        self._manage(info, "finalize")
+
+    @staticmethod
+    def _manage(info: WorkerInfo, op: str) -> None:
+        if info.manager is None or info.config is None:
+            return
+        try:
+            info.manager.manage(info.pid, info.config, op)
+        except Exception:
+            log.exception("manage(%s) failed for worker %d", op, info.pid)
+
+    # -- removing and interrupting ---------------------------------------------------------
+
+    def _ask_to_exit(self, info: WorkerInfo) -> None:
+        peer = self.connections.lookup(info.pid)
+        if peer is not None:
+            peer.removing = True  # its callers learn that it was removed, not that it died
+        if info.manager is not None and info.config is not None and overrides(info.manager, "kill"):
+            try:
+                info.manager.kill(info.pid, info.config)
+            except Exception:
+                log.exception("kill of worker %d failed", info.pid)
+        else:
+            self.connections.send_quietly(info.pid, Exit())
+
+    def interrupt_one(self, pid: int) -> None:
+        """Interrupt the calls running on ``pid``, and tell its manager."""
+        self.connections.send_quietly(pid, Interrupt())
+        info = self.registry.get(pid)
+        if info is not None:
+            self._manage(info, "interrupt")
+
+    def interrupt(self, pids: list[int]) -> None:
+        """``interrupt(*pids)``: every worker when ``pids`` is empty."""
+        targets = pids or [p for p in self.registry.worker_ids() if p != 1]
+        for pid in targets:
+            self.interrupt_one(pid)
+
+    def remove_workers(self, pids: list[int], waitfor: float | None = None) -> None:
+        """``rmprocs``: ask each worker to exit, then interrupt, then kill; within ``waitfor``.
+
+        Raises:
+            RuntimeError: called on a worker.
+            TimeoutError: some workers were still there after ``waitfor`` seconds (they were
+                killed).
+        """
+        self._check_master()
+        infos = [
+            info
+            for p in dict.fromkeys(pids)
+            if p != 1 and (info := self.registry.mark_removing(p)) is not None
+        ]
+        if not infos:
+            return
+        start = time.monotonic()
+        deadline = timeouts.deadline(waitfor)
+        grace = 1.0 if waitfor is None else max(0.05, min(1.0, waitfor / 3))
+
+        def wait_until(t: float) -> list[WorkerInfo]:
+            for info in infos:
+                left = t - time.monotonic()
+                if left <= 0:
+                    break
+                info.exited.wait(left)
+            return [i for i in infos if not i.exited.is_set()]
+
+        def by(t: float) -> float:
+            return t if deadline is None else min(t, deadline)
+
+        for info in infos:
+            self._ask_to_exit(info)
+        left = wait_until(by(start + grace))
+        if left:
+            for info in left:
+                self.interrupt_one(info.pid)
+            left = wait_until(by(start + 2 * grace))
+        if left:
+            late = deadline is not None and time.monotonic() >= deadline
+            for info in left:
+                end_process(info.process)
+                self.connections.drop(info.pid, "removed by rmprocs")
+            # killed and disconnected: they are deregistered at once; bound the wait anyway
+            still = wait_until(max(deadline or 0.0, time.monotonic() + _KILL_WAIT))
+            if late or still:
+                raise TimeoutError(
+                    f"workers {[i.pid for i in left]} did not exit within {waitfor} s; "
+                    "they were killed"
+                )
+        # reap the processes, so that none is left behind as a zombie
+        last = _KILL_WAIT if deadline is None else (timeouts.remaining(deadline) or 0.0)
+        for info in infos:
+            end_process(info.process, grace=last)
+
+    # -- at exit ---------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """At the master's exit: tell every worker to exit, and make sure they do."""
+        self.closing = True
+        infos = self.registry.infos()
+        for info in infos:
+            self.connections.send_quietly(info.pid, Exit())
+        deadline = time.monotonic() + 2.0
+        for info in infos:
+            info.exited.wait(max(0.0, deadline - time.monotonic()))
+        for info in infos:
+            end_process(info.process, grace=max(0.05, deadline - time.monotonic()))

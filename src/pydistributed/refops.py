@@ -1,0 +1,257 @@
+"""The owner's side of remote references: the operations a ``Future`` or ``RemoteChannel``
+handle asks its owner to run.
+
+Each operation here is called on the owner (``where``) with the reference's key, by a
+``remotecall_fetch`` from the handle's process (or directly when that is the owner)::
+
+    any process                          the owner (where)
+    -----------                          -----------------
+    rc.take()  -- CallFetch(take_ch) --> an executor thread: channel.take(), in slices of
+                                         POLL seconds while blocked, given up if the caller
+                                         is gone
+               <----------- Result ---- the value (or a marker: timed out, closed, gone)
+
+They are the runtime's own operations (``dispatch.is_internal``): never interrupted, never on
+a worker's main thread. They take the reference's key, its RRID as a plain tuple, which finds
+the same storage entry and costs less to pickle than the named tuple. A blocking operation
+returns a :class:`Marker` instead of raising across the wire, so that the caller raises the
+right exception itself (:func:`raise_marker`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .channels import AbstractChannel, Channel
+from .cluster import Cluster, current_cluster
+from .errors import ChannelClosedError
+from .ids import RRID
+from .refstore import Failure, FutureSlot
+
+__all__ = [
+    "POLL",
+    "Marker",
+    "close_ch",
+    "fetch_ch",
+    "fetch_ref",
+    "isopen_ch",
+    "isready_ch",
+    "isready_ref",
+    "make_channel",
+    "put_ch",
+    "put_ref",
+    "raise_marker",
+    "status_ref",
+    "take_ch",
+    "wait_ch",
+    "wait_ref",
+]
+
+# How often an owner-side operation that blocks checks that its caller is still there.
+POLL = 0.25
+
+_TIMEOUT = "timeout"
+_CLOSED = "closed"
+_GONE = "gone"
+
+
+class Marker:
+    """An outcome of an owner-side operation that the caller turns into an exception."""
+
+    __slots__ = ("kind", "message")
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Marker, (self.kind, self.message))
+
+
+def raise_marker(value: Any) -> Any:
+    """``value`` itself, unless it is a :class:`Marker`: then raise what it stands for.
+
+    Raises:
+        TimeoutError: the operation timed out.
+        ChannelClosedError: the channel is closed.
+    """
+    if isinstance(value, Marker):
+        if value.kind == _TIMEOUT:
+            raise TimeoutError(value.message)
+        if value.kind == _CLOSED:
+            raise ChannelClosedError(value.message)
+        raise RuntimeError(value.message)  # _GONE: only ever sent to a caller that is gone
+    return value
+
+
+def _internal(f: Callable[..., Any]) -> Callable[..., Any]:
+    f._pydist_internal = True  # type: ignore[attr-defined]  # see dispatch.is_internal
+    return f
+
+
+def future_slot(c: Cluster, key: tuple[int, int]) -> FutureSlot:
+    """The storage of the Future ``key`` on its owner ``c``, made if the operation arrived
+    before the call that makes it (they may come from different processes)."""
+    slot = c.refs.lookup(key)
+    if slot is None:
+        slot = c.refs.ensure(RRID(*key))
+    return slot  # type: ignore[no-any-return]
+
+
+def _channel(c: Cluster, key: tuple[int, int]) -> Any:
+    storage = c.refs.lookup(key)
+    if storage is None:
+        raise KeyError(f"no channel {RRID(*key)!r} on process {c.myid} (freed?)")
+    return storage
+
+
+def _blocking(
+    c: Cluster, method: Callable[..., Any], args: tuple[Any, ...], t: float | None, caller: int
+) -> Any:
+    """``method(*args, t)`` for ``caller``: in slices of ``POLL`` s while the caller is remote.
+
+    A caller that is gone cannot receive the answer: its operation gives up (returning a
+    ``_GONE`` marker) rather than take a value, or put one, that nobody will see. Raises what
+    ``method`` raises (``TimeoutError`` once ``t`` seconds have passed).
+    """
+    if caller == c.myid:
+        return method(*args, t)
+    deadline = None if t is None else time.monotonic() + max(t, 0.0)
+    while True:
+        step = POLL
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= step:
+                return method(*args, remaining)
+        try:
+            return method(*args, step)
+        except TimeoutError:
+            if c.connections.is_gone(caller):
+                return Marker(_GONE, f"process {caller} is gone")
+
+
+# -- Futures ------------------------------------------------------------------------------------
+
+
+@_internal
+def fetch_ref(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
+    """``(True, value)``, ``(False, None)`` on a timeout, or a marker."""
+    c = current_cluster()
+    try:
+        value = _blocking(c, future_slot(c, key).fetch, (), timeout, caller)
+    except TimeoutError:
+        return False, None
+    return value if isinstance(value, Marker) else (True, value)
+
+
+@_internal
+def wait_ref(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
+    """True once set, False on a timeout, or a marker."""
+    c = current_cluster()
+    try:
+        marker = _blocking(c, future_slot(c, key).wait, (), timeout, caller)
+    except TimeoutError:
+        return False
+    return marker if isinstance(marker, Marker) else True
+
+
+@_internal
+def status_ref(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
+    """Like :func:`fetch_ref`, but the value only when it is a failure (for ``sync``)."""
+    c = current_cluster()
+    try:
+        value = _blocking(c, future_slot(c, key).fetch, (), timeout, caller)
+    except TimeoutError:
+        return False, None
+    if isinstance(value, Marker):
+        return value
+    return True, value if isinstance(value, Failure) else None
+
+
+@_internal
+def isready_ref(key: tuple[int, int]) -> bool:
+    storage = current_cluster().refs.lookup(key)
+    return storage is not None and bool(storage.isready())
+
+
+@_internal
+def put_ref(key: tuple[int, int], value: Any) -> bool:
+    """Set the Future's value; False if it was set already."""
+    return future_slot(current_cluster(), key).try_put(value)
+
+
+# -- channels -----------------------------------------------------------------------------------
+
+
+@_internal
+def make_channel(key: tuple[int, int], client: int, f: Callable[[], Any] | None) -> None:
+    """Make the channel of a new RemoteChannel: ``Channel(1)``, or what ``f()`` returns."""
+    ch = Channel(1) if f is None else f()
+    for method in ("put", "take", "fetch", "isready", "wait"):
+        if not callable(getattr(ch, method, None)):
+            raise TypeError(
+                f"RemoteChannel(f): f() returned a {type(ch).__name__}, which has no "
+                f"{method}() method (expected an AbstractChannel)"
+            )
+    current_cluster().refs.add(RRID(*key), client, make=lambda: ch)
+
+
+def _channel_op(
+    name: str, key: tuple[int, int], timeout: float | None, caller: int, *args: Any
+) -> Any:
+    """``ch.<name>(*args)`` for ``caller``; a timeout or a closed channel becomes a marker.
+
+    An ``AbstractChannel`` takes a timeout, so it is polled (see ``_blocking``); a channel of
+    the user's own that is not one gets a timeout only when the caller gave one.
+    """
+    c = current_cluster()
+    ch = _channel(c, key)
+    method = getattr(ch, name)
+    try:
+        if isinstance(ch, AbstractChannel):
+            return _blocking(c, method, args, timeout, caller)
+        return method(*args) if timeout is None else method(*args, timeout)
+    except TimeoutError as e:
+        return Marker(_TIMEOUT, str(e) or "timed out")
+    except ChannelClosedError as e:
+        return Marker(_CLOSED, str(e) or "the channel is closed")
+
+
+@_internal
+def put_ch(key: tuple[int, int], value: Any, timeout: float | None, caller: int) -> Any:
+    marker = _channel_op("put", key, timeout, caller, value)
+    return marker if isinstance(marker, Marker) else None
+
+
+@_internal
+def take_ch(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
+    return _channel_op("take", key, timeout, caller)
+
+
+@_internal
+def fetch_ch(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
+    return _channel_op("fetch", key, timeout, caller)
+
+
+@_internal
+def wait_ch(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
+    marker = _channel_op("wait", key, timeout, caller)
+    return marker if isinstance(marker, Marker) else None
+
+
+@_internal
+def isready_ch(key: tuple[int, int]) -> bool:
+    return bool(_channel(current_cluster(), key).isready())
+
+
+@_internal
+def close_ch(key: tuple[int, int]) -> None:
+    _channel(current_cluster(), key).close()
+
+
+@_internal
+def isopen_ch(key: tuple[int, int]) -> bool:
+    isopen = getattr(_channel(current_cluster(), key), "isopen", None)
+    return True if isopen is None else bool(isopen())
