@@ -28,6 +28,7 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from .connections import Connections
@@ -45,7 +46,14 @@ log = logging.getLogger("pydistributed")
 
 
 class Server:
-    """The worker's part: serving the master's connection and the other workers'."""
+    """The worker's part: serving the master's connection and the other workers'.
+
+    :attr:`exit` ends the process (``execution.exit_process``); a test that runs a worker-role
+    cluster inside its own process replaces it, so that the end of the master's connection
+    does not end the test.
+    """
+
+    exit: Callable[[int], Any] = staticmethod(exit_process)  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -84,7 +92,7 @@ class Server:
                 f"{timeout:g} s (PYDIST_WORKER_TIMEOUT); exiting",
                 file=sys.stderr,
             )
-            exit_process(1)
+            self.exit(1)
 
     # -- messages from the master ------------------------------------------------------------
 
@@ -124,10 +132,10 @@ class Server:
             self.refs.drop_client(pid)
 
     def on_exit(self, peer: Peer, msg: Exit) -> None:
-        exit_process(0)
+        self.exit(0)
 
     def on_lost(self, peer: Peer, reason: str) -> None:
         """A connection closed: the master's ends this worker at once."""
         if peer.pid == 1:
             log.debug("the master closed the connection: %s", reason)
-            exit_process(0)
+            self.exit(0)
