@@ -19,6 +19,7 @@ from .errors import (
     ProcessExitedException,
     RemoteException,
 )
+from .generics import channel_from_id, fetch, isready, put, remoteref_id, take, wait
 from .ids import RRID
 from .macros import distributed, everywhere, fetchfrom, spawn, spawnat
 from .managers.base import ClusterManager, DefaultClusterManager, WorkerConfig
@@ -40,17 +41,7 @@ from .processes import (
     workers,
 )
 from .remotecall import remote_do, remotecall, remotecall_fetch, remotecall_wait
-from .remoteref import (
-    Future,
-    RemoteChannel,
-    channel_from_id,
-    fetch,
-    isready,
-    put,
-    remoteref_id,
-    take,
-    wait,
-)
+from .remoteref import Future, RemoteChannel
 from .tasks import Task, async_, sync, timedwait
 from .workerpool import (
     AbstractWorkerPool,

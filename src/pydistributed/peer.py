@@ -343,7 +343,8 @@ class Peer:
     # -- closing --------------------------------------------------------------------------
 
     def close(self, reason: str = "closed") -> None:
-        """Close the connection; wake every caller waiting on it with ProcessExitedException."""
+        """Close the connection, tell ``on_close`` why (once), then wake every caller waiting on
+        it with ProcessExitedException."""
         with self._close_lock:
             if self.closed:
                 return
@@ -373,6 +374,14 @@ class Peer:
                 self.reader.close()
             except Exception:
                 pass
+        # Tell the owner first (the master deregisters the worker), then wake the callers: a
+        # caller that wakes with ProcessExitedException must find the process gone from the
+        # worker table (a pool would otherwise queue the dead worker again).
+        if self._on_close is not None:
+            try:
+                self._on_close(self, reason)
+            except Exception:
+                log.exception("error while handling the loss of process %s", self.pid)
         exc = ProcessExitedException(self.pid or 0, reason, removed=self.removing)
         while self.pending:
             try:
@@ -380,8 +389,3 @@ class Peer:
             except KeyError:
                 break
             slot.set(False, exc)
-        if self._on_close is not None:
-            try:
-                self._on_close(self, reason)
-            except Exception:
-                log.exception("error while handling the loss of process %s", self.pid)

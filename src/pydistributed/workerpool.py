@@ -2,22 +2,17 @@
 ``remote``.
 
 A pool is a set of worker ids (its *members*) and a first-in, first-out queue of the members
-that are free. ``take`` waits for a free member and hands it out, ``put`` gives it back. Every
-pool is a ``remotecall.WorkerSource``: ``remotecall`` & co., given a pool in place of a pid,
-take a worker, call, and put it back (see ``remotecall.py``).
+that are free; ``take`` waits for a free member and hands it out, ``put`` gives it back; a
+pool never hands out a worker that has exited (``poolstate.py`` has the rules). Every pool is a
+``remotecall.WorkerSource``: ``remotecall`` & co., given a pool in place of a pid, take a
+worker, call, and put it back (see ``remotecall.py``).
 
-Dead members. A pool never hands out a worker that has exited: ``take`` drops a dead member
-it finds (``len``, ``workers`` and ``isready`` prune them too), and ``put`` of a dead worker
-drops it instead of queueing it.
+The default pool (``default_worker_pool()``) follows ``addprocs``/``rmprocs`` without hooks,
+and with no workers hands out process 1 (the master works) and ``workers`` is ``[1]``. A worker
+process's default pool is the master's, reached remotely.
 
-The default pool (``default_worker_pool()``) follows ``addprocs``/``rmprocs`` without hooks:
-whenever it is used it compares the worker table's epoch (``Registry.epoch``, which grows on
-every join and exit) with the one it last saw, and adds the new workers at the end of its
-queue. With no workers it hands out process 1 (the master works), without limit, and
-``workers`` is ``[1]``. A worker process's default pool is the master's, reached remotely.
-
-Where a pool lives. A pool's state is kept by its *home*: a :class:`_LocalHome` on the process
-that made the pool. A pool sent to another process is pickled as a reference (its home process
+Where a pool lives. A pool's state is kept by its *home*: a ``PoolState`` on the process that
+made the pool. A pool sent to another process is pickled as a reference (its home process
 and a unique id) and unpickled there with a :class:`_RemoteHome`, which runs every operation
 (``take``, ``put``, ``push``, ``len``...) on the home process with ``remotecall_fetch``; the home
 process finds the pool in a per-cluster table of weak references. If the home pool has been
@@ -31,8 +26,6 @@ not cached.
 from __future__ import annotations
 
 import abc
-import collections
-import threading
 import time
 import uuid
 import weakref
@@ -43,6 +36,7 @@ from . import timeouts
 from .cluster import Cluster, ClusterVar, current_cluster
 from .funccache import FunctionCache
 from .ids import check_pid
+from .poolstate import PoolState
 from .remotecall import CallForm, WorkerSource, remotecall_fetch
 
 __all__ = [
@@ -53,7 +47,6 @@ __all__ = [
     "remote",
 ]
 
-_POLL = 0.1  # how often a blocked take() looks again at the cluster (new or dead workers)
 _WORKER = "a worker id"
 
 # pool uid -> pool (weakly): how a pool's home process finds it for a copy elsewhere
@@ -122,140 +115,6 @@ class AbstractWorkerPool(WorkerSource):
 # -- where a pool's state lives ----------------------------------------------------------------
 
 
-class _LocalHome:
-    """The state of a pool on its home process, and the pool operations on it."""
-
-    def __init__(self, cluster: Cluster, default: bool = False) -> None:
-        self.cluster = cluster
-        self.default = default
-        self.cond = threading.Condition(threading.Lock())
-        self.members: set[int] = set()
-        self.free: collections.deque[int] = collections.deque()
-        self.queued: set[int] = set()
-        self._synced: set[int] = set()
-        self._epoch = -1
-
-    def describe(self, name: str) -> str:
-        with self.cond:
-            members = sorted(self.members)
-            free = list(self.free)
-        tag = ", default" if self.default else ""
-        return f"<{name} workers={members} free={free}{tag}>"
-
-    # -- membership (lock held) ------------------------------------------------------------
-
-    def _alive(self, pid: int) -> bool:
-        return self.cluster.registry.is_alive(pid)
-
-    def _refresh(self) -> None:
-        """The default pool: take in the cluster's new workers, in id order."""
-        if not self.default:
-            return
-        reg = self.cluster.registry
-        epoch = reg.epoch
-        if epoch == self._epoch:
-            return
-        self._epoch = epoch
-        for pid in reg.worker_ids():
-            if pid not in (1, reg.myid) and pid not in self._synced and reg.is_alive(pid):
-                self._synced.add(pid)
-                self._add(pid)
-        self._prune()
-
-    def _prune(self) -> None:
-        """Forget members that have exited."""
-        dead = [p for p in self.members if not self._alive(p)]
-        for pid in dead:
-            self.members.discard(pid)
-        if dead:
-            self.free = collections.deque(p for p in self.free if p in self.members)
-            self.queued.intersection_update(self.members)
-
-    def _add(self, pid: int) -> None:
-        self.members.add(pid)
-        if pid not in self.queued:
-            self.queued.add(pid)
-            self.free.append(pid)
-            self.cond.notify()
-
-    def _master_works(self) -> bool:
-        """The default pool without workers hands out this process (the master)."""
-        return self.default and not self.members
-
-    def _wait_for_a_free_worker(self, deadline: float | None, timeout: float | None) -> None:
-        """Wait a little for a worker to come free.
-
-        Raises:
-            RuntimeError: the pool has no live worker, so none will ever come free.
-            TimeoutError: the deadline has passed.
-        """
-        if not self.members:
-            raise RuntimeError("No active worker available in pool")
-        wait = _POLL
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no worker of the pool became free within {timeout} s")
-            wait = min(wait, remaining)
-        self.cond.wait(wait)
-
-    # -- operations ------------------------------------------------------------------------
-
-    def push(self, pid: int) -> None:
-        with self.cond:
-            self._add(pid)
-
-    def put(self, pid: int) -> None:
-        with self.cond:
-            if pid in self.members and pid not in self.queued:
-                if self._alive(pid):
-                    self.queued.add(pid)
-                    self.free.append(pid)
-                    self.cond.notify()
-                else:
-                    self.members.discard(pid)
-                    self.cond.notify_all()  # a taker may now find the pool empty
-
-    def take(self, timeout: float | None) -> int:
-        deadline = timeouts.deadline(timeout)
-        with self.cond:
-            while True:
-                self._refresh()
-                while self.free:
-                    pid = self.free.popleft()
-                    self.queued.discard(pid)
-                    if self._alive(pid):
-                        return pid
-                    self.members.discard(pid)
-                self._prune()
-                if self._master_works():
-                    return self.cluster.myid
-                self._wait_for_a_free_worker(deadline, timeout)
-
-    def isready(self) -> bool:
-        with self.cond:
-            self._refresh()
-            return self._master_works() or any(self._alive(p) for p in self.free)
-
-    def wait(self, timeout: float | None) -> None:
-        deadline = timeouts.deadline(timeout)
-        with self.cond:
-            while True:
-                self._refresh()
-                self._prune()
-                if self._master_works() or any(self._alive(p) for p in self.free):
-                    return
-                self._wait_for_a_free_worker(deadline, timeout)
-
-    def workers(self) -> list[int]:
-        with self.cond:
-            self._refresh()
-            self._prune()
-            if self._master_works():
-                return [self.cluster.myid]
-            return sorted(self.members)
-
-
 class _RemoteHome:
     """A pool whose state lives on process ``pid``: every operation runs there."""
 
@@ -304,17 +163,17 @@ class WorkerPool(AbstractWorkerPool):
     acts on this one (see the module's docstring).
     """
 
-    _home: _LocalHome | _RemoteHome
+    _home: PoolState | _RemoteHome
     _uid: int
     _home_pid: int
 
     def __init__(self, pids: Iterable[int] = ()) -> None:
         c = current_cluster()
-        self._setup(c, _LocalHome(c), uuid.uuid4().int >> 64, c.myid)
+        self._setup(c, PoolState(c), uuid.uuid4().int >> 64, c.myid)
         for pid in pids:
             self.push(pid)
 
-    def _setup(self, c: Cluster, home: _LocalHome | _RemoteHome, uid: int, home_pid: int) -> None:
+    def _setup(self, c: Cluster, home: PoolState | _RemoteHome, uid: int, home_pid: int) -> None:
         self._home = home
         self._uid = uid
         self._home_pid = home_pid
@@ -401,7 +260,7 @@ class CachingPool(WorkerPool):
 
     def __init__(self, pids: Iterable[int] = ()) -> None:
         super().__init__(pids)
-        assert isinstance(self._home, _LocalHome)
+        assert isinstance(self._home, PoolState)
         cache = FunctionCache(self._home.cluster)
         self.cache = cache
         weakref.finalize(self, cache.finalizer(), (cache.uid, cache.used))
@@ -449,7 +308,7 @@ def _rebuild_pool(cls: type[WorkerPool], home: int, uid: int) -> WorkerPool:
 def _home_pool(uid: int) -> WorkerPool:
     c = current_cluster()  # the cluster running this operation (see scope)
     pool = _POOLS.get(c).get(uid)
-    if pool is None or not isinstance(pool._home, _LocalHome):
+    if pool is None or not isinstance(pool._home, PoolState):
         raise RuntimeError(f"the worker pool no longer exists on process {c.myid}")
     return pool
 
@@ -501,7 +360,7 @@ for _op in (
 
 def _new_default(c: Cluster) -> WorkerPool:
     pool = WorkerPool.__new__(WorkerPool)
-    pool._setup(c, _LocalHome(c, default=True), uuid.uuid4().int >> 64, c.myid)
+    pool._setup(c, PoolState(c, default=True), uuid.uuid4().int >> 64, c.myid)
     return pool
 
 

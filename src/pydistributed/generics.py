@@ -1,0 +1,101 @@
+"""Julia's generic functions on references, channels and tasks: ``fetch``, ``put``, ``take``,
+``isready``, ``wait``, and ``remoteref_id``, ``channel_from_id``.
+
+Each also exists as a method of the objects it applies to (``fut.fetch()``); the function form
+is Julia's spelling, and ``fetch(x)`` of anything that is not a reference returns ``x``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .channels import AbstractChannel
+from .cluster import current_cluster
+from .ids import RRID
+from .remoteref import Future, RemoteChannel, _RemoteRef
+from .tasks import Task
+
+__all__ = [
+    "channel_from_id",
+    "fetch",
+    "isready",
+    "put",
+    "remoteref_id",
+    "take",
+    "wait",
+]
+
+
+def fetch(x: Any, timeout: float | None = None) -> Any:
+    """Wait for and return the value of a Future, RemoteChannel, Channel or Task.
+
+    Anything else is returned unchanged, as in Julia. On a channel the value is not removed.
+
+    Raises:
+        TimeoutError: ``timeout`` seconds passed first.
+        RemoteException: a Future's call raised.
+    """
+    if isinstance(x, (Future, RemoteChannel, AbstractChannel, Task)):
+        return x.fetch(timeout)
+    return x
+
+
+def put(rr: Any, value: Any, timeout: float | None = None) -> Any:
+    """``rr.put(value)`` on a Future, RemoteChannel or Channel; returns ``rr``.
+
+    ``timeout`` applies to channels (a Future never blocks a put).
+    """
+    if timeout is None:
+        rr.put(value)
+    else:
+        rr.put(value, timeout)
+    return rr
+
+
+def take(rr: Any, timeout: float | None = None) -> Any:
+    """``rr.take()`` on a RemoteChannel or Channel: remove and return the first value."""
+    if timeout is None:
+        return rr.take()
+    return rr.take(timeout)
+
+
+def isready(rr: Any) -> bool:
+    """Whether a Future is set or a channel has a value (a Task: whether it is done)."""
+    if isinstance(rr, Task):
+        return rr.done()
+    return bool(rr.isready())
+
+
+def wait(x: Any, timeout: float | None = None) -> Any:
+    """Block until ``x`` (a Future, RemoteChannel, Channel or Task) is ready; returns ``x``.
+
+    Raises:
+        TimeoutError: ``timeout`` seconds passed first.
+    """
+    if timeout is None:
+        x.wait()
+    else:
+        x.wait(timeout)
+    return x
+
+
+def remoteref_id(r: _RemoteRef) -> RRID:
+    """The ``RRID(whence, id)`` of a Future or RemoteChannel."""
+    if not isinstance(r, _RemoteRef):
+        raise TypeError(f"remoteref_id() takes a Future or RemoteChannel, not {type(r).__name__}")
+    return r.rrid
+
+
+def channel_from_id(rrid: RRID | tuple[int, int]) -> Any:
+    """The storage behind ``rrid`` on this process: the channel (or a Future's slot).
+
+    Valid only on the process that holds it (the reference's ``where``).
+
+    Raises:
+        KeyError: no such storage here (it lives elsewhere, or was freed).
+    """
+    c = current_cluster()
+    storage = c.refs.lookup(RRID(*rrid))
+    if storage is None:
+        raise KeyError(f"no storage for {RRID(*rrid)!r} on process {c.myid} (elsewhere, or freed)")
+    return storage
