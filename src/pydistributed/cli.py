@@ -1,8 +1,9 @@
-"""``pydist [-p N|auto] [--machine-file FILE] [SCRIPT [ARGS...]]``: python with workers.
+"""``pydist [-p N|auto] [SCRIPT [ARGS...]]``: python with workers.
 
-Like ``julia -p N``: adds ``N`` local workers (or one per line of the machine file), then runs
-``SCRIPT`` as ``__main__`` with ``ARGS`` in ``sys.argv``; without a script, an interactive
-prompt. Machine-file lines: ``[count*][user@]host[:port] [bind_addr[:port]]``.
+Like ``julia -p N``: adds ``N`` local workers, then runs ``SCRIPT`` as ``__main__`` with
+``ARGS`` in ``sys.argv``; without a script, an interactive prompt. ``--machine-file FILE``
+(Julia's SSH workers, one per line ``[count*][user@]host[:port] [bind_addr[:port]]``) is not
+implemented yet: it is refused with a clear message and exit status 2, before anything runs.
 """
 
 from __future__ import annotations
@@ -12,23 +13,6 @@ import code
 import os
 import runpy
 import sys
-from typing import Any
-
-
-def parse_machine_file(path: str) -> list[Any]:
-    """The machine specs of a machine file: ``spec`` or ``(spec, count)`` per line."""
-    machines: list[Any] = []
-    with open(path) as f:
-        for raw in f:
-            line = raw.split("#", 1)[0].strip()
-            if not line:
-                continue
-            count_s, star, spec = line.partition("*")
-            if star and count_s.strip().isdigit():
-                machines.append((spec.strip(), int(count_s)))
-            else:
-                machines.append(line)
-    return machines
 
 
 def _nprocs(value: str) -> int:
@@ -45,13 +29,34 @@ def _nprocs(value: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="pydist", description="Run Python with pydistributed workers already added."
+        prog="pydist",
+        description="Run Python with pydistributed workers already added (like julia -p N).",
+        epilog="example: pydist -p 2 examples/hello.py",
     )
-    parser.add_argument("-p", "--procs", type=_nprocs, default=None, metavar="N|auto")
-    parser.add_argument("--machine-file", default=None, metavar="FILE")
-    parser.add_argument("script", nargs="?", default=None)
-    parser.add_argument("args", nargs=argparse.REMAINDER)
+    parser.add_argument(
+        "-p",
+        "--procs",
+        type=_nprocs,
+        default=None,
+        metavar="N|auto",
+        help="add N local workers before the script runs (auto: one per CPU)",
+    )
+    parser.add_argument(
+        "--machine-file",
+        default=None,
+        metavar="FILE",
+        help="SSH workers, one per line of FILE: not implemented yet in this version (refused)",
+    )
+    parser.add_argument(
+        "script", nargs="?", default=None, help="the script to run (default: a prompt)"
+    )
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="the script's arguments")
     ns = parser.parse_args(argv)
+    if ns.machine_file:
+        parser.error(
+            "--machine-file: SSH workers are not implemented yet in this version of "
+            "pydistributed; use -p N for local workers"
+        )
 
     if ns.script is not None:
         # the script's folder first, as `python SCRIPT` does, before workers copy sys.path
@@ -63,8 +68,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if ns.procs:
         addprocs(ns.procs)
-    if ns.machine_file:
-        addprocs(parse_machine_file(ns.machine_file))
 
     if ns.script is None:
         code.interact(local={"__name__": "__main__"})
