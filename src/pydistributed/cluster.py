@@ -187,13 +187,14 @@ class ClusterVar(Generic[T]):
 
 _default: Cluster | None = None
 _default_lock = threading.Lock()
+_thread = scope.state
 
 
 def current_cluster() -> Cluster:
     """The cluster the calling thread works for: a thread of the runtime's is bound to its
     cluster; any other gets the process's default (made as the master, process 1, on first
     use)."""
-    c = scope.owner()
+    c = _thread.owner
     if c is not None:
         return c  # type: ignore[no-any-return]
     c = _default

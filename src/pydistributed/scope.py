@@ -16,14 +16,16 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-__all__ = ["bind", "bound", "owner"]
+__all__ = ["bind", "bound", "owner", "state"]
 
 
 class _Scope(threading.local):
     owner: Any = None
 
 
-_scope = _Scope()
+# the thread-local binding itself (``state.owner``), read directly by ``current_cluster``
+state = _Scope()
+_scope = state
 
 
 def owner() -> Any:
