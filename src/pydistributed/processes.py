@@ -1,7 +1,8 @@
 """Processes: adding, removing, listing and interrupting them; starting a worker.
 
 ``addprocs`` picks the cluster manager from its first argument: a count means
-:class:`LocalManager`, a list of machines :class:`SSHManager`, a manager itself.
+:class:`LocalManager`, a manager itself; a list of machines means :class:`SSHManager`, which is
+not implemented yet in this version and refuses to launch with a clear error.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def addprocs(np_or_machines: Any = None, /, **kw: Any) -> list[int]:
 
     - ``addprocs(n, restrict=True, **kw)``: ``n`` workers on this host (LocalManager);
     - ``addprocs(**kw)``: one per CPU thread (``os.cpu_count()``);
-    - ``addprocs(machines, tunnel=False, sshflags=(), max_parallel=10, **kw)``: over ssh;
+    - ``addprocs(machines, tunnel=False, sshflags=(), max_parallel=10, **kw)``: over ssh
+      (not implemented yet: raises ``NotImplementedError``);
     - ``addprocs(manager, **kw)``: with a ClusterManager of your own.
 
     Common keywords: ``dir``, ``exename``, ``exeflags``, ``topology`` (``"all_to_all"``,

@@ -131,5 +131,5 @@ class DefaultClusterManager(ClusterManager):
     ) -> None:
         raise TypeError(
             "DefaultClusterManager makes worker-to-worker connections and launches no workers; "
-            "use LocalManager, SSHManager or a ClusterManager of your own with addprocs"
+            "use LocalManager or a ClusterManager of your own with addprocs"
         )
