@@ -168,7 +168,7 @@ class Registry:
             self.epoch += 1
             return others
 
-    def learn(self, entries: tuple[tuple[int, str, int], ...]) -> None:
+    def learn(self, entries: tuple[tuple[int, str | None, int | None], ...]) -> None:
         """A worker: enter the ``(pid, host, port)`` of workers it was told about (a process
         already known to be dead stays out)."""
         with self._lock:
@@ -188,9 +188,9 @@ class Registry:
     def mark_removing(self, pid: int) -> WorkerInfo | None:
         """On the master: ``rmprocs`` is removing ``pid``; its exit will not be a crash."""
         with self._lock:
-            self._removed.add(pid)
             info = self._workers.get(pid)
-            if info is not None:
+            if info is not None and pid not in self._dead:
+                self._removed.add(pid)
                 info.removing = True
             return info
 

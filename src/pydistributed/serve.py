@@ -105,10 +105,10 @@ class Server:
         reg.join(msg.pid, msg.topology, msg.master_host)
         peer.pid = 1
         self.connections.install(1, peer)
-        entries = msg.peers
-        if self.address is not None:
-            entries = (*entries, (msg.pid, *self.address))
-        reg.learn(entries)
+        # this worker is in its own table too (Julia lists the local process), with the
+        # address it listens at, if any (a worker on a custom transport has none)
+        host, port = self.address if self.address is not None else (None, None)
+        reg.learn((*msg.peers, (msg.pid, host, port)))
         self.joined.set()
         peer.send(JoinComplete(msg.response_id, os.getpid(), socket.gethostname()))
         if msg.topology in ("all_to_all", "custom") and not msg.lazy:

@@ -177,6 +177,9 @@ def test_the_worker_joins_as_process_2(pair: Pair) -> None:
     assert master.myid == 1 and master.registry.role == "master"
     assert master.registry.worker_ids() == [2] and master.registry.proc_ids() == [1, 2]
     assert worker.registry.is_alive(1) and worker.registry.is_alive(2)
+    # a worker on a custom transport (no listening address) lists itself too, as Julia does
+    assert worker.registry.proc_ids() == [1, 2] and worker.registry.worker_ids() == [2]
+    assert worker.registry.procs_on_host(2) == [1, 2]
     assert worker.server.joined.is_set()
     info = master.registry.get(2)
     assert info is not None and info.ospid == os.getpid()  # JoinComplete: the same process

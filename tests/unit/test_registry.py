@@ -118,6 +118,13 @@ def test_mark_removing_an_unknown_pid_returns_none() -> None:
     assert reg.worker_ids() == [1]
 
 
+def test_a_worker_that_died_before_rmprocs_is_not_called_removed() -> None:
+    reg = _master_with("localhost")
+    reg.remove(2)  # it crashed
+    assert reg.mark_removing(2) is None  # rmprocs came too late
+    assert not reg.was_removed(2) and reg.is_dead(2)
+
+
 def test_a_dead_pid_learned_again_stays_out() -> None:
     reg = Registry(0, "worker")
     reg.join(3, "all_to_all", "localhost")
