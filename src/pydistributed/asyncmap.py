@@ -3,25 +3,17 @@
 A :class:`Job` hands the items of one shared iterator to *runner* threads, one item (or a small
 chunk) at a time, under a lock, and stores each result at the item's index, so results come
 back in input order while the input is read lazily: at most a few items per runner are read
-ahead.
+ahead. With ``adaptive=True`` (``asyncmap``, ``pmap(..., distributed=False)``, a batch of
+``pmap`` on a worker) the calling thread is the first runner, else (``pmap``'s feeders, one per
+worker) it starts one and waits.
 
-Two ways to run a job:
-
-* **adaptive** (``asyncmap``, ``pmap(..., distributed=False)``, a batch of ``pmap`` on a
-  worker): the calling thread is the first runner. Python threads are not free and the GIL
-  runs one at a time, so more runners are started only when they help: a per-cluster watcher
-  (:class:`_Monitor`) looks every few milliseconds at the runners of each job, and when a
-  runner has been stuck on one item without using the CPU (a sleep, a network wait, a lock),
-  it starts another, up to ``ntasks``. A map of quick or CPU-bound items thus runs in one
-  thread at full speed; a map of waiting items soon has ``ntasks`` of them waiting at once. A
-  runner that finds its items quick takes them a chunk at a time, so that the lock costs
-  little per item.
-* **fixed** (``pmap``'s feeders, one per worker of the pool): ``ntasks`` runner threads start
-  at once and the caller waits; ``ntasks`` may be a function (the pool's size), asked now and
-  then, and runners are added for new workers.
-
-Runner threads come from the cluster's executor (which keeps idle threads for a while:
-starting a thread costs more than a tiny task).
+Before a runner runs an item that it took alone, it starts another runner, up to ``ntasks`` (an
+int, or a function asked now and then: pmap's pool size, which may grow), so that an item that
+waits (a sleep, a remote call, a lock) never holds up the next ones. A runner that finds its
+items quick takes them a chunk at a time, doubling, so that the lock costs little per item, and
+starts no more runners; nor do the runners it started, which begin with its chunk size. So a map
+of quick items stays in a thread or two. Runner threads come from the cluster's executor (which
+keeps idle threads for a while: starting a thread costs more than a tiny task).
 """
 
 from __future__ import annotations
@@ -33,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from .cluster import Cluster, ClusterVar, current_cluster
+from .cluster import Cluster, current_cluster
 
 __all__ = [
     "DEFAULT_NTASKS",
@@ -48,56 +40,25 @@ __all__ = [
 log = logging.getLogger("pydistributed.pmap")
 
 DEFAULT_NTASKS = 100  # Julia's asyncmap default
-INTERRUPT_GRACE = 5.0  # after Ctrl-C, how long a fixed job waits for the interrupted items
-_TICK = 0.002  # how often the watcher looks at the runners of adaptive jobs...
-_LINGER = 1.0  # ...and for how long it goes on ticking once there are none
+INTERRUPT_GRACE = 5.0  # after Ctrl-C, how long pmap waits for the interrupted items
 _FAST_ITEM = 20e-6  # items quicker than this are taken in growing chunks...
 MAX_CHUNK = 256  # ...of at most this many
 _NTASKS_EVERY = 0.25  # how often a job asks a callable ntasks for its value
 
 _PENDING: Any = object()
-_END: Any = object()
-
-
-class _Runner:
-    """One thread working on a map's items; the watcher reads its progress."""
-
-    __slots__ = ("clock", "count", "running", "seen_at", "seen_count", "seen_cpu")
-
-    def __init__(self) -> None:
-        self.count = 0  # items done (written by the runner only)
-        self.running = True
-        self.clock: int | None = None  # the thread's CPU-time clock, when the OS has one
-        self.seen_count = -1
-        self.seen_cpu: float | None = None
-        self.seen_at = time.monotonic()
-
-    def start_clock(self) -> None:
-        try:
-            self.clock = time.pthread_getcpuclockid(threading.get_ident())
-        except (AttributeError, OSError):
-            self.clock = None
-
-    def cpu(self) -> float | None:
-        if self.clock is None:
-            return None
-        try:
-            return time.clock_gettime(self.clock)
-        except OSError:
-            return None
 
 
 class Job:
     """One map: the items of a shared iterator, run by runner threads, results in order.
 
     Args:
-        cluster: whose executor runs the runner threads (and whose watcher looks at them).
+        cluster: whose executor runs the runner threads.
         fn: called with each item; its value is the item's result.
         items: the items, read lazily under the job's lock.
         ntasks: how many runners at most (an int, or a callable asked now and then).
-        adaptive: the caller is the first runner and the watcher adds runners that help
-            (asyncmap); otherwise ``ntasks`` runner threads start at once and the caller
-            waits (pmap's feeders).
+        adaptive: the caller is the first runner and Ctrl-C is raised at once (asyncmap);
+            otherwise the caller waits, and after Ctrl-C waits a little for the runners
+            (pmap's feeders).
         max_chunk: how many items a runner may take at once.
         name: names the map in log messages.
         on_stop: called when the map stops early (an error, Ctrl-C).
@@ -117,28 +78,27 @@ class Job:
     ) -> None:
         self.cluster = cluster
         self.fn = fn
-        self.on_stop = on_stop
         self.items = items
         self._ntasks = ntasks
-        self.adaptive = adaptive
+        self.caller = adaptive
         self.max_chunk = max_chunk
         self.name = name
+        self.on_stop = on_stop
         self.lock = threading.Lock()
         self.done = threading.Condition(self.lock)
         self.results: list[Any] = []
         self.error: BaseException | None = None
         self.stop = False
         self.exhausted = False
-        self.runners: list[_Runner] = []
-        self.active = 0
+        self.runners = 0  # started
+        self.active = 0  # runners that took items and have not finished yet
+        self.chunk = 1  # how many items a runner takes at first: the last one's finding
         self.limit = self._ask_ntasks()
         self._asked_at = time.monotonic()
 
     def _ask_ntasks(self) -> int:
         n = self._ntasks() if callable(self._ntasks) else self._ntasks
         return max(1, int(n))
-
-    # -- running ---------------------------------------------------------------------------
 
     def run(self, on_interrupt: Callable[[], None] | None = None) -> list[Any]:
         """Run the map to the end and return the results in order.
@@ -148,43 +108,23 @@ class Job:
                 have finished what they were doing; a KeyboardInterrupt at once (pmap: after
                 ``on_interrupt`` and a bounded wait for the runners).
         """
-        if self.adaptive:
-            return self._run_adaptive()
         try:
             with self.lock:
-                for _ in range(self.limit):
+                if self.caller:
+                    self.runners += 1
+                else:
                     self._spawn_locked()
+            if self.caller:
+                self._work(caller=True)
             with self.done:
-                while self.active:
+                while self.active or not (self.exhausted or self.stop):
                     self.done.wait()
         except KeyboardInterrupt:
-            self._interrupted(on_interrupt)
+            if self.caller:
+                self._stop()
+            else:
+                self._interrupted(on_interrupt)
             raise
-        return self._outcome()
-
-    def _run_adaptive(self) -> list[Any]:
-        runner = _Runner()
-        with self.lock:
-            self.runners.append(runner)
-            self.active += 1
-        watched = self.limit > 1 or callable(self._ntasks)
-        monitor = _MONITOR.get(self.cluster) if watched else None
-        if monitor is not None:
-            monitor.watch(self)
-        try:
-            self._work(runner, caller=True)
-            with self.done:
-                while self.active:
-                    self.done.wait()
-        except KeyboardInterrupt:
-            self._stop()
-            raise
-        finally:
-            if monitor is not None:
-                monitor.unwatch(self)
-        return self._outcome()
-
-    def _outcome(self) -> list[Any]:
         if self.error is not None:
             raise self.error
         return self.results
@@ -198,9 +138,8 @@ class Job:
                 if on_interrupt is not None:
                     on_interrupt()
                 with self.done:
-                    if not self.active:
-                        return
-                    self.done.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+                    if self.active:
+                        self.done.wait(min(1.0, max(0.0, deadline - time.monotonic())))
                     if not self.active:
                         return
                 if time.monotonic() >= deadline:
@@ -215,23 +154,13 @@ class Job:
             return  # a second Ctrl-C: stop waiting
 
     def _spawn_locked(self) -> None:
-        """Lock held: start one more runner, on a thread of this process's executor (which
-        keeps idle threads for a while: starting a thread costs more than a tiny task)."""
-        runner = _Runner()
-        self.runners.append(runner)
-        self.active += 1
+        """Lock held: start one more runner on a thread of the cluster's executor."""
+        self.runners += 1
         try:
-            self.cluster.executor.submit(lambda: self._work(runner), main_ok=False)
+            self.cluster.executor.submit(self._work, main_ok=False)
         except BaseException:
-            self.runners.remove(runner)
-            self.active -= 1
+            self.runners -= 1
             raise
-
-    def _fail(self, e: BaseException) -> None:
-        with self.lock:
-            if self.error is None and not self.stop:
-                self.error = e
-        self._stop()
 
     def _stop(self) -> None:
         with self.lock:
@@ -239,155 +168,61 @@ class Job:
         if self.on_stop is not None:
             self.on_stop()
 
-    def _work(self, runner: _Runner, caller: bool = False) -> None:
-        runner.start_clock()
+    def _work(self, caller: bool = False) -> None:
         fn = self.fn
         results = self.results
-        chunk = 1
+        chunk = self.chunk
+        counted = False  # a runner that finds nothing to do is not waited for
         try:
             while True:
                 with self.lock:
                     if self.stop or self.exhausted:
                         break
                     start = len(results)
-                    if chunk == 1:
-                        item = next(self.items, _END)
-                        batch = [] if item is _END else [item]
-                    else:
-                        batch = list(itertools.islice(self.items, chunk))
+                    batch = list(itertools.islice(self.items, chunk))
                     if len(batch) < chunk:
                         self.exhausted = True
                     if not batch:
                         break
+                    if not counted:
+                        counted = True
+                        self.active += 1
                     results.extend([_PENDING] * len(batch))
-                if not self.adaptive:
+                    if chunk == 1 and self.runners < self.limit and not self.exhausted:
+                        self._spawn_locked()  # this item may wait: another runner goes on
+                if callable(self._ntasks):
                     self._maybe_grow()
                 t0 = time.perf_counter()
                 if len(batch) == 1:
                     results[start] = fn(batch[0])
                 else:
                     results[start : start + len(batch)] = [fn(item) for item in batch]
-                runner.count += len(batch)
-                if chunk < self.max_chunk:
-                    if time.perf_counter() - t0 < _FAST_ITEM * len(batch):
-                        chunk = min(2 * chunk, self.max_chunk)
-                    else:
-                        chunk = 1
-        except Exception as e:
-            self._fail(e)
+                if self.max_chunk > 1:
+                    fast = time.perf_counter() - t0 < _FAST_ITEM * len(batch)
+                    chunk = self.chunk = min(2 * chunk, self.max_chunk) if fast else 1
         except BaseException as e:
-            if caller:
-                self._stop()
-                raise
-            self._fail(e)  # a KeyboardInterrupt or SystemExit on a runner thread
+            with self.lock:
+                if self.error is None and not self.stop:
+                    self.error = e
+            self._stop()
+            if caller and not isinstance(e, Exception):
+                raise  # Ctrl-C in the caller: at once
         finally:
-            runner.running = False
             with self.done:
-                self.active -= 1
+                self.active -= counted
                 if not self.active:
                     self.done.notify_all()
 
     def _maybe_grow(self) -> None:
-        """pmap: now and then ask how many workers the pool has; add feeders for new ones."""
-        if not callable(self._ntasks):
-            return
+        """Now and then ask how many runners there may be (pmap: one per worker of the pool,
+        which may grow)."""
         now = time.monotonic()
-        if now - self._asked_at < _NTASKS_EVERY:
-            return
-        self._asked_at = now
-        try:
-            limit = self._ask_ntasks()
-        except Exception:
-            return
-        with self.lock:
-            self.limit = limit
-            while len(self.runners) < limit and not (self.stop or self.exhausted):
-                self._spawn_locked()
-
-    # -- the watcher's view ----------------------------------------------------------------
-
-    def check_stalls(self) -> None:
-        """Called by the watcher: add runners while the present ones wait without working."""
-        if self.stop or self.exhausted:
-            return
-        if callable(self._ntasks) and time.monotonic() - self._asked_at >= _NTASKS_EVERY:
-            self._asked_at = time.monotonic()
-            self.limit = self._ask_ntasks()
-        if len(self.runners) >= self.limit:
-            return
-        now = time.monotonic()
-        blocked = 0
-        for r in list(self.runners):
-            if not r.running:
-                continue
-            cpu = r.cpu()
-            if r.count == r.seen_count:
-                wall = now - r.seen_at
-                if cpu is None or r.seen_cpu is None or cpu - r.seen_cpu < 0.5 * wall:
-                    blocked += 1
-            r.seen_count, r.seen_cpu, r.seen_at = r.count, cpu, now
-        if blocked:
-            with self.lock:
-                n = min(blocked, self.limit - len(self.runners))
-                for _ in range(n):
-                    if self.stop or self.exhausted:
-                        break
-                    self._spawn_locked()
-
-
-class _Monitor:
-    """The per-process watcher of running asyncmaps (see the module's docstring).
-
-    It ticks while there are maps to watch, and for a second after the last one ends, so that
-    a stream of short maps (a worker running batches) does not wake it up each time.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._jobs: set[Job] = set()
-        self._thread: threading.Thread | None = None
-        self._sleeping = False
-
-    def watch(self, job: Job) -> None:
-        with self._cond:
-            self._jobs.add(job)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="pydist-asyncmap-watch", daemon=True
-                )
-                self._thread.start()
-            elif self._sleeping:
-                self._cond.notify()
-
-    def unwatch(self, job: Job) -> None:
-        with self._cond:
-            self._jobs.discard(job)
-
-    def _loop(self) -> None:
-        idle_since: float | None = None
-        while True:
-            with self._cond:
-                if not self._jobs:
-                    now = time.monotonic()
-                    if idle_since is None:
-                        idle_since = now
-                    if now - idle_since > _LINGER:
-                        self._sleeping = True
-                        while not self._jobs:
-                            self._cond.wait()
-                        self._sleeping = False
-                if self._jobs:
-                    idle_since = None
-                jobs = list(self._jobs)
-            time.sleep(_TICK)
-            for job in jobs:
-                try:
-                    job.check_stalls()
-                except Exception:
-                    log.exception("the asyncmap watcher failed")
-
-
-_MONITOR: ClusterVar[_Monitor] = ClusterVar("asyncmap.monitor", lambda: _Monitor())
+        if now - self._asked_at >= _NTASKS_EVERY:
+            self._asked_at = now
+            try:
+                self.limit = self._ask_ntasks()
+            except Exception:
+                pass
 
 
 # -- asyncmap -----------------------------------------------------------------------------------
@@ -429,9 +264,10 @@ def asyncmap(
 
     Several iterables are zipped, as in ``map``; results come in input order, and the input is
     read lazily. Up to ``ntasks`` threads run at once (default 100; an int, or a function of
-    no arguments asked now and then); a new thread starts only when the running ones are
-    waiting (sleeping, on the network, on a lock), so quick or CPU-bound items run in the
-    calling thread alone.
+    no arguments asked now and then), the calling thread first: each thread starts the next
+    one before it runs an item that may wait, so waiting items (a sleep, the network, a lock)
+    soon have ``ntasks`` threads; quick items (under 20 us) are taken in chunks by a thread
+    or two.
 
     Raises:
         ValueError: ``ntasks`` is not a positive int.
