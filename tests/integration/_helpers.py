@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 
 def identity(x: object) -> object:
@@ -22,6 +24,22 @@ def getpid() -> int:
 def sleep_then(seconds: float, value: object = None) -> object:
     time.sleep(seconds)
     return value
+
+
+def signal_then(started: Any, f: Callable[..., Any], *args: Any) -> Any:
+    """``started.put(True)``, then ``f(*args)``: the caller waits on ``started`` (a Future or a
+    RemoteChannel) to know that the call runs, instead of sleeping and hoping it does."""
+    started.put(True)
+    return f(*args)
+
+
+def touch_then(path: str, f: Callable[..., Any], *args: Any) -> Any:
+    """Create the file ``path``, then ``f(*args)``: like :func:`signal_then`, but the sign sends
+    no message, for a call that is then interrupted. An interrupt that lands while a call sends
+    a message is not what those tests are about: a pool thread is out of its reach meanwhile
+    (``Executor.shield``), and on the main thread it can cost the worker its connection."""
+    open(path, "w").close()
+    return f(*args)
 
 
 def busy_loop(seconds: float = 60.0) -> int:

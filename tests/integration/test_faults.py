@@ -27,7 +27,7 @@ from pydistributed import (
 )
 from pydistributed.errors import AuthenticationError, ProtocolError
 from pydistributed.messages import Identify
-from tests.conftest import end_workers, is_alive, worker_table
+from tests.conftest import end_workers, is_alive, wait_until, worker_table
 from tests.integration import _helpers as h
 
 
@@ -218,10 +218,9 @@ def test_worker_that_never_reports(monkeypatch: pytest.MonkeyPatch) -> None:
     text = str(info.value)
     assert "PYDIST_WORKER_TIMEOUT" in text and "stuck before the banner" in text
     ospid = int(text.split("os pid ")[1].split(")")[0])
-    deadline = time.monotonic() + 5
-    while is_alive(ospid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not is_alive(ospid)
+    wait_until(
+        lambda: not is_alive(ospid), timeout=5, interval=0.05, what="the stuck worker to exit"
+    )
     assert set(worker_table()) == before
 
 

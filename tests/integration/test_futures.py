@@ -23,7 +23,7 @@ from pydistributed import (
     remoteref_id,
     wait,
 )
-from tests.conftest import in_thread
+from tests.conftest import in_thread, requests_awaiting, wait_until
 from tests.conftest import worker_ospid as ospid
 
 # -- what the workers run ---------------------------------------------------------------
@@ -152,6 +152,7 @@ def test_blocked_future_operations_fail_fast_when_the_owner_dies(two_workers: li
     doomed, other = two_workers
     f = Future(doomed)
     g = remotecall(time.sleep, doomed, 60)
+    here, there = requests_awaiting(doomed), remotecall_fetch(requests_awaiting, other, doomed)
     blocked = [
         in_thread(lambda: f.fetch()),
         in_thread(lambda: f.wait()),
@@ -161,7 +162,13 @@ def test_blocked_future_operations_fail_fast_when_the_owner_dies(two_workers: li
         in_thread(lambda: remotecall_fetch(fetch_it, other, f)),
         in_thread(lambda: remotecall_fetch(wait_it, other, f)),
     ]
-    time.sleep(0.5)  # all of them are waiting now
+    wait_until(  # all of them are waiting now
+        lambda: (
+            requests_awaiting(doomed) >= here + 5
+            and remotecall_fetch(requests_awaiting, other, doomed) >= there + 2
+        ),
+        what="seven operations to wait on the doomed owner",
+    )
     assert all(not out for _, out in blocked)
     start = time.monotonic()
     os.kill(ospid(doomed), signal.SIGKILL)

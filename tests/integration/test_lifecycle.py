@@ -8,13 +8,16 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
 from pydistributed import (
+    Channel,
     Future,
     InterruptException,
     ProcessExitedException,
+    RemoteChannel,
     RemoteException,
     addprocs,
     interrupt,
@@ -24,33 +27,26 @@ from pydistributed import (
     rmprocs,
     workers,
 )
-from tests.conftest import is_alive
+from tests.conftest import in_thread, is_alive, readline, wait_until
 from tests.conftest import worker_ospid as _ospid
 from tests.integration import _helpers as h
 
 
 def test_killed_worker_fails_pending_calls_fast(two_workers: list[int]) -> None:
     a, b = two_workers
-    fut = remotecall(h.sleep_then, a, 30, "never")
-    blocked_exc: list[BaseException] = []
-
-    import threading
-
-    def blocked() -> None:
-        try:
-            remotecall_fetch(h.sleep_then, a, 30)
-        except BaseException as e:
-            blocked_exc.append(e)
-
-    t = threading.Thread(target=blocked)
-    t.start()
-    time.sleep(0.3)
+    started = RemoteChannel(lambda: Channel(2))
+    fut = remotecall(h.signal_then, a, started, h.sleep_then, 30, "never")
+    t, blocked_out = in_thread(
+        lambda: remotecall_fetch(h.signal_then, a, started, h.sleep_then, 30)
+    )
+    for _ in range(2):  # both calls run on a now
+        started.take(timeout=10)
     start = time.monotonic()
     os.kill(_ospid(a), signal.SIGKILL)
     with pytest.raises(ProcessExitedException):
         fut.fetch(timeout=10)
     t.join(10)
-    assert isinstance(blocked_exc[0], ProcessExitedException)
+    assert blocked_out and isinstance(blocked_out[0], ProcessExitedException), blocked_out
     assert time.monotonic() - start < 2.0
     assert a not in workers() and b in workers()
     start = time.monotonic()
@@ -81,20 +77,33 @@ def _run_master(tail: str) -> tuple[subprocess.Popen[str], list[int]]:
         [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True
     )
     assert proc.stdout is not None
-    line = proc.stdout.readline()
+    try:
+        line = readline(proc.stdout, 60)
+    except BaseException:
+        _end_master(proc)
+        raise
     ospids = [int(x) for x in line.split()]
     assert len(ospids) == 2, line
     return proc, ospids
 
 
-def _wait_gone(ospids: list[int], within: float) -> list[int]:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        left = [p for p in ospids if is_alive(p)]
-        if not left:
-            return []
-        time.sleep(0.1)
-    return [p for p in ospids if is_alive(p)]
+def _end_master(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.wait(10)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def _wait_gone(ospids: list[int], within: float) -> None:
+    try:
+        wait_until(
+            lambda: not any(is_alive(p) for p in ospids),
+            timeout=within,
+            interval=0.05,
+            what=f"the workers (os pids {ospids}) to exit",
+        )
+    except AssertionError as e:
+        raise AssertionError(f"{e}; alive: {[p for p in ospids if is_alive(p)]}") from None
 
 
 def _kill_all(ospids: list[int]) -> None:
@@ -111,40 +120,49 @@ def _kill_all(ospids: list[int]) -> None:
         "",
         # a worker holding the GIL in C cannot see its connection close: the kernel ends it
         "from tests.integration import _helpers as h\n"
-        "from pydistributed import remotecall\n"
-        "remotecall(h.hold_gil, pids[0], 10**12)\n"
-        "time.sleep(0.5)\n",
+        "from pydistributed import Future, remotecall\n"
+        "started = Future()\n"
+        "remotecall(h.signal_then, pids[0], started, h.hold_gil, 10**12)\n"
+        "started.wait(timeout=30)\n",
     ],
     ids=["idle", "stuck-in-c"],
 )
 def test_killed_master_leaves_no_orphans(setup: str) -> None:
+    # the master sleeps (bounded) until it is killed
     proc, ospids = _run_master(setup + "print('ready', flush=True)\ntime.sleep(60)")
     try:
         assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
+        assert readline(proc.stdout, 30).strip() == "ready"
         proc.kill()
         proc.wait(10)
-        assert _wait_gone(ospids, 5.0) == []
+        _wait_gone(ospids, 5.0)
     finally:
         _kill_all(ospids)
-        proc.kill()
-        proc.wait(10)
+        _end_master(proc)
 
 
 def test_master_exiting_normally_ends_workers() -> None:
     proc, ospids = _run_master("pass")
     try:
         assert proc.wait(20) == 0
-        assert _wait_gone(ospids, 5.0) == []
+        _wait_gone(ospids, 5.0)
     finally:
         _kill_all(ospids)
+        _end_master(proc)
+
+
+def _wait_file(path: str) -> None:
+    """Wait for the file a call creates as it starts (``h.touch_then``)."""
+    wait_until(lambda: os.path.exists(path), interval=0.002, what=f"the call to start ({path})")
 
 
 @pytest.mark.parametrize("work", ["sleep", "busy"])
-def test_interrupt_running_call(two_workers: list[int], work: str) -> None:
+def test_interrupt_running_call(two_workers: list[int], work: str, tmp_path: Path) -> None:
     w = two_workers[0]
-    fut = remotecall(h.sleep_then, w, 30) if work == "sleep" else remotecall(h.busy_loop, w, 30)
-    time.sleep(0.5)
+    running = str(tmp_path / "running")
+    work_fn = h.sleep_then if work == "sleep" else h.busy_loop
+    fut = remotecall(h.touch_then, w, running, work_fn, 30)
+    _wait_file(running)  # the call runs
     start = time.monotonic()
     interrupt(w)
     with pytest.raises(RemoteException) as info:
@@ -158,17 +176,20 @@ def test_interrupt_running_call(two_workers: list[int], work: str) -> None:
 def test_interrupt_idle_worker_is_ignored(two_workers: list[int]) -> None:
     interrupt()  # all workers, all idle
     interrupt(two_workers[0])
-    time.sleep(0.2)
+    # an interrupt travels on the connection the calls below take, ahead of them: each
+    # worker has handled it (and ignored it, idle) before it reads the call
     assert [remotecall_fetch(myid, w) for w in two_workers] == two_workers
 
 
-def test_interrupt_call_on_a_pool_thread(two_workers: list[int]) -> None:
+def test_interrupt_call_on_a_pool_thread(two_workers: list[int], tmp_path: Path) -> None:
     w = two_workers[0]
     gate = Future(w)
-    first = remotecall(lambda g: g.fetch(), w, gate)  # occupies a thread, waits
-    time.sleep(0.2)
-    busy = remotecall(h.busy_loop, w, 30)
-    time.sleep(0.3)
+    waiting, looping = str(tmp_path / "waiting"), str(tmp_path / "looping")
+    # occupies a thread, waits
+    first = remotecall(h.touch_then, w, waiting, lambda g: g.fetch(timeout=30), gate)
+    _wait_file(waiting)
+    busy = remotecall(h.touch_then, w, looping, h.busy_loop, 30)  # on a pool thread
+    _wait_file(looping)
     interrupt(w)
     with pytest.raises(RemoteException) as info:
         busy.fetch(timeout=10)
@@ -189,21 +210,23 @@ def test_rmprocs_busy_worker(add_workers) -> None:  # type: ignore[no-untyped-de
     assert not is_alive(ospid)
 
 
-def test_rmprocs_escalates_to_kill(add_workers) -> None:  # type: ignore[no-untyped-def]
+def test_rmprocs_escalates_to_kill(add_workers, tmp_path) -> None:  # type: ignore[no-untyped-def]
     (w,) = add_workers(1)
     ospid = _ospid(w)
-    remotecall(h.hold_gil, w, 10**11)  # the worker's reader thread cannot run
-    time.sleep(0.3)
+    running = str(tmp_path / "running")
+    remotecall(h.touch_then, w, running, h.hold_gil, 10**11)  # its reader thread cannot run
+    _wait_file(running)
     start = time.monotonic()
     rmprocs([w], waitfor=6)
     assert time.monotonic() - start < 6
     assert w not in workers() and not is_alive(ospid)
 
 
-def test_rmprocs_timeout(add_workers) -> None:  # type: ignore[no-untyped-def]
+def test_rmprocs_timeout(add_workers, tmp_path) -> None:  # type: ignore[no-untyped-def]
     (w,) = add_workers(1)
-    remotecall(h.hold_gil, w, 10**11)
-    time.sleep(0.3)
+    running = str(tmp_path / "running")
+    remotecall(h.touch_then, w, running, h.hold_gil, 10**11)
+    _wait_file(running)
     ospid = _ospid(w)
     with pytest.raises(TimeoutError, match="killed"):
         rmprocs(w, waitfor=0.01)
@@ -244,14 +267,15 @@ def test_worker_output_is_relayed(
     w = two_workers[0]
     remotecall_fetch(h.say, w, "hello out")
     remotecall_fetch(h.say, w, "hello err", "stderr")
-    deadline = time.monotonic() + 5
     out = err = ""
-    while time.monotonic() < deadline:
+
+    def relayed() -> bool:
+        nonlocal out, err
         o, e = capfd.readouterr()
         out, err = out + o, err + e
-        if f"From worker {w}:\thello out" in out and f"From worker {w}:\thello err" in err:
-            break
-        time.sleep(0.05)
+        return f"From worker {w}:\thello out" in out and f"From worker {w}:\thello err" in err
+
+    wait_until(relayed, timeout=5, interval=0.05, what="the worker's output to be relayed")
     assert f"From worker {w}:\thello out" in out
     assert f"From worker {w}:\thello err" in err
 
@@ -289,14 +313,15 @@ def _on_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def test_back_to_back_calls_run_on_the_main_thread(two_workers: list[int]) -> None:
+def test_back_to_back_calls_run_on_the_main_thread(two_workers: list[int], tmp_path: Path) -> None:
     """The answer of one call must not beat the main thread back to idle (interruptible)."""
     w = two_workers[0]
     assert all(remotecall_fetch(_on_main, w) for _ in range(300))
-    for _ in range(5):
+    for i in range(5):
         remotecall_fetch(_on_main, w)
-        fut = remotecall(h.sleep_then, w, 10)
-        time.sleep(0.05)
+        running = str(tmp_path / f"running-{i}")
+        fut = remotecall(h.touch_then, w, running, h.sleep_then, 10)
+        _wait_file(running)
         start = time.monotonic()
         interrupt(w)
         with pytest.raises(RemoteException):
@@ -307,13 +332,15 @@ def test_back_to_back_calls_run_on_the_main_thread(two_workers: list[int]) -> No
 def test_nested_self_call_keeps_the_worker_concurrent(two_workers: list[int]) -> None:
     w = two_workers[0]
     gate = Future(w)
+    started = Future()
 
     def nested_then_wait(g: Future) -> object:
         remotecall_fetch(myid, myid())  # a call to itself, on the main thread
-        return g.fetch()
+        started.put(True)
+        return g.fetch(timeout=30)
 
     first = remotecall(nested_then_wait, w, gate)
-    time.sleep(0.2)
+    started.wait(timeout=10)
     assert remotecall_fetch(h.add, w, 2, 2) == 4  # not queued behind the blocked call
     gate.put("go")
     assert first.fetch(timeout=10) == "go"

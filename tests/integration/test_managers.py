@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import threading
-import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +24,7 @@ from pydistributed import (
     rmprocs,
     workers,
 )
-from tests.conftest import end_workers, is_alive
+from tests.conftest import end_workers, is_alive, wait_until
 from tests.integration import _helpers as h
 
 
@@ -100,9 +100,12 @@ def _kill(procs: list[Any]) -> None:
         if p.poll() is None:
             p.kill()
         p.wait(10)
+        for stream in (p.stdin, p.stdout, p.stderr):
+            if stream is not None:
+                stream.close()
 
 
-def test_custom_manager_life_cycle() -> None:
+def test_custom_manager_life_cycle(tmp_path: Path) -> None:
     m = RecordingManager(2)
     pids = addprocs(m, tag="x", dir=None)
     try:
@@ -111,17 +114,21 @@ def test_custom_manager_life_cycle() -> None:
         assert [remotecall_fetch(myid, p) for p in pids] == pids
         assert sorted(p for p, op in m.ops if op == "register") == pids
         # interrupt goes through manage(...,"interrupt"), whose default reaches the worker
-        fut = remotecall(h.sleep_then, pids[0], 30)
-        time.sleep(0.3)
+        running = str(tmp_path / "running")
+        fut = remotecall(h.touch_then, pids[0], running, h.sleep_then, 30)
+        wait_until(lambda: os.path.exists(running), what="the call to start")
         interrupt(pids[0])
         with pytest.raises(Exception, match="InterruptException"):
             fut.fetch(timeout=10)
         assert (pids[0], "interrupt") in m.ops
         rmprocs(pids, waitfor=10)
         assert all(p not in workers() for p in pids)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not all((p, "finalize") in m.ops for p in pids):
-            time.sleep(0.05)
+        wait_until(
+            lambda: all((p, "finalize") in m.ops for p in pids),
+            timeout=5,
+            interval=0.05,
+            what="the manager to finalize the workers",
+        )
         for p in pids:
             assert (p, "deregister") in m.ops and (p, "finalize") in m.ops
         assert all(not is_alive(proc.pid) for proc in m.procs)
@@ -202,7 +209,9 @@ class CustomTransportManager(ClusterManager):
 
         s = socket.create_connection(("127.0.0.1", config.userdata["port"]), timeout=10)
         s.settimeout(None)
-        return s.makefile("rb"), s.makefile("wb")
+        streams = s.makefile("rb"), s.makefile("wb")
+        s.close()  # the socket closes when both streams are closed
+        return streams
 
 
 def test_custom_transport_with_init_worker_and_process_messages() -> None:

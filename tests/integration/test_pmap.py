@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 from pydistributed import (
+    Channel,
     ProcessExitedException,
+    RemoteChannel,
     RemoteException,
     Task,
     addprocs,
@@ -31,7 +33,7 @@ from pydistributed.backoff import ExponentialBackOff
 from pydistributed.cluster import current_cluster
 from pydistributed.pmap import INTERRUPT_GRACE, pmap
 from pydistributed.workerpool import CachingPool, WorkerPool
-from tests.conftest import end_workers, worker_table
+from tests.conftest import end_workers, in_thread, wait_until, worker_table
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -192,21 +194,31 @@ def test_pmap_zips_several_iterables(shared: list[int]) -> None:
 
 def test_pmap_reads_a_generator_lazily(shared: list[int]) -> None:
     consumed: list[int] = []
+    done = RemoteChannel(lambda: Channel(100))
 
     def gen() -> Iterator[int]:
         for i in range(20):
             consumed.append(i)
             yield i
 
-    task = Task(pmap, lambda x: time.sleep(0.1) or x, gen()).start()
-    time.sleep(0.35)  # about 3 elements done per worker by now, of 20
+    def slow(x: int) -> int:
+        time.sleep(0.1)
+        done.put(x)
+        return x
+
+    task = Task(pmap, slow, gen()).start()
+    for _ in range(6):  # about 3 elements done per worker, of 20
+        done.take(timeout=T)
     seen = len(consumed)
     assert task.fetch(timeout=T) == list(range(20))
     assert seen <= 12, seen  # a few per worker read ahead, not the whole input
     # batches too: an unknown length is read a bounded amount ahead
     consumed.clear()
-    task = Task(pmap, lambda x: time.sleep(0.1) or x, gen(), batch_size=2).start()
-    time.sleep(0.35)
+    while done.isready():
+        done.take(timeout=T)
+    task = Task(pmap, slow, gen(), batch_size=2).start()
+    for _ in range(6):
+        done.take(timeout=T)
     seen = len(consumed)
     assert task.fetch(timeout=T) == list(range(20))
     assert seen <= 16, seen
@@ -486,21 +498,43 @@ def test_pmap_on_a_worker_with_a_pool_from_home(shared: list[int]) -> None:
 # -- Ctrl-C ----------------------------------------------------------------------------------
 
 
-def test_ctrl_c_interrupts_the_remote_calls(shared: list[int]) -> None:
+def test_ctrl_c_interrupts_the_remote_calls(shared: list[int], tmp_path: Path) -> None:
     main = threading.main_thread()
     assert threading.current_thread() is main
-    timer = threading.Timer(1.0, signal.pthread_kill, (main.ident, signal.SIGINT))
-    t0 = time.monotonic()
-    timer.start()
+    running = str(tmp_path)
+
+    def element(x: int) -> None:
+        open(os.path.join(running, str(x)), "w").close()  # a sign that sends no message
+        time.sleep(60)
+
+    sent: list[float] = []
+
+    def ctrl_c_once_every_worker_runs_one() -> None:
+        try:
+            wait_until(
+                lambda: len(os.listdir(running)) >= len(shared),
+                timeout=T,
+                what="every worker to run an element",
+            )
+        finally:  # whatever happened: the map must not go on for minutes
+            sent.append(time.monotonic())
+            signal.pthread_kill(main.ident, signal.SIGINT)
+
+    # Ctrl-C must raise KeyboardInterrupt here, however pytest was started (a background job
+    # of a non-interactive shell inherits SIGINT ignored)
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    ctrl_c, outcome = in_thread(ctrl_c_once_every_worker_runs_one)
     try:
         with pytest.raises(KeyboardInterrupt):
-            pmap(lambda x: time.sleep(60), range(6))
+            pmap(element, range(6))
     finally:
-        timer.cancel()
-        timer.join()
-    elapsed = time.monotonic() - t0
+        ctrl_c.join(T)
+        if handler is not None:  # None: not set from Python, nothing to put back
+            signal.signal(signal.SIGINT, handler)
+    elapsed = time.monotonic() - sent[0]
+    assert outcome == [None], outcome  # Ctrl-C came with every worker busy
     # the interrupted calls came back (pmap waits for them at most INTERRUPT_GRACE)
-    assert elapsed < 1.0 + INTERRUPT_GRACE - 0.5, elapsed
+    assert elapsed < INTERRUPT_GRACE - 0.5, elapsed
     # the cluster still answers, and the workers are free again
     assert [remotecall_fetch(myid, w) for w in shared] == shared
     assert pmap(lambda x: (x, myid()), range(4))[0][0] == 0

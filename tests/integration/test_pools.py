@@ -119,8 +119,8 @@ def test_default_pool_wakes_a_blocked_taker_when_a_worker_joins(
     got: list[int] = []
     t = threading.Thread(target=lambda: got.append(pool.take(timeout=T)))
     t.start()
-    time.sleep(0.2)
-    assert not got  # blocked: the only worker is busy
+    t.join(0.2)  # does not end: blocked, the only worker is busy
+    assert t.is_alive() and not got
     (b,) = add_workers(1)
     t.join(T)
     assert got == [b]

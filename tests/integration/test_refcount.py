@@ -12,7 +12,6 @@ import os
 import pickle
 import signal
 import sys
-import time
 import types
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +34,7 @@ from pydistributed import (
     remoteref_id,
 )
 from pydistributed.cluster import current_cluster
+from tests.conftest import wait_until
 from tests.conftest import worker_ospid as ospid
 
 AddWorkers = Callable[..., list[int]]
@@ -108,6 +108,14 @@ def keep_unpickled(name: str, blob: bytes) -> None:
     _kept[name] = pickle.loads(blob)
 
 
+def drop_a_canary(owner: int) -> RRID:
+    """Make a Future stored on ``owner`` and drop it at once; return its id."""
+    canary = Future(owner)
+    rrid = remoteref_id(canary)
+    del canary  # its release is queued here, behind every release queued here before
+    return rrid
+
+
 def pass_on(name: str, to: int) -> None:
     """Send what is kept under ``name`` to process ``to``, which keeps it too."""
     remotecall_fetch(keep, to, name, _kept[name])
@@ -135,9 +143,7 @@ def churn_channels(n: int, size: int) -> int:
             # due, so that the most memory in use at once (which the allocator may keep as
             # its high-water mark) is the same in every round.
             most = max(most, len(refs))
-            deadline = time.monotonic() + 60
-            while len(refs) > 400 and time.monotonic() < deadline:
-                time.sleep(0.002)
+            wait_until(lambda: len(refs) <= 400, timeout=60, interval=0.002, what="the releases")
     return most
 
 
@@ -183,14 +189,22 @@ def make_final_module(name: str) -> None:
 
 def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> None:
     """Poll ``check()`` until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = check()
-        if last:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout} s: {what or check}")
-        time.sleep(0.02)
+    wait_until(check, timeout=timeout, interval=0.02, what=what or repr(check))
+
+
+def releases_applied(pid: int, owner: int) -> None:
+    """Wait until ``owner`` has applied every release that ``pid`` had queued for it.
+
+    Releases go out in batches, in order, and nothing signals a batch: a canary Future made
+    for ``owner`` on ``pid`` and dropped at once is freed on ``owner`` only after them.
+    """
+    # the canary's add must reach the owner before the checks below (one connection)
+    assert pid in (1, owner)
+    rrid = drop_a_canary(owner) if pid == 1 else remotecall_fetch(drop_a_canary, pid, owner)
+    if owner == 1:
+        eventually(lambda: not stored(rrid), what="the canary released")
+    else:
+        eventually(lambda: not remotecall_fetch(stored, owner, rrid), what="the canary released")
 
 
 def table_size(pid: int) -> int:
@@ -354,7 +368,7 @@ def test_references_survive_being_sent_back_to_their_owner(two_workers: list[int
     remotecall_fetch(lambda f: f.put("set by the owner") and None, w, fut)
     remotecall_fetch(keep, w, "rc", rc)
     remotecall_fetch(drop, w, "rc")
-    time.sleep(0.2)  # several release batches
+    releases_applied(w, w)  # whatever the owner released of its own handles
     # still there for the master
     rc.put(2)
     assert rc.take(timeout=10) == 2
@@ -444,7 +458,7 @@ def test_copies_and_pickles_made_by_hand_keep_the_count(two_workers: list[int]) 
     assert copy.copy(rc) is rc and copy.deepcopy([rc])[0] is rc and copy.copy(fut) is fut
     assert pickle.loads(pickle.dumps(rc)) is rc
     assert pickle.loads(pickle.dumps(fut)) is fut
-    time.sleep(0.2)  # several release batches: nothing was released
+    releases_applied(1, w)  # nothing was released
     assert remotecall_fetch(clients, w, remoteref_id(rc)) == {1: 1}
     assert remotecall_fetch(clients, w, remoteref_id(fut)) == {1: 1}
     # a pickle made by hand and unpickled elsewhere: the receiver announces itself

@@ -34,8 +34,9 @@ from pydistributed import (
     wait,
 )
 from pydistributed.errors import ChannelClosedError
-from tests.conftest import in_thread, worker_table
+from tests.conftest import in_thread, requests_awaiting, wait_until, worker_table
 from tests.conftest import worker_ospid as ospid
+from tests.integration import _helpers as h
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -138,12 +139,9 @@ def test_unbuffered_remote_channel_is_a_rendezvous(two_workers: list[int]) -> No
     a, b = two_workers
     rc = RemoteChannel(lambda: Channel(0), a)
     putting = remotecall(put_all, b, rc, ["hello"])
-    deadline = time.monotonic() + 10
-    while not rc.isready() and time.monotonic() < deadline:  # until the putter waits there
-        time.sleep(0.02)
-    assert rc.isready()
-    time.sleep(0.3)
-    assert not putting.isready()  # no taker yet: the put does not return
+    wait_until(rc.isready, timeout=10, what="the putter to wait at the channel")
+    with pytest.raises(TimeoutError):  # no taker yet: the put does not return
+        putting.wait(timeout=0.3)
     assert rc.take(timeout=10) == "hello"
     assert putting.fetch(timeout=10) == 1
 
@@ -211,9 +209,13 @@ def test_generic_functions_accept_every_kind_of_reference(two_workers: list[int]
 def test_a_worker_blocked_in_take_still_serves(two_workers: list[int]) -> None:
     w = two_workers[0]
     rc = RemoteChannel(w)
-    blocked = remotecall(take_one, w, rc)  # on w, on its own channel
-    more = [remotecall(take_one, w, RemoteChannel(w), 30) for _ in range(10)]  # and others
-    time.sleep(0.2)
+    started = RemoteChannel(lambda: Channel(11))
+    blocked = remotecall(h.signal_then, w, started, take_one, rc)  # on w, on its own channel
+    more = [  # and others
+        remotecall(h.signal_then, w, started, take_one, RemoteChannel(w), 30) for _ in range(10)
+    ]
+    for _ in range(11):  # all of them run
+        started.take(timeout=10)
     assert not blocked.isready()
     assert remotecall_fetch(add, w, 1, 2) == 3  # it answers calls
     other = RemoteChannel(lambda: Channel(3), w)  # and serves other references
@@ -230,11 +232,15 @@ def test_a_worker_blocked_in_take_still_serves(two_workers: list[int]) -> None:
 def test_interrupting_the_owner_spares_the_operations_it_serves(two_workers: list[int]) -> None:
     owner, other = two_workers
     rc = RemoteChannel(owner)
+    before = remotecall_fetch(requests_awaiting, other, owner)
     blocked = remotecall(take_one, other, rc)  # served on the owner, for the other worker
-    time.sleep(0.3)
+    wait_until(
+        lambda: remotecall_fetch(requests_awaiting, other, owner) > before,
+        what="the take to be sent to the owner",
+    )
     interrupt(owner)  # the owner runs no call of its own: it ignores the interrupt
-    time.sleep(0.8)  # the served take wakes up (every 0.25 s) meanwhile
-    assert not blocked.isready()
+    with pytest.raises(TimeoutError):  # the served take wakes up (every 0.25 s) meanwhile
+        blocked.wait(timeout=0.8)
     rc.put("value")
     assert blocked.fetch(timeout=10) == "value"
 
@@ -266,6 +272,7 @@ def test_blocked_operations_fail_fast_when_the_owner_dies(two_workers: list[int]
     empty = RemoteChannel(doomed)
     full = RemoteChannel(doomed)
     full.put("filler")
+    here, there = requests_awaiting(doomed), remotecall_fetch(requests_awaiting, other, doomed)
     blocked = [
         in_thread(lambda: empty.take()),
         in_thread(lambda: empty.fetch()),
@@ -275,7 +282,13 @@ def test_blocked_operations_fail_fast_when_the_owner_dies(two_workers: list[int]
         in_thread(lambda: remotecall_fetch(take_one, other, empty)),
         in_thread(lambda: remotecall_fetch(put_all, other, full, [1])),
     ]
-    time.sleep(0.5)  # all of them are waiting now
+    wait_until(  # all of them are waiting now
+        lambda: (
+            requests_awaiting(doomed) >= here + 5
+            and remotecall_fetch(requests_awaiting, other, doomed) >= there + 2
+        ),
+        what="seven operations to wait on the doomed owner",
+    )
     assert all(not out for _, out in blocked)
     start = time.monotonic()
     os.kill(ospid(doomed), signal.SIGKILL)
@@ -299,13 +312,17 @@ def test_blocked_operations_fail_fast_when_the_owner_dies(two_workers: list[int]
 def test_a_dead_taker_does_not_swallow_a_later_value(two_workers: list[int]) -> None:
     doomed = two_workers[0]
     rc = RemoteChannel()  # on the master
+    before = remotecall_fetch(requests_awaiting, doomed, 1)
     remote_do(take_one, doomed, rc)  # blocks on the master, for doomed
-    time.sleep(0.3)
+    wait_until(
+        lambda: remotecall_fetch(requests_awaiting, doomed, 1) > before,
+        what="the take to be sent to the master",
+    )
     os.kill(ospid(doomed), signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while doomed in worker_table() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(1.0)  # the abandoned take gives up within 0.25 s of noticing
+    wait_until(lambda: doomed not in worker_table(), timeout=5, what="the death to be noticed")
+    # No signal marks the moment the abandoned take gives up (within refops.POLL = 0.25 s of
+    # noticing): the test is about a value put after that.
+    time.sleep(1.0)
     rc.put("for the living")
     time.sleep(0.3)  # time enough for an abandoned take to grab it
     assert rc.isready()
