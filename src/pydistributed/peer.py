@@ -317,7 +317,8 @@ class Peer:
                 self._role = me
             finally:
                 self._takers -= 1
-        outer = scope.bound(self.owner)
+        state = scope.state  # bound to our cluster while this thread reads for it
+        outer, state.owner = state.owner, self.owner
         try:
             while not done() and not self.closed:
                 try:
@@ -330,7 +331,7 @@ class Peer:
                 except (OSError, ValueError) as e:
                     self.close(f"connection lost: {e}")
         finally:
-            scope.bind(outer)
+            state.owner = outer
             with cond:
                 self._role = None
                 self._parked_at = time.monotonic()

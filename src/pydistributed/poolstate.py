@@ -130,7 +130,7 @@ class PoolState:
                     self.cond.notify_all()  # a taker may now find the pool empty
 
     def take(self, timeout: float | None) -> int:
-        deadline = timeouts.deadline(timeout)
+        deadline = None if timeout is None else timeouts.deadline(timeout)
         with self.cond:
             while True:
                 self._refresh()

@@ -7,9 +7,12 @@ call to it raises ``ProcessExitedException`` instead of "no such process", and a
 that names it does not bring it back.
 
 Readers never touch the sets themselves: they ask :meth:`Registry.is_alive`,
-:meth:`Registry.worker_ids` and the like, which take the lock. :attr:`Registry.epoch` grows by
-one on every change of membership (a join, an exit), so that a reader that caches a view of the
-table (the default worker pool) can tell cheaply whether it is stale.
+:meth:`Registry.worker_ids` and the like. Writers take the lock; a query that is one lookup in
+a dict or a set (``is_alive``, ``is_dead``, ``get``) does not, since such a lookup is atomic
+and a pool asks it twice per call of a ``pmap``; a query that walks the table takes the lock.
+:attr:`Registry.epoch` grows by one on every change of membership (a join, an exit), so that a
+reader that caches a view of the table (the default worker pool) can tell cheaply whether it is
+stale.
 """
 
 from __future__ import annotations
@@ -95,8 +98,7 @@ class Registry:
     # -- queries ---------------------------------------------------------------------------
 
     def get(self, pid: int) -> WorkerInfo | None:
-        with self._lock:
-            return self._workers.get(pid)
+        return self._workers.get(pid)
 
     def infos(self) -> list[WorkerInfo]:
         """A snapshot of the table's entries."""
@@ -105,15 +107,13 @@ class Registry:
 
     def is_alive(self, pid: int) -> bool:
         """Whether ``pid`` is this process, the master, or a worker in the table (not gone)."""
-        with self._lock:
-            if pid in self._dead:
-                return False
-            return pid == self.myid or pid == 1 or pid in self._workers
+        if pid in self._dead:
+            return False
+        return pid == self.myid or pid == 1 or pid in self._workers
 
     def is_dead(self, pid: int) -> bool:
         """Whether ``pid`` has left the cluster (for good: ids are never reused)."""
-        with self._lock:
-            return pid in self._dead
+        return pid in self._dead
 
     def was_removed(self, pid: int) -> bool:
         """Whether ``pid`` left because ``rmprocs`` removed it."""

@@ -2,8 +2,9 @@
 
 Every thread that the runtime starts for a cluster (a connection's reader thread, an executor
 thread) is bound to that cluster here, and a caller that reads its own answer binds itself while
-it reads. The code that the runtime reaches without a cluster in hand (an object being unpickled
-from a message, an owner-side operation run by a remote call) finds its cluster through
+it reads (``Peer.read_until`` sets ``state.owner`` and puts back what was there). The code
+that the runtime reaches without a cluster in hand (an object being unpickled from a message,
+an owner-side operation run by a remote call) finds its cluster through
 ``cluster.current_cluster()``, which asks this module first and falls back to the process's
 default cluster. So two clusters can live in one process (tests build them over a
 ``socketpair``) without one's messages landing in the other's tables.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-__all__ = ["bind", "bound", "owner", "state"]
+__all__ = ["bind", "owner", "state"]
 
 
 class _Scope(threading.local):
@@ -36,11 +37,3 @@ def owner() -> Any:
 def bind(obj: Any) -> None:
     """Bind this thread to ``obj`` for the rest of its life (a thread the runtime owns)."""
     _scope.owner = obj
-
-
-def bound(obj: Any) -> Any:
-    """Bind this thread to ``obj`` and return what it was bound to before (for :func:`bind`
-    to restore): ``old = bound(c); try: ... finally: bind(old)``."""
-    old = _scope.owner
-    _scope.owner = obj
-    return old
