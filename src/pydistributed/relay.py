@@ -11,6 +11,7 @@ reported with the end of its stderr. A stdout stream can also watch for the work
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import selectors
 import sys
@@ -20,6 +21,8 @@ from typing import Any
 __all__ = ["BANNER_PREFIX", "OutputRelay", "RelayedStream"]
 
 BANNER_PREFIX = "pydist_worker:"
+
+log = logging.getLogger("pydistributed")
 
 
 class RelayedStream:
@@ -149,30 +152,52 @@ class OutputRelay:
 
     def _loop(self) -> None:
         while True:
-            for key, _ in self._sel.select():
-                if key.data is None:
-                    try:
-                        os.read(self._wake_r, 4096)
-                    except BlockingIOError:
-                        pass
-                    with self._lock:
-                        new, self._new = self._new, []
-                    for fd, stream in new:
-                        self._sel.register(fd, selectors.EVENT_READ, stream)
-                    continue
-                stream = key.data
+            try:
+                self._turn()
+            except Exception:  # the relay serves every worker: it must not die
+                log.exception("the output relay failed; going on")
+
+    def _turn(self) -> None:
+        for key, _ in self._sel.select():
+            if key.data is None:
                 try:
-                    data = os.read(key.fd, 65536)
+                    os.read(self._wake_r, 4096)
                 except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""
-                if data:
-                    stream.feed(data)
-                else:
-                    self._sel.unregister(key.fd)
-                    try:
-                        stream.file.close()
-                    except OSError:
-                        pass
-                    stream.finish()
+                    pass
+                with self._lock:
+                    new, self._new = self._new, []
+                for fd, stream in new:
+                    self._register(fd, stream)
+                continue
+            stream = key.data
+            try:
+                data = os.read(key.fd, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if data:
+                stream.feed(data)
+            else:
+                self._end(key.fd, stream)
+
+    def _register(self, fd: int, stream: RelayedStream) -> None:
+        try:
+            old = self._sel.get_key(fd)
+        except KeyError:
+            pass
+        else:
+            # the number of a pipe that was closed elsewhere before its end was read here,
+            # now reused by a new worker's pipe: that stream has ended (and its file must not
+            # be closed again: the number is the new pipe's now)
+            self._end(fd, old.data, close=False)
+        self._sel.register(fd, selectors.EVENT_READ, stream)
+
+    def _end(self, fd: int, stream: RelayedStream, close: bool = True) -> None:
+        self._sel.unregister(fd)
+        if close:
+            try:
+                stream.file.close()
+            except (OSError, ValueError):
+                pass
+        stream.finish()
