@@ -26,10 +26,13 @@ class BufferPool:
 
     Fresh memory costs the kernel a page fault and a zero-fill per 4 KiB page: on this kind of
     machine receiving 100 MB into new memory takes several times longer than into memory
-    that is already mapped. So a frame's memory is a ``memfd``, mapped with ``MAP_POPULATE``;
-    when the last object using it (a numpy array, say) is freed, a weak reference hands the
-    ``memfd`` back, and the next large frame maps the same pages again in one step. At most
-    ``max_cached`` bytes are kept; idle memory is given back by :meth:`trim`.
+    that is already mapped. So a frame's memory is a ``memfd``; when the last object using it
+    (a numpy array, say) is freed, a weak reference hands the ``memfd`` back, and the next large
+    frame maps the same pages again in one step (``MAP_POPULATE``: they exist already). A fresh
+    ``memfd`` is mapped without committing anything: the reader commits it a chunk at a time as
+    the data arrives (``transport._read_into``), so a peer that declares a huge frame and sends
+    nothing costs no memory. At most ``max_cached`` bytes are kept; idle memory is given back by
+    :meth:`trim`.
 
     The weak-reference callback only appends to a deque (it can run on any thread, inside any
     lock); the bookkeeping happens in :meth:`get` and :meth:`trim`.
@@ -60,7 +63,9 @@ class BufferPool:
             if best is not None:
                 cap, fd = self._free.pop(best)
                 self._cached -= cap
+        flags = mmap.MAP_SHARED | mmap.MAP_POPULATE  # reused: its pages exist, map them all
         if fd < 0:
+            flags = mmap.MAP_SHARED  # fresh: committed as the data arrives
             cap = size
             try:
                 fd = os.memfd_create("pydist-frame", os.MFD_CLOEXEC)
@@ -70,7 +75,7 @@ class BufferPool:
                     os.close(fd)
                 return mmap.mmap(-1, size)
         try:
-            buf = _PooledBuffer(fd, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+            buf = _PooledBuffer(fd, size, flags=flags)
         except OSError:
             os.close(fd)
             raise

@@ -25,6 +25,7 @@ the runtime keep per-cluster state in a :class:`ClusterVar`.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -32,8 +33,9 @@ from typing import Any, Generic, TypeVar
 from . import scope
 from .buffers import BufferPool
 from .calls import Calls
-from .connections import Connections, authenticate_incoming
+from .connections import Connections
 from .dispatch import Dispatcher
+from .errors import AuthenticationError, ProtocolError
 from .execution import Executor
 from .handshake import check_cookie, random_cookie
 from .lifecycle import Lifecycle
@@ -53,6 +55,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger("pydistributed")
 
 
 class Cluster:
@@ -134,8 +138,10 @@ class Cluster:
 
         def serve() -> None:
             scope.bind(self)
-            first = authenticate_incoming(reader, writer, self.cookie)
-            self.connections.serve(reader, writer, first)
+            try:
+                self.connections.serve_streams(reader, writer)
+            except (AuthenticationError, ProtocolError, OSError, EOFError) as e:
+                log.warning("refused a connection of a custom transport: %s", e)
 
         threading.Thread(target=serve, name="pydist-custom-transport", daemon=True).start()
 

@@ -249,5 +249,7 @@ def decode(frames: list[Any]) -> Message:
         if not isinstance(body, tuple) or len(body) != len(cls.BODY):
             raise ProtocolError(f"a {cls.__name__} body has {len(cls.BODY)} fields")
         return cls(*header.values(), *body)
-    except Exception as e:
+    except BaseException as e:
+        # anything unpickling raises, SystemExit and KeyboardInterrupt from a __reduce__
+        # included, is this message's failure, not the connection's nor the process's
         raise DecodeError(tag, header, e) from e

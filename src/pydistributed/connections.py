@@ -24,6 +24,7 @@ installed (a duplicate closed).
 
 from __future__ import annotations
 
+import hmac
 import logging
 import socket
 import threading
@@ -32,32 +33,56 @@ from collections.abc import Callable
 from typing import Any
 
 from . import codec, sockets, transport
-from .errors import AuthenticationError, ProcessExitedException, ProtocolError
-from .handshake import client_handshake, server_handshake
-from .managers.base import ClusterManager, WorkerConfig
+from .errors import ProcessExitedException, ProtocolError
+from .handshake import Session, client_handshake, server_handshake
+from .listener import Listener
+from .managers.base import ClusterManager, WorkerConfig, overrides
 from .messages import Identify, JoinPGRP, Message
 from .peer import Peer
 from .registry import Registry
 
-__all__ = ["HANDSHAKE_TIMEOUT", "Connections", "authenticate_incoming"]
+__all__ = ["HANDSHAKE_TIMEOUT", "Connections", "authenticate_incoming", "read_first"]
 
 log = logging.getLogger("pydistributed")
 
 HANDSHAKE_TIMEOUT = 10.0
+PAIR_KEY_WAIT = 10.0  # how long a worker waits to hear of a new worker that connects to it
 _FIRST_MESSAGE_LIMIT = 1 << 20  # JoinPGRP or Identify: small, and read before trusting much
 
 
-def authenticate_incoming(reader: Any, writer: Any, cookie: str) -> Message:
-    """The accepting side: run the server handshake, then read the first message.
+Macs = tuple[transport.FrameMac, transport.FrameMac]
+
+
+def session_macs(session: Session) -> Macs:
+    """The (outgoing, incoming) frame authentication of a handshake's session."""
+    return transport.FrameMac(session.key_out), transport.FrameMac(session.key_in)
+
+
+def read_first(reader: Any, mac_in: transport.FrameMac | None) -> Message:
+    """The first message of an authenticated incoming connection (small: bounded)."""
+    return codec.decode(transport.read_message(reader, _FIRST_MESSAGE_LIMIT, None, mac_in))
+
+
+def identity_proof(key: bytes, transcript: bytes) -> bytes:
+    """What a worker sends in ``Identify``: proof that it knows the secret it shares with the
+    worker it connects to, bound to this connection's handshake."""
+    return hmac.digest(key, b"identify" + transcript, "sha256")
+
+
+def authenticate_incoming(reader: Any, writer: Any, cookie: str) -> tuple[Message, Session, Macs]:
+    """The accepting side over two blocking streams (a custom transport): run the server
+    handshake, then read the first message. Returns it, the handshake's session and the
+    connection's frame MACs (the incoming one has counted the first message).
 
     Raises:
         AuthenticationError: the peer does not know the cookie, or speaks another version.
-        ProtocolError: the first message is garbled or too large.
+        ProtocolError: the first message is garbled, too large or not authentic.
         EOFError, OSError: the connection broke or timed out.
     """
     read_exact, write = transport.handshake_io(reader, writer)
-    server_handshake(read_exact, write, cookie)
-    return codec.decode(transport.read_message(reader, limit=_FIRST_MESSAGE_LIMIT))
+    session = server_handshake(read_exact, write, cookie)
+    macs = session_macs(session)
+    return read_first(reader, macs[1]), session, macs
 
 
 def _ignore_lost(peer: Peer, reason: str) -> None:
@@ -115,6 +140,7 @@ class Connections:
         self._lock = threading.Lock()
         self._peers: dict[int, Peer] = {}
         self._connect_locks: dict[int, threading.Lock] = {}
+        self.listener: Listener | None = None
 
     # -- the table -------------------------------------------------------------------------
 
@@ -211,9 +237,11 @@ class Connections:
 
     def _dial(self, pid: int, config: WorkerConfig) -> Peer:
         """Worker to worker: connect, authenticate, identify ourselves, start reading."""
-        instream, outstream = self.manager.connect(pid, config)
-        peer = self.open(pid, instream, outstream)
-        peer.send(Identify(self.registry.myid))
+        key = self.registry.pair_key(pid)
+        if key is None:
+            raise ValueError(f"process {self.registry.myid} has no key to prove itself to {pid}")
+        peer = self.connect(pid, config, self.manager)
+        peer.send(Identify(self.registry.myid, identity_proof(key, peer.transcript)))
         kept = self.install(pid, peer)
         if kept is not peer:
             # it connected to us meanwhile: keep one connection per pair, so that what this
@@ -225,19 +253,46 @@ class Connections:
 
     # -- opening ---------------------------------------------------------------------------
 
-    def open(self, pid: int, instream: Any, outstream: Any) -> Peer:
+    def connect(self, pid: int, config: WorkerConfig, manager: ClusterManager) -> Peer:
+        """Connect to worker ``pid`` as ``config`` says; a Peer, authenticated, not reading.
+
+        On this host, when ``manager`` leaves ``connect`` to the default, the connection goes
+        through the worker's Unix-socket twin, and only to the expected process
+        (``config.ospid``, when known); elsewhere, or without a twin, through
+        ``manager.connect`` (TCP by default).
+
+        Raises:
+            AuthenticationError: the other side does not know the cookie, or is not the
+                expected process.
+            EOFError, OSError: the connection failed or timed out.
+        """
+        host, port = config.host, config.port
+        if config.connect_at is not None:
+            host, port = config.connect_at
+        if host is not None and port is not None and not overrides(manager, "connect"):
+            sock = sockets.connect_local(
+                self.cookie, host, int(port), HANDSHAKE_TIMEOUT, expect_pid=config.ospid
+            )
+            if sock is not None:
+                reader, writer = sockets.socket_streams(sock)
+                return self.open(pid, reader, writer, local=True)
+        instream, outstream = manager.connect(pid, config)
+        return self.open(pid, instream, outstream)
+
+    def open(self, pid: int, instream: Any, outstream: Any, *, local: bool = False) -> Peer:
         """The connecting side: authenticate over the two streams; a Peer, not yet reading.
+
+        ``local``: the streams are a checked local socket, whose frames need no MAC.
 
         Raises:
             AuthenticationError: the other side does not know the cookie.
             EOFError, OSError: the connection broke or timed out.
         """
-        read_exact, write = transport.handshake_io(instream, outstream)
         sock = getattr(outstream, "sock", None)
-        if sock is not None:
-            sock.settimeout(HANDSHAKE_TIMEOUT)
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+        read_exact, write = transport.handshake_io(instream, outstream, sock, deadline)
         try:
-            client_handshake(read_exact, write, self.cookie)
+            session = client_handshake(read_exact, write, self.cookie)
         except BaseException:
             try:
                 transport.as_frame_writer(outstream).close()
@@ -246,9 +301,20 @@ class Connections:
             raise
         if sock is not None:
             sock.settimeout(None)
-        return self._make(instream, outstream, pid, sock)
+        macs = None if local else session_macs(session)
+        return self._make(instream, outstream, pid, sock, session, macs)
 
-    def _make(self, reader: Any, writer: Any, pid: int | None, sock: Any) -> Peer:
+    def _make(
+        self,
+        reader: Any,
+        writer: Any,
+        pid: int | None,
+        sock: Any,
+        session: Session,
+        macs: Macs | None,
+    ) -> Peer:
+        """A Peer over an authenticated connection; ``macs``: its frame authentication (None on
+        a checked local socket)."""
         peer = Peer(
             reader,
             writer,
@@ -257,9 +323,11 @@ class Connections:
             sock=sock,
             alloc=self._alloc,
             owner=self._owner,
+            macs=macs,
         )
         peer.shield = self._shield
         peer.unshield = self._unshield
+        peer.transcript = session.transcript
         return peer
 
     def _announce(self, peer: Peer, refs: list[Any]) -> None:
@@ -285,59 +353,78 @@ class Connections:
     # -- accepting (workers) ---------------------------------------------------------------
 
     def listen(self, host: str, port: int) -> tuple[str, int]:
-        """Accept connections on ``host:port`` (and its Unix-socket twin); the address that
-        others should dial (a wildcard host becomes this host's address)."""
+        """Accept connections on ``host:port`` and its Unix-socket twin; the address that
+        others should dial (a wildcard host becomes this host's address).
+
+        Raises:
+            OSError: a listener cannot be made (the port, or the twin's name, is taken).
+        """
         sock = sockets.listen_tcp(host, port)
         if host in ("0.0.0.0", "", "::"):
             host = sockets.primary_ip()
         address = (host, int(sock.getsockname()[1]))
-        self._accept_on(sock, "pydist-accept")
-        local = sockets.listen_local(host, address[1])
+        try:
+            local = sockets.listen_local(self.cookie, host, address[1])
+        except OSError:
+            sock.close()
+            raise
+        if self.listener is None:
+            self.listener = Listener(lambda: self.cookie, self._accepted)
+        self.listener.add(sock, local=False)
         if local is not None:
-            self._accept_on(local, "pydist-accept-local")
+            self.listener.add(local, local=True)
         return address
 
-    def _accept_on(self, sock: socket.socket, name: str) -> None:
-        threading.Thread(target=self._accept_loop, args=(sock,), name=name, daemon=True).start()
+    def _accepted(self, sock: socket.socket, session: Session, local: bool, addr: Any) -> None:
+        """The listener's hand-off of an authenticated connection: serve it on a thread."""
+        threading.Thread(
+            target=self._serve_accepted,
+            args=(sock, session, local, addr),
+            name="pydist-incoming",
+            daemon=True,
+        ).start()
 
-    def _accept_loop(self, sock: socket.socket) -> None:
-        while True:
-            try:
-                conn, addr = sock.accept()
-            except OSError as e:
-                log.error("accept failed: %s", e)
-                time.sleep(0.1)
-                continue
-            threading.Thread(
-                target=self._serve_incoming, args=(conn, addr), name="pydist-incoming", daemon=True
-            ).start()
-
-    def _serve_incoming(self, conn: socket.socket, addr: Any) -> None:
+    def _serve_accepted(
+        self, sock: socket.socket, session: Session, local: bool, addr: Any
+    ) -> None:
+        reader, writer = sockets.socket_streams(sock)
+        peer = self._make(
+            reader, writer, None, sock, session, None if local else session_macs(session)
+        )
         try:
-            remote = bool(addr) and not isinstance(addr, str) and not sockets.is_loopback(addr[0])
-            sockets.set_socket_options(conn, remote=remote)
-            conn.settimeout(HANDSHAKE_TIMEOUT)
-            reader, writer = sockets.socket_streams(conn)
-            first = authenticate_incoming(reader, writer, self.cookie)
-            conn.settimeout(None)
-        except (AuthenticationError, ProtocolError, OSError, EOFError) as e:
-            log.warning("refused a connection from %s: %s", addr, e)
-            try:
-                conn.close()
-            except OSError:
-                pass
+            sock.settimeout(HANDSHAKE_TIMEOUT)
+            first = read_first(reader, peer.mac_in)
+            sock.settimeout(None)
+        except (ProtocolError, OSError, EOFError) as e:
+            log.warning("dropped a connection from %s: %s", addr or "the local socket", e)
+            peer.close(f"dropped: {e}")
             return
-        self.serve(reader, writer, first, sock=conn)
+        self.serve(peer, first)
 
-    def serve(self, reader: Any, writer: Any, first: Message, sock: Any = None) -> None:
+    def serve_streams(self, reader: Any, writer: Any) -> None:
+        """Authenticate and serve, on this thread, a connection of a custom transport that the
+        master opened (``process_messages``); returns when it closes."""
+        first, session, macs = authenticate_incoming(reader, writer, self.cookie)
+        self.serve(self._make(reader, writer, None, None, session, macs), first)
+
+    def serve(self, peer: Peer, first: Message) -> None:
         """Serve, on this thread, an authenticated incoming connection that opened with
         ``first``; returns when it closes."""
-        peer = self._make(reader, writer, None, sock)
         if isinstance(first, JoinPGRP):
             if not self.on_join(peer, first):
                 peer.close("refused")
                 return
         elif isinstance(first, Identify):
+            key = self.registry.pair_key(first.pid, timeout=PAIR_KEY_WAIT)
+            if key is None or not hmac.compare_digest(
+                first.proof, identity_proof(key, peer.transcript)
+            ):
+                log.warning(
+                    "refused a connection that claimed to be process %s but could not prove it",
+                    first.pid,
+                )
+                peer.close("refused: no proof of identity")
+                return
             peer.pid = first.pid
             self.install(first.pid, peer)
         else:

@@ -1,29 +1,41 @@
-"""The cookie handshake that opens every connection, and the cookie itself.
+"""The cookie handshake that opens every connection, the session keys it derives, and the cookie.
 
-Both sides prove that they know the cluster cookie without sending it (the model is
-``multiprocessing.connection``'s challenge/response, made mutual), then compare versions.
-The side that opened the connection is the *client*, the other the *server*:
+Both sides prove that they know the cluster cookie without sending it, the connecting side
+(the *client*) first, so that a process that does not know the cookie learns nothing it could
+test guesses against; then they compare versions and derive keys for this connection alone::
 
-1. client -> server: ``MAGIC`` (8 bytes) + a random challenge ``Cc`` (32 bytes).
-2. server -> client: ``MAGIC`` + ``HMAC-SHA256(cookie, b"server" + Cc)`` (32 bytes) + a random
-   challenge ``Cs`` (32 bytes).
-3. The client checks the digest (``hmac.compare_digest``); on a mismatch it drops the connection
-   and raises :class:`AuthenticationError`. Otherwise client -> server:
-   ``HMAC-SHA256(cookie, b"client" + Cs)`` + ``info``.
-4. The server checks the digest and the versions in ``info``, and answers ``b"OKAY"`` + its own
-   ``info``, or ``b"DENY"`` + a UTF-8 reason (for a wrong cookie the reason says only
-   "authentication failed"). The client checks the server's versions too.
+    client                                          server
+    ------                                          ------
+    1. MAGIC + Cc                    ------------>
+                                     <------------  2. MAGIC + Cs
+    3. HMAC(cookie, "client"|T) + info ---------->
+                                                    4. check the proof (compare_digest);
+                                                       wrong: "DENY" + "authentication
+                                                       failed", and close. Check versions.
+                                     <------------  5. "OKAY" + HMAC(cookie, "server"|T)
+                                                       + info   (or "DENY" + reason)
+    6. check the proof and the versions
 
-``info`` is a u16 length + a JSON object ``{"protocol": int, "python": "3.11"}``, at most 512
-bytes. Every read before authentication has a fixed size or a small bound; the caller sets a
-timeout on the socket, so a silent or slow peer cannot hold a server thread for long.
-A mismatch of protocol or Python minor version is refused with an error naming both sides
-(functions shipped by value need the same Python on both sides).
+``Cc`` and ``Cs`` are 32 random bytes each; ``T = Cc | Cs | binding`` is the transcript, where
+``binding`` names the channel the handshake runs on (empty, or the TLS certificates' digests,
+so that a proof made for one channel is worthless on another). ``info`` is a u16 length and a
+JSON object ``{"protocol": int, "python": "3.11"}`` of at most 512 bytes. The server sends its
+proof and its versions only to a client that has proved itself.
+
+Session keys (``Session``): ``S = HMAC(cookie, "session"|T)``; the client's frames are
+authenticated with ``HMAC(S, "client->server")``, the server's with ``HMAC(S, "server->client")``
+(``transport.FrameMac``). A relay that passes both proofs along still cannot make one frame of
+its own, nor replay one (the MAC covers a per-direction counter).
+
+The steps are written once, as generators that yield what they need (:class:`Read`) or send
+(:class:`Write`) and return the :class:`Session`, so the same code runs over a blocking stream
+(:func:`client_handshake`, :func:`server_handshake`) and inside a selector loop that serves many
+unauthenticated connections from one thread (``connections.py``). Every read has a fixed size
+or a small bound.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import os
@@ -31,33 +43,83 @@ import secrets
 import string
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
 
 from .errors import AuthenticationError
 
 __all__ = [
+    "COOKIE_MAX",
+    "COOKIE_MIN",
     "MAGIC",
     "PROTOCOL_VERSION",
+    "Read",
+    "Session",
+    "Steps",
+    "Write",
     "check_cookie",
     "client_handshake",
+    "client_steps",
     "random_cookie",
+    "run_steps",
     "server_handshake",
+    "server_steps",
 ]
 
-MAGIC = b"PYDIST\x00\x01"
-PROTOCOL_VERSION = 1
+MAGIC = b"PYDIST\x00\x02"
+PROTOCOL_VERSION = 2
 _CHALLENGE = 32
 _DIGEST = 32
 _INFO_MAX = 512
+_REASON_MAX = 1024
 COOKIE_MAX = 64
+COOKIE_MIN = 12
 _PRINTABLE = set(string.printable) - set("\t\n\r\x0b\x0c")
 
-ReadExact = Callable[[int], bytes]
-Write = Callable[[bytes], object]
+
+@dataclass(frozen=True)
+class Read:
+    """A step needs exactly ``n`` bytes from the peer."""
+
+    n: int
+
+
+@dataclass(frozen=True)
+class Write:
+    """A step sends ``data`` to the peer."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Session:
+    """What a finished handshake gives: the keys of this connection's frames.
+
+    Attributes:
+        key_out: authenticates the frames this side sends.
+        key_in: authenticates the frames this side receives.
+        transcript: ``Cc | Cs | binding``, unique to this connection (proofs of identity made
+            after the handshake are bound to it).
+        info: the peer's versions.
+    """
+
+    key_out: bytes
+    key_in: bytes
+    transcript: bytes
+    info: dict[str, Any]
+
+
+Steps = Generator["Read | Write", "bytes | None", Session]
 
 
 def check_cookie(cookie: object) -> str:
-    """Return ``cookie`` if it is valid: printable ASCII, at most 64 characters."""
+    """Return ``cookie`` if it is valid: printable ASCII, 12 to 64 characters.
+
+    Raises:
+        ValueError: it is not a str, is shorter than 12 or longer than 64 characters, or has
+            a character that is not printable ASCII.
+    """
     if not isinstance(cookie, str):
         raise ValueError(f"a cookie is a str, not {type(cookie).__name__}")
     if len(cookie) > COOKIE_MAX:
@@ -65,17 +127,22 @@ def check_cookie(cookie: object) -> str:
     bad = [c for c in cookie if c not in _PRINTABLE]
     if bad:
         raise ValueError(f"a cookie is printable ASCII without whitespace controls; got {bad[0]!r}")
+    if len(cookie) < COOKIE_MIN:
+        raise ValueError(
+            f"a cookie has at least {COOKIE_MIN} characters, not {len(cookie)}: it is the "
+            "cluster's only secret (the default, a random one, has 32)"
+        )
     return cookie
 
 
 def random_cookie() -> str:
-    """A fresh random cookie (32 alphanumeric characters)."""
+    """A fresh random cookie (32 alphanumeric characters, about 190 bits)."""
     alphabet = string.ascii_letters + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(32))
 
 
-def _digest(cookie: str, role: bytes, challenge: bytes) -> bytes:
-    return hmac.new(cookie.encode("ascii"), role + challenge, hashlib.sha256).digest()
+def _mac(key: bytes, *parts: bytes) -> bytes:
+    return hmac.digest(key, b"".join(parts), "sha256")
 
 
 def _python_version() -> str:
@@ -88,12 +155,20 @@ def _my_info() -> bytes:
     return struct.pack("!H", len(data)) + data
 
 
-def _read_info(read_exact: ReadExact) -> dict[str, object]:
-    (n,) = struct.unpack("!H", read_exact(2))
+def _read(n: int) -> Generator[Read | Write, bytes | None, bytes]:
+    """``data = yield from _read(n)``: the next ``n`` bytes from the peer."""
+    data = yield Read(n)
+    assert data is not None and len(data) == n
+    return data
+
+
+def _read_info() -> Generator[Read | Write, bytes | None, dict[str, Any]]:
+    (n,) = struct.unpack("!H", (yield from _read(2)))
     if n > _INFO_MAX:
         raise AuthenticationError(f"handshake info of {n} bytes is too long")
+    raw = yield from _read(n)
     try:
-        info = json.loads(read_exact(n).decode())
+        info = json.loads(raw.decode())
     except (UnicodeDecodeError, ValueError) as e:
         raise AuthenticationError(f"garbled handshake info: {e}") from e
     if not isinstance(info, dict):
@@ -101,7 +176,7 @@ def _read_info(read_exact: ReadExact) -> dict[str, object]:
     return info
 
 
-def _mismatch(theirs: dict[str, object], their_side: str) -> str | None:
+def _mismatch(theirs: dict[str, Any], their_side: str) -> str | None:
     mine = {"protocol": PROTOCOL_VERSION, "python": _python_version()}
     for key in ("protocol", "python"):
         if theirs.get(key) != mine[key]:
@@ -112,68 +187,128 @@ def _mismatch(theirs: dict[str, object], their_side: str) -> str | None:
     return None
 
 
-def client_handshake(read_exact: ReadExact, write: Write, cookie: str) -> dict[str, object]:
-    """Run the client's side (steps 1, 3, 5). Returns the server's info.
+def _session(cookie: bytes, transcript: bytes, info: dict[str, Any], client: bool) -> Session:
+    base = _mac(cookie, b"session", transcript)
+    c2s = _mac(base, b"client->server")
+    s2c = _mac(base, b"server->client")
+    if client:
+        return Session(key_out=c2s, key_in=s2c, transcript=transcript, info=info)
+    return Session(key_out=s2c, key_in=c2s, transcript=transcript, info=info)
+
+
+def client_steps(cookie: str, binding: bytes = b"") -> Steps:
+    """The client's side (steps 1, 3, 6).
 
     Raises:
-        AuthenticationError: the server does not know the cookie, refused us, or speaks
-            another protocol or Python version.
-        EOFError, OSError: the connection failed.
+        AuthenticationError: the peer is not a pydistributed process, refused us, does not
+            know the cookie, or speaks another protocol or Python version.
     """
-    challenge = secrets.token_bytes(_CHALLENGE)
-    write(MAGIC + challenge)
-    head = read_exact(len(MAGIC))
-    if head != MAGIC:
+    key = cookie.encode("ascii")
+    mine = secrets.token_bytes(_CHALLENGE)
+    yield Write(MAGIC + mine)
+    if (yield from _read(len(MAGIC))) != MAGIC:
         raise AuthenticationError("the peer is not a pydistributed process (bad magic)")
-    server_digest = read_exact(_DIGEST)
-    if not hmac.compare_digest(server_digest, _digest(cookie, b"server", challenge)):
-        raise AuthenticationError("the peer does not know the cluster cookie")
-    their_challenge = read_exact(_CHALLENGE)
-    write(_digest(cookie, b"client", their_challenge) + _my_info())
-    status = read_exact(4)
+    theirs = yield from _read(_CHALLENGE)
+    transcript = mine + theirs + binding
+    yield Write(_mac(key, b"client", transcript) + _my_info())
+    status = yield from _read(4)
     if status == b"DENY":
-        (n,) = struct.unpack("!H", read_exact(2))
-        reason = read_exact(min(n, 1024)).decode("utf-8", "replace")
-        raise AuthenticationError(f"connection refused by the peer: {reason}")
+        (n,) = struct.unpack("!H", (yield from _read(2)))
+        reason = yield from _read(min(n, _REASON_MAX))
+        raise AuthenticationError(
+            f"connection refused by the peer: {reason.decode('utf-8', 'replace')}"
+        )
     if status != b"OKAY":
         raise AuthenticationError("garbled handshake answer")
-    info = _read_info(read_exact)
+    proof = yield from _read(_DIGEST)
+    if not hmac.compare_digest(proof, _mac(key, b"server", transcript)):
+        raise AuthenticationError("the peer does not know the cluster cookie")
+    info = yield from _read_info()
     problem = _mismatch(info, "peer")
     if problem:
         raise AuthenticationError(problem)
-    return info
+    return _session(key, transcript, info, client=True)
 
 
-def server_handshake(read_exact: ReadExact, write: Write, cookie: str) -> dict[str, object]:
-    """Run the server's side (steps 2, 4). Returns the client's info.
+def _deny(reason: str) -> Write:
+    data = reason.encode()[:_REASON_MAX]
+    return Write(b"DENY" + struct.pack("!H", len(data)) + data)
+
+
+def server_steps(cookie: str, binding: bytes = b"") -> Steps:
+    """The server's side (steps 2, 4, 5).
 
     Raises:
-        AuthenticationError: the client sent garbage, does not know the cookie, or speaks another
-            version (it has been told why, when that is safe).
-        EOFError, OSError: the connection failed.
+        AuthenticationError: the client sent garbage, does not know the cookie, or speaks
+            another version (it has been told why when it proved the cookie, else only that
+            authentication failed).
     """
-    head = read_exact(len(MAGIC))
-    if head != MAGIC:
+    key = cookie.encode("ascii")
+    if (yield from _read(len(MAGIC))) != MAGIC:
         raise AuthenticationError("not a pydistributed client (bad magic)")
-    their_challenge = read_exact(_CHALLENGE)
-    challenge = secrets.token_bytes(_CHALLENGE)
-    write(MAGIC + _digest(cookie, b"server", their_challenge) + challenge)
-    client_digest = read_exact(_DIGEST)
-    if not hmac.compare_digest(client_digest, _digest(cookie, b"client", challenge)):
-        _deny(write, "authentication failed")
+    theirs = yield from _read(_CHALLENGE)
+    mine = secrets.token_bytes(_CHALLENGE)
+    yield Write(MAGIC + mine)
+    transcript = theirs + mine + binding
+    proof = yield from _read(_DIGEST)
+    if not hmac.compare_digest(proof, _mac(key, b"client", transcript)):
+        yield _deny("authentication failed")
         raise AuthenticationError("a client failed authentication (wrong cookie)")
-    info = _read_info(read_exact)
+    info = yield from _read_info()
     problem = _mismatch(info, "connecting client")
     if problem:
-        _deny(write, problem)
+        yield _deny(problem)
         raise AuthenticationError(problem)
-    write(b"OKAY" + _my_info())
-    return info
+    yield Write(b"OKAY" + _mac(key, b"server", transcript) + _my_info())
+    return _session(key, transcript, info, client=False)
 
 
-def _deny(write: Write, reason: str) -> None:
-    data = reason.encode()[:1024]
-    try:
-        write(b"DENY" + struct.pack("!H", len(data)) + data)
-    except OSError:
-        pass
+ReadExact = Callable[[int], bytes]
+WriteAll = Callable[[bytes], object]
+
+
+def run_steps(steps: Steps, read_exact: ReadExact, write: WriteAll) -> Session:
+    """Drive handshake ``steps`` over a blocking stream.
+
+    A write that fails while the steps are refusing the peer (a ``DENY``) does not hide the
+    refusal: the :class:`AuthenticationError` is raised all the same.
+    """
+    reply: bytes | None = None
+    while True:
+        try:
+            step = steps.send(reply)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        if isinstance(step, Read):
+            reply = read_exact(step.n)
+        else:
+            try:
+                write(step.data)
+            except OSError:
+                if not step.data.startswith(b"DENY"):
+                    raise
+            reply = None
+
+
+def client_handshake(
+    read_exact: ReadExact, write: WriteAll, cookie: str, binding: bytes = b""
+) -> Session:
+    """Run the client's side over a blocking stream; see :func:`client_steps`.
+
+    Raises:
+        AuthenticationError: as :func:`client_steps`.
+        EOFError, OSError: the connection failed or timed out.
+    """
+    return run_steps(client_steps(cookie, binding), read_exact, write)
+
+
+def server_handshake(
+    read_exact: ReadExact, write: WriteAll, cookie: str, binding: bytes = b""
+) -> Session:
+    """Run the server's side over a blocking stream; see :func:`server_steps`.
+
+    Raises:
+        AuthenticationError: as :func:`server_steps`.
+        EOFError, OSError: the connection failed or timed out.
+    """
+    return run_steps(server_steps(cookie, binding), read_exact, write)

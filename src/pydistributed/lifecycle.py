@@ -32,7 +32,9 @@ references it held are released.
 from __future__ import annotations
 
 import atexit
+import hmac
 import logging
+import secrets
 import threading
 import time
 from typing import Any
@@ -109,6 +111,14 @@ class Lifecycle:
         self._relay_lock = threading.Lock()
         self._atexit = False
         self.closing = False
+        # the pair keys: each pair of workers shares a secret that only they (and the master)
+        # know, with which a worker proves who it is to another (Identify)
+        self._pair_secret = secrets.token_bytes(32)
+
+    def pair_key(self, a: int, b: int) -> bytes:
+        """The secret that workers ``a`` and ``b`` share."""
+        lo, hi = min(a, b), max(a, b)
+        return hmac.digest(self._pair_secret, f"pair {lo} {hi}".encode(), "sha256")
 
     def _check_master(self) -> None:
         if self.registry.myid != 1:
@@ -280,36 +290,35 @@ class Lifecycle:
     ) -> int:
         """Connect to a launched worker, send it ``JoinPGRP``, wait for it to join."""
         pid = self.registry.assign_pid()
-        instream, outstream = manager.connect(pid, config)
-        peer = self.connections.open(pid, instream, outstream)
+        peer = self.connections.connect(pid, config, manager)
         info = WorkerInfo(pid, config.bind_addr or config.host, config.port, config, manager)
         topology = params["topology"]
         with self._join_lock:
             others = self.registry.admit(info)
             self.connections.install(pid, peer)
             if topology == "all_to_all":
-                table = [(w.pid, w.host or "", w.port or 0) for w in others]
+                reachable = others
             elif topology == "custom":
                 wanted = set(config.connect_idents or ())
                 ident_of = {w.pid: w.config.ident for w in others if w.config is not None}
-                table = [
-                    (w.pid, w.host or "", w.port or 0)
-                    for w in others
-                    if ident_of.get(w.pid) in wanted
-                ]
+                reachable = [w for w in others if ident_of.get(w.pid) in wanted]
             else:
-                table = []
+                reachable = []
+            table = tuple((w.pid, w.host or "", w.port or 0) for w in reachable)
+            keys = tuple((w.pid, self.pair_key(pid, w.pid)) for w in reachable)
+            # the others learn the new worker (all_to_all), or only the secret with which it
+            # proves itself when it connects to them (custom)
+            added = ((pid, info.host or "", info.port or 0),) if topology == "all_to_all" else ()
+            for w in reachable:
+                key = ((pid, self.pair_key(w.pid, pid)),)
+                self.connections.send_quietly(w.pid, PeerUpdate(added=added, keys=key))
             self.connections.start(peer)
             _, rid, slot = self.calls.request_on(
                 peer,
                 lambda rid: JoinPGRP(
-                    rid, pid, topology, bool(params["lazy"]), tuple(table), "localhost"
+                    rid, pid, topology, bool(params["lazy"]), table, "localhost", keys
                 ),
             )
-            if topology == "all_to_all":
-                update = PeerUpdate(added=((pid, info.host or "", info.port or 0),))
-                for w in others:
-                    self.connections.send_quietly(w.pid, update)
         try:
             joined = self.calls.wait_answer(peer, rid, slot, worker_timeout())
         except TimeoutError as e:

@@ -16,7 +16,7 @@ message            header                     meaning
 ``RefCount``       -                          batched add-client and delete-client notices
 ``JoinPGRP``       response_id                the master admits a worker: its id and peers
 ``JoinComplete``   response_id                the worker's answer to ``JoinPGRP``
-``Identify``       pid                        first message on a worker-to-worker connection
+``Identify``       pid                        first message worker to worker, with a proof
 ``PeerUpdate``     -                          workers that joined or left the cluster
 ``Interrupt``      -                          interrupt the calls running now
 ``Exit``           -                          exit now (``rmprocs``)
@@ -123,17 +123,19 @@ class RefCount(Message):
 
 @dataclass(frozen=True, slots=True)
 class JoinPGRP(Message):
-    """``peers``: ``(pid, host, port)`` of the workers the new one may connect to."""
+    """``peers``: ``(pid, host, port)`` of the workers the new one may connect to; ``keys``:
+    ``(pid, key)``, the secret it shares with each of them alone (see ``Identify``)."""
 
     TAG: ClassVar[int] = 7
     HEADER: ClassVar[tuple[str, ...]] = ("response_id",)
-    BODY: ClassVar[tuple[str, ...]] = ("pid", "topology", "lazy", "peers", "master_host")
+    BODY: ClassVar[tuple[str, ...]] = ("pid", "topology", "lazy", "peers", "master_host", "keys")
     response_id: int
     pid: int
     topology: str = "all_to_all"
     lazy: bool = True
     peers: tuple[tuple[int, str, int], ...] = ()
     master_host: str = ""
+    keys: tuple[tuple[int, bytes], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,17 +150,26 @@ class JoinComplete(Message):
 
 @dataclass(frozen=True, slots=True)
 class Identify(Message):
+    """``proof``: ``HMAC(key, "identify" | transcript)``, the key shared by the two workers (from
+    the master) and the transcript of this connection's handshake."""
+
     TAG: ClassVar[int] = 9
     HEADER: ClassVar[tuple[str, ...]] = ("pid",)
+    BODY: ClassVar[tuple[str, ...]] = ("proof",)
     pid: int
+    proof: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
 class PeerUpdate(Message):
+    """``added``: ``(pid, host, port)`` of workers that joined; ``keys``: ``(pid, key)`` as in
+    ``JoinPGRP``, for the worker this update goes to."""
+
     TAG: ClassVar[int] = 10
-    BODY: ClassVar[tuple[str, ...]] = ("added", "removed")
+    BODY: ClassVar[tuple[str, ...]] = ("added", "removed", "keys")
     added: tuple[tuple[int, str, int], ...] = ()
     removed: tuple[int, ...] = ()
+    keys: tuple[tuple[int, bytes], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

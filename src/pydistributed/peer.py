@@ -92,9 +92,16 @@ class Peer:
         sock: Any = None,
         alloc: Callable[[int], Any] | None = None,
         owner: Any = None,
+        macs: tuple[transport.FrameMac, transport.FrameMac] | None = None,
     ) -> None:
         self.reader = reader
         self.writer = transport.as_frame_writer(writer)
+        # the authentication of each direction (out, in), or None on a link the kernel vouches
+        # for (a checked local socket)
+        self.mac_in: transport.FrameMac | None = None
+        self.transcript = b""  # the handshake's (set by the connection table)
+        if macs is not None:
+            self.writer.mac, self.mac_in = macs
         self.pid = pid
         self.sock = sock
         self.announce = announce
@@ -198,7 +205,7 @@ class Peer:
 
     def _read_one(self) -> None:
         """Read one whole message and hand it on, on whichever thread holds the role."""
-        frames = transport.read_message(self.reader, self.limit, self.alloc)
+        frames = transport.read_message(self.reader, self.limit, self.alloc, self.mac_in)
         try:
             msg = codec.decode(frames)
         except codec.DecodeError as e:

@@ -87,7 +87,9 @@ class Registry:
         self.master_host = "localhost"  # as the master's table names it (workers only)
         self.epoch = 0
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._workers: dict[int, WorkerInfo] = {}
+        self._keys: dict[int, bytes] = {}  # a worker's: the secret it shares with each worker
         self._dead: set[int] = set()
         self._removed: set[int] = set()
         self._next_pid = 2
@@ -104,6 +106,14 @@ class Registry:
         """A snapshot of the table's entries."""
         with self._lock:
             return list(self._workers.values())
+
+    def pair_key(self, pid: int, timeout: float = 0.0) -> bytes | None:
+        """A worker: the secret it shares with worker ``pid``, waiting up to ``timeout``
+        seconds for the master to tell it (a new worker may call before the master's update
+        arrives); None if it is not known by then, or ``pid`` has left."""
+        with self._changed:
+            self._changed.wait_for(lambda: pid in self._keys or pid in self._dead, timeout)
+            return None if pid in self._dead else self._keys.get(pid)
 
     def is_alive(self, pid: int) -> bool:
         """Whether ``pid`` is this process, the master, or a worker in the table (not gone)."""
@@ -166,16 +176,26 @@ class Registry:
             others = [w for w in self._workers.values() if w.pid != info.pid]
             self._workers[info.pid] = info
             self.epoch += 1
+            self._changed.notify_all()
             return others
 
-    def learn(self, entries: tuple[tuple[int, str | None, int | None], ...]) -> None:
-        """A worker: enter the ``(pid, host, port)`` of workers it was told about (a process
-        already known to be dead stays out)."""
+    def learn(
+        self,
+        entries: tuple[tuple[int, str | None, int | None], ...],
+        keys: tuple[tuple[int, bytes], ...] = (),
+    ) -> None:
+        """A worker: enter the ``(pid, host, port)`` of workers it was told about, and the
+        ``(pid, key)`` secrets it shares with workers (a process already known to be dead stays
+        out)."""
         with self._lock:
             for pid, host, port in entries:
                 if pid not in self._dead:
                     self._workers[pid] = WorkerInfo(pid, host, port)
+            for pid, key in keys:
+                if pid not in self._dead:
+                    self._keys[pid] = key
             self.epoch += 1
+            self._changed.notify_all()
 
     def join(self, myid: int, topology: str, master_host: str) -> None:
         """A worker: take the id and settings the master gave on joining."""
@@ -198,6 +218,8 @@ class Registry:
         """``pid`` has left: out of the table, dead for good. Its entry, if it had one."""
         with self._lock:
             info = self._workers.pop(pid, None)
+            self._keys.pop(pid, None)
             self._dead.add(pid)
             self.epoch += 1
+            self._changed.notify_all()
             return info

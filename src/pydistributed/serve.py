@@ -108,7 +108,7 @@ class Server:
         # this worker is in its own table too (Julia lists the local process), with the
         # address it listens at, if any (a worker on a custom transport has none)
         host, port = self.address if self.address is not None else (None, None)
-        reg.learn((*msg.peers, (msg.pid, host, port)))
+        reg.learn((*msg.peers, (msg.pid, host, port)), msg.keys)
         self.joined.set()
         peer.send(JoinComplete(msg.response_id, os.getpid(), socket.gethostname()))
         if msg.topology in ("all_to_all", "custom") and not msg.lazy:
@@ -124,8 +124,8 @@ class Server:
 
     def on_peer_update(self, peer: Peer, msg: PeerUpdate) -> None:
         """Workers joined or left: learn the new ones, forget the ones that left."""
-        if msg.added:
-            self.registry.learn(msg.added)
+        if msg.added or msg.keys:
+            self.registry.learn(msg.added, msg.keys)
         for pid in msg.removed:
             self.registry.remove(pid)
             self.connections.drop(pid, "removed from the cluster")

@@ -1,31 +1,42 @@
 """Sockets: listening, connecting, socket options, and the Unix-socket twin of a local listener.
 
-A worker listens on TCP and, on Linux, also on an abstract Unix socket named after that TCP
-address (``listen_local``); a process connecting to a loopback address tries the twin first
-(``connect``) and falls back to TCP. A loopback Unix-socket round trip costs about half a TCP
+A worker listens on TCP and, on Linux, also on an abstract Unix socket whose name only holders
+of the cookie can compute (``listen_local``); a process connecting to a loopback address tries
+the twin first (``connect_local``) and falls back to TCP when there is none. Each side of a
+local connection checks the other's credentials with ``SO_PEERCRED`` (same user; the expected
+process when it is known). A loopback Unix-socket round trip costs about half a TCP
 one here, and bulk data moves faster. Every TCP socket gets ``TCP_NODELAY``; one that may cross
 a network also gets keepalive and ``TCP_USER_TIMEOUT`` (``set_socket_options``).
 """
 
 from __future__ import annotations
 
+import hmac
+import os
 import socket
+import struct
 import sys
 from typing import Any
 
+from .errors import AuthenticationError
 from .transport import SocketReader, SocketWriter
 
 __all__ = [
-    "connect",
+    "PeerCheckError",
+    "check_peer",
     "connect_local",
     "connect_tcp",
     "is_loopback",
     "listen_local",
     "listen_tcp",
+    "local_name",
+    "peer_credentials",
     "primary_ip",
     "set_socket_options",
     "socket_streams",
 ]
+
+_CREDS = struct.Struct("3i")
 
 
 def set_socket_options(sock: socket.socket, *, remote: bool = False) -> None:
@@ -61,49 +72,99 @@ def primary_ip() -> str:
         return "127.0.0.1"
 
 
-def _local_name(host: str, port: int) -> str:
-    # an abstract Unix socket name (Linux): no file to clean up, gone with its listener
-    return f"\0pydistributed-{host}-{port}"
+def local_name(secret: str, host: str, port: int) -> str:
+    """The abstract Unix-socket name of the twin of ``host:port`` (Linux).
+
+    Derived from the cluster cookie, so that nobody without the cookie can know it, and so
+    cannot bind it first to stand in for the worker; an abstract name needs no file and goes
+    with its listener.
+    """
+    digest = hmac.digest(secret.encode("ascii"), f"local socket {host}:{port}".encode(), "sha256")
+    return "\0pydistributed-" + digest[:16].hex()
 
 
-def listen_local(host: str, port: int) -> socket.socket | None:
-    """A Unix-socket twin of the TCP listener ``host:port`` (Linux), or None.
+def _local_supported() -> bool:
+    return sys.platform.startswith("linux") and hasattr(socket, "AF_UNIX")
+
+
+class PeerCheckError(AuthenticationError):
+    """The process at the other end of a local socket is not the one expected."""
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """``(pid, uid, gid)`` of the process at the other end of a Unix socket (``SO_PEERCRED``)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
+    pid, uid, gid = _CREDS.unpack(raw)
+    return pid, uid, gid
+
+
+def check_peer(sock: socket.socket, expect_pid: int | None = None) -> None:
+    """Accept the other end of a Unix socket only if it runs as this process's user (and is
+    process ``expect_pid`` when given).
+
+    Raises:
+        PeerCheckError: it is someone else.
+    """
+    pid, uid, _ = peer_credentials(sock)
+    if uid != os.getuid():
+        raise PeerCheckError(
+            f"the process at the other end of the local socket (os pid {pid}) runs as uid "
+            f"{uid}, not {os.getuid()}; refused"
+        )
+    if expect_pid is not None and pid != expect_pid:
+        raise PeerCheckError(
+            f"the process at the other end of the local socket is os pid {pid}, not the "
+            f"worker's {expect_pid}; refused"
+        )
+
+
+def listen_local(secret: str, host: str, port: int) -> socket.socket | None:
+    """A Unix-socket twin of the TCP listener ``host:port`` (Linux; None elsewhere).
 
     Processes on the same host reach a worker through it: a local round trip costs about half
-    of a loopback TCP one, and bulk data moves faster. The cookie handshake is the same.
+    of a loopback TCP one, and bulk data moves faster. The cookie handshake is the same, and
+    each side checks the other's credentials (:func:`check_peer`).
+
+    Raises:
+        OSError: the name is taken (by a process that knows the cookie) or cannot be bound:
+            a worker refuses to start rather than let another process answer for it.
     """
-    if not sys.platform.startswith("linux") or not hasattr(socket, "AF_UNIX"):
+    if not _local_supported():
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(_local_name(host, port))
+        sock.bind(local_name(secret, host, port))
         sock.listen(128)
-    except OSError:
+    except OSError as e:
         sock.close()
-        return None
+        raise OSError(e.errno, f"cannot listen on the local socket of {host}:{port}: {e}") from e
     return sock
 
 
-def connect_local(host: str, port: int, timeout: float) -> socket.socket | None:
-    """Connect to the Unix-socket twin of a loopback ``host:port``; None if there is none."""
-    if not is_loopback(host) or not sys.platform.startswith("linux"):
+def connect_local(
+    secret: str, host: str, port: int, timeout: float, expect_pid: int | None = None
+) -> socket.socket | None:
+    """Connect to the Unix-socket twin of a loopback ``host:port``; None if there is none
+    (another host, another platform, a listener without a twin).
+
+    Raises:
+        PeerCheckError: a process is listening there, but not the expected one.
+    """
+    if not is_loopback(host) or not _local_supported():
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        sock.connect(_local_name(host, port))
+        sock.connect(local_name(secret, host, port))
     except OSError:
         sock.close()
         return None
+    try:
+        check_peer(sock, expect_pid)
+    except BaseException:
+        sock.close()
+        raise
     return sock
-
-
-def connect(host: str, port: int, timeout: float) -> socket.socket:
-    """Connect to a worker's listener: through its Unix socket when local, else TCP."""
-    sock = connect_local(host, port, timeout)
-    if sock is not None:
-        return sock
-    return connect_tcp(host, port, timeout)
 
 
 def connect_tcp(host: str, port: int, timeout: float) -> socket.socket:

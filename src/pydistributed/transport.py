@@ -16,6 +16,24 @@ dropped. Frames of 1 MiB or more are received into memory that the reader's ``al
 (a connection passes its cluster's ``buffers.BufferPool``, which reuses the pages of frames
 whose objects are gone); without one, into fresh anonymous ``mmap`` memory.
 
+After the cookie handshake, a connection that the kernel cannot vouch for (TCP, a custom
+transport) authenticates every message: a 16-byte tag follows the last frame::
+
+    +--------+---------+-----+---------+--------------------------------------------------+
+    | prefix | frame 0 | ... | frame N | tag: HMAC-SHA256(key, seq | prefix | frames)[:16] |
+    +--------+---------+-----+---------+--------------------------------------------------+
+
+``key`` is this direction's session key (``handshake.Session``) and ``seq`` a 64-bit count of
+the messages sent so far in this direction, which is not sent: a message that is forged,
+changed, replayed, dropped or reordered fails the check, and the connection is dropped
+(:class:`FrameMac`). The tag covers out-of-band buffers too. A Unix-socket connection whose peer
+the kernel has checked (same user, ``sockets.peer_credentials``) carries no tags: nobody else
+can be at the other end, and the tags would cost a pass over every large buffer (measured in
+``docs/security.md``).
+
+Memory for a large frame is committed as its data arrives, a chunk at a time
+(``MADV_POPULATE_WRITE``), never for the declared size up front.
+
 On a socket, a whole message goes out with one ``sendmsg`` (scatter-gather), so a 100 MB buffer
 is never copied into an intermediate ``bytes``. Other streams (a custom transport's file
 objects) get one ``write`` per frame and a ``flush``.
@@ -23,17 +41,21 @@ objects) get one ``write`` per frame and a ``flush``.
 
 from __future__ import annotations
 
+import hmac
 import mmap
 import os
 import socket
 import struct
+import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO, Protocol
 
 from .errors import ProtocolError
 
 __all__ = [
+    "MAC_SIZE",
     "MAX_FRAMES",
+    "FrameMac",
     "FrameWriter",
     "SocketReader",
     "SocketWriter",
@@ -63,8 +85,50 @@ def max_message_bytes() -> int:
     return _DEFAULT_MAX
 
 
+MAC_SIZE = 16
+_SEQ = struct.Struct("!Q")
+_COMMIT_CHUNK = 8 << 20  # memory of a large frame is committed this much at a time
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
+
+
+class FrameMac:
+    """The authentication of one direction of a connection (see the module's docstring).
+
+    One object per direction; the sender and the receiver count messages the same way, so
+    every message must pass through it exactly once and in order (the send lock, the reading
+    role).
+    """
+
+    __slots__ = ("_key", "_seq")
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._seq = 0
+
+    def start(self) -> Any:
+        """A MAC for the next message, to ``update`` with its bytes."""
+        h = hmac.new(self._key, _SEQ.pack(self._seq), "sha256")
+        self._seq += 1
+        return h
+
+    def tag(self, data: Any) -> bytes:
+        """The tag of the next message, whose bytes (prefix and frames) are ``data``."""
+        h = self.start()
+        h.update(data)
+        return h.digest()[:MAC_SIZE]
+
+    @staticmethod
+    def check(h: Any, tag: Any) -> None:
+        """Raise ProtocolError unless ``tag`` is the tag of what ``h`` has seen."""
+        if not hmac.compare_digest(h.digest()[:MAC_SIZE], bytes(tag)):
+            raise ProtocolError("message authentication failed (forged, changed or out of order)")
+
+
 class FrameWriter(Protocol):
-    """Where messages are written: a connection's outgoing side."""
+    """Where messages are written: a connection's outgoing side; with ``mac`` set, each message
+    is followed by its tag."""
+
+    mac: FrameMac | None
 
     def write_frames(self, frames: Sequence[Any]) -> None:
         """Write one whole message made of ``frames`` (bytes-like objects)."""
@@ -97,26 +161,37 @@ def _prefix(frames: Sequence[Any], limit: int) -> tuple[bytes, list[int], int]:
 
 
 class SocketWriter:
-    """Writes messages to a connected socket with ``sendmsg`` (no copies of large frames)."""
+    """Writes messages to a connected socket with ``sendmsg`` (no copies of large frames).
+
+    ``mac``: when set (a :class:`FrameMac`), every message is followed by its tag.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._limit = max_message_bytes()
         self.bytes_sent = 0
         self.partial = False
+        self.mac: FrameMac | None = None
 
     def write_frames(self, frames: Sequence[Any]) -> None:
         prefix, lens, total = _prefix(frames, self._limit)
         self.bytes_sent += len(prefix) + total
         sock = self.sock
+        mac = self.mac
         self.partial = True  # stays True if an exception leaves the message half written
         if total < 65536:
             # small: one buffer, one send (cheaper than building an iovec list)
-            sock.sendall(prefix + b"".join(frames))
+            data = prefix + b"".join(frames)
+            sock.sendall(data if mac is None else data + mac.tag(data))
             self.partial = False
             return
         pieces: list[memoryview] = [memoryview(prefix)]
         pieces.extend(memoryview(f).cast("B") for f, n in zip(frames, lens, strict=True) if n)
+        if mac is not None:
+            h = mac.start()
+            for piece in pieces:
+                h.update(piece)
+            pieces.append(memoryview(h.digest()[:MAC_SIZE]))
         while pieces:
             sent = sock.sendmsg(pieces[:_IOV_MAX])
             # drop what went out; keep the tail of a piece that went out in part
@@ -146,18 +221,27 @@ class SocketWriter:
 
 
 class StreamWriter:
-    """Writes messages to any binary file-like object (a custom transport)."""
+    """Writes messages to any binary file-like object (a custom transport); ``mac`` as for
+    :class:`SocketWriter`."""
 
     def __init__(self, stream: BinaryIO) -> None:
         self.stream = stream
         self._limit = max_message_bytes()
         self.bytes_sent = 0
+        self.mac: FrameMac | None = None
 
     def write_frames(self, frames: Sequence[Any]) -> None:
         prefix, _, total = _prefix(frames, self._limit)
+        h = self.mac.start() if self.mac is not None else None
         self.stream.write(prefix)
+        if h is not None:
+            h.update(prefix)
         for f in frames:
             self.stream.write(f)
+            if h is not None:
+                h.update(f)
+        if h is not None:
+            self.stream.write(h.digest()[:MAC_SIZE])
         self.stream.flush()
         self.bytes_sent += len(prefix) + total
 
@@ -183,29 +267,44 @@ def _read_exact(reader: BinaryIO, n: int) -> bytes:
 
 
 def _read_into(reader: BinaryIO, buf: Any) -> None:
+    """Fill ``buf`` from ``reader``, committing the memory of an ``mmap`` a chunk at a time,
+    just before its data is read into it (so a peer that declares a huge frame and sends
+    nothing costs no memory)."""
     view = memoryview(buf).cast("B")
     got = 0
     n = view.nbytes
+    populate = getattr(buf, "madvise", None)
     while got < n:
-        k = reader.readinto(view[got:])  # type: ignore[attr-defined]
-        if not k:
-            raise EOFError("connection closed in the middle of a message")
-        got += k
+        end = min(n, got + _COMMIT_CHUNK)
+        if populate is not None:
+            try:
+                populate(_MADV_POPULATE_WRITE, got, end - got)
+            except (OSError, ValueError):
+                populate = None  # an older kernel: the pages fault in as they are written
+        while got < end:
+            k = reader.readinto(view[got:end])  # type: ignore[attr-defined]
+            if not k:
+                raise EOFError("connection closed in the middle of a message")
+            got += k
 
 
-def read_message(reader: BinaryIO, limit: int | None = None, alloc: Any = None) -> list[Any]:
+def read_message(
+    reader: BinaryIO, limit: int | None = None, alloc: Any = None, mac: FrameMac | None = None
+) -> list[Any]:
     """Read one whole message from ``reader`` and return its frames.
 
-    ``alloc(size)`` gives the memory of frames of 1 MiB or more (default: anonymous mmap).
+    ``alloc(size)`` gives the memory of frames of 1 MiB or more (default: anonymous mmap);
+    ``mac``, when given, checks the message's tag.
 
     Raises:
         EOFError: the stream ended (cleanly, between messages, or in the middle of one).
-        ProtocolError: a frame count or size outside the guard; nothing was allocated for it.
+        ProtocolError: a frame count or size outside the guard (nothing was allocated for
+            it), or a tag that does not match.
     """
     if limit is None:
         limit = max_message_bytes()
     if type(reader) is SocketReader:
-        return reader.read_message(limit, alloc)
+        return reader.read_message(limit, alloc, mac)
     head = reader.read(4)
     if not head:
         raise EOFError("connection closed")
@@ -213,11 +312,21 @@ def read_message(reader: BinaryIO, limit: int | None = None, alloc: Any = None) 
         raise EOFError("connection closed in the middle of a message")
     (n,) = _COUNT.unpack(head)
     _check_size(n, 0, limit)
-    lens = struct.unpack(f"!{n}Q", _read_exact(reader, 8 * n))
-    return _read_frames(reader, lens, limit, alloc)
+    raw_lens = _read_exact(reader, 8 * n)
+    lens = struct.unpack(f"!{n}Q", raw_lens)
+    h = None
+    if mac is not None:
+        h = mac.start()
+        h.update(head)
+        h.update(raw_lens)
+    return _read_frames(reader, lens, limit, alloc, h)
 
 
-def _read_frames(reader: BinaryIO, lens: Sequence[int], limit: int, alloc: Any) -> list[Any]:
+def _read_frames(
+    reader: BinaryIO, lens: Sequence[int], limit: int, alloc: Any, h: Any = None
+) -> list[Any]:
+    """Read the frames of sizes ``lens`` (the prefix has been read), and the tag if ``h``
+    (the message's MAC, fed with the prefix already) is given."""
     _check_size(len(lens), sum(lens), limit)
     frames: list[Any] = []
     for size in lens:
@@ -230,6 +339,10 @@ def _read_frames(reader: BinaryIO, lens: Sequence[int], limit: int, alloc: Any) 
                 raise ProtocolError(f"cannot allocate a frame of {size} bytes: {e}") from e
             _read_into(reader, buf)
             frames.append(buf)
+        if h is not None:
+            h.update(frames[-1])
+    if h is not None:
+        FrameMac.check(h, _read_exact(reader, MAC_SIZE))
     return frames
 
 
@@ -268,7 +381,7 @@ class SocketReader:
             self._end += got
         return True
 
-    def read_message(self, limit: int, alloc: Any = None) -> list[Any]:
+    def read_message(self, limit: int, alloc: Any = None, mac: FrameMac | None = None) -> list[Any]:
         """``transport.read_message`` for this reader: small messages come out of the buffer
         with one ``recv`` and no copies beyond the frames themselves."""
         if self._end - self._start < 4 and not self._fill(4):
@@ -281,26 +394,45 @@ class SocketReader:
         head = 4 + 8 * n
         if head > len(self._buf):
             # more frame lengths than the buffer holds: the general path
+            count = bytes(view[self._start : self._start + 4])
             self._start += 4
-            lens = struct.unpack(f"!{n}Q", _read_exact(self, 8 * n))  # type: ignore[arg-type]
-            return _read_frames(self, lens, limit, alloc)  # type: ignore[arg-type]
+            raw_lens = _read_exact(self, 8 * n)  # type: ignore[arg-type]
+            lens = struct.unpack(f"!{n}Q", raw_lens)
+            h = None
+            if mac is not None:
+                h = mac.start()
+                h.update(count)
+                h.update(raw_lens)
+            return _read_frames(self, lens, limit, alloc, h)  # type: ignore[arg-type]
         if self._end - self._start < head and not self._fill(head):
             raise EOFError("connection closed in the middle of a message")
         lens = struct.unpack_from(f"!{n}Q", view, self._start + 4)
         total = sum(lens)
         _check_size(n, total, limit)
-        if head + total <= len(self._buf) and total < _BIG_FRAME:
-            if self._end - self._start < head + total and not self._fill(head + total):
+        tag = 0 if mac is None else MAC_SIZE
+        whole = head + total + tag
+        if whole <= len(self._buf) and total < _BIG_FRAME:
+            if self._end - self._start < whole and not self._fill(whole):
                 raise EOFError("connection closed in the middle of a message")
-            pos = self._start + head
+            start = self._start
+            pos = start + head
             frames: list[Any] = []
             for size in lens:
                 frames.append(bytes(view[pos : pos + size]))
                 pos += size
+            if mac is not None:
+                h = mac.start()
+                h.update(view[start:pos])
+                FrameMac.check(h, view[pos : pos + MAC_SIZE])
+                pos += MAC_SIZE
             self._start = pos
             return frames
+        h = None
+        if mac is not None:
+            h = mac.start()
+            h.update(view[self._start : self._start + head])
         self._start += head
-        return _read_frames(self, lens, limit, alloc)  # type: ignore[arg-type]
+        return _read_frames(self, lens, limit, alloc, h)  # type: ignore[arg-type]
 
     def read(self, n: int) -> bytes:
         """Exactly ``n`` bytes, or fewer at EOF."""
@@ -339,16 +471,32 @@ class SocketReader:
         self.closed = True
 
 
-def handshake_io(instream: Any, outstream: Any) -> tuple[Any, Any]:
-    """``(read_exact, write)`` over a connection's two streams, for the handshake."""
+def handshake_io(
+    instream: Any, outstream: Any, sock: Any = None, deadline: float | None = None
+) -> tuple[Any, Any]:
+    """``(read_exact, write)`` over a connection's two streams, for the handshake.
+
+    With ``sock`` and ``deadline`` (a ``time.monotonic()``), every read and write waits only
+    for what remains until the deadline: one bound for the whole handshake, however slowly the
+    peer trickles its bytes.
+    """
+
+    def bound() -> None:
+        if sock is not None and deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the handshake took too long")
+            sock.settimeout(left)
 
     def read_exact(n: int) -> bytes:
+        bound()
         data = instream.read(n)
         if data is None or len(data) != n:
             raise EOFError("connection closed during the handshake")
         return bytes(data)
 
     def write(data: bytes) -> None:
+        bound()
         outstream.write(data)
         flush = getattr(outstream, "flush", None)
         if flush is not None:

@@ -1,9 +1,10 @@
-"""``python -m pydistributed.worker [--cookie C] [--bind-to HOST[:PORT]]``: a worker process.
+"""``python -m pydistributed.worker [--cookie-file F] [--bind-to HOST[:PORT]]``: a worker process.
 
-Reads the cookie from the first line of standard input unless ``--cookie`` is given (local
-workers always get it on stdin, never on the command line), listens on ``HOST`` (default
-127.0.0.1) and a free port unless one is given, prints ``pydist_worker:PORT#HOST`` and serves
-until its connection to the master closes.
+The cookie comes from ``--cookie-file`` (its first line), else the environment variable
+``PYDIST_COOKIE``, else the first line of standard input (local workers always get it there).
+``--cookie C`` works too, with a warning: every user of the host can read a command line. The
+worker listens on ``HOST`` (default 127.0.0.1) and a free port unless one is given, prints
+``pydist_worker:PORT#HOST`` and serves until its connection to the master closes.
 """
 
 from __future__ import annotations
@@ -48,16 +49,61 @@ def _die_with_parent() -> None:
         sys.exit(1)
 
 
+def _raise_fd_limit() -> None:
+    """Allow as many open files as the hard limit does: a worker holds a socket per peer and
+    per connection in its handshake, and its user code must still open files."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = max(soft, 1 << 20)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _cookie(args: argparse.Namespace) -> str | None:
+    """The cookie from the command line, a file or the environment; None: read stdin."""
+    if args.cookie is not None:
+        print(
+            "pydistributed worker: warning: --cookie puts the cluster cookie on the command "
+            "line, where every user of this host can read it; use --cookie-file, "
+            "PYDIST_COOKIE or standard input",
+            file=sys.stderr,
+        )
+        return str(args.cookie)
+    if args.cookie_file is not None:
+        with open(args.cookie_file) as f:
+            return f.readline().rstrip("\r\n")
+    env = os.environ.pop("PYDIST_COOKIE", None)
+    return env if env else None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pydistributed.worker")
-    parser.add_argument("--cookie", default=None, help="the cluster cookie (default: stdin)")
+    parser.add_argument(
+        "--cookie-file", default=None, metavar="FILE", help="read the cluster cookie from FILE"
+    )
+    parser.add_argument(
+        "--cookie", default=None, help="the cluster cookie (visible to other users: avoid)"
+    )
     parser.add_argument("--bind-to", default=None, metavar="HOST[:PORT]")
     args = parser.parse_args(argv)
     _die_with_parent()
     _apply_sys_path()
+    _raise_fd_limit()
     from pydistributed.processes import start_worker
 
-    start_worker(sys.stdout, args.cookie, bind_to=args.bind_to)
+    try:
+        cookie = _cookie(args)
+    except OSError as e:
+        parser.error(f"cannot read the cookie: {e}")
+    try:
+        start_worker(sys.stdout, cookie, bind_to=args.bind_to)
+    except ValueError as e:  # the cookie (read here or from stdin) is not a valid one
+        parser.exit(2, f"{parser.prog}: {e}\n")
 
 
 if __name__ == "__main__":

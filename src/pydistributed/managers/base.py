@@ -26,8 +26,9 @@ for any worker started with ``python -m pydistributed.worker``:
   default behaviour: the cluster sends the worker an exit message (Julia's
   ``remote_do(exit, pid)``).
 - ``connect(pid, config)`` returns ``(instream, outstream)``; the default opens a TCP connection
-  to ``config.host``/``config.port`` (or ``config.connect_at``), through the worker's Unix
-  socket twin when the host is this one (loopback).
+  to ``config.host``/``config.port`` (or ``config.connect_at``). When a manager does not
+  override it and the host is this one, the cluster goes through the worker's Unix-socket twin
+  instead, checking that the process there is the worker (``sockets.connect_local``).
 
 A manager that takes keyword arguments of its own lists them in ``extra_params``; ``addprocs``
 refuses any other unknown keyword with a ``TypeError``.
@@ -104,7 +105,7 @@ class ClusterManager(abc.ABC):
             host, port = config.connect_at
         if host is None or port is None:
             raise ValueError(f"worker {pid}: no host and port to connect to")
-        sock = sockets.connect(host, int(port), timeout=30.0)
+        sock = sockets.connect_tcp(host, int(port), timeout=30.0)
         return sockets.socket_streams(sock)
 
     def __repr__(self) -> str:

@@ -1,0 +1,256 @@
+"""A worker's listeners, and the gate every incoming connection passes before it is trusted.
+
+One thread serves every listening socket and every connection that has not yet proved it knows
+the cookie, with a selector; nothing of an unauthenticated connection runs on a thread of its
+own::
+
+    selector thread                                        after the handshake
+    ---------------                                        -------------------
+    accept (TCP, or the local twin: check_peer first)
+    run handshake.server_steps, non-blocking:
+      Read(n)  -> read exactly n bytes when readable
+      Write(b) -> send (the rest when writable)
+    proof wrong, garbage, EOF     -> close
+    past its deadline (DEADLINE s after accept) -> close
+    more than MAX_PENDING waiting -> close the oldest
+    handshake done ---------------------------------->    on_ready(sock, session, local)
+                                                           (a thread of the caller's)
+
+So a peer that sends one byte every few seconds is dropped after ``DEADLINE`` seconds whatever
+it sends, and thousands of idle connections cost at most ``MAX_PENDING`` descriptors: the
+oldest are closed as new ones arrive, and an honest client, which finishes its handshake in
+milliseconds, gets through. The loop survives any error (a failed ``accept``: too many open
+files; a failed hand-off: no thread could start): it logs it, backs off a little and goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import sockets
+from .errors import AuthenticationError
+from .handshake import Read, Session, Steps, Write, server_steps
+
+__all__ = ["DEADLINE", "MAX_PENDING", "Listener"]
+
+log = logging.getLogger("pydistributed")
+
+DEADLINE = 5.0  # seconds from accept to the end of the handshake
+MAX_PENDING = 128  # unauthenticated connections at once; beyond, the oldest is closed
+_BACKOFF = 0.05  # after an unexpected error of the loop
+_ACCEPTS_PER_WAKE = 64
+
+
+class _Pending:
+    """One connection in its handshake."""
+
+    __slots__ = ("addr", "deadline", "inbuf", "local", "need", "outbuf", "session", "sock", "steps")
+
+    def __init__(self, sock: socket.socket, addr: Any, local: bool, steps: Steps) -> None:
+        self.sock = sock
+        self.addr = addr
+        self.local = local
+        self.steps = steps
+        self.deadline = time.monotonic() + DEADLINE
+        self.need = 0
+        self.inbuf = b""
+        self.outbuf = b""
+        self.session: Session | None = None
+
+
+class Listener:
+    """The selector thread of a worker's listeners (see the module's docstring).
+
+    Args:
+        cookie: gives the cluster cookie (asked at each handshake: it may be changed).
+        on_ready: takes each authenticated connection: ``(sock, session, local, addr)``, the
+            socket blocking again; it must not block (start a thread). ``local`` says the
+            connection came through the Unix-socket twin, whose peer the kernel has checked.
+    """
+
+    def __init__(
+        self,
+        cookie: Callable[[], str],
+        on_ready: Callable[[socket.socket, Session, bool, Any], None],
+    ) -> None:
+        self._cookie = cookie
+        self._on_ready = on_ready
+        self._sel = selectors.DefaultSelector()
+        self._pending: dict[int, _Pending] = {}
+        self._listening: dict[int, tuple[socket.socket, bool]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.refused = 0  # connections closed before they were authenticated
+        self._quiet_until = 0.0  # refusals are logged at most once a second, with a count
+        self._unlogged = 0
+
+    def add(self, sock: socket.socket, *, local: bool) -> None:
+        """Accept connections on the listening socket ``sock`` (``local``: the Unix twin)."""
+        sock.setblocking(False)
+        with self._lock:
+            self._listening[sock.fileno()] = (sock, local)
+            self._sel.register(sock, selectors.EVENT_READ, None)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="pydist-listener", daemon=True
+                )
+                self._thread.start()
+
+    def pending(self) -> int:
+        """How many connections are in their handshake now."""
+        return len(self._pending)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self._turn()
+            except Exception:
+                log.exception("the listener loop failed; going on")
+                time.sleep(_BACKOFF)
+
+    def _turn(self) -> None:
+        now = time.monotonic()
+        timeout = 1.0
+        if self._pending:
+            first = min(p.deadline for p in self._pending.values())
+            timeout = max(0.0, min(timeout, first - now))
+        for key, events in self._sel.select(timeout):
+            fd = key.fd
+            if fd in self._listening:
+                self._accept(*self._listening[fd])
+                continue
+            p = self._pending.get(fd)
+            if p is None:
+                continue
+            try:
+                if events & selectors.EVENT_WRITE:
+                    self._flush(p)
+                if events & selectors.EVENT_READ and fd in self._pending:
+                    self._receive(p)
+            except (AuthenticationError, OSError, EOFError) as e:
+                self._drop(p, str(e))
+        now = time.monotonic()
+        for p in [p for p in self._pending.values() if p.deadline <= now]:
+            self._drop(p, f"no handshake within {DEADLINE:g} s")
+
+    def _accept(self, listening: socket.socket, local: bool) -> None:
+        for _ in range(_ACCEPTS_PER_WAKE):
+            try:
+                conn, addr = listening.accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                # EMFILE/ENFILE (out of descriptors), ENOBUFS...: make room and go on
+                log.warning("accept failed: %s", e)
+                self._evict_oldest("out of descriptors")
+                time.sleep(_BACKOFF)
+                return
+            try:
+                self._start(conn, addr, local)
+            except Exception as e:
+                self._refuse(addr, str(e))
+                conn.close()
+
+    def _start(self, conn: socket.socket, addr: Any, local: bool) -> None:
+        if local:
+            sockets.check_peer(conn)  # a local peer must run as this user
+        else:
+            remote = bool(addr) and not sockets.is_loopback(str(addr[0]))
+            sockets.set_socket_options(conn, remote=remote)
+        conn.setblocking(False)
+        if len(self._pending) >= MAX_PENDING:
+            self._evict_oldest("too many connections in their handshake")
+        p = _Pending(conn, addr, local, server_steps(self._cookie()))
+        self._pending[conn.fileno()] = p
+        self._sel.register(conn, selectors.EVENT_READ, None)
+        self._advance(p, None)
+
+    # -- one connection's handshake -----------------------------------------------------------
+
+    def _advance(self, p: _Pending, reply: bytes | None) -> None:
+        """Run the steps until they wait for bytes; hand the connection on once done."""
+        while True:
+            try:
+                step = p.steps.send(reply)
+            except StopIteration as done:
+                p.session = done.value
+                break
+            except AuthenticationError:
+                self._flush(p, final=True)  # a DENY, if the steps sent one
+                raise
+            reply = None
+            if isinstance(step, Write):
+                p.outbuf += step.data
+            elif isinstance(step, Read):
+                p.need = step.n
+                break
+        self._flush(p)
+
+    def _receive(self, p: _Pending) -> None:
+        data = p.sock.recv(p.need - len(p.inbuf))
+        if not data:
+            raise EOFError("closed during the handshake")
+        p.inbuf += data
+        if len(p.inbuf) == p.need:
+            reply, p.inbuf = p.inbuf, b""
+            self._advance(p, reply)
+
+    def _flush(self, p: _Pending, final: bool = False) -> None:
+        if p.outbuf:
+            try:
+                sent = p.sock.send(p.outbuf)
+            except BlockingIOError:
+                sent = 0
+            p.outbuf = p.outbuf[sent:]
+        if final:
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if p.outbuf else 0)
+        if p.session is not None and not p.outbuf:
+            self._hand_over(p)
+            return
+        self._sel.modify(p.sock, events, None)
+
+    def _hand_over(self, p: _Pending) -> None:
+        del self._pending[p.sock.fileno()]
+        self._sel.unregister(p.sock)
+        p.sock.setblocking(True)
+        assert p.session is not None
+        try:
+            self._on_ready(p.sock, p.session, p.local, p.addr)
+        except Exception:
+            log.exception("could not take an authenticated connection from %s", p.addr)
+            p.sock.close()
+
+    def _drop(self, p: _Pending, reason: str) -> None:
+        fd = p.sock.fileno()
+        if self._pending.pop(fd, None) is None:
+            return
+        self._refuse(p.addr, reason)
+        try:
+            self._sel.unregister(p.sock)
+        except (KeyError, ValueError):
+            pass
+        p.sock.close()
+
+    def _refuse(self, addr: Any, reason: str) -> None:
+        self.refused += 1
+        now = time.monotonic()
+        if now < self._quiet_until:
+            self._unlogged += 1
+            return
+        more = f" ({self._unlogged} more refused in the last second)" if self._unlogged else ""
+        log.warning("refused a connection from %s: %s%s", addr or "the local socket", reason, more)
+        self._quiet_until = now + 1.0
+        self._unlogged = 0
+
+    def _evict_oldest(self, reason: str) -> None:
+        if self._pending:
+            self._drop(next(iter(self._pending.values())), reason)
