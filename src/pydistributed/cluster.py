@@ -8,6 +8,7 @@ A :class:`Cluster` holds no logic of its own; it builds its parts and connects t
     calls        outgoing calls: request, wait for the answer              calls.py
     refcount     the handles held here; add and release notices            refcount.py
     lifecycle    the master's add / admit / remove / interrupt / shutdown  lifecycle.py
+    heartbeat    the master's watch for workers that stop answering        heartbeat.py
     server       a worker's listen / join / serve / exit                   serve.py
     executor     where incoming calls run (main thread or pool threads)    execution.py
     refs         the values stored here for Futures and RemoteChannels     refstore.py
@@ -38,6 +39,7 @@ from .dispatch import Dispatcher
 from .errors import AuthenticationError, ProtocolError
 from .execution import Executor
 from .handshake import check_cookie, random_cookie
+from .heartbeat import Heartbeat
 from .lifecycle import Lifecycle
 from .managers.base import ClusterManager, DefaultClusterManager
 from .messages import Exit, PeerUpdate
@@ -99,7 +101,10 @@ class Cluster:
             self.registry, self.refs, self.connections, on_tick=self.buffers.trim
         )
         self.calls = Calls(self.registry, self.connections, self.dispatch, self.executor)
-        self.lifecycle = Lifecycle(self.registry, self.connections, self.calls, self.refs)
+        self.heartbeat = Heartbeat(self.registry, self.connections)
+        self.lifecycle = Lifecycle(
+            self.registry, self.connections, self.calls, self.refs, self.heartbeat
+        )
         self.server = Server(
             self.registry, self.connections, self.refcount, self.refs, self.executor
         )

@@ -12,6 +12,7 @@ up in the handler table::
     JoinComplete(rid, ...)         likewise (the answer to JoinPGRP)
     RefCount(adds, dels)           adjust the reference counts of the stored values
     Interrupt()                    interrupt the calls running here (``execution``)
+    Ping(nonce), Pong(nonce)       the heartbeat: answer a Ping at once; a Pong needs nothing
     Exit(), PeerUpdate(...)        registered by the cluster (the life cycle's concern)
 
 "Run later" means: submitted to the executor (the main thread when free, else a pool thread),
@@ -43,6 +44,8 @@ from .messages import (
     Interrupt,
     JoinComplete,
     Message,
+    Ping,
+    Pong,
     RefCount,
     RemoteDo,
     Result,
@@ -54,6 +57,10 @@ from .registry import Registry
 __all__ = ["Dispatcher", "is_internal"]
 
 log = logging.getLogger("pydistributed")
+
+
+def _ignore(peer: Peer, msg: Message) -> None:
+    pass
 
 
 def is_internal(f: Any) -> bool:
@@ -87,6 +94,8 @@ class Dispatcher:
             JoinComplete: self._on_answer,
             RefCount: self._on_refcount,
             Interrupt: self._on_interrupt,
+            Ping: self._on_ping,
+            Pong: _ignore,  # arriving was the point (Peer.last_heard)
         }
 
     def register(self, msg_type: type[Message], handler: Callable[[Peer, Any], None]) -> None:
@@ -167,6 +176,12 @@ class Dispatcher:
 
     def _on_interrupt(self, peer: Peer, msg: Interrupt) -> None:
         self.executor.interrupt()
+
+    def _on_ping(self, peer: Peer, msg: Ping) -> None:
+        try:
+            peer.send(Pong(msg.nonce))
+        except ProcessExitedException:
+            pass
 
     # -- running calls (from a message, or a call to this process itself) -----------------
 

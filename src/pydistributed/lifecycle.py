@@ -43,6 +43,7 @@ from . import timeouts
 from .calls import Calls
 from .connections import Connections
 from .errors import LaunchError, LaunchTimeoutError
+from .heartbeat import Heartbeat
 from .managers.base import ClusterManager, WorkerConfig, overrides
 from .messages import Exit, Interrupt, JoinPGRP, PeerUpdate
 from .peer import Peer
@@ -100,9 +101,15 @@ class Lifecycle:
     """Adds, removes and interrupts workers (process 1 only), and notices them leave."""
 
     def __init__(
-        self, registry: Registry, connections: Connections, calls: Calls, refs: RefStore
+        self,
+        registry: Registry,
+        connections: Connections,
+        calls: Calls,
+        refs: RefStore,
+        heartbeat: Heartbeat,
     ) -> None:
         self.registry = registry
+        self.heartbeat = heartbeat
         self.connections = connections
         self.calls = calls
         self.refs = refs
@@ -160,6 +167,7 @@ class Lifecycle:
         if not self._atexit:
             self._atexit = True
             atexit.register(self.shutdown)
+        self.heartbeat.start()
 
         launched: list[WorkerConfig] = []
         cond = threading.Condition()

@@ -149,7 +149,7 @@ class Listener:
                 return
             except OSError as e:
                 # EMFILE/ENFILE (out of descriptors), ENOBUFS...: make room and go on
-                log.warning("accept failed: %s", e)
+                self._note(f"accept failed: {e}")
                 self._evict_oldest("out of descriptors")
                 time.sleep(_BACKOFF)
                 return
@@ -226,7 +226,9 @@ class Listener:
         try:
             self._on_ready(p.sock, p.session, p.local, p.addr)
         except Exception:
-            log.exception("could not take an authenticated connection from %s", p.addr)
+            log.exception(
+                "could not take an authenticated connection from %s", p.addr or "the local socket"
+            )
             p.sock.close()
 
     def _drop(self, p: _Pending, reason: str) -> None:
@@ -242,12 +244,16 @@ class Listener:
 
     def _refuse(self, addr: Any, reason: str) -> None:
         self.refused += 1
+        self._note(f"refused a connection from {addr or 'the local socket'}: {reason}")
+
+    def _note(self, what: str) -> None:
+        """Log a warning, at most one a second (an attack must not flood the log)."""
         now = time.monotonic()
         if now < self._quiet_until:
             self._unlogged += 1
             return
-        more = f" ({self._unlogged} more refused in the last second)" if self._unlogged else ""
-        log.warning("refused a connection from %s: %s%s", addr or "the local socket", reason, more)
+        more = f" ({self._unlogged} more warnings in the last second)" if self._unlogged else ""
+        log.warning("%s%s", what, more)
         self._quiet_until = now + 1.0
         self._unlogged = 0
 

@@ -20,6 +20,8 @@ message            header                     meaning
 ``PeerUpdate``     -                          workers that joined or left the cluster
 ``Interrupt``      -                          interrupt the calls running now
 ``Exit``           -                          exit now (``rmprocs``)
+``Ping``           nonce                      are you there? (the heartbeat)
+``Pong``           nonce                      yes: the answer to a ``Ping``
 =================  =========================  ==========================================
 """
 
@@ -40,6 +42,8 @@ __all__ = [
     "JoinPGRP",
     "Message",
     "PeerUpdate",
+    "Ping",
+    "Pong",
     "RefCount",
     "RemoteDo",
     "Result",
@@ -182,6 +186,22 @@ class Exit(Message):
     TAG: ClassVar[int] = 12
 
 
+@dataclass(frozen=True, slots=True)
+class Ping(Message):
+    """Are you there? Answered at once with ``Pong(nonce)`` by the reading thread."""
+
+    TAG: ClassVar[int] = 13
+    HEADER: ClassVar[tuple[str, ...]] = ("nonce",)
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(Message):
+    TAG: ClassVar[int] = 14
+    HEADER: ClassVar[tuple[str, ...]] = ("nonce",)
+    nonce: int
+
+
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.TAG: cls
     for cls in (
@@ -197,5 +217,7 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         PeerUpdate,
         Interrupt,
         Exit,
+        Ping,
+        Pong,
     )
 }

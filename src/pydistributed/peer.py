@@ -115,6 +115,7 @@ class Peer:
         self.closed = False
         self.close_reason = ""
         self.removing = False  # set when the other side was asked to exit (rmprocs)
+        self.last_heard = time.monotonic()  # when the last message arrived (the heartbeat)
         self._send_lock = threading.Lock()
         self._close_lock = threading.Lock()
         self._on_close: Callable[[Peer, str], None] | None = None
@@ -206,6 +207,7 @@ class Peer:
     def _read_one(self) -> None:
         """Read one whole message and hand it on, on whichever thread holds the role."""
         frames = transport.read_message(self.reader, self.limit, self.alloc, self.mac_in)
+        self.last_heard = time.monotonic()
         try:
             msg = codec.decode(frames)
         except codec.DecodeError as e:

@@ -160,13 +160,19 @@ def _read_cookie() -> str:
 
 
 def start_worker(
-    out: Any = None, cookie: str | None = None, *, bind_to: str | None = None
+    out: Any = None,
+    cookie: str | None = None,
+    *,
+    bind_to: str | None = None,
+    watchdog: bool = True,
 ) -> NoReturn:
     """Make this process a worker: listen, print ``pydist_worker:PORT#HOST``, serve forever.
 
     The cookie is read from the first line of standard input when not given. ``bind_to`` is
     ``HOST`` or ``HOST:PORT`` (default ``127.0.0.1`` and a free port). Never returns: the
-    process exits when its connection to the master closes.
+    process exits when its connection to the master closes; with ``watchdog`` (the default),
+    a small watchdog process kills it when that connection closes even if no thread of the
+    worker can run (a C call holding the GIL).
     """
     if out is None:
         out = sys.stdout
@@ -181,6 +187,7 @@ def start_worker(
             host = bind_to.strip("[]")
     c = Cluster(0, handshake.check_cookie(cookie), role="worker")
     set_current_cluster(c)
+    c.server.watchdog = watchdog
     c.server.serve(host, port, out)
 
 

@@ -17,8 +17,16 @@
     Exit(), or the master's connection closes:
       os._exit at once, whatever runs
 
-A worker that nobody joins within ``PYDIST_WORKER_TIMEOUT`` seconds exits (a watchdog), so a
-master that died while launching leaves nothing behind.
+A worker that nobody joins within ``PYDIST_WORKER_TIMEOUT`` seconds exits, so a master that
+died while launching leaves nothing behind.
+
+Dying with the master. A worker exits when its master's connection closes, but only a thread
+of the worker can notice that, and no thread runs while a C call holds the GIL. A local worker
+is therefore also killed by the kernel when the master dies (``PR_SET_PDEATHSIG``, set in
+``worker.py``); any other worker (over ssh, from a scheduler, by hand) starts a *watchdog*
+process when it joins: it holds a duplicate of the master connection's socket, waits in
+``poll`` for the master's end to hang up (``POLLRDHUP``), gives the worker a moment to exit by
+itself, then kills it. The kernel kills the watchdog when the worker dies.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -54,6 +63,7 @@ class Server:
     """
 
     exit: Callable[[int], Any] = staticmethod(exit_process)  # type: ignore[assignment]
+    watchdog = False  # start_worker turns it on for a worker the kernel does not tie to the master
 
     def __init__(
         self,
@@ -109,6 +119,8 @@ class Server:
         # address it listens at, if any (a worker on a custom transport has none)
         host, port = self.address if self.address is not None else (None, None)
         reg.learn((*msg.peers, (msg.pid, host, port)), msg.keys)
+        if self.watchdog and peer.sock is not None:
+            _start_watchdog(peer.sock)
         self.joined.set()
         peer.send(JoinComplete(msg.response_id, os.getpid(), socket.gethostname()))
         if msg.topology in ("all_to_all", "custom") and not msg.lazy:
@@ -139,3 +151,43 @@ class Server:
         if peer.pid == 1:
             log.debug("the master closed the connection: %s", reason)
             self.exit(0)
+
+
+_WATCHDOG = r"""
+import ctypes, os, select, signal, sys, time
+fd, worker = int(sys.argv[1]), int(sys.argv[2])
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # die with the worker
+except Exception:
+    pass
+if os.getppid() != worker:
+    sys.exit(0)
+p = select.poll()
+p.register(fd, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+while not p.poll():
+    pass
+deadline = time.monotonic() + 2.0  # the worker exits by itself when it can
+while time.monotonic() < deadline:
+    time.sleep(0.05)
+os.kill(worker, signal.SIGKILL)
+"""
+
+
+def _start_watchdog(sock: socket.socket) -> None:
+    """Start the watchdog of the master connection ``sock`` (see the module's docstring).
+
+    Called on the thread that serves the master's connection: the kernel ties the watchdog's
+    death signal to the thread that forked it, and this one lives as long as the worker does.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        subprocess.Popen(
+            [sys.executable, "-S", "-c", _WATCHDOG, str(sock.fileno()), str(os.getpid())],
+            pass_fds=(sock.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError as e:
+        log.warning("could not start the watchdog of this worker: %s", e)

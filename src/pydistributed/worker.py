@@ -27,8 +27,9 @@ def _apply_sys_path() -> None:
     sys.path[:] = master + [p for p in sys.path if p not in master and p != ""]
 
 
-def _die_with_parent() -> None:
+def _die_with_parent() -> bool:
     """Ask the kernel to kill this worker when its parent, the master, dies (local workers).
+    Returns whether it did (elsewhere a watchdog process does it, see ``serve.py``).
 
     The master's connection closing makes a worker exit, but only a thread of the worker can
     notice that; a call stuck in C code holding the GIL would outlive the master. The kernel
@@ -36,7 +37,7 @@ def _die_with_parent() -> None:
     """
     raw = os.environ.pop("PYDIST_PARENT_PID", None)
     if not raw or not sys.platform.startswith("linux"):
-        return
+        return False
     try:
         import ctypes
 
@@ -44,9 +45,10 @@ def _die_with_parent() -> None:
         pr_set_pdeathsig, sigkill = 1, 9
         libc.prctl(pr_set_pdeathsig, sigkill, 0, 0, 0)
     except (OSError, AttributeError):
-        return
+        return False
     if str(os.getppid()) != raw:  # the master died before we asked
         sys.exit(1)
+    return True
 
 
 def _raise_fd_limit() -> None:
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--bind-to", default=None, metavar="HOST[:PORT]")
     args = parser.parse_args(argv)
-    _die_with_parent()
+    tied = _die_with_parent()
     _apply_sys_path()
     _raise_fd_limit()
     from pydistributed.processes import start_worker
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:
         parser.error(f"cannot read the cookie: {e}")
     try:
-        start_worker(sys.stdout, cookie, bind_to=args.bind_to)
+        start_worker(sys.stdout, cookie, bind_to=args.bind_to, watchdog=not tied)
     except ValueError as e:  # the cookie (read here or from stdin) is not a valid one
         parser.exit(2, f"{parser.prog}: {e}\n")
 

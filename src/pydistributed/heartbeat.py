@@ -1,0 +1,131 @@
+"""The master's heartbeat: notice a worker that no longer answers (stopped, deadlocked, cut off).
+
+A killed worker closes its connection and is noticed at once; a worker that is stopped
+(``SIGSTOP``), deadlocked or behind a cut link sends nothing, ever, and a caller waiting on it
+would wait for ever. So the master watches every worker connection::
+
+    every INTERVAL s, for each worker:
+      heard from it in the last INTERVAL s?     nothing to do
+      else                                      send Ping (its reading thread answers Pong)
+      nothing heard for UNRESPONSIVE_AFTER s:   "warn": log a warning, once, naming the
+                                                worker and how many answers are pending
+                                                "remove": also drop the connection: pending
+                                                calls raise ProcessExitedException, the worker
+                                                is deregistered and its process reaped
+
+Any message counts as a sign of life, a ``Pong`` or anything else. The default policy only
+warns: a worker inside one long C call that holds the GIL cannot answer either, and must not
+be killed by mistake. Settings, read at every tick (environment variables):
+
+* ``PYDIST_HEARTBEAT``: ``INTERVAL`` in seconds (default 5; 0 turns the heartbeat off);
+* ``PYDIST_UNRESPONSIVE_AFTER``: seconds of silence before a worker counts as unresponsive
+  (default 60);
+* ``PYDIST_UNRESPONSIVE``: ``warn`` (default) or ``remove``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+
+from .connections import Connections
+from .messages import Ping
+from .registry import Registry
+
+__all__ = ["Heartbeat", "settings"]
+
+log = logging.getLogger("pydistributed")
+
+_DEFAULT_INTERVAL = 5.0
+_DEFAULT_AFTER = 60.0
+
+
+def _seconds(name: str, default: float) -> float:
+    try:
+        return max(0.0, float(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+def settings() -> tuple[float, float, str]:
+    """``(interval, unresponsive_after, policy)`` from the environment."""
+    policy = os.environ.get("PYDIST_UNRESPONSIVE", "warn").strip().lower()
+    if policy not in ("warn", "remove"):
+        policy = "warn"
+    interval = _seconds("PYDIST_HEARTBEAT", _DEFAULT_INTERVAL)
+    return interval, _seconds("PYDIST_UNRESPONSIVE_AFTER", _DEFAULT_AFTER), policy
+
+
+class Heartbeat:
+    """The master's watch over its workers' connections (see the module's docstring)."""
+
+    def __init__(self, registry: Registry, connections: Connections) -> None:
+        self.registry = registry
+        self.connections = connections
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._nonces = itertools.count(1)
+        self._warned: set[int] = set()
+
+    def start(self) -> None:
+        """Start watching (idempotent)."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="pydist-heartbeat", daemon=True
+                )
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            interval, after, policy = settings()
+            time.sleep(min(interval, 1.0) if interval else 1.0)
+            if not interval:
+                continue
+            try:
+                self.tick(interval, after, policy)
+            except Exception:
+                log.exception("the heartbeat failed; going on")
+
+    def tick(self, interval: float, after: float, policy: str) -> None:
+        """Look once at every worker connection."""
+        now = time.monotonic()
+        for pid, peer in self.connections.snapshot().items():
+            if peer.closed or pid == self.registry.myid:
+                continue
+            silent = now - peer.last_heard
+            if silent < interval:
+                self._warned.discard(pid)
+                continue
+            if silent >= after:
+                self._unresponsive(pid, silent, len(peer.pending), policy)
+            try:
+                peer.send(Ping(next(self._nonces)))
+            except Exception:
+                pass  # closed meanwhile: its loss is handled where it is noticed
+
+    def _unresponsive(self, pid: int, silent: float, pending: int, policy: str) -> None:
+        if policy == "remove":
+            log.warning(
+                "worker %d has not answered for %.0f s; removing it (PYDIST_UNRESPONSIVE=remove): "
+                "%d calls waiting on it get ProcessExitedException",
+                pid,
+                silent,
+                pending,
+            )
+            self.connections.drop(pid, f"unresponsive for {silent:.0f} s")
+            return
+        if pid in self._warned:
+            return
+        self._warned.add(pid)
+        log.warning(
+            "worker %d has not answered for %.0f s (%d calls waiting on it): stopped, "
+            "deadlocked, cut off, or in a long call that holds the GIL; "
+            "set PYDIST_UNRESPONSIVE=remove to remove such workers",
+            pid,
+            silent,
+            pending,
+        )
