@@ -3,7 +3,9 @@
 ``encode(msg)`` gives ``[header, body, *buffers]``:
 
 - the header is ``struct "!Bqqq"``: the message's ``TAG`` and its up to three integer header
-  fields (zeros where unused);
+  fields (zeros where unused), then a bitmap with a bit per buffer, set for a buffer that is
+  an exact ``bytes`` (:func:`bytes_frames`: the receiver reads such a buffer straight into a
+  new ``bytes`` object, which unpickling then takes as it is, without a copy);
 - the body is the tuple of the message's ``BODY`` fields, pickled with cloudpickle and pickle
   protocol 5 (functions defined in ``__main__``, lambdas and closures travel by value,
   functions of importable modules by reference);
@@ -40,6 +42,7 @@ from .messages import MESSAGE_TYPES, Message
 __all__ = [
     "OOB_THRESHOLD",
     "DecodeError",
+    "bytes_frames",
     "decode",
     "dumps",
     "encode",
@@ -216,15 +219,38 @@ def encode(msg: Message, target: int | None = None) -> tuple[list[Any], list[Any
         data = dumps(body, buffers)
     finally:
         _ctx.target, _ctx.refs = saved
-    return [header, data, *(b.raw() for b in buffers)], refs
+    raws = [b.raw() for b in buffers]
+    if raws:
+        header += _bitmap(i for i, r in enumerate(raws) if type(r.obj) is bytes)
+    return [header, data, *raws], refs
+
+
+def _bitmap(indices: Any) -> bytes:
+    bits = 0
+    for i in indices:
+        bits |= 1 << i
+    return bits.to_bytes((bits.bit_length() + 7) // 8, "little") if bits else b""
+
+
+def bytes_frames(header: Any) -> frozenset[int]:
+    """The frames of a message that are exact ``bytes`` on the sender (``2`` is the first
+    out-of-band buffer), read from its header frame; empty when there are none.
+
+    Only the header is looked at: the reader calls this before the frames arrive.
+    """
+    bitmap = bytes(header[_HEADER.size :])
+    if not bitmap:
+        return frozenset()
+    bits = int.from_bytes(bitmap, "little")
+    return frozenset(i + 2 for i in range(bits.bit_length()) if bits >> i & 1)
 
 
 def decode_header(frames: list[Any]) -> tuple[int, dict[str, int]]:
     """The tag and header fields of a message, without touching its body."""
     head = frames[0]
-    if len(head) != _HEADER.size:
+    if not _HEADER.size <= len(head) <= _HEADER.size + (len(frames) + 7) // 8:
         raise ProtocolError(f"bad header of {len(head)} bytes")
-    tag, a, b, c = _HEADER.unpack(head)
+    tag, a, b, c = _HEADER.unpack_from(head)
     cls = MESSAGE_TYPES.get(tag)
     if cls is None:
         raise ProtocolError(f"unknown message tag {tag}")

@@ -206,7 +206,9 @@ class Peer:
 
     def _read_one(self) -> None:
         """Read one whole message and hand it on, on whichever thread holds the role."""
-        frames = transport.read_message(self.reader, self.limit, self.alloc, self.mac_in)
+        frames = transport.read_message(
+            self.reader, self.limit, self.alloc, self.mac_in, codec.bytes_frames
+        )
         self.last_heard = time.monotonic()
         try:
             msg = codec.decode(frames)

@@ -41,13 +41,15 @@ objects) get one ``write`` per frame and a ``flush``.
 
 from __future__ import annotations
 
+import ctypes
 import hmac
 import mmap
 import os
 import socket
 import struct
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, BinaryIO, Protocol
 
 from .errors import ProtocolError
@@ -266,6 +268,37 @@ def _read_exact(reader: BinaryIO, n: int) -> bytes:
     return data
 
 
+def _new_bytes(n: int) -> tuple[bytes, Any]:
+    """A new ``bytes`` of ``n`` bytes and a writable view of its memory, to receive into.
+
+    A large ``bytes`` argument or result would otherwise arrive in a buffer and be copied into
+    a ``bytes`` once more (twice its size at the peak). CPython lets a ``bytes`` be made empty
+    and filled before anyone else sees it (``PyBytes_FromStringAndSize(NULL, n)``); its
+    characters start at ``bytes.__basicsize__ - 1``. Elsewhere: a ``bytearray`` (copied later).
+    """
+    if _PyBytes_FromStringAndSize is None:
+        buf = bytearray(n)
+        return buf, buf  # type: ignore[return-value]
+    obj = _PyBytes_FromStringAndSize(None, n)
+    view = (ctypes.c_char * n).from_address(id(obj) + bytes.__basicsize__ - 1)
+    return obj, view
+
+
+def _bytes_maker() -> Any:
+    if sys.implementation.name != "cpython":
+        return None
+    try:
+        f = ctypes.pythonapi.PyBytes_FromStringAndSize
+    except AttributeError:
+        return None
+    f.restype = ctypes.py_object
+    f.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+    return f
+
+
+_PyBytes_FromStringAndSize = _bytes_maker()
+
+
 def _read_into(reader: BinaryIO, buf: Any) -> None:
     """Fill ``buf`` from ``reader``, committing the memory of an ``mmap`` a chunk at a time,
     just before its data is read into it (so a peer that declares a huge frame and sends
@@ -289,12 +322,17 @@ def _read_into(reader: BinaryIO, buf: Any) -> None:
 
 
 def read_message(
-    reader: BinaryIO, limit: int | None = None, alloc: Any = None, mac: FrameMac | None = None
+    reader: BinaryIO,
+    limit: int | None = None,
+    alloc: Any = None,
+    mac: FrameMac | None = None,
+    bytes_frames: Callable[[Any], Collection[int]] | None = None,
 ) -> list[Any]:
     """Read one whole message from ``reader`` and return its frames.
 
     ``alloc(size)`` gives the memory of frames of 1 MiB or more (default: anonymous mmap);
-    ``mac``, when given, checks the message's tag.
+    ``mac``, when given, checks the message's tag; ``bytes_frames(frame0)`` names the frames
+    (by index) that are to arrive as ``bytes`` objects (read straight into them).
 
     Raises:
         EOFError: the stream ended (cleanly, between messages, or in the middle of one).
@@ -304,7 +342,7 @@ def read_message(
     if limit is None:
         limit = max_message_bytes()
     if type(reader) is SocketReader:
-        return reader.read_message(limit, alloc, mac)
+        return reader.read_message(limit, alloc, mac, bytes_frames)
     head = reader.read(4)
     if not head:
         raise EOFError("connection closed")
@@ -319,26 +357,38 @@ def read_message(
         h = mac.start()
         h.update(head)
         h.update(raw_lens)
-    return _read_frames(reader, lens, limit, alloc, h)
+    return _read_frames(reader, lens, limit, alloc, h, bytes_frames)
 
 
 def _read_frames(
-    reader: BinaryIO, lens: Sequence[int], limit: int, alloc: Any, h: Any = None
+    reader: BinaryIO,
+    lens: Sequence[int],
+    limit: int,
+    alloc: Any,
+    h: Any = None,
+    bytes_frames: Callable[[Any], Collection[int]] | None = None,
 ) -> list[Any]:
     """Read the frames of sizes ``lens`` (the prefix has been read), and the tag if ``h``
     (the message's MAC, fed with the prefix already) is given."""
     _check_size(len(lens), sum(lens), limit)
     frames: list[Any] = []
-    for size in lens:
+    as_bytes: Collection[int] = ()
+    for i, size in enumerate(lens):
         if size < _BIG_FRAME:
             frames.append(_read_exact(reader, size) if size else b"")
         else:
             try:
-                buf: Any = alloc(size) if alloc is not None else mmap.mmap(-1, size)
-            except (OSError, ValueError, OverflowError) as e:
+                frame: Any
+                if i in as_bytes:
+                    frame, buf = _new_bytes(size)
+                else:
+                    frame = buf = alloc(size) if alloc is not None else mmap.mmap(-1, size)
+            except (OSError, ValueError, OverflowError, MemoryError) as e:
                 raise ProtocolError(f"cannot allocate a frame of {size} bytes: {e}") from e
             _read_into(reader, buf)
-            frames.append(buf)
+            frames.append(frame)
+        if i == 0 and bytes_frames is not None and len(lens) > 2:
+            as_bytes = bytes_frames(frames[0])
         if h is not None:
             h.update(frames[-1])
     if h is not None:
@@ -381,7 +431,13 @@ class SocketReader:
             self._end += got
         return True
 
-    def read_message(self, limit: int, alloc: Any = None, mac: FrameMac | None = None) -> list[Any]:
+    def read_message(
+        self,
+        limit: int,
+        alloc: Any = None,
+        mac: FrameMac | None = None,
+        bytes_frames: Callable[[Any], Collection[int]] | None = None,
+    ) -> list[Any]:
         """``transport.read_message`` for this reader: small messages come out of the buffer
         with one ``recv`` and no copies beyond the frames themselves."""
         if self._end - self._start < 4 and not self._fill(4):
@@ -403,7 +459,7 @@ class SocketReader:
                 h = mac.start()
                 h.update(count)
                 h.update(raw_lens)
-            return _read_frames(self, lens, limit, alloc, h)  # type: ignore[arg-type]
+            return _read_frames(self, lens, limit, alloc, h, bytes_frames)  # type: ignore[arg-type]
         if self._end - self._start < head and not self._fill(head):
             raise EOFError("connection closed in the middle of a message")
         lens = struct.unpack_from(f"!{n}Q", view, self._start + 4)
@@ -432,7 +488,7 @@ class SocketReader:
             h = mac.start()
             h.update(view[self._start : self._start + head])
         self._start += head
-        return _read_frames(self, lens, limit, alloc, h)  # type: ignore[arg-type]
+        return _read_frames(self, lens, limit, alloc, h, bytes_frames)  # type: ignore[arg-type]
 
     def read(self, n: int) -> bytes:
         """Exactly ``n`` bytes, or fewer at EOF."""

@@ -223,3 +223,26 @@ def test_a_cookie_on_the_command_line_is_warned_about() -> None:
 def test_a_worker_refuses_a_short_cookie() -> None:
     run = _start_worker(PYDIST_COOKIE="hunter2")
     assert run.returncode == 2 and "at least 12" in run.stderr and not run.stdout
+
+
+# -- memory --------------------------------------------------------------------------------
+
+
+def _peak_mib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def _peak_after(data: bytes) -> int:
+    return _peak_mib()
+
+
+def test_a_large_bytes_argument_is_received_without_a_second_copy(add_workers: Any) -> None:
+    (w,) = add_workers(1)
+    before = remotecall_fetch(_peak_mib, w)
+    size = 256
+    peak = remotecall_fetch(_peak_after, w, b"\x01" * (size << 20))
+    assert peak - before < 1.5 * size, f"the worker peaked {peak - before} MiB over {size} MiB"

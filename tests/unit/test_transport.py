@@ -134,3 +134,46 @@ def test_buffer_pool_caps_what_it_keeps() -> None:
     gc.collect()
     pool.get(1 << 20)
     assert pool._cached <= 2 << 20
+
+
+def test_a_large_bytes_buffer_arrives_as_the_bytes_object_itself() -> None:
+    from pydistributed import codec, sockets
+    from pydistributed.messages import CallFetch
+
+    data = b"\x07" * (4 << 20)
+    frames, _ = codec.encode(CallFetch(1, print, (codec.oob(data),), {}), 2)
+    assert codec.bytes_frames(frames[0]) == {2}
+    a, b = socket.socketpair()
+    _, writer = sockets.socket_streams(a)
+    reader, _ = sockets.socket_streams(b)
+    t = threading.Thread(target=writer.write_frames, args=(frames,))
+    t.start()
+    got = transport.read_message(reader, None, None, None, codec.bytes_frames)
+    t.join(10)
+    assert type(got[2]) is bytes and got[2] == data
+    msg = codec.decode(got)
+    assert msg.args[0] is got[2]  # unpickling took it as it was: no second copy
+    a.close()
+    b.close()
+
+
+def test_other_large_buffers_still_arrive_writable() -> None:
+    import numpy as np
+
+    from pydistributed import codec, sockets
+    from pydistributed.messages import CallFetch
+
+    arr = np.arange(1 << 18, dtype=np.float64)  # 2 MiB
+    frames, _ = codec.encode(CallFetch(1, print, (arr,), {}), 2)
+    assert codec.bytes_frames(frames[0]) == set()
+    a, b = socket.socketpair()
+    _, writer = sockets.socket_streams(a)
+    reader, _ = sockets.socket_streams(b)
+    t = threading.Thread(target=writer.write_frames, args=(frames,))
+    t.start()
+    got = transport.read_message(reader, None, buffers.BufferPool().get, None, codec.bytes_frames)
+    t.join(10)
+    out = codec.decode(got).args[0]
+    assert (out == arr).all() and out.flags.writeable
+    a.close()
+    b.close()
