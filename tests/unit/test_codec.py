@@ -20,6 +20,8 @@ from pydistributed.messages import (
     JoinComplete,
     JoinPGRP,
     PeerUpdate,
+    Ping,
+    Pong,
     RefCount,
     RemoteDo,
     Result,
@@ -32,12 +34,14 @@ SAMPLES = [
     RemoteDo(print, ("x",), {}),
     Result(42, True, {"v": [1, 2, 3]}),
     RefCount(adds=((1, 2, 3),), dels=((1, 2, 4), (5, 6, 7))),
-    JoinPGRP(5, 2, "all_to_all", True, ((3, "127.0.0.1", 4000),), "localhost"),
+    JoinPGRP(5, 2, "all_to_all", True, ((3, "127.0.0.1", 4000),), "localhost", ((3, b"k" * 32),)),
     JoinComplete(5, 1234, "host"),
-    Identify(3),
-    PeerUpdate(added=((4, "127.0.0.1", 5000),), removed=(2,)),
+    Identify(3, b"p" * 32),
+    PeerUpdate(added=((4, "127.0.0.1", 5000),), removed=(2,), keys=((4, b"k" * 32),)),
     Interrupt(),
     Exit(),
+    Ping(7),
+    Pong(7),
 ]
 
 

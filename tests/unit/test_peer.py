@@ -19,7 +19,7 @@ import pytest
 
 from pydistributed import codec, sockets, transport
 from pydistributed.errors import ProcessExitedException
-from pydistributed.messages import CallFetch, Identify, Message, Result
+from pydistributed.messages import CallFetch, Identify, Interrupt, Message, Result
 from pydistributed.peer import Peer, ResponseSlot
 
 WAIT = 10.0
@@ -114,8 +114,8 @@ def test_a_message_sent_on_one_side_arrives_on_the_other(
     a, ia, b, ib = pair
     a.send(Result(7, True, {"x": [1, 2, 3]}))
     assert ib.next_message() == Result(7, True, {"x": [1, 2, 3]})
-    b.send(Identify(5))  # a message with no body
-    assert ia.next_message() == Identify(5)
+    b.send(Interrupt())  # a message with no body
+    assert ia.next_message() == Interrupt()
     b.send(CallFetch(9, operator.add, (1, 2), {}))
     got = ia.next_message()
     assert isinstance(got, CallFetch) and got.response_id == 9
@@ -279,9 +279,9 @@ def test_a_garbled_frame_closes_the_connection_with_a_protocol_error(
     peer, inbox, raw = half
     slot = ResponseSlot()
     peer.pending[1] = slot
-    transport.SocketWriter(raw).write_frames([_header(Identify.TAG), b""])  # one good message
+    transport.SocketWriter(raw).write_frames([_header(Interrupt.TAG), b""])  # one good message
     garble(raw)
-    assert inbox.next_message() == Identify(0)
+    assert inbox.next_message() == Interrupt()
     assert inbox.closed.wait(WAIT)
     assert len(inbox.closes) == 1 and inbox.closes[0].startswith("protocol error: ")
     assert peer.closed and peer.close_reason == inbox.closes[0]
