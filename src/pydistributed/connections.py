@@ -27,13 +27,14 @@ from __future__ import annotations
 import hmac
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from . import codec, sockets, transport
-from .errors import ProcessExitedException, ProtocolError
+from . import codec, sockets, tls, transport
+from .errors import AuthenticationError, ProcessExitedException, ProtocolError
 from .handshake import Session, client_handshake, server_handshake
 from .listener import Listener
 from .managers.base import ClusterManager, WorkerConfig, overrides
@@ -259,7 +260,8 @@ class Connections:
         On this host, when ``manager`` leaves ``connect`` to the default, the connection goes
         through the worker's Unix-socket twin, and only to the expected process
         (``config.ospid``, when known); elsewhere, or without a twin, through
-        ``manager.connect`` (TCP by default).
+        ``manager.connect`` (TCP by default), in TLS when ``PYDIST_TLS`` wants it for that
+        host (``tls.py``; a manager's own streams that are not a socket get no TLS).
 
         Raises:
             AuthenticationError: the other side does not know the cookie, or is not the
@@ -275,14 +277,34 @@ class Connections:
             )
             if sock is not None:
                 reader, writer = sockets.socket_streams(sock)
-                return self.open(pid, reader, writer, local=True)
+                return self.open(pid, reader, writer, secure=True)
         instream, outstream = manager.connect(pid, config)
+        raw = getattr(outstream, "sock", None)
+        if raw is not None and host is not None and tls.wanted(str(host)):
+            raw.settimeout(HANDSHAKE_TIMEOUT)
+            try:
+                secured = tls.client_context().wrap_socket(raw)
+            except ssl.SSLError as e:
+                raw.close()
+                raise AuthenticationError(f"TLS with worker {pid} failed: {e}") from e
+            binding = tls.binding(secured.getpeercert(binary_form=True) or b"")
+            reader, writer = sockets.socket_streams(secured)
+            return self.open(pid, reader, writer, secure=True, binding=binding)
         return self.open(pid, instream, outstream)
 
-    def open(self, pid: int, instream: Any, outstream: Any, *, local: bool = False) -> Peer:
+    def open(
+        self,
+        pid: int,
+        instream: Any,
+        outstream: Any,
+        *,
+        secure: bool = False,
+        binding: bytes = b"",
+    ) -> Peer:
         """The connecting side: authenticate over the two streams; a Peer, not yet reading.
 
-        ``local``: the streams are a checked local socket, whose frames need no MAC.
+        ``secure``: the link authenticates its frames itself (a checked local socket, TLS), so
+        they need no MAC; ``binding``: the channel binding of TLS.
 
         Raises:
             AuthenticationError: the other side does not know the cookie.
@@ -292,7 +314,7 @@ class Connections:
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         read_exact, write = transport.handshake_io(instream, outstream, sock, deadline)
         try:
-            session = client_handshake(read_exact, write, self.cookie)
+            session = client_handshake(read_exact, write, self.cookie, binding)
         except BaseException:
             try:
                 transport.as_frame_writer(outstream).close()
@@ -301,7 +323,7 @@ class Connections:
             raise
         if sock is not None:
             sock.settimeout(None)
-        macs = None if local else session_macs(session)
+        macs = None if secure else session_macs(session)
         return self._make(instream, outstream, pid, sock, session, macs)
 
     def _make(
@@ -375,21 +397,21 @@ class Connections:
             self.listener.add(local, local=True)
         return address
 
-    def _accepted(self, sock: socket.socket, session: Session, local: bool, addr: Any) -> None:
+    def _accepted(self, sock: socket.socket, session: Session, secure: bool, addr: Any) -> None:
         """The listener's hand-off of an authenticated connection: serve it on a thread."""
         threading.Thread(
             target=self._serve_accepted,
-            args=(sock, session, local, addr),
+            args=(sock, session, secure, addr),
             name="pydist-incoming",
             daemon=True,
         ).start()
 
     def _serve_accepted(
-        self, sock: socket.socket, session: Session, local: bool, addr: Any
+        self, sock: socket.socket, session: Session, secure: bool, addr: Any
     ) -> None:
         reader, writer = sockets.socket_streams(sock)
         peer = self._make(
-            reader, writer, None, sock, session, None if local else session_macs(session)
+            reader, writer, None, sock, session, None if secure else session_macs(session)
         )
         try:
             sock.settimeout(HANDSHAKE_TIMEOUT)

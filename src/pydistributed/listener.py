@@ -7,13 +7,14 @@ own::
     selector thread                                        after the handshake
     ---------------                                        -------------------
     accept (TCP, or the local twin: check_peer first)
+    TCP: peek at the first byte: a TLS record starts TLS (``tls.py``), non-blocking
     run handshake.server_steps, non-blocking:
       Read(n)  -> read exactly n bytes when readable
       Write(b) -> send (the rest when writable)
     proof wrong, garbage, EOF     -> close
     past its deadline (DEADLINE s after accept) -> close
     more than MAX_PENDING waiting -> close the oldest
-    handshake done ---------------------------------->    on_ready(sock, session, local)
+    handshake done ---------------------------------->    on_ready(sock, session, secure)
                                                            (a thread of the caller's)
 
 So a peer that sends one byte every few seconds is dropped after ``DEADLINE`` seconds whatever
@@ -28,12 +29,13 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from . import sockets
+from . import sockets, tls
 from .errors import AuthenticationError
 from .handshake import Read, Session, Steps, Write, server_steps
 
@@ -48,15 +50,32 @@ _ACCEPTS_PER_WAKE = 64
 
 
 class _Pending:
-    """One connection in its handshake."""
+    """One connection in its handshake: first its first byte (TCP), then TLS (if it starts
+    it), then the cookie handshake."""
 
-    __slots__ = ("addr", "deadline", "inbuf", "local", "need", "outbuf", "session", "sock", "steps")
+    __slots__ = (
+        "addr",
+        "deadline",
+        "fd",
+        "inbuf",
+        "local",
+        "need",
+        "outbuf",
+        "phase",
+        "session",
+        "sock",
+        "steps",
+        "tls",
+    )
 
-    def __init__(self, sock: socket.socket, addr: Any, local: bool, steps: Steps) -> None:
+    def __init__(self, sock: socket.socket, addr: Any, local: bool) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.addr = addr
         self.local = local
-        self.steps = steps
+        self.phase = "cookie" if local else "first"
+        self.tls = False
+        self.steps: Steps | None = None
         self.deadline = time.monotonic() + DEADLINE
         self.need = 0
         self.inbuf = b""
@@ -69,9 +88,10 @@ class Listener:
 
     Args:
         cookie: gives the cluster cookie (asked at each handshake: it may be changed).
-        on_ready: takes each authenticated connection: ``(sock, session, local, addr)``, the
-            socket blocking again; it must not block (start a thread). ``local`` says the
-            connection came through the Unix-socket twin, whose peer the kernel has checked.
+        on_ready: takes each authenticated connection: ``(sock, session, secure, addr)``, the
+            socket blocking again; it must not block (start a thread). ``secure`` says the
+            link authenticates its frames itself: the Unix-socket twin (whose peer the kernel
+            has checked) or TLS.
     """
 
     def __init__(
@@ -131,10 +151,15 @@ class Listener:
             if p is None:
                 continue
             try:
-                if events & selectors.EVENT_WRITE:
-                    self._flush(p)
-                if events & selectors.EVENT_READ and fd in self._pending:
-                    self._receive(p)
+                if p.phase == "first":
+                    self._first(p)
+                elif p.phase == "tls":
+                    self._tls(p)
+                else:
+                    if events & selectors.EVENT_WRITE:
+                        self._flush(p)
+                    if events & selectors.EVENT_READ and fd in self._pending:
+                        self._receive(p)
             except (AuthenticationError, OSError, EOFError) as e:
                 self._drop(p, str(e))
         now = time.monotonic()
@@ -168,16 +193,58 @@ class Listener:
         conn.setblocking(False)
         if len(self._pending) >= MAX_PENDING:
             self._evict_oldest("too many connections in their handshake")
-        p = _Pending(conn, addr, local, server_steps(self._cookie()))
-        self._pending[conn.fileno()] = p
+        p = _Pending(conn, addr, local)
+        self._pending[p.fd] = p
         self._sel.register(conn, selectors.EVENT_READ, None)
+        if local:
+            self._begin(p, b"")
+
+    def _begin(self, p: _Pending, binding: bytes) -> None:
+        """Start the cookie handshake of ``p`` (over TLS, with its channel ``binding``)."""
+        p.phase = "cookie"
+        p.steps = server_steps(self._cookie(), binding)
         self._advance(p, None)
+
+    def _first(self, p: _Pending) -> None:
+        """A TCP connection's first byte: TLS, or the cookie handshake in the clear."""
+        first = p.sock.recv(1, socket.MSG_PEEK)
+        if not first:
+            raise EOFError("closed before the handshake")
+        if first[0] == tls.TLS_RECORD:
+            ctx, _ = tls.server_context()
+            p.sock = ctx.wrap_socket(p.sock, server_side=True, do_handshake_on_connect=False)
+            p.phase, p.tls = "tls", True
+            self._tls(p)
+            return
+        host = str(p.addr[0]) if p.addr else ""
+        if tls.wanted(host):
+            raise AuthenticationError(
+                f"a plain connection where TLS is wanted (PYDIST_TLS={tls.mode()})"
+            )
+        self._begin(p, b"")
+
+    def _tls(self, p: _Pending) -> None:
+        """One step of the TLS handshake, then the cookie handshake bound to its certificate."""
+        sock: Any = p.sock
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._sel.modify(sock, selectors.EVENT_READ, None)
+            return
+        except ssl.SSLWantWriteError:
+            self._sel.modify(sock, selectors.EVENT_WRITE, None)
+            return
+        except ssl.SSLError as e:
+            raise AuthenticationError(f"TLS failed: {e}") from e
+        _, cert = tls.server_context()
+        self._begin(p, tls.binding(cert))
 
     # -- one connection's handshake -----------------------------------------------------------
 
     def _advance(self, p: _Pending, reply: bytes | None) -> None:
         """Run the steps until they wait for bytes; hand the connection on once done."""
         while True:
+            assert p.steps is not None
             try:
                 step = p.steps.send(reply)
             except StopIteration as done:
@@ -195,19 +262,24 @@ class Listener:
         self._flush(p)
 
     def _receive(self, p: _Pending) -> None:
-        data = p.sock.recv(p.need - len(p.inbuf))
-        if not data:
-            raise EOFError("closed during the handshake")
-        p.inbuf += data
-        if len(p.inbuf) == p.need:
-            reply, p.inbuf = p.inbuf, b""
-            self._advance(p, reply)
+        # reads until nothing is there (TLS may hold decrypted bytes that select cannot see)
+        while p.session is None and p.fd in self._pending:
+            try:
+                data = p.sock.recv(p.need - len(p.inbuf))
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            if not data:
+                raise EOFError("closed during the handshake")
+            p.inbuf += data
+            if len(p.inbuf) == p.need:
+                reply, p.inbuf = p.inbuf, b""
+                self._advance(p, reply)
 
     def _flush(self, p: _Pending, final: bool = False) -> None:
         if p.outbuf:
             try:
                 sent = p.sock.send(p.outbuf)
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 sent = 0
             p.outbuf = p.outbuf[sent:]
         if final:
@@ -219,12 +291,12 @@ class Listener:
         self._sel.modify(p.sock, events, None)
 
     def _hand_over(self, p: _Pending) -> None:
-        del self._pending[p.sock.fileno()]
+        del self._pending[p.fd]
         self._sel.unregister(p.sock)
         p.sock.setblocking(True)
         assert p.session is not None
         try:
-            self._on_ready(p.sock, p.session, p.local, p.addr)
+            self._on_ready(p.sock, p.session, p.local or p.tls, p.addr)
         except Exception:
             log.exception(
                 "could not take an authenticated connection from %s", p.addr or "the local socket"
@@ -232,8 +304,7 @@ class Listener:
             p.sock.close()
 
     def _drop(self, p: _Pending, reason: str) -> None:
-        fd = p.sock.fileno()
-        if self._pending.pop(fd, None) is None:
+        if self._pending.pop(p.fd, None) is None:
             return
         self._refuse(p.addr, reason)
         try:

@@ -46,6 +46,7 @@ import hmac
 import mmap
 import os
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -174,6 +175,7 @@ class SocketWriter:
         self.bytes_sent = 0
         self.partial = False
         self.mac: FrameMac | None = None
+        self._tls = isinstance(sock, ssl.SSLSocket)  # no sendmsg: a sendall per piece
 
     def write_frames(self, frames: Sequence[Any]) -> None:
         prefix, lens, total = _prefix(frames, self._limit)
@@ -194,6 +196,11 @@ class SocketWriter:
             for piece in pieces:
                 h.update(piece)
             pieces.append(memoryview(h.digest()[:MAC_SIZE]))
+        if self._tls:
+            for piece in pieces:
+                sock.sendall(piece)
+            self.partial = False
+            return
         while pieces:
             sent = sock.sendmsg(pieces[:_IOV_MAX])
             # drop what went out; keep the tail of a piece that went out in part
@@ -411,11 +418,15 @@ class SocketReader:
         self._start = 0
         self._end = 0
         self.closed = False
+        self._tls = isinstance(sock, ssl.SSLSocket)
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def buffered(self) -> int:
+        """Bytes that can be read without waiting on the socket (TLS: decrypted ones too)."""
+        if self._tls:
+            return self._end - self._start + self.sock.pending()  # type: ignore[attr-defined]
         return self._end - self._start
 
     def _fill(self, need: int) -> bool:
