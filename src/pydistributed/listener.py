@@ -323,7 +323,7 @@ class Listener:
         if now < self._quiet_until:
             self._unlogged += 1
             return
-        more = f" ({self._unlogged} more warnings in the last second)" if self._unlogged else ""
+        more = f" (and {self._unlogged} more since the last warning)" if self._unlogged else ""
         log.warning("%s%s", what, more)
         self._quiet_until = now + 1.0
         self._unlogged = 0
