@@ -68,14 +68,14 @@ def test_wrong_cookie_is_refused(two_workers: list[int]) -> None:
     s = _raw_connect(w)
     f = s.makefile("rb")
     with pytest.raises(AuthenticationError):
-        handshake.client_handshake(lambda n: f.read(n), s.sendall, "not-the-cookie")
+        handshake.client_handshake(lambda n: f.read(n), s.sendall, "not-the-cluster-cookie")
     s.close()
-    # a client that ignores the server's proof and answers with garbage is told no
+    # a client that answers the server's challenge with a made-up proof is told no
     s = _raw_connect(w)
     f = s.makefile("rb")
     s.sendall(handshake.MAGIC + b"c" * 32)
     assert f.read(8) == handshake.MAGIC
-    f.read(64)
+    f.read(32)  # the server's challenge (and nothing computed from the cookie)
     s.sendall(b"\x00" * 32 + b"\x00\x02{}")
     assert f.read(4) == b"DENY"
     s.close()
