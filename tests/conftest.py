@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import faulthandler
-import gc
 import os
 import signal
 import sys
@@ -70,39 +69,6 @@ def add_workers() -> Iterator[Callable[..., list[int]]]:
 def two_workers(add_workers: Callable[..., list[int]]) -> list[int]:
     """Two fresh local workers."""
     return add_workers(2)
-
-
-# Warnings are errors (pyproject.toml). Two unit test modules, not maintained with this file,
-# leave socketpair ends open: test_handshake.py's ``_io`` never closes its ``sock.makefile``,
-# and test_eof_between_messages_and_inside_one never closes ``b``, ``b2`` and their readers.
-# Until they close them, exactly these tests may drop an unclosed socket, and the garbage is
-# collected as they end, so that it is never blamed on (nor hidden in) another test.
-KNOWN_SOCKET_LEAKS = (
-    "tests/unit/test_handshake.py::",
-    "tests/unit/test_transport.py::test_eof_between_messages_and_inside_one",
-)
-_UNCLOSED_SOCKET = pytest.mark.filterwarnings(
-    r"ignore:Exception ignored in. <socket\.socket :pytest.PytestUnraisableExceptionWarning"
-)
-
-
-def _leaks_sockets(item: pytest.Item) -> bool:
-    return item.nodeid.startswith(KNOWN_SOCKET_LEAKS)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if _leaks_sockets(item):
-            item.add_marker(_UNCLOSED_SOCKET)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    try:
-        return (yield)
-    finally:
-        if _leaks_sockets(item):
-            gc.collect()  # its teardown reports (and ignores) what it left
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

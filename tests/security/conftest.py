@@ -75,8 +75,11 @@ def end(proc: subprocess.Popen[Any]) -> None:
         proc.kill()
     try:
         proc.communicate(timeout=WAIT)
-    except (ValueError, subprocess.TimeoutExpired):
+    except (ValueError, subprocess.TimeoutExpired):  # ValueError: its stdin was closed already
         proc.wait(WAIT)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
 
 
 @pytest.fixture
@@ -102,7 +105,11 @@ class FakeMaster:
         self.sock = socket.create_connection((worker.host, worker.port), timeout=WAIT)
         self.reader, self.writer = sockets.socket_streams(self.sock)
         read_exact, write = transport.handshake_io(self.reader, self.writer)
-        session = handshake.client_handshake(read_exact, write, cookie)
+        try:
+            session = handshake.client_handshake(read_exact, write, cookie)
+        except BaseException:
+            self.sock.close()
+            raise
         self.session = session
         self.writer.mac = transport.FrameMac(session.key_out)
         self.mac_in = transport.FrameMac(session.key_in)

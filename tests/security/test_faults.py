@@ -174,6 +174,8 @@ def test_a_worker_stuck_in_c_code_dies_with_its_master() -> None:
         if master.poll() is None:
             master.kill()
             master.wait(WAIT)
+        if master.stdout is not None:
+            master.stdout.close()
         if worker and is_alive(worker):
             os.kill(worker, signal.SIGKILL)
 

@@ -52,11 +52,33 @@ class Relay:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
-        master, _ = self.listener.accept()
+        try:
+            master, _ = self.listener.accept()
+        except OSError:
+            return  # closed before anybody came
         worker = socket.create_connection(self.target)
         self.to_master, self.to_worker = master, worker
-        for a, b in ((master, worker), (worker, master)):
-            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+        self._pumps = [
+            threading.Thread(target=self._pump, args=(a, b), daemon=True)
+            for a, b in ((master, worker), (worker, master))
+        ]
+        for t in self._pumps:
+            t.start()
+
+    def close(self) -> None:
+        """Close everything the relay holds, and wait for its threads."""
+        self.listener.close()
+        for s in (self.to_master, self.to_worker):
+            if s is not None:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        for t in getattr(self, "_pumps", []):
+            t.join(WAIT)
+        for s in (self.to_master, self.to_worker):
+            if s is not None:
+                s.close()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
@@ -123,6 +145,7 @@ def relayed() -> Any:
     end_workers([pid])
     if m.proc is not None:
         end(m.proc)
+    m.relay.close()
 
 
 def test_a_relayed_connection_works(relayed: Any) -> None:

@@ -55,6 +55,7 @@ def test_a_tls_link_carries_nothing_in_the_clear(tls_everywhere: None) -> None:
         assert secret.upper().encode() not in seen
     finally:
         end_workers([w])
+        m.relay.close()
 
 
 def test_a_worker_that_wants_tls_refuses_a_plain_connection(
@@ -76,18 +77,40 @@ class TerminatingRelay:
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(1)
         self.port = int(self.listener.getsockname()[1])
-        threading.Thread(target=self._run, daemon=True).start()
+        self.held: list[Any] = []
+        self.threads = [threading.Thread(target=self._run, daemon=True)]
+        self.threads[0].start()
 
     def _run(self) -> None:
-        raw, _ = self.listener.accept()
+        try:
+            raw, _ = self.listener.accept()
+        except OSError:
+            return
+        self.held.append(raw)
         ctx, _ = tls.server_context()  # this process's certificate, not the worker's
         try:
             master = ctx.wrap_socket(raw, server_side=True)
-            worker = tls.client_context().wrap_socket(socket.create_connection(self.target))
+            self.held.append(master)
+            plain = socket.create_connection(self.target)
+            self.held.append(plain)
+            worker = tls.client_context().wrap_socket(plain)
+            self.held.append(worker)
         except (OSError, ssl.SSLError):
             return
         for a, b in ((master, worker), (worker, master)):
-            threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+            t = threading.Thread(target=_pump, args=(a, b), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def close(self) -> None:
+        self.listener.close()
+        for s in self.held:
+            try:
+                s.close()
+            except OSError:
+                pass
+        for t in self.threads:
+            t.join(WAIT)
 
 
 def _pump(src: Any, dst: Any) -> None:
@@ -106,5 +129,9 @@ def _pump(src: Any, dst: Any) -> None:
 def test_a_relay_that_terminates_tls_cannot_pass_the_proofs(tls_everywhere: None) -> None:
     m = TcpOnly()
     m.relay = TerminatingRelay
-    with pytest.raises(AuthenticationError):
-        addprocs(m)
+    try:
+        with pytest.raises(AuthenticationError):
+            addprocs(m)
+    finally:
+        if isinstance(m.relay, TerminatingRelay):
+            m.relay.close()

@@ -16,13 +16,14 @@ COOKIE = "s3cret-cookie-of-the-test"
 
 
 def _io(sock: socket.socket) -> tuple[Any, Any]:
-    f = sock.makefile("rb")
-
     def read_exact(n: int) -> bytes:
-        data = f.read(n)
-        if len(data) != n:
-            raise EOFError
-        return data
+        data = bytearray()
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return bytes(data)
 
     return read_exact, sock.sendall
 

@@ -53,10 +53,13 @@ def test_eof_between_messages_and_inside_one() -> None:
     a.close()
     with pytest.raises(EOFError):
         transport.read_message(reader)
+    reader.close()
+    b.close()
     a2, b2 = _pair()
     a2.close()
-    with pytest.raises(EOFError):
-        transport.read_message(b2.makefile("rb"))
+    with b2.makefile("rb") as reader2, pytest.raises(EOFError):
+        transport.read_message(reader2)
+    b2.close()
 
 
 def test_size_guard_refuses_before_allocating() -> None:
