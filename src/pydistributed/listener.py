@@ -238,6 +238,10 @@ class Listener:
             raise AuthenticationError(f"TLS failed: {e}") from e
         _, cert = tls.server_context()
         self._begin(p, tls.binding(cert))
+        if p.fd in self._pending and p.session is None:
+            # the client's first bytes may have come with its last handshake record: they are
+            # in the TLS buffer now, where select cannot see them
+            self._receive(p)
 
     # -- one connection's handshake -----------------------------------------------------------
 
