@@ -7,8 +7,10 @@ a connection passes :meth:`BufferPool.get` of its cluster's pool. See :class:`Bu
 from __future__ import annotations
 
 import collections
+import ctypes
 import mmap
 import os
+import sys
 import threading
 import time
 import weakref
@@ -112,3 +114,34 @@ class BufferPool:
             free, self._free, self._cached = self._free, [], 0
         for _, fd in free:
             os.close(fd)
+
+
+def new_bytes(n: int) -> tuple[bytes, Any]:
+    """A new ``bytes`` of ``n`` bytes and a writable view of its memory, to receive into.
+
+    A large ``bytes`` argument or result would otherwise arrive in a buffer and be copied into
+    a ``bytes`` once more (twice its size at the peak). CPython lets a ``bytes`` be made empty
+    and filled before anyone else sees it (``PyBytes_FromStringAndSize(NULL, n)``); its
+    characters start at ``bytes.__basicsize__ - 1``. Elsewhere: a ``bytearray`` (copied later).
+    """
+    if _PyBytes_FromStringAndSize is None:
+        buf = bytearray(n)
+        return buf, buf  # type: ignore[return-value]
+    obj = _PyBytes_FromStringAndSize(None, n)
+    view = (ctypes.c_char * n).from_address(id(obj) + bytes.__basicsize__ - 1)
+    return obj, view
+
+
+def _bytes_maker() -> Any:
+    if sys.implementation.name != "cpython":
+        return None
+    try:
+        f = ctypes.pythonapi.PyBytes_FromStringAndSize
+    except AttributeError:
+        return None
+    f.restype = ctypes.py_object
+    f.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+    return f
+
+
+_PyBytes_FromStringAndSize = _bytes_maker()

@@ -35,7 +35,7 @@ from typing import Any
 
 from . import codec, sockets, tls, transport
 from .errors import AuthenticationError, ProcessExitedException, ProtocolError
-from .handshake import Session, client_handshake, server_handshake
+from .handshake import Session, client_handshake, server_handshake, stream_io
 from .listener import Listener
 from .managers.base import ClusterManager, WorkerConfig, overrides
 from .messages import Identify, JoinPGRP, Message
@@ -80,7 +80,7 @@ def authenticate_incoming(reader: Any, writer: Any, cookie: str) -> tuple[Messag
         ProtocolError: the first message is garbled, too large or not authentic.
         EOFError, OSError: the connection broke or timed out.
     """
-    read_exact, write = transport.handshake_io(reader, writer)
+    read_exact, write = stream_io(reader, writer)
     session = server_handshake(read_exact, write, cookie)
     macs = session_macs(session)
     return read_first(reader, macs[1]), session, macs
@@ -312,7 +312,7 @@ class Connections:
         """
         sock = getattr(outstream, "sock", None)
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT
-        read_exact, write = transport.handshake_io(instream, outstream, sock, deadline)
+        read_exact, write = stream_io(instream, outstream, sock, deadline)
         try:
             session = client_handshake(read_exact, write, self.cookie, binding)
         except BaseException:

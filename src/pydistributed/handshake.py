@@ -43,6 +43,7 @@ import secrets
 import string
 import struct
 import sys
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,7 @@ __all__ = [
     "run_steps",
     "server_handshake",
     "server_steps",
+    "stream_io",
 ]
 
 MAGIC = b"PYDIST\x00\x02"
@@ -312,3 +314,37 @@ def server_handshake(
         EOFError, OSError: the connection failed or timed out.
     """
     return run_steps(server_steps(cookie, binding), read_exact, write)
+
+
+def stream_io(
+    instream: Any, outstream: Any, sock: Any = None, deadline: float | None = None
+) -> tuple[Any, Any]:
+    """``(read_exact, write)`` over a connection's two streams, for the handshake.
+
+    With ``sock`` and ``deadline`` (a ``time.monotonic()``), every read and write waits only
+    for what remains until the deadline: one bound for the whole handshake, however slowly the
+    peer trickles its bytes.
+    """
+
+    def bound() -> None:
+        if sock is not None and deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the handshake took too long")
+            sock.settimeout(left)
+
+    def read_exact(n: int) -> bytes:
+        bound()
+        data = instream.read(n)
+        if data is None or len(data) != n:
+            raise EOFError("connection closed during the handshake")
+        return bytes(data)
+
+    def write(data: bytes) -> None:
+        bound()
+        outstream.write(data)
+        flush = getattr(outstream, "flush", None)
+        if flush is not None:
+            flush()
+
+    return read_exact, write

@@ -17,21 +17,7 @@ dropped. Frames of 1 MiB or more are received into memory that the reader's ``al
 whose objects are gone); without one, into fresh anonymous ``mmap`` memory.
 
 After the cookie handshake, a connection that the kernel cannot vouch for (TCP, a custom
-transport) authenticates every message: a 16-byte tag follows the last frame::
-
-    +--------+---------+-----+---------+-------------------------------------------------+
-    | prefix | frame 0 | ... | frame N | tag: BLAKE2b-128(key; seq | prefix | frames)     |
-    +--------+---------+-----+---------+-------------------------------------------------+
-
-BLAKE2b in its keyed mode (RFC 7693) is the MAC: here it costs 0.6 us for a small message
-against 1.7 us for HMAC-SHA256. ``key`` is this direction's session key
-(``handshake.Session``) and ``seq`` a 64-bit count of the messages sent so far in this
-direction, which is not sent: a message that is forged,
-changed, replayed, dropped or reordered fails the check, and the connection is dropped
-(:class:`FrameMac`). The tag covers out-of-band buffers too. A Unix-socket connection whose peer
-the kernel has checked (same user, ``sockets.peer_credentials``) carries no tags: nobody else
-can be at the other end, and the tags would cost a pass over every large buffer (measured in
-``docs/security.md``).
+transport) authenticates every message: a 16-byte tag follows the last frame (``framemac.py``).
 
 Memory for a large frame is committed as its data arrives, a chunk at a time
 (``MADV_POPULATE_WRITE``), never for the declared size up front.
@@ -43,22 +29,17 @@ objects) get one ``write`` per frame and a ``flush``.
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
-import hmac
 import mmap
 import os
-import queue
 import socket
 import ssl
 import struct
-import sys
-import threading
-import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, BinaryIO, Protocol
 
+from .buffers import new_bytes
 from .errors import ProtocolError
+from .framemac import MAC_SIZE, BackgroundHash, FrameMac
 
 __all__ = [
     "MAC_SIZE",
@@ -69,7 +50,6 @@ __all__ = [
     "SocketWriter",
     "StreamWriter",
     "as_frame_writer",
-    "handshake_io",
     "max_message_bytes",
     "read_message",
 ]
@@ -93,71 +73,8 @@ def max_message_bytes() -> int:
     return _DEFAULT_MAX
 
 
-MAC_SIZE = 16
-_SEQ = struct.Struct("!Q")
 _COMMIT_CHUNK = 8 << 20  # memory of a large frame is committed this much at a time
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
-
-
-class FrameMac:
-    """The authentication of one direction of a connection (see the module's docstring).
-
-    One object per direction; the sender and the receiver count messages the same way, so
-    every message must pass through it exactly once and in order (the send lock, the reading
-    role).
-    """
-
-    __slots__ = ("_keyed", "_seq")
-
-    def __init__(self, key: bytes) -> None:
-        self._keyed = hashlib.blake2b(key=key, digest_size=MAC_SIZE)  # copied per message
-        self._seq = 0
-
-    def start(self) -> Any:
-        """A MAC for the next message, to ``update`` with its bytes."""
-        h = self._keyed.copy()
-        h.update(_SEQ.pack(self._seq))
-        self._seq += 1
-        return h
-
-    def tag(self, data: Any) -> bytes:
-        """The tag of the next message, whose bytes (prefix and frames) are ``data``."""
-        h = self.start()
-        h.update(data)
-        return h.digest()  # type: ignore[no-any-return]
-
-    @staticmethod
-    def check(h: Any, tag: Any) -> None:
-        """Raise ProtocolError unless ``tag`` is the tag of what ``h`` has seen."""
-        if not hmac.compare_digest(h.digest(), bytes(tag)):
-            raise ProtocolError("message authentication failed (forged, changed or out of order)")
-
-
-class _BackgroundHash:
-    """Feeds a MAC on another thread, in order, while this one sends or receives: hashlib
-    lets go of the GIL on large updates, so on two cores the pass over a large buffer costs
-    about nothing beyond the transfer itself. Used for messages with a frame of 1 MiB or more
-    (starting a thread costs more than hashing a small one)."""
-
-    __slots__ = ("_h", "_q", "_t")
-
-    def __init__(self, h: Any) -> None:
-        self._h = h
-        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._t = threading.Thread(target=self._run, name="pydist-mac", daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        while (data := self._q.get()) is not None:
-            self._h.update(data)
-
-    def update(self, data: Any) -> None:
-        self._q.put(data)
-
-    def digest(self) -> bytes:
-        self._q.put(None)
-        self._t.join()
-        return self._h.digest()  # type: ignore[no-any-return]
 
 
 class FrameWriter(Protocol):
@@ -226,7 +143,7 @@ class SocketWriter:
         pieces.extend(memoryview(f).cast("B") for f, n in zip(frames, lens, strict=True) if n)
         bg = None
         if mac is not None:
-            bg = _BackgroundHash(mac.start())  # hashes while the pieces go out
+            bg = BackgroundHash(mac.start())  # hashes while the pieces go out
             for piece in pieces:
                 bg.update(piece)
         self._send_pieces(pieces)
@@ -313,37 +230,6 @@ def _read_exact(reader: BinaryIO, n: int) -> bytes:
     return data
 
 
-def _new_bytes(n: int) -> tuple[bytes, Any]:
-    """A new ``bytes`` of ``n`` bytes and a writable view of its memory, to receive into.
-
-    A large ``bytes`` argument or result would otherwise arrive in a buffer and be copied into
-    a ``bytes`` once more (twice its size at the peak). CPython lets a ``bytes`` be made empty
-    and filled before anyone else sees it (``PyBytes_FromStringAndSize(NULL, n)``); its
-    characters start at ``bytes.__basicsize__ - 1``. Elsewhere: a ``bytearray`` (copied later).
-    """
-    if _PyBytes_FromStringAndSize is None:
-        buf = bytearray(n)
-        return buf, buf  # type: ignore[return-value]
-    obj = _PyBytes_FromStringAndSize(None, n)
-    view = (ctypes.c_char * n).from_address(id(obj) + bytes.__basicsize__ - 1)
-    return obj, view
-
-
-def _bytes_maker() -> Any:
-    if sys.implementation.name != "cpython":
-        return None
-    try:
-        f = ctypes.pythonapi.PyBytes_FromStringAndSize
-    except AttributeError:
-        return None
-    f.restype = ctypes.py_object
-    f.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-    return f
-
-
-_PyBytes_FromStringAndSize = _bytes_maker()
-
-
 def _read_into(reader: BinaryIO, buf: Any, on_chunk: Callable[[Any], None] | None = None) -> None:
     """Fill ``buf`` from ``reader``, committing the memory of an ``mmap`` a chunk at a time,
     just before its data is read into it (so a peer that declares a huge frame and sends
@@ -420,7 +306,7 @@ def _read_frames(
     (the message's MAC, fed with the prefix already) is given."""
     _check_size(len(lens), sum(lens), limit)
     if h is not None and max(lens) >= _BIG_FRAME:
-        h = _BackgroundHash(h)  # hashes each chunk while the next one arrives
+        h = BackgroundHash(h)  # hashes each chunk while the next one arrives
     frames: list[Any] = []
     as_bytes: Collection[int] = ()
     for i, size in enumerate(lens):
@@ -430,7 +316,7 @@ def _read_frames(
             try:
                 frame: Any
                 if i in as_bytes:
-                    frame, buf = _new_bytes(size)
+                    frame, buf = new_bytes(size)
                 else:
                     frame = buf = alloc(size) if alloc is not None else mmap.mmap(-1, size)
             except (OSError, ValueError, OverflowError, MemoryError) as e:
@@ -579,37 +465,3 @@ class SocketReader:
 
     def close(self) -> None:
         self.closed = True
-
-
-def handshake_io(
-    instream: Any, outstream: Any, sock: Any = None, deadline: float | None = None
-) -> tuple[Any, Any]:
-    """``(read_exact, write)`` over a connection's two streams, for the handshake.
-
-    With ``sock`` and ``deadline`` (a ``time.monotonic()``), every read and write waits only
-    for what remains until the deadline: one bound for the whole handshake, however slowly the
-    peer trickles its bytes.
-    """
-
-    def bound() -> None:
-        if sock is not None and deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the handshake took too long")
-            sock.settimeout(left)
-
-    def read_exact(n: int) -> bytes:
-        bound()
-        data = instream.read(n)
-        if data is None or len(data) != n:
-            raise EOFError("connection closed during the handshake")
-        return bytes(data)
-
-    def write(data: bytes) -> None:
-        bound()
-        outstream.write(data)
-        flush = getattr(outstream, "flush", None)
-        if flush is not None:
-            flush()
-
-    return read_exact, write

@@ -104,7 +104,7 @@ class FakeMaster:
     def __init__(self, worker: RawWorker, cookie: str = COOKIE) -> None:
         self.sock = socket.create_connection((worker.host, worker.port), timeout=WAIT)
         self.reader, self.writer = sockets.socket_streams(self.sock)
-        read_exact, write = transport.handshake_io(self.reader, self.writer)
+        read_exact, write = handshake.stream_io(self.reader, self.writer)
         try:
             session = handshake.client_handshake(read_exact, write, cookie)
         except BaseException:

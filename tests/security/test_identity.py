@@ -20,7 +20,7 @@ def _claim(host: str, port: int, pid: int, proof: bytes) -> bytes:
     """Connect to a worker over TCP with the cookie, claim to be ``pid``; what comes back."""
     sock = socket.create_connection((host, port), timeout=WAIT)
     reader, writer = sockets.socket_streams(sock)
-    read_exact, write = transport.handshake_io(reader, writer)
+    read_exact, write = handshake.stream_io(reader, writer)
     session = handshake.client_handshake(read_exact, write, cluster_cookie())
     writer.mac = transport.FrameMac(session.key_out)
     frames, _ = encode(Identify(pid, proof), None)
