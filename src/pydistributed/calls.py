@@ -142,10 +142,15 @@ class Calls:
         """Run ``f`` on ``pid``, store its result under ``rrid`` there, return when done.
 
         Returns the local storage when ``pid`` is this process, else None.
+
+        Raises:
+            RemoteException: ``f`` raised (its failure is stored under ``rrid`` too).
         """
         if pid == self.registry.myid:
             slot = self.dispatch.refs.add(rrid, pid)
-            self.dispatch.call_into(slot, f, args, kwargs)
+            ok, value = self.dispatch.call_into(slot, f, args, kwargs)
+            if not ok:
+                raise RemoteException(pid, value)
             return slot
         args, kwargs = _oob_args(args, kwargs)
         try:

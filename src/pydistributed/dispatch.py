@@ -6,7 +6,8 @@ up in the handler table::
     Call(whence, id, f, ...)       store storage for RRID(whence, id); run f later; put the
                                    result (or the captured error) into that storage
     CallFetch(rid, f, ...)         run f later; answer Result(rid, value) to the caller
-    CallWait(rid, whence, id, f)   as Call, then answer Result(rid, None) once stored
+    CallWait(rid, whence, id, f)   as Call, then answer once stored: Result(rid, None), or
+                                   the failure (stored too) when f raised
     RemoteDo(f, ...)               run f later; a failure is logged here, nobody is answered
     Result(rid, ok, value)         fill the caller's response slot ``rid`` of that connection
     JoinComplete(rid, ...)         likewise (the answer to JoinPGRP)
@@ -146,8 +147,9 @@ class Dispatcher:
         slot = self.refs.add(RRID(msg.whence, msg.id), msg.whence)
 
         def run() -> None:
-            self.call_into(slot, msg.f, msg.args, msg.kwargs)
-            self.reply(peer, msg.response_id, True, None)
+            ok, value = self.call_into(slot, msg.f, msg.args, msg.kwargs)
+            # stored either way; the caller learns of a failure too (Julia's remotecall_wait)
+            self.reply(peer, msg.response_id, ok, None if ok else value)
 
         self.executor.submit(run, not is_internal(msg.f))
 
@@ -241,10 +243,13 @@ class Dispatcher:
         except Exception:
             log.exception("could not answer a call from process %s", peer.pid)
 
-    def call_into(self, slot: Any, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Run ``f`` on this thread and store its outcome in ``slot``."""
+    def call_into(
+        self, slot: Any, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[bool, Any]:
+        """Run ``f`` on this thread and store its outcome in ``slot``; returns the outcome."""
         ok, value = self.execute(f, args, kwargs)
         self.store(slot, ok, value)
+        return ok, value
 
     def start_call(
         self,
@@ -258,7 +263,11 @@ class Dispatcher:
         """Make the storage of ``rrid`` (held by ``client``) and run ``f`` into it, soon.
         Returns the storage."""
         slot = self.refs.add(rrid, client)
-        self.executor.submit(lambda: self.call_into(slot, f, args, kwargs), main_ok)
+
+        def run() -> None:
+            self.call_into(slot, f, args, kwargs)
+
+        self.executor.submit(run, main_ok)
         return slot
 
     def start_remote_do(

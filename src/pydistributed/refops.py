@@ -46,7 +46,6 @@ __all__ = [
     "status_ref",
     "take_ch",
     "wait_ch",
-    "wait_ref",
 ]
 
 # How often an owner-side operation that blocks checks that its caller is still there.
@@ -147,19 +146,8 @@ def fetch_ref(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
 
 
 @_internal
-def wait_ref(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
-    """True once set, False on a timeout, or a marker."""
-    c = current_cluster()
-    try:
-        marker = _blocking(c, future_slot(c, key).wait, (), timeout, caller)
-    except TimeoutError:
-        return False
-    return marker if isinstance(marker, Marker) else True
-
-
-@_internal
 def status_ref(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
-    """Like :func:`fetch_ref`, but the value only when it is a failure (for ``sync``)."""
+    """Like :func:`fetch_ref`, but the value only when it is a failure (``wait``, ``sync``)."""
     c = current_cluster()
     try:
         value = _blocking(c, future_slot(c, key).fetch, (), timeout, caller)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .cluster import current_cluster
+from .errors import RemoteException
 from .ids import RRID, check_pid
 from .remoteref import Future
 from .tasks import Task, register_sync
@@ -91,6 +92,8 @@ def wait_on(pid: int, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
     fut = Future._for_call(c, pid, rrid)
     try:
         c.calls.call_wait(pid, rrid, f, args, kwargs)
+    except RemoteException:
+        raise  # it ran there and failed: the handle goes, and releases the stored failure
     except BaseException:
         fut._released = True  # the call never reached the owner: nothing to release
         raise
@@ -164,8 +167,12 @@ def remotecall_fetch(f: Any, id_or_pool: Any, /, *args: Any, **kwargs: Any) -> A
 def remotecall_wait(f: Any, id_or_pool: Any, /, *args: Any, **kwargs: Any) -> Future:
     """Run ``f`` on a process, wait until it is done, and return the :class:`Future` of it.
 
-    Faster than ``wait(remotecall(...))``: one message each way. An error of ``f`` is raised by
-    ``fetch`` on the Future, not here.
+    Faster than ``wait(remotecall(...))``: one message each way.
+
+    Raises:
+        RemoteException: ``f`` raised there (as Julia's ``remotecall_wait`` does).
+        pickle.PicklingError: ``f`` or an argument could not be pickled (nothing was sent).
+        ProcessExitedException: the process has exited, or exits before answering.
     """
     if type(id_or_pool) is int:
         return wait_on(id_or_pool, f, args, kwargs)

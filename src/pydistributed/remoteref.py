@@ -225,12 +225,12 @@ class Future(_RemoteRef):
         return refops.future_slot(self._cluster, self._key)
 
     def _cache(self, value: Any) -> Any:
-        """Keep ``value`` here (the first one wins) and release the remote copy."""
+        """Keep ``value`` here (the first one wins) and release the stored copy (also when it
+        is stored here: the owner frees it once no other process holds the reference)."""
         with self._lock:
             if self._value is _NOTHING:
                 self._value = value
-                if self.where != self._cluster.myid:
-                    self._release()  # the value lives here now
+                self._release()  # the value lives in this handle now
             return self._value
 
     @staticmethod
@@ -264,21 +264,17 @@ class Future(_RemoteRef):
         return self._unwrap(value)
 
     def wait(self, timeout: float | None = None) -> Future:
-        """Block until the value is set (an error counts as set); returns the Future.
+        """Block until the value is set; returns the Future (Julia's ``wait``).
 
         Raises:
+            RemoteException: the call that was to produce the value raised (as ``fetch``
+                would; Julia's ``wait_ref`` rethrows it too).
             TimeoutError: ``timeout`` seconds passed first.
             ProcessExitedException: the owner has exited (also while this call waits).
         """
-        if self._value is not _NOTHING:
-            return self
-        c = self._cluster
-        if self.where == c.myid:
-            self._slot().wait(timeout)
-        elif not raise_marker(
-            c.calls.call_fetch(self.where, refops.wait_ref, (self._key, timeout, c.myid))
-        ):
-            raise TimeoutError(f"{self!r} was not set within {timeout} s")
+        err = self._sync_wait(timeout)
+        if err is not None:
+            raise err
         return self
 
     def isready(self) -> bool:

@@ -103,9 +103,10 @@ def test_future_api(two_workers: list[int]) -> None:
     # remotecall_wait returns a ready Future
     g = remotecall_wait(h.add, w, 2, 3)
     assert g.isready() and fetch(g) == 5
-    # an error is raised by fetch, whoever owns the Future
+    # an error is raised by wait and fetch, whoever owns the Future
     bad = remotecall(math.sqrt, w, -1)
-    bad.wait(timeout=10)
+    with pytest.raises(RemoteException):
+        bad.wait(timeout=10)
     with pytest.raises(RemoteException):
         bad.fetch()
     with pytest.raises(RemoteException):

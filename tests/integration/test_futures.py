@@ -20,7 +20,10 @@ from pydistributed import (
     put,
     remotecall,
     remotecall_fetch,
+    remotecall_wait,
     remoteref_id,
+    sync,
+    timedwait,
     wait,
 )
 from tests.conftest import in_thread, requests_awaiting, wait_until
@@ -130,7 +133,8 @@ def test_fetch_caches_so_the_owner_is_no_longer_needed(two_workers: list[int]) -
 def test_failed_call_raises_at_fetch_on_every_process(two_workers: list[int]) -> None:
     a, b = two_workers
     f = remotecall(math.sqrt, a, -1)
-    assert f.wait(timeout=10) is f  # an error counts as set
+    with pytest.raises(RemoteException):
+        f.wait(timeout=10)  # as Julia's wait(f): the call's error
     with pytest.raises(RemoteException) as info:
         f.fetch()
     assert info.value.pid == a and isinstance(info.value.captured.exc, ValueError)
@@ -186,3 +190,57 @@ def test_blocked_future_operations_fail_fast_when_the_owner_dies(two_workers: li
     for op in (f.fetch, f.wait, f.isready, lambda: f.put(1), lambda: Future(doomed).fetch()):
         with pytest.raises(ProcessExitedException):
             op()
+
+
+# -- Julia's wait_ref: wait and remotecall_wait raise the call's error -----------------------
+
+
+@pytest.mark.parametrize("where", ["worker", "master"])
+def test_wait_and_remotecall_wait_raise_the_calls_error(two_workers: list[int], where: str) -> None:
+    pid = two_workers[0] if where == "worker" else 1
+    with pytest.raises(RemoteException) as info:
+        remotecall_wait(math.sqrt, pid, -1)
+    assert info.value.pid == pid and isinstance(info.value.captured.exc, ValueError)
+    fut = remotecall(math.sqrt, pid, -1)
+    with pytest.raises(RemoteException):
+        wait(fut, timeout=10)
+    with pytest.raises(RemoteException):
+        fut.wait(timeout=10)
+    ok = remotecall_wait(math.sqrt, pid, 4)
+    assert ok.wait() is ok and ok.fetch() == 2.0
+
+
+def test_sync_raises_the_error_of_a_remotecall_wait(two_workers: list[int]) -> None:
+    w = two_workers[0]
+    with pytest.raises(RemoteException):
+        with sync():
+            remotecall_wait(math.sqrt, w, -1)
+
+
+def test_a_failed_remotecall_wait_leaves_nothing_stored(two_workers: list[int]) -> None:
+    import gc
+
+    w = two_workers[0]
+    before = remotecall_fetch(_stored, w)
+    for _ in range(5):
+        with pytest.raises(RemoteException):
+            remotecall_wait(math.sqrt, w, -1)
+    gc.collect()
+    assert timedwait(lambda: remotecall_fetch(_stored, w) <= before, 10, pollint=0.02) == "ok"
+
+
+def test_a_future_fetched_by_its_owner_frees_its_storage() -> None:
+    from pydistributed.cluster import current_cluster
+
+    refs = current_cluster().refs
+    fut = remotecall(math.sqrt, 1, 16)  # owned by this process
+    key = remoteref_id(fut)
+    assert fut.fetch(timeout=10) == 4.0
+    assert timedwait(lambda: refs.lookup(key) is None, 10, pollint=0.01) == "ok"
+    assert fut.fetch() == 4.0  # the handle keeps the value
+
+
+def _stored() -> int:
+    from pydistributed.cluster import current_cluster
+
+    return len(current_cluster().refs)

@@ -250,7 +250,9 @@ def test_call_wait_stores_then_answers(link: Link) -> None:
 def test_a_failing_call_wait_stores_the_failure_and_still_answers(link: Link) -> None:
     rid = link.next_rid()
     link.client.send(CallWait(rid, CALLER, 9, fail, (), {}))
-    assert link.answers.take(rid) == Result(rid, True, None)  # "stored", not the outcome
+    answer = link.answers.take(rid)  # stored, and the caller told of the failure
+    assert answer.response_id == rid and not answer.ok
+    assert "ZeroDivisionError" in str(answer.value)
     value = link.refs.lookup(RRID(CALLER, 9)).fetch(0)
     assert isinstance(value, Failure) and isinstance(value.captured.exc, ZeroDivisionError)
 
