@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -37,7 +38,9 @@ def end_workers(pids: list[int]) -> None:
     live = [p for p in pids if p in table]
     if live:
         try:
-            rmprocs(live, waitfor=10)
+            with warnings.catch_warnings():  # a worker that exited meanwhile: nothing to say
+                warnings.simplefilter("ignore")
+                rmprocs(live, waitfor=10)
         except Exception as e:  # still kill below
             print(f"cleanup: rmprocs failed: {e!r}", file=sys.stderr)
     for proc in procs.values():

@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import logging
 import pickle
+import traceback
 from collections.abc import Callable
 from typing import Any
 
 from . import codec
-from .errors import ProcessExitedException, RemoteException, capture
+from .errors import CapturedException, ProcessExitedException, RemoteException, capture
 from .execution import Executor, exit_process
 from .ids import RRID
 from .messages import (
@@ -62,6 +63,21 @@ log = logging.getLogger("pydistributed")
 
 def _ignore(peer: Peer, msg: Message) -> None:
     pass
+
+
+def _undecodable_answer(err: codec.DecodeError, sender: int | None, me: int) -> CapturedException:
+    """The error of an answer that arrived but cannot be unpickled here: it names the cause
+    (the original exception) and says that the value was computed, and where."""
+    cause = err.cause
+    why = ""
+    if isinstance(cause, (ImportError, AttributeError)):
+        why = f" (a module or class that process {sender} has is missing on process {me})"
+    text = (
+        f"The call ran on process {sender}, but its answer cannot be received on process "
+        f"{me}: unpickling it raised {type(cause).__name__}: {cause}{why}.\n"
+        + "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
+    )
+    return CapturedException(cause, text)
 
 
 def is_internal(f: Any) -> bool:
@@ -128,7 +144,9 @@ class Dispatcher:
         elif err.tag in (Result.TAG, JoinComplete.TAG):
             rslot = peer.pending.pop(h["response_id"], None)
             if rslot is not None:
-                rslot.set(False, RemoteException(peer.pid or 0, captured))
+                # the failure is this process's, not the sender's (Julia labels it so too)
+                myid = self.registry.myid
+                rslot.set(False, RemoteException(myid, _undecodable_answer(err, peer.pid, myid)))
         else:
             log.warning("dropped an undecodable message from process %s: %s", peer.pid, err)
 

@@ -45,7 +45,7 @@ from .cluster import Cluster, current_cluster
 from .errors import CapturedException, RemoteException, capture
 from .funccache import FunctionCache
 from .remotecall import fetch_on
-from .workerpool import AbstractWorkerPool, CachingPool, default_worker_pool
+from .workerpool import AbstractWorkerPool, CachingPool, WorkerPool, default_worker_pool
 
 # asyncmap and ExponentialBackOff live in their own modules; they are named here too, as they
 # were before (import them from ``pydistributed``).
@@ -386,6 +386,8 @@ def pmap(
             the map once the elements already started have finished.
         ProcessExitedException: a worker died while running an element (without retries).
         ValueError: ``batch_size`` is 0, negative or not an int or ``"auto"``.
+        RuntimeError: every worker of the pool has exited (a pool given empty, and the
+            default pool without workers, map on this process, as in Julia).
         KeyboardInterrupt: Ctrl-C; the calls in flight were interrupted.
     """
     if iterables and isinstance(iterables[0], AbstractWorkerPool):
@@ -407,6 +409,9 @@ def pmap(
 
     c = current_cluster()
     members = pool.workers
+    if distributed and not members and isinstance(pool, WorkerPool) and pool._lost_all():
+        # as take() says, and Julia's pmap over such a pool; an empty pool maps here
+        raise RuntimeError("No active worker available in pool")
     if not members or members == [c.myid]:
         distributed = False
     bar = _Progress(progress, total)

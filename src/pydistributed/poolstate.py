@@ -47,6 +47,7 @@ class PoolState:
         self.queued: set[int] = set()
         self._synced: set[int] = set()
         self._epoch = -1
+        self.had_members = False  # a pool all of whose workers exited is not an empty pool
 
     def describe(self, name: str) -> str:
         with self.cond:
@@ -86,6 +87,7 @@ class PoolState:
 
     def _add(self, pid: int) -> None:
         self.members.add(pid)
+        self.had_members = True
         if pid not in self.queued:
             self.queued.add(pid)
             self.free.append(pid)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any, NoReturn
 
 from . import codec, handshake
 from .cluster import Cluster, current_cluster, set_current_cluster
+from .errors import ProcessExitedException
 from .ids import check_pid
 from .managers.base import ClusterManager
 from .managers.local import LocalManager
@@ -93,16 +95,27 @@ def rmprocs(*pids: Any, waitfor: float | None = None) -> Task[None] | None:
     ``rmprocs(2, 3)`` or ``rmprocs([2, 3])``. With ``waitfor=0`` the removal runs in a
     :class:`Task`, returned at once; ``wait`` on it before more parallel calls.
 
+    Process 1 is not removed (a warning says so, as Julia's does); nor is a process that is not
+    a worker (a warning names it: it has exited already, or never was one).
+
     Raises:
         RuntimeError: called on a worker.
+        TypeError: a process id is not an int.
+        ValueError: ``waitfor`` is negative.
         TimeoutError: some workers were still running after ``waitfor`` seconds.
     """
-    flat = _flatten(pids)
+    flat = [check_pid(p, "a worker id") for p in _flatten(pids)]
     c = current_cluster()
     if c.myid != 1:
         raise RuntimeError("Only process 1 can add and remove workers")
     if waitfor is not None and waitfor < 0:
         raise ValueError("waitfor must be >= 0")
+    for p in dict.fromkeys(flat):
+        if p == 1:
+            warnings.warn("rmprocs: process 1 not removed", stacklevel=2)
+        elif c.registry.get(p) is None:
+            why = "it has exited" if c.registry.is_dead(p) else "there is no such process"
+            warnings.warn(f"rmprocs: worker {p} not removed: {why}", stacklevel=2)
     if waitfor == 0:
         return Task(c.lifecycle.remove_workers, flat, None).start()
     c.lifecycle.remove_workers(flat, waitfor)
@@ -113,9 +126,25 @@ def interrupt(*pids: Any) -> None:
     """Interrupt the calls running now on ``pids`` (all workers when none is given).
 
     Each interrupted call's caller gets a ``RemoteException`` wrapping ``InterruptException``;
-    an idle worker ignores the interrupt and every worker stays usable.
+    an idle worker ignores the interrupt and every worker stays usable. Process 1 is not
+    interrupted (as in Julia, where it is not a worker).
+
+    Raises:
+        TypeError: a process id is not an int.
+        ValueError: no process has that id; nothing was interrupted.
+        ProcessExitedException: that worker has exited; nothing was interrupted (as in Julia).
     """
-    current_cluster().lifecycle.interrupt(_flatten(pids))
+    flat = [check_pid(p, "a worker id") for p in _flatten(pids)]
+    c = current_cluster()
+    for p in flat:
+        if p != 1 and not c.registry.is_alive(p):
+            if c.registry.is_dead(p):
+                raise ProcessExitedException(p)
+            raise ValueError(f"interrupt: no process with id {p} exists")
+    targets = [p for p in flat if p != 1]
+    if flat and not targets:
+        return  # only process 1 was named
+    c.lifecycle.interrupt(targets)
 
 
 def myid() -> int:

@@ -186,6 +186,10 @@ class WorkerPool(AbstractWorkerPool):
     def __repr__(self) -> str:
         return self._home.describe(type(self).__name__)
 
+    def _lost_all(self) -> bool:
+        """Whether the pool had workers and all of them have exited (not an empty pool)."""
+        return isinstance(self._home, PoolState) and self._home.had_members and not self.workers
+
     def push(self, pid: int) -> WorkerPool:
         """Add worker ``pid`` to the pool, free; returns the pool. Adding a member again does
         nothing."""

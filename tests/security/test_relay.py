@@ -23,7 +23,6 @@ from pydistributed import (
     addprocs,
     cluster_cookie,
     remotecall_fetch,
-    rmprocs,
 )
 from pydistributed.codec import encode
 from pydistributed.messages import CallFetch, RemoteDo
@@ -169,7 +168,6 @@ def test_a_message_injected_toward_the_master_is_refused(relayed: Any, tmp_path:
     with pytest.raises(ProcessExitedException):
         wait_until(lambda: remotecall_fetch(os.getpid, pid) and None, "the master to drop the link")
     assert not marker.exists()
-    rmprocs(pid, waitfor=WAIT)
 
 
 def _cookie_digest() -> str:

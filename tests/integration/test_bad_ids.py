@@ -1,0 +1,60 @@
+"""Ids that name no worker are refused or warned about, never passed over in silence."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pydistributed import (
+    ProcessExitedException,
+    WorkerPool,
+    interrupt,
+    myid,
+    pmap,
+    remotecall_fetch,
+    rmprocs,
+    workers,
+)
+
+
+def test_rmprocs_warns_about_process_1_and_removes_nothing() -> None:
+    with pytest.warns(UserWarning, match="process 1 not removed"):
+        assert rmprocs(1) is None
+
+
+def test_rmprocs_warns_about_an_unknown_id(add_workers: Any) -> None:
+    (w,) = add_workers(1)
+    with pytest.warns(UserWarning, match="worker 99 not removed: there is no such process"):
+        rmprocs(99, w)
+    assert w not in workers()  # the known one went all the same
+    with pytest.warns(UserWarning, match=f"worker {w} not removed: it has exited"):
+        rmprocs(w)
+
+
+def test_rmprocs_and_interrupt_refuse_what_is_not_an_id() -> None:
+    with pytest.raises(TypeError, match="worker id"):
+        rmprocs("x")
+    with pytest.raises(TypeError, match="worker id"):
+        interrupt(2.5)
+
+
+def test_interrupt_refuses_an_unknown_worker(add_workers: Any) -> None:
+    (w,) = add_workers(1)
+    with pytest.raises(ValueError, match="no process with id 99"):
+        interrupt(w, 99)
+    interrupt(1)  # the master is not a worker: nothing to do, as in Julia
+    assert remotecall_fetch(myid, w) == w
+    rmprocs(w, waitfor=30)
+    with pytest.raises(ProcessExitedException):
+        interrupt(w)
+
+
+def test_pmap_over_a_pool_of_no_live_worker_raises_like_take() -> None:
+    pool = WorkerPool([99])
+    with pytest.raises(RuntimeError, match="No active worker"):
+        pmap(lambda x: x, pool, range(3))
+    with pytest.raises(RuntimeError, match="No active worker"):
+        remotecall_fetch(myid, pool)
+    assert pmap(lambda x: x + 1, pool, range(3), distributed=False) == [1, 2, 3]
+    assert pmap(lambda x: myid(), WorkerPool([]), range(2)) == [1, 1]  # empty: here, as Julia
