@@ -42,7 +42,7 @@ from typing import Any
 from . import timeouts
 from .calls import Calls
 from .connections import Connections
-from .errors import LaunchError, LaunchTimeoutError
+from .errors import LaunchError, LaunchTimeoutError, ProcessExitedException
 from .heartbeat import Heartbeat
 from .managers.base import ClusterManager, WorkerConfig, overrides
 from .messages import Exit, Interrupt, JoinPGRP, PeerUpdate
@@ -342,6 +342,8 @@ class Lifecycle:
             config.ospid = joined.ospid
         for s in streams:
             s.set_pid(pid)
+        if not self.registry.joined(pid):  # its connection closed meanwhile
+            raise ProcessExitedException(pid, "exited while joining")
         try:
             manager.manage(pid, config, "register")
         except Exception:

@@ -89,6 +89,7 @@ class Registry:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._workers: dict[int, WorkerInfo] = {}
+        self._joining: dict[int, WorkerInfo] = {}  # the master's: connected, not joined yet
         self._keys: dict[int, bytes] = {}  # a worker's: the secret it shares with each worker
         self._dead: set[int] = set()
         self._removed: set[int] = set()
@@ -171,13 +172,30 @@ class Registry:
             return pid
 
     def admit(self, info: WorkerInfo) -> list[WorkerInfo]:
-        """Enter ``info`` in the table; returns the other workers, as they were."""
+        """On the master: ``info`` is joining; returns the other workers, joined or joining.
+
+        A joining worker is not in the table yet (nothing lists it, no call goes to it): it
+        enters with :meth:`joined`, once it has answered its ``JoinPGRP``. Before that, a
+        call could reach it ahead of its ``JoinPGRP``, which it would refuse.
+        """
         with self._lock:
-            others = [w for w in self._workers.values() if w.pid != info.pid]
-            self._workers[info.pid] = info
+            # those joining too: each will know the other, whichever joins first
+            known = [*self._workers.values(), *self._joining.values()]
+            others = [w for w in known if w.pid != info.pid]
+            self._joining[info.pid] = info
+            return others
+
+    def joined(self, pid: int) -> bool:
+        """On the master: the joining worker ``pid`` has joined: into the table. False if it
+        left meanwhile."""
+        with self._lock:
+            info = self._joining.pop(pid, None)
+            if info is None or pid in self._dead:
+                return False
+            self._workers[pid] = info
             self.epoch += 1
             self._changed.notify_all()
-            return others
+            return True
 
     def learn(
         self,
@@ -217,7 +235,7 @@ class Registry:
     def remove(self, pid: int) -> WorkerInfo | None:
         """``pid`` has left: out of the table, dead for good. Its entry, if it had one."""
         with self._lock:
-            info = self._workers.pop(pid, None)
+            info = self._workers.pop(pid, None) or self._joining.pop(pid, None)
             self._keys.pop(pid, None)
             self._dead.add(pid)
             self.epoch += 1

@@ -16,12 +16,19 @@ FAR = "192.0.2.10"
 FARTHER = "198.51.100.20"
 
 
+def _enter(reg: Registry, info: WorkerInfo) -> list[WorkerInfo]:
+    """Admit ``info`` and let it join (what the master does once it answered JoinPGRP)."""
+    others = reg.admit(info)
+    assert reg.joined(info.pid)
+    return others
+
+
 def _master_with(*hosts: str | None) -> Registry:
-    """A master's table with one worker per host, admitted in order (pids 2, 3, ...)."""
+    """A master's table with one worker per host, joined in order (pids 2, 3, ...)."""
     reg = Registry(1, "master")
     for host in hosts:
         pid = reg.assign_pid()
-        reg.admit(WorkerInfo(pid, host, 9000 + pid))
+        _enter(reg, WorkerInfo(pid, host, 9000 + pid))
     return reg
 
 
@@ -40,24 +47,41 @@ def test_an_empty_table() -> None:
 def test_admit_returns_the_others_as_they_were() -> None:
     reg = Registry(1, "master")
     a, b, c = (WorkerInfo(reg.assign_pid(), "localhost", 9000 + i) for i in range(3))
-    assert reg.admit(a) == []
-    assert reg.admit(b) == [a]
-    assert reg.admit(c) == [a, b]
+    assert _enter(reg, a) == []
+    assert _enter(reg, b) == [a]
+    assert _enter(reg, c) == [a, b]
     assert reg.worker_ids() == [2, 3, 4]
     assert reg.proc_ids() == [1, 2, 3, 4]
     assert reg.get(3) is b and reg.infos() == [a, b, c]
     assert all(reg.is_alive(p) for p in (1, 2, 3, 4))
     # admitting an entry again replaces it; the others are what is returned
     b2 = WorkerInfo(3, "localhost", 9999)
-    assert reg.admit(b2) == [a, c]
+    assert _enter(reg, b2) == [a, c]
     assert reg.get(3) is b2 and reg.worker_ids() == [2, 3, 4]
+
+
+def test_a_joining_worker_is_invisible_until_it_has_joined() -> None:
+    reg = Registry(1, "master")
+    a, b, c = (WorkerInfo(reg.assign_pid(), "localhost", 9000 + i) for i in range(3))
+    _enter(reg, a)
+    epoch = reg.epoch
+    assert reg.admit(b) == [a]
+    # b is joining: nothing lists it, nothing calls it, the epoch has not moved
+    assert reg.worker_ids() == [2] and reg.proc_ids() == [1, 2] and reg.infos() == [a]
+    assert not reg.is_alive(3) and reg.get(3) is None and reg.epoch == epoch
+    # a worker joining meanwhile is told of b (each of the two learns of the other)
+    assert reg.admit(c) == [a, b]
+    assert reg.joined(3) and reg.worker_ids() == [2, 3] and reg.epoch == epoch + 1
+    # c's connection closes before it joins: it is dead, and cannot join any more
+    assert reg.remove(4) is c
+    assert reg.is_dead(4) and not reg.joined(4) and reg.worker_ids() == [2, 3]
 
 
 def test_assign_pid_never_reuses_an_id() -> None:
     reg = Registry(1, "master")
     assert [reg.assign_pid() for _ in range(3)] == [2, 3, 4]
     for pid in (2, 3, 4):
-        reg.admit(WorkerInfo(pid))
+        _enter(reg, WorkerInfo(pid))
     reg.remove(4)  # the newest one leaves: its id is still not given again
     reg.remove(2)
     assert reg.assign_pid() == 5
@@ -175,12 +199,14 @@ def test_epoch_grows_on_every_membership_change() -> None:
     changed()
     reg.remove(4)
     changed()
-    reg.admit(WorkerInfo(6, "localhost", 9006))
+    reg.learn(((6, "localhost", 9006),))
     changed()
 
     master = Registry(1, "master")
     before = master.epoch
     master.admit(WorkerInfo(master.assign_pid()))
+    assert master.epoch == before  # joining: not a member yet
+    master.joined(2)
     assert master.epoch == before + 1
     master.mark_removing(2)  # a wish, not a change of membership
     assert master.epoch == before + 1
