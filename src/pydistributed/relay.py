@@ -1,28 +1,61 @@
-"""Relaying workers' standard output and error to the master, line by line.
+"""Relaying workers' standard output and error to the master, in whole lines.
 
 One thread watches every worker pipe with a selector. A line from worker N's stdout is printed
 on the master's stdout as ``From worker N:\\t<line>``, and stderr likewise on stderr, as soon as
-the line is complete. Lines that arrive before the worker has an id are held and printed once it
-has one. The last lines of each stream are kept, so that a worker that fails to start can be
-reported with the end of its stderr. A stdout stream can also watch for the worker's banner
+the line is complete; a last line without a newline is printed (with one) when the stream ends.
+Lines that arrive before the worker has an id are held and printed once it has one. The last
+lines of each stream are kept, so that a worker that fails to start can be reported with the
+end of its stderr. A stdout stream can also watch for the worker's banner
 ``pydist_worker:PORT#HOST``, which is not relayed.
+
+Whole lines only, never inside a line of the master's own. The master's ``print`` writes its
+pieces separately (``"x"``, ``" "``, ``"1"``, ``"\\n"``), and a relayed line written in between
+would tear both lines. So from the first worker stream relayed until the last one has ended,
+``sys.stdout`` and ``sys.stderr`` are thin wrappers (``linestreams.LineStream``) that pass every
+write through unchanged and note whether the master's text ends a line (a ``\\n``, or a ``\\r``:
+a terminal is back at the line start). The lines of one read from a worker are written in one
+``write``, and only at a line start of the master's: while its line is unfinished they are held,
+and written right after the write that finishes it. They are held for at most
+``linestreams.HOLD_SECONDS`` (1 s): then the master's unfinished line is ended with a newline
+and the held lines follow, so worker output is never held for long nor lost. When stdout and
+stderr reach one file (a terminal, ``2>&1``), a line unfinished on either holds both, and the
+other stream is flushed before relayed text is written, which keeps the order. While a tqdm bar
+is shown (pmap's ``progress=True``, or the program's own bar), relayed text is written inside
+``tqdm.external_write_mode``, as ``tqdm.write`` writes: the bar is cleared, the lines printed,
+the bar drawn again below them. At the master's exit (after the cluster's shutdown), the relay
+gets up to 1 s to read what the ended workers wrote last, then anything held is printed.
+
+Not covered: a stream the program set itself after the wrappers were put in place is left alone
+(relayed text goes to it in one ``write`` per read, as it comes), and text written through a
+reference taken before the first worker (``out = sys.stdout`` early on, a logging handler made
+earlier) bypasses the wrappers; each such write is whole, but a line written in pieces that way
+can still take a relayed line in between.
 """
 
 from __future__ import annotations
 
+import atexit
 import collections
 import logging
 import os
 import selectors
-import sys
 import threading
+import time
+import weakref
+from collections.abc import Callable
 from typing import Any
+
+from . import linestreams
 
 __all__ = ["BANNER_PREFIX", "OutputRelay", "RelayedStream"]
 
 BANNER_PREFIX = "pydist_worker:"
+_EXIT_WAIT = 1.0  # at exit, how long the relay may take to read the ended workers' last output
 
 log = logging.getLogger("pydistributed")
+
+
+_relays: weakref.WeakSet[OutputRelay] = weakref.WeakSet()
 
 
 class RelayedStream:
@@ -40,6 +73,8 @@ class RelayedStream:
         self.banner_event = threading.Event()
         self.eof = threading.Event()
         self._lock = threading.Lock()
+        self.on_hold: Callable[[], None] = _nothing  # a hold started (the relay must wake)
+        self.on_end: Callable[[], None] = _nothing
 
     def tail_text(self) -> str:
         return "\n".join(self.tail)
@@ -48,43 +83,52 @@ class RelayedStream:
         with self._lock:
             self.pid = pid
             held, self.held = self.held, []
-        for line in held:
-            self._emit(pid, line)
+        if held:
+            self._emit(pid, held)
 
     def feed(self, data: bytes) -> None:
         data = self._partial + data
         *lines, self._partial = data.split(b"\n")
-        for raw in lines:
-            self._line(raw.decode("utf-8", "replace").rstrip("\r"))
+        self._lines([raw.decode("utf-8", "replace").rstrip("\r") for raw in lines])
 
     def finish(self) -> None:
+        if self.eof.is_set():
+            return
         if self._partial:
-            self._line(self._partial.decode("utf-8", "replace"))
+            self._lines([self._partial.decode("utf-8", "replace")])
             self._partial = b""
         self.eof.set()
         self.banner_event.set()
+        self.on_end()
 
-    def _line(self, line: str) -> None:
-        if self.want_banner and self.banner is None and line.startswith(BANNER_PREFIX):
-            self.banner = parse_banner(line)
-            self.banner_event.set()
+    def _lines(self, lines: list[str]) -> None:
+        out = []
+        for line in lines:
+            if self.want_banner and self.banner is None and line.startswith(BANNER_PREFIX):
+                self.banner = parse_banner(line)
+                self.banner_event.set()
+                continue
+            self.tail.append(line)
+            out.append(line)
+        if not out:
             return
-        self.tail.append(line)
         with self._lock:
             pid = self.pid
             if pid is None:
-                self.held.append(line)
+                self.held.extend(out)
                 del self.held[:-1000]
                 return
-        self._emit(pid, line)
+        self._emit(pid, out)
 
-    def _emit(self, pid: int, line: str) -> None:
-        out = sys.stdout if self.kind == "stdout" else sys.stderr
-        try:
-            out.write(f"From worker {pid}:\t{line}\n")
-            out.flush()
-        except (OSError, ValueError):
-            pass
+    def _emit(self, pid: int, lines: list[str]) -> None:
+        # the lines of one read in one write: whole lines, and one bar redraw for them all
+        text = "".join(f"From worker {pid}:\t{line}\n" for line in lines)
+        if linestreams.print_relayed(self.kind, text):
+            self.on_hold()
+
+
+def _nothing() -> None:
+    pass
 
 
 def parse_banner(line: str) -> tuple[str, int] | None:
@@ -113,26 +157,54 @@ class OutputRelay:
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._thread: threading.Thread | None = None
         self._new: list[tuple[int, RelayedStream]] = []
+        self._streams: set[RelayedStream] = set()
+        _relays.add(self)
 
     def add(self, file: Any, kind: str, want_banner: bool = False) -> RelayedStream:
         """Start relaying ``file`` (a pipe from a worker)."""
         stream = RelayedStream(file, kind, want_banner)
+        stream.on_end = lambda: self._ended(stream)
+        with self._lock:
+            self._streams.add(stream)
+        linestreams.started()
         try:
             fd = file.fileno()
         except (AttributeError, OSError, ValueError):
-            t = threading.Thread(target=self._read_blocking, args=(stream,), daemon=True)
-            t.start()
-            return stream
-        os.set_blocking(fd, False)
+            fd = None
         with self._lock:
-            self._new.append((fd, stream))
-            if self._thread is None:
+            if fd is not None:
+                os.set_blocking(fd, False)
+                self._new.append((fd, stream))
+            if self._thread is None:  # it also writes held text when it is due
                 self._thread = threading.Thread(
                     target=self._loop, name="pydist-output-relay", daemon=True
                 )
                 self._thread.start()
-        os.write(self._wake_w, b"x")
+        if fd is None:
+            stream.on_hold = self._wake
+            t = threading.Thread(target=self._read_blocking, args=(stream,), daemon=True)
+            t.start()
+        else:
+            self._wake()
         return stream
+
+    def wait_ended(self, deadline: float) -> None:
+        """Wait (until ``deadline``) for every stream to end, that is, to be read to its end."""
+        with self._lock:
+            streams = list(self._streams)
+        for stream in streams:
+            stream.eof.wait(max(0.0, deadline - time.monotonic()))
+
+    def _ended(self, stream: RelayedStream) -> None:
+        with self._lock:
+            self._streams.discard(stream)
+        linestreams.ended()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
 
     @staticmethod
     def _read_blocking(stream: RelayedStream) -> None:
@@ -158,7 +230,9 @@ class OutputRelay:
                 log.exception("the output relay failed; going on")
 
     def _turn(self) -> None:
-        for key, _ in self._sel.select():
+        due = linestreams.release_overdue()  # held text that waited long enough is written
+        linestreams.uninstall_if_idle()
+        for key, _ in self._sel.select(due):
             if key.data is None:
                 try:
                     os.read(self._wake_r, 4096)
@@ -201,3 +275,19 @@ class OutputRelay:
             except (OSError, ValueError):
                 pass
         stream.finish()
+
+
+def _at_exit() -> None:
+    """Registered at import, so it runs after the cluster's shutdown (atexit runs in reverse):
+    the workers have ended; let the relay read their last output, then print what is held."""
+    deadline = time.monotonic() + _EXIT_WAIT
+    for relay in list(_relays):
+        relay.wait_ended(deadline)
+    linestreams.release_all()
+    linestreams.uninstall_if_idle(at_exit=True)
+
+
+atexit.register(_at_exit)
+
+
+atexit.register(_at_exit)
