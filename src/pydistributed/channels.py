@@ -35,7 +35,7 @@ import operator
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import timeouts
@@ -137,14 +137,32 @@ class _Offer:
 
 
 class _Request:
-    """A taker blocked on a rendezvous channel, waiting for a putter to fill it."""
+    """A taker blocked on a rendezvous channel, waiting for a putter to fill it.
 
-    __slots__ = ("cond", "filled", "value")
+    ``copy``: the taker wants the value as it is when ``put`` hands it over (a taker on
+    another process, whose answer is encoded later): the putter fills ``copied`` with
+    ``copy(value)`` before it returns, so a change to the value after ``put`` cannot reach it.
+    """
 
-    def __init__(self, cond: threading.Condition) -> None:
+    __slots__ = ("cond", "copied", "copy", "filled", "value")
+
+    def __init__(self, cond: threading.Condition, copy: Callable[[Any], Any] | None) -> None:
         self.cond = cond
+        self.copy = copy
         self.filled = False
         self.value: Any = None
+        self.copied: Any = None
+
+    def fill(self, value: Any) -> None:
+        """Hand ``value`` over (lock held). Raises what ``copy`` raises; then nothing was."""
+        if self.copy is not None:
+            self.copied = self.copy(value)
+        self.value = value
+        self.filled = True
+        self.cond.notify()
+
+    def result(self) -> Any:
+        return self.copied if self.copy is not None else self.value
 
 
 def _check_size(size: Any) -> int | float:
@@ -245,7 +263,9 @@ class Channel(AbstractChannel):
         """Add ``value`` at the end of the channel.
 
         Blocks on an unbuffered channel until a ``take`` receives the value, and on a full
-        bounded channel until there is room. Never blocks on an unbounded channel.
+        bounded channel until there is room. Never blocks on an unbounded channel. When the
+        taker of an unbuffered channel is on another process (a ``RemoteChannel`` owned here),
+        it receives the value as it was when ``put`` returned: the value is pickled before.
 
         Args:
             value: any object; it is stored as is, not copied.
@@ -256,6 +276,8 @@ class Channel(AbstractChannel):
                 the value was not added.
             TimeoutError: the timeout passed first; the value was not added and will never
                 be delivered.
+            Exception: of pickling the value for a taker on another process (unbuffered):
+                the value was not taken.
         """
         deadline = timeouts.deadline(timeout)
         with self._lock:
@@ -283,10 +305,8 @@ class Channel(AbstractChannel):
     def _put_rendezvous(self, value: Any, deadline: float | None, timeout: float | None) -> None:
         # Lock held, channel open.
         if self._requests:
-            request = self._requests.popleft()
-            request.value = value
-            request.filled = True
-            request.cond.notify()
+            self._requests[0].fill(value)  # raises if the value cannot be copied: not taken
+            self._requests.popleft()
             return
         offer = _Offer(value, threading.Condition(self._lock))
         self._offers.append(offer)
@@ -320,10 +340,16 @@ class Channel(AbstractChannel):
             ChannelClosedError: the channel is closed and empty, or became so while blocked.
             TimeoutError: the timeout passed first; nothing was taken.
         """
+        return self._take(None, timeout)
+
+    def _take(self, copy: Callable[[Any], Any] | None, timeout: float | None) -> Any:
+        """``take``; with ``copy``, returns ``copy(value)``, made before an unbuffered
+        channel's ``put`` returns (for a taker on another process: see ``refops.take_ch``).
+        A value that ``copy`` refuses is not taken: the error is raised, the value stays."""
         deadline = timeouts.deadline(timeout)
         with self._lock:
             if self._size == 0:
-                return self._take_rendezvous(deadline, timeout)
+                return self._take_rendezvous(deadline, timeout, copy)
             try:
                 while not self._buffer:
                     if not self._open:
@@ -334,22 +360,29 @@ class Channel(AbstractChannel):
                 if self._buffer:
                     self._not_empty.notify()
                 raise
-            value = self._buffer.popleft()
+            value = self._buffer[0]
+            if copy is not None:
+                value = copy(value)  # raises: the value stays first in the channel
+            self._buffer.popleft()
             if self._size != math.inf:
                 self._not_full.notify()
             return value
 
-    def _take_rendezvous(self, deadline: float | None, timeout: float | None) -> Any:
+    def _take_rendezvous(
+        self, deadline: float | None, timeout: float | None, copy: Callable[[Any], Any] | None
+    ) -> Any:
         # Lock held.
         if self._offers:
-            offer = self._offers.popleft()
+            offer = self._offers[0]
+            value = offer.value if copy is None else copy(offer.value)  # raises: not taken
+            self._offers.popleft()
             offer.taken = True
             if offer.cond is not None:
                 offer.cond.notify()
-            return offer.value
+            return value
         if not self._open:
             raise ChannelClosedError("take on a closed, empty channel")
-        request = _Request(threading.Condition(self._lock))
+        request = _Request(threading.Condition(self._lock), copy)
         self._requests.append(request)
         try:
             while not request.filled:
@@ -368,18 +401,21 @@ class Channel(AbstractChannel):
                     self._requests.remove(request)
                 except ValueError:
                     pass
-        return request.value
+        return request.result()
 
     def _hand_back(self, value: Any) -> None:
         # Lock held. Keeps the invariant that offers and requests are never both pending.
         if self._requests:
-            request = self._requests.popleft()
-            request.value = value
-            request.filled = True
-            request.cond.notify()
-        else:
-            self._offers.appendleft(_Offer(value, None))
-            self._readable.notify_all()
+            try:
+                self._requests[0].fill(value)
+                self._requests.popleft()
+                return
+            except Exception:
+                # that taker cannot have it (its copy failed): the value waits as an offer,
+                # and the taker finds it, and the failure, when it looks again
+                pass
+        self._offers.appendleft(_Offer(value, None))
+        self._readable.notify_all()
 
     # -- fetch / wait ----------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import codec
 from .channels import AbstractChannel, Channel
 from .cluster import Cluster, current_cluster
 from .errors import ChannelClosedError
@@ -197,6 +198,8 @@ def _channel_op(
     c = current_cluster()
     ch = _channel(c, key)
     method = getattr(ch, name)
+    if name == "take" and caller != c.myid and isinstance(ch, Channel):
+        method, args = ch._take, (_Encoded,)  # see take_ch
     try:
         if isinstance(ch, AbstractChannel):
             return _blocking(c, method, args, timeout, caller)
@@ -213,8 +216,24 @@ def put_ch(key: tuple[int, int], value: Any, timeout: float | None, caller: int)
     return marker if isinstance(marker, Marker) else None
 
 
+class _Encoded:
+    """A value pickled when it was taken: it travels as those bytes (a rendezvous ``put``
+    returns once the taker has the value as it was; see :func:`take_ch`)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, value: Any) -> None:
+        self.data = codec.dumps(value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (codec.loads, (self.data,))
+
+
 @_internal
 def take_ch(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
+    """``take`` for ``caller``. For a caller on another process, a ``Channel`` of ours encodes
+    the value as it takes it (``_Encoded``): the answer is sent after the take returns, and by
+    then the putter, which the take released, may have changed the value."""
     return _channel_op("take", key, timeout, caller)
 
 

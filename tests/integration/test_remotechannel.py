@@ -9,7 +9,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from pydistributed import (
     take,
     wait,
 )
+from pydistributed.cluster import current_cluster
 from pydistributed.errors import ChannelClosedError
 from tests.conftest import in_thread, requests_awaiting, wait_until, worker_table
 from tests.conftest import worker_ospid as ospid
@@ -350,3 +353,64 @@ def test_jobs_results_example() -> None:
     assert {int(m[3]) for m in matches} <= {2, 3}
     assert all(0 <= float(m[2]) <= 0.1 for m in matches)
     assert re.fullmatch(r"12 jobs on 2 workers in \d+\.\d\d seconds", lines[-1]), proc.stdout
+
+
+# -- a rendezvous put hands over the value as it was --------------------------------------------
+
+
+class _SlowToPickle:
+    """Pickles what it holds *when pickled*, after a pause: a value encoded after ``put``
+    returned shows the producer's later change."""
+
+    def __init__(self, items: list[int]) -> None:
+        self.items = items
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        time.sleep(0.05)
+        return (_SlowToPickle, (list(self.items),))
+
+
+def _take_n(rc: RemoteChannel, n: int, pause: float) -> list[list[int]]:
+    out = []
+    for _ in range(n):
+        time.sleep(pause)  # with a pause, each put waits for its taker
+        out.append(rc.take(timeout=30).items)
+    return out
+
+
+def _has_taker(rc: RemoteChannel) -> bool:
+    """Whether a take waits on ``rc``'s channel, which lives here."""
+    ch = current_cluster().refs.lookup(rc._key)
+    with ch._lock:
+        return bool(ch._requests)
+
+
+@pytest.mark.parametrize("taker_first", [True, False], ids=["taker-waits", "putter-waits"])
+def test_an_unbuffered_put_returns_once_the_remote_taker_has_the_value_as_it_was(
+    add_workers: Callable[..., list[int]], taker_first: bool
+) -> None:
+    (w,) = add_workers(1)
+    rc = RemoteChannel(lambda: Channel(0))  # owned here; the taker is on the worker
+    taken = remotecall(_take_n, w, rc, 4, 0.0 if taker_first else 0.2)
+    box = _SlowToPickle([])
+    for i in range(4):
+        if taker_first:
+            wait_until(lambda: _has_taker(rc), 30, what="the taker")
+        box.items.append(i)
+        rc.put(box, timeout=30)
+        box.items.append(-1)  # after put returned: the taker must not see this
+    expected = [[0], [0, -1, 1], [0, -1, 1, -1, 2], [0, -1, 1, -1, 2, -1, 3]]
+    assert taken.fetch(timeout=30) == expected
+
+
+def test_an_unbuffered_put_of_a_value_a_remote_taker_cannot_receive_raises_and_loses_nothing(
+    add_workers: Callable[..., list[int]],
+) -> None:
+    (w,) = add_workers(1)
+    rc = RemoteChannel(lambda: Channel(0))
+    taken = remotecall(lambda c: c.take(timeout=30), w, rc)
+    wait_until(lambda: _has_taker(rc), 30, what="the taker")
+    with pytest.raises(Exception, match="pickle"):
+        rc.put(threading.Lock(), timeout=30)  # a lock cannot be sent
+    rc.put("fine", timeout=30)
+    assert taken.fetch(timeout=30) == "fine"
