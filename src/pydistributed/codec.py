@@ -44,8 +44,10 @@ from .messages import MESSAGE_TYPES, Message
 __all__ = [
     "OOB_THRESHOLD",
     "DecodeError",
+    "FileNotSendable",
     "bytes_frames",
     "decode",
+    "describe_unpicklable",
     "dumps",
     "encode",
     "encoding_target",
@@ -341,3 +343,90 @@ def decode(frames: list[Any]) -> Message:
         # anything unpickling raises, SystemExit and KeyboardInterrupt from a __reduce__
         # included, is this message's failure, not the connection's nor the process's
         raise DecodeError(tag, header, e) from e
+
+
+# -- what could not be pickled, in words (failures only) -------------------------------------
+
+
+def describe_unpicklable(what: str, values: dict[str, Any], exc: BaseException) -> str:
+    """Name the first of ``values`` that cannot be pickled, and what in it cannot: the captured
+    variable, global or default of a function shipped by value (for an error message).
+
+    ``what`` opens the message ("cannot send the call"); ``values`` maps a name for the user
+    ("argument 2", "the return value") to the value. A name equal to ``what`` is said once.
+    """
+    for name, value in values.items():
+        value = getattr(value, "_pydist_user_value", value)  # a wrapper of ours: what it holds
+        err = _pickling_error(value)
+        if err is None:
+            continue
+        subject = f"{name}, {_a(value)}," if name != "the function" else f"the function {_a(value)}"
+        opening = subject if name == what else f"{what}: {subject}"
+        inside = _culprit(value, 0)
+        if inside is not None:
+            phrase, err = inside
+            return f"{opening} {phrase}, which cannot be pickled (serialized): {_said(err)}"
+        return f"{opening} could not be pickled (serialized): {_said(err)}"
+    return f"{what}: it could not be pickled (serialized): {_said(exc)}"
+
+
+def _said(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def _pickling_error(value: Any) -> BaseException | None:
+    try:
+        dumps(value)
+    except Exception as e:
+        return e
+    return None
+
+
+def _a(value: Any) -> str:
+    """``value`` in words: a function by its name and place, anything else by its type."""
+    if isinstance(value, FunctionType):
+        co = value.__code__
+        where = co.co_filename.replace("\\", "/").rsplit("/", 1)[-1]
+        return f"{value.__qualname__} ({where}, line {co.co_firstlineno})"
+    t = type(value)
+    if t.__module__ == "builtins":
+        return f"a {t.__qualname__}"
+    return f"a {t.__module__}.{t.__qualname__}"
+
+
+def _culprit(f: Any, depth: int) -> tuple[str, BaseException] | None:
+    """What in the function ``f`` cannot be pickled: ``("captures the variable 'x', a T",
+    error)``; None when it is none of its captured variables, globals and defaults."""
+    if not isinstance(f, FunctionType) or depth > 3:
+        return None
+    candidates: list[tuple[str, Any]] = []
+    for name, cell in zip(f.__code__.co_freevars, f.__closure__ or (), strict=False):
+        try:
+            candidates.append((f"captures the variable {name!r}", cell.cell_contents))
+        except ValueError:  # an empty cell
+            continue
+    g = f.__globals__
+    candidates += [(f"uses the global {n!r}", g[n]) for n in _global_names(f.__code__) if n in g]
+    defaults = f.__defaults__ or ()
+    params = f.__code__.co_varnames[f.__code__.co_argcount - len(defaults) : f.__code__.co_argcount]
+    candidates += [(f"has the default of {p!r}", d) for p, d in zip(params, defaults, strict=False)]
+    candidates += [(f"has the default of {k!r}", v) for k, v in (f.__kwdefaults__ or {}).items()]
+    for phrase, value in candidates:
+        err = _pickling_error(value)
+        if err is None:
+            continue
+        phrase = f"{phrase}, {_a(value)}"
+        deeper = _culprit(value, depth + 1)
+        if deeper is not None:
+            return f"{phrase}, which {deeper[0]}", deeper[1]
+        return phrase, err
+    return None
+
+
+def _global_names(co: CodeType) -> list[str]:
+    """The global names a code object (and the code nested in it) may read, in order."""
+    names = list(co.co_names)
+    for const in co.co_consts:
+        if isinstance(const, CodeType):
+            names += [n for n in _global_names(const) if n not in names]
+    return names

@@ -33,6 +33,7 @@ from __future__ import annotations
 import linecache
 import os
 import re
+import signal
 import sys
 import traceback
 import types
@@ -238,10 +239,23 @@ class ProcessExitedException(Exception):
             base = f"worker {self.worker_id} has exited: it was removed by rmprocs"
             return f"{base} ({self.reason})" if self.reason else base
         base = f"worker {self.worker_id} has exited"
+        if self.reason.startswith("with code "):
+            return f"{base} {self.reason}"
         return f"{base}: {self.reason}" if self.reason else base
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_exited, (self.worker_id, self.reason, self.removed))
+
+
+def describe_exit(code: int) -> str:
+    """A worker's exit code as a :class:`ProcessExitedException` reason: ``with code 3``, or
+    ``killed by SIGKILL`` (a negative code, as ``Popen`` gives it)."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"with code {code}"
 
 
 def _rebuild_exited(worker_id: int, reason: str, removed: bool) -> ProcessExitedException:
