@@ -170,6 +170,9 @@ class RemoteException(Exception):
 
     def __str__(self) -> str:
         c = self.captured
+        note = _note(c.traceback_text)
+        if note:  # the text says what happened, before the exception (an undecodable answer)
+            return f"On {describe_process(self.pid)}: {note}"
         head = f"{c.type_name}: {c.exc}" if str(c.exc) else c.type_name
         return f"On {describe_process(self.pid)}: {head}"
 
@@ -196,6 +199,18 @@ class RemoteTraceback(Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (RemoteTraceback, (self.pid, self.text))
+
+
+_EXCEPTION_LINE = re.compile(r"[\w.]+(:|$)")
+
+
+def _note(text: str) -> str:
+    """The explanation a captured traceback's text opens with, if any: a first line that is
+    neither a traceback's header nor an exception's ``Type: message``."""
+    first = text.split("\n", 1)[0]
+    if not first or first[0].isspace() or first.startswith("Traceback "):
+        return ""
+    return "" if _EXCEPTION_LINE.match(first) else first
 
 
 _FRAME = re.compile(r'^(?P<pre>.*?)  File "(?P<file>[^"]+)", line (?P<line>\d+), in ', re.M)

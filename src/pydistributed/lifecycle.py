@@ -60,7 +60,7 @@ COMMON_PARAMS = frozenset(
     {"dir", "exename", "exeflags", "topology", "lazy", "enable_threaded_blas", "env"}
 )
 _KILL_WAIT = 5.0  # how long a killed process may take to be reaped
-_EXIT_WAIT = 0.5  # how long a worker whose connection closed may take to exit, for its code
+_EXIT_WAIT = 1.0  # how long a worker whose connection closed may take to exit, for its code
 
 
 def end_process(proc: Any, grace: float = 0.0) -> None:
