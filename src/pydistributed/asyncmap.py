@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .cluster import Cluster, current_cluster
+from .errors import strip_internal
 
 __all__ = [
     "DEFAULT_NTASKS",
@@ -126,7 +127,7 @@ class Job:
                 self._interrupted(on_interrupt)
             raise
         if self.error is not None:
-            raise self.error
+            raise strip_internal(self.error)  # a remote error: without the runner's plumbing
         return self.results
 
     def _interrupted(self, on_interrupt: Callable[[], None] | None) -> None:

@@ -26,12 +26,14 @@ sender can announce them to their owners first.
 
 from __future__ import annotations
 
+import collections
 import io
 import pickle
 import struct
+import sys
 import threading
 import weakref
-from types import FunctionType
+from types import CodeType, FunctionType
 from typing import Any
 
 import cloudpickle
@@ -42,8 +44,10 @@ from .messages import MESSAGE_TYPES, Message
 __all__ = [
     "OOB_THRESHOLD",
     "DecodeError",
+    "FileNotSendable",
     "bytes_frames",
     "decode",
+    "describe_unpicklable",
     "dumps",
     "encode",
     "encoding_target",
@@ -109,10 +113,63 @@ def oob(value: Any) -> Any:
     return value
 
 
+_FILE_TYPES = (
+    io.TextIOWrapper,
+    io.BufferedReader,
+    io.BufferedWriter,
+    io.BufferedRandom,
+    io.FileIO,
+)
+
 try:  # cloudpickle's own decisions, reused with a cache (see _Pickler)
     from cloudpickle.cloudpickle import _should_pickle_by_reference
 except ImportError:  # pragma: no cover - another cloudpickle layout
     _should_pickle_by_reference = None
+
+
+_CP_TABLE = cloudpickle.Pickler.dispatch_table
+_cp_code_reduce = _CP_TABLE[CodeType]
+_cp_file_reduce = _CP_TABLE.get(io.TextIOWrapper)
+
+
+def _code_reduce(co: CodeType) -> Any:
+    """cloudpickle's reduction of a code object, keeping its file name.
+
+    cloudpickle writes ``<dynamic-code>`` instead (for a payload that does not depend on where
+    a function was defined): a traceback on a worker could then name neither the file nor,
+    on the caller that has the file, the source line.
+    """
+    ctor, args = _cp_code_reduce(co)
+    if len(args) > 10 and args[10] == "<dynamic-code>":  # co_filename's place, 3.10 on
+        args = (*args[:10], co.co_filename, *args[11:])
+    return ctor, args
+
+
+class FileNotSendable(TypeError):
+    """An open file was to be pickled: it belongs to the process that opened it."""
+
+
+def _file_reduce(f: Any) -> Any:
+    if _cp_file_reduce is not None and (f is sys.stdout or f is sys.stderr):
+        return _cp_file_reduce(f)  # the receiver's own stream, as cloudpickle does
+    name = getattr(f, "name", None)
+    what = f"the file {name!r}" if isinstance(name, str) else "a file"
+    raise FileNotSendable(
+        f"an open file cannot be sent to another process ({what}, "
+        f"{type(f).__module__}.{type(f).__qualname__}): open it where it is used, or send "
+        "its contents"
+    )
+
+
+# our entries over cloudpickle's own table (one level, as cloudpickle's: no extra lookup)
+_TABLE = collections.ChainMap(
+    {
+        **_CP_TABLE.maps[0],
+        CodeType: _code_reduce,
+        **{t: _file_reduce for t in _FILE_TYPES},
+    },
+    *_CP_TABLE.maps[1:],
+)
 
 
 class _Pickler(cloudpickle.Pickler):
@@ -121,7 +178,12 @@ class _Pickler(cloudpickle.Pickler):
     cloudpickle asks, for every function it meets, whether its module can be imported by
     name; the answer does not change for a given function object, and asking costs more than
     the rest of pickling a small call. ``_BY_REFERENCE`` keeps the answers (weakly).
+
+    Its dispatch table keeps the file names of code objects (:func:`_code_reduce`) and
+    refuses open files, which cloudpickle would copy as a snapshot of their contents.
     """
+
+    dispatch_table = _TABLE
 
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is FunctionType and _should_pickle_by_reference is not None:
@@ -178,16 +240,18 @@ def dumps(obj: Any, buffers: list[Any] | None = None) -> bytes:
 
 
 def _dumps_fresh(obj: Any, buffers: list[Any] | None) -> bytes:
-    if buffers is None:
-        return cloudpickle.dumps(obj, protocol=5)
+    keep_in_band = None
+    if buffers is not None:
 
-    def keep_in_band(buf: pickle.PickleBuffer) -> bool:
-        if buf.raw().nbytes < OOB_THRESHOLD:
-            return True
-        buffers.append(buf)
-        return False
+        def keep_in_band(buf: pickle.PickleBuffer) -> bool:
+            if buf.raw().nbytes < OOB_THRESHOLD:
+                return True
+            buffers.append(buf)
+            return False
 
-    return cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_in_band)
+    f = io.BytesIO()
+    _Pickler(f, protocol=5, buffer_callback=keep_in_band).dump(obj)
+    return f.getvalue()
 
 
 def loads(data: Any, buffers: list[Any] | None = None) -> Any:
@@ -279,3 +343,90 @@ def decode(frames: list[Any]) -> Message:
         # anything unpickling raises, SystemExit and KeyboardInterrupt from a __reduce__
         # included, is this message's failure, not the connection's nor the process's
         raise DecodeError(tag, header, e) from e
+
+
+# -- what could not be pickled, in words (failures only) -------------------------------------
+
+
+def describe_unpicklable(what: str, values: dict[str, Any], exc: BaseException) -> str:
+    """Name the first of ``values`` that cannot be pickled, and what in it cannot: the captured
+    variable, global or default of a function shipped by value (for an error message).
+
+    ``what`` opens the message ("cannot send the call"); ``values`` maps a name for the user
+    ("argument 2", "the return value") to the value. A name equal to ``what`` is said once.
+    """
+    for name, value in values.items():
+        value = getattr(value, "_pydist_user_value", value)  # a wrapper of ours: what it holds
+        err = _pickling_error(value)
+        if err is None:
+            continue
+        subject = f"{name}, {_a(value)}," if name != "the function" else f"the function {_a(value)}"
+        opening = subject if name == what else f"{what}: {subject}"
+        inside = _culprit(value, 0)
+        if inside is not None:
+            phrase, err = inside
+            return f"{opening} {phrase}, which cannot be pickled (serialized): {_said(err)}"
+        return f"{opening} could not be pickled (serialized): {_said(err)}"
+    return f"{what}: it could not be pickled (serialized): {_said(exc)}"
+
+
+def _said(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def _pickling_error(value: Any) -> BaseException | None:
+    try:
+        dumps(value)
+    except Exception as e:
+        return e
+    return None
+
+
+def _a(value: Any) -> str:
+    """``value`` in words: a function by its name and place, anything else by its type."""
+    if isinstance(value, FunctionType):
+        co = value.__code__
+        where = co.co_filename.replace("\\", "/").rsplit("/", 1)[-1]
+        return f"{value.__qualname__} ({where}, line {co.co_firstlineno})"
+    t = type(value)
+    if t.__module__ == "builtins":
+        return f"a {t.__qualname__}"
+    return f"a {t.__module__}.{t.__qualname__}"
+
+
+def _culprit(f: Any, depth: int) -> tuple[str, BaseException] | None:
+    """What in the function ``f`` cannot be pickled: ``("captures the variable 'x', a T",
+    error)``; None when it is none of its captured variables, globals and defaults."""
+    if not isinstance(f, FunctionType) or depth > 3:
+        return None
+    candidates: list[tuple[str, Any]] = []
+    for name, cell in zip(f.__code__.co_freevars, f.__closure__ or (), strict=False):
+        try:
+            candidates.append((f"captures the variable {name!r}", cell.cell_contents))
+        except ValueError:  # an empty cell
+            continue
+    g = f.__globals__
+    candidates += [(f"uses the global {n!r}", g[n]) for n in _global_names(f.__code__) if n in g]
+    defaults = f.__defaults__ or ()
+    params = f.__code__.co_varnames[f.__code__.co_argcount - len(defaults) : f.__code__.co_argcount]
+    candidates += [(f"has the default of {p!r}", d) for p, d in zip(params, defaults, strict=False)]
+    candidates += [(f"has the default of {k!r}", v) for k, v in (f.__kwdefaults__ or {}).items()]
+    for phrase, value in candidates:
+        err = _pickling_error(value)
+        if err is None:
+            continue
+        phrase = f"{phrase}, {_a(value)}"
+        deeper = _culprit(value, depth + 1)
+        if deeper is not None:
+            return f"{phrase}, which {deeper[0]}", deeper[1]
+        return phrase, err
+    return None
+
+
+def _global_names(co: CodeType) -> list[str]:
+    """The global names a code object (and the code nested in it) may read, in order."""
+    names = list(co.co_names)
+    for const in co.co_consts:
+        if isinstance(const, CodeType):
+            names += [n for n in _global_names(const) if n not in names]
+    return names

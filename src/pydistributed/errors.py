@@ -7,6 +7,7 @@ The tree::
      |    +-- InterruptException        a call was interrupted (``interrupt``, Ctrl-C)
      +-- Exception
           +-- RemoteException           a call raised on another process; wraps a CapturedException
+          +-- RemoteTraceback           the remote traceback, shown as a RemoteException's cause
           +-- CapturedException         an exception and its traceback text, made portable
           +-- ProcessExitedException    the process a call or reference needs is gone
           |                             (``.removed``: by rmprocs, not by a crash or a lost link)
@@ -20,15 +21,22 @@ The tree::
                     +-- LaunchTimeoutError (also a TimeoutError) it did not report in time
 
 Errors are translated once, where layers meet: an exception raised by a remote call is captured
-on the worker (:func:`capture`), sent back, and raised on the caller as a
-:class:`RemoteException` whose ``__cause__`` is the original exception when it could be
-pickled.
+on the worker (:func:`capture`, which leaves out pydistributed's own frames), sent back, and
+raised on the caller as a :class:`RemoteException` whose ``__cause__`` is a
+:class:`RemoteTraceback`: the remote traceback set apart between triple quotes, as
+``concurrent.futures`` shows a worker's, with its source lines read here when the worker had
+none (a function shipped by value keeps its file name; the file is on the caller's machine).
 """
 
 from __future__ import annotations
 
+import linecache
+import os
+import re
+import signal
 import sys
 import traceback
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,6 +54,7 @@ __all__ = [
     "ProcessExitedException",
     "ProtocolError",
     "RemoteException",
+    "RemoteTraceback",
 ]
 
 
@@ -137,25 +146,94 @@ def _rebuild_captured(
     return CapturedException(exc, traceback_text)
 
 
+def describe_process(pid: int) -> str:
+    """How a message names process ``pid``: ``worker N``, or the master (process 1)."""
+    return "process 1 (the master)" if pid == 1 else f"worker {pid}"
+
+
 class RemoteException(Exception):
     """An exception raised by a call on process ``pid``.
 
-    ``str()`` reads ``On worker N:`` followed by the remote exception and its remote
-    traceback. ``captured.exc`` is the original exception (or its stand-in), also set as
-    ``__cause__`` so that Python's own traceback shows both sides.
+    ``str()`` reads ``On worker N: Type: message`` (``On process 1 (the master): ...`` for the
+    master). ``captured.exc`` is the original exception (or its stand-in) and
+    ``captured.traceback_text`` its remote traceback, which is also the ``__cause__`` (a
+    :class:`RemoteTraceback`), so that Python's own traceback shows both sides.
     """
 
     def __init__(self, pid: int, captured: CapturedException) -> None:
         super().__init__(pid, captured)
         self.pid = pid
         self.captured = captured
-        self.__cause__ = captured.exc
+        text = captured.traceback_text
+        self.__cause__ = RemoteTraceback(pid, text) if _FRAME.search(text) else None
+        self.__suppress_context__ = True
 
     def __str__(self) -> str:
-        return f"On worker {self.pid}:\n{self.captured}"
+        c = self.captured
+        note = _note(c.traceback_text)
+        if note:  # the text says what happened, before the exception (an undecodable answer)
+            return f"On {describe_process(self.pid)}: {note}"
+        head = f"{c.type_name}: {c.exc}" if str(c.exc) else c.type_name
+        return f"On {describe_process(self.pid)}: {head}"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (RemoteException, (self.pid, self.captured))
+
+
+class RemoteTraceback(Exception):
+    """The traceback of a :class:`RemoteException`, as text: its ``__cause__``.
+
+    Shown between triple quotes (as ``concurrent.futures`` shows a worker's traceback), with
+    the source lines the remote process could not show read here, when this process has the
+    files (a function shipped from here by value names its file here).
+    """
+
+    def __init__(self, pid: int, text: str) -> None:
+        super().__init__(pid, text)
+        self.pid = pid
+        self.text = text
+
+    def __str__(self) -> str:
+        body = with_source_lines(self.text).rstrip("\n")
+        return f'on {describe_process(self.pid)}\n"""\n{body}\n"""'
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RemoteTraceback, (self.pid, self.text))
+
+
+_EXCEPTION_LINE = re.compile(r"[\w.]+(:|$)")
+
+
+def _note(text: str) -> str:
+    """The explanation a captured traceback's text opens with, if any: a first line that is
+    neither a traceback's header nor an exception's ``Type: message``."""
+    first = text.split("\n", 1)[0]
+    if not first or first[0].isspace() or first.startswith("Traceback "):
+        return ""
+    return "" if _EXCEPTION_LINE.match(first) else first
+
+
+_FRAME = re.compile(r'^(?P<pre>.*?)  File "(?P<file>[^"]+)", line (?P<line>\d+), in ', re.M)
+
+
+def with_source_lines(text: str) -> str:
+    """``text``, a formatted traceback, with the source line of each frame that has none
+    added from this process's files (``linecache``), when it has them."""
+    lines = text.splitlines(keepends=True)
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        out.append(line)
+        m = _FRAME.match(line)
+        if m is None:
+            continue
+        pre = m.group("pre")
+        following = lines[i + 1] if i + 1 < len(lines) else ""
+        if following.startswith(pre + "    "):
+            continue  # the remote process showed the line
+        source = linecache.getline(m.group("file"), int(m.group("line"))).strip()
+        if source:
+            out.append(f"{pre}    {source}\n")
+    return "".join(out)
 
 
 class ProcessExitedException(Exception):
@@ -176,10 +254,23 @@ class ProcessExitedException(Exception):
             base = f"worker {self.worker_id} has exited: it was removed by rmprocs"
             return f"{base} ({self.reason})" if self.reason else base
         base = f"worker {self.worker_id} has exited"
+        if self.reason.startswith("with code "):
+            return f"{base} {self.reason}"
         return f"{base}: {self.reason}" if self.reason else base
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_exited, (self.worker_id, self.reason, self.removed))
+
+
+def describe_exit(code: int) -> str:
+    """A worker's exit code as a :class:`ProcessExitedException` reason: ``with code 3``, or
+    ``killed by SIGKILL`` (a negative code, as ``Popen`` gives it)."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"with code {code}"
 
 
 def _rebuild_exited(worker_id: int, reason: str, removed: bool) -> ProcessExitedException:
@@ -251,9 +342,43 @@ class _WrappedBaseException(Exception):
 
 
 def capture(exc: BaseException) -> CapturedException:
-    """Capture ``exc`` raised here, with its traceback text, ready to be pickled."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return CapturedException(exc, tb)
+    """Capture ``exc`` raised here, with its traceback text, ready to be pickled.
+
+    The frames of pydistributed that ran the call (before the first frame of the user's
+    code) are left out of the text.
+    """
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and _is_internal(tb):
+        tb = tb.tb_next
+    if tb is not None and _is_internal(tb):
+        tb = exc.__traceback__  # all ours: a fault of pydistributed, show it all
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    return CapturedException(exc, text)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _is_internal(tb: types.TracebackType) -> bool:
+    return tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR)
+
+
+def strip_internal(exc: BaseException) -> BaseException:
+    """For a :class:`RemoteException`, raised again on another thread (a task's, a map's):
+    the same exception without the frames of pydistributed in its traceback (they only
+    carried it there); any other exception as it is. Returns the exception, to ``raise``."""
+    if not isinstance(exc, RemoteException):
+        return exc
+    kept = []
+    tb = exc.__traceback__
+    while tb is not None:
+        if not _is_internal(tb):
+            kept.append(tb)
+        tb = tb.tb_next
+    new: types.TracebackType | None = None
+    for t in reversed(kept):
+        new = types.TracebackType(new, t.tb_frame, t.tb_lasti, t.tb_lineno)
+    return exc.with_traceback(new)
 
 
 def _qualname(exc: BaseException) -> str:

@@ -52,6 +52,11 @@ class _Ship:
     def __reduce__(self) -> tuple[Any, ...]:
         return (_store_cached, (self.key, self.f))
 
+    @property
+    def _pydist_user_value(self) -> Any:
+        """What the user passed (an error message names it, not this wrapper)."""
+        return self.f
+
 
 class _Ref:
     """A function already on the worker: unpickled, it is looked up in the cache there."""

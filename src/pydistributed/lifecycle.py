@@ -42,7 +42,7 @@ from typing import Any
 from . import timeouts
 from .calls import Calls
 from .connections import Connections
-from .errors import LaunchError, LaunchTimeoutError, ProcessExitedException
+from .errors import LaunchError, LaunchTimeoutError, ProcessExitedException, describe_exit
 from .heartbeat import Heartbeat
 from .managers.base import ClusterManager, WorkerConfig, overrides
 from .messages import Exit, Interrupt, JoinPGRP, PeerUpdate
@@ -60,6 +60,7 @@ COMMON_PARAMS = frozenset(
     {"dir", "exename", "exeflags", "topology", "lazy", "enable_threaded_blas", "env"}
 )
 _KILL_WAIT = 5.0  # how long a killed process may take to be reaped
+_EXIT_WAIT = 1.0  # how long a worker whose connection closed may take to exit, for its code
 
 
 def end_process(proc: Any, grace: float = 0.0) -> None:
@@ -79,6 +80,17 @@ def end_process(proc: Any, grace: float = 0.0) -> None:
         proc.wait(timeout=_KILL_WAIT)
     except Exception:
         pass
+
+
+def _exit_code(proc: Any) -> int | None:
+    """The exit code of a worker whose connection just closed (``None``: not ours, or still
+    running after a moment: the connection broke, not the process)."""
+    if proc is None or not hasattr(proc, "wait"):
+        return None
+    try:
+        return int(proc.wait(timeout=_EXIT_WAIT))
+    except Exception:
+        return None
 
 
 def _output_tail(streams: list[RelayedStream]) -> str:
@@ -361,6 +373,9 @@ class Lifecycle:
         self.refs.drop_client(pid)
         if info is None:
             return
+        code = _exit_code(info.process) if not peer.removing else None
+        if code is not None:  # its callers learn how it exited (e.g. sys.exit(3) in a call)
+            peer.close_reason = describe_exit(code)
         update = PeerUpdate(removed=(pid,))
         for other in self.connections.snapshot().values():
             try:

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 from .cluster import ClusterVar, current_cluster
-from .errors import CompositeException
+from .errors import CompositeException, RemoteException
 from .ids import check_pid
 from .remotecall import remotecall, remotecall_fetch
 from .remoteref import Future
@@ -228,7 +228,8 @@ def everywhere(
         CompositeException: some processes failed: one member per failed process, in the
             order of ``procs``, each a ``RemoteException`` whose ``.pid`` names the process
             (this process's own failure too, as ``RemoteException(myid(), ...)``), or the
-            error of sending to it (a ``PicklingError``, a ``ProcessExitedException``).
+            error of sending to it (a ``PicklingError``, a ``ProcessExitedException``). It is
+            shown one line per failure, below the remote traceback of the first (its cause).
 
     Example:
         >>> everywhere("import math\\ndef hyp(a, b):\\n    return math.hypot(a, b)")
@@ -256,7 +257,26 @@ def everywhere(
     failures = [e for e in (_failure(tasks[i]) for i in range(len(pids))) if e is not None]
     if failures:
         n, total = len(failures), len(pids)
-        raise CompositeException(failures, f"everywhere: {n} of {total} calls failed")
+        raise _short_report(failures, f"everywhere: {n} of {total} calls failed")
+
+
+def _short_report(failures: list[Exception], message: str) -> CompositeException:
+    """The failures as a CompositeException that is shown one line per process.
+
+    Each member loses its traceback (the task's plumbing that waited for it) and its cause;
+    the remote traceback of the first remote failure becomes the group's cause, shown once
+    above it (every member's is still in ``.captured.traceback_text``).
+    """
+    cause = None
+    for e in failures:
+        if cause is None and isinstance(e, RemoteException):
+            cause = e.__cause__
+        e.__traceback__ = None
+        e.__cause__ = None
+        e.__suppress_context__ = True
+    group = CompositeException(failures, message)
+    group.__cause__ = cause
+    return group
 
 
 def _failure(task: Task[Any]) -> Exception | None:

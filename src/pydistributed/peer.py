@@ -66,17 +66,7 @@ class ResponseSlot:
         return False
 
 
-def describe_unpicklable(what: str, values: dict[str, Any], exc: BaseException) -> str:
-    """Name the first value that cannot be pickled, for an error message."""
-    for name, value in values.items():
-        try:
-            codec.dumps(value)
-        except Exception as e:
-            return (
-                f"{what}: {name} of type {type(value).__module__}.{type(value).__qualname__} "
-                f"could not be pickled (serialized): {type(e).__name__}: {e}"
-            )
-    return f"{what} could not be pickled (serialized): {type(exc).__name__}: {exc}"
+describe_unpicklable = codec.describe_unpicklable  # (it names a closure's captured variable)
 
 
 class Peer:
@@ -394,7 +384,8 @@ class Peer:
                 self._on_close(self, reason)
             except Exception:
                 log.exception("error while handling the loss of process %s", self.pid)
-        exc = ProcessExitedException(self.pid or 0, reason, removed=self.removing)
+        # (on_close may have said more: a worker's exit code, where its master learns it)
+        exc = ProcessExitedException(self.pid or 0, self.close_reason, removed=self.removing)
         while self.pending:
             try:
                 _, slot = self.pending.popitem()

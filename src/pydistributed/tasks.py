@@ -45,7 +45,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar
 
-from .errors import CompositeException, _WrappedBaseException
+from .errors import CompositeException, _WrappedBaseException, strip_internal
 
 __all__ = ["Task", "async_", "register_sync", "sync", "timedwait"]
 
@@ -177,7 +177,7 @@ class Task(Generic[T]):
         self._wait_done(timeout)
         exc = self._exception
         if exc is not None:
-            raise exc
+            raise strip_internal(exc)  # a remote error: without the task's plumbing
 
     def fetch(self, timeout: float | None = None) -> T:
         """Block until the task is done and return its result (Julia's ``fetch``).

@@ -142,7 +142,7 @@ def test_failed_call_raises_at_fetch_on_every_process(two_workers: list[int]) ->
         remotecall_fetch(fetch_it, b, f)  # raised on b, which reports it
     assert "math domain error" in str(info2.value)
     local = remotecall(math.sqrt, 1, -1)
-    with pytest.raises(RemoteException, match="On worker 1"):
+    with pytest.raises(RemoteException, match=r"On process 1 \(the master\)"):
         local.fetch(timeout=10)
 
 
