@@ -45,6 +45,8 @@ from .registry import Registry
 __all__ = ["Calls"]
 
 _UNPICKLABLE = (pickle.PicklingError, TypeError, AttributeError)
+_HOLD_SIGINT = (hold_sigint, release_sigint)
+CTRL_C_GRACE = 1.0  # seconds a Ctrl-C waits for the interrupted remote call to answer
 
 
 def _oob_args(
@@ -118,7 +120,7 @@ class Calls:
             peer, rid, slot = self.request(pid, lambda rid: CallFetch(rid, f, args, kwargs))
         except _UNPICKLABLE as e:
             raise _unpicklable(f, args, kwargs, e) from e
-        return self.wait_answer(peer, rid, slot, timeout)
+        return self.wait_answer(peer, rid, slot, timeout, getattr(f, "cancel_with", None))
 
     def call(
         self, pid: int, rrid: RRID, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -197,23 +199,48 @@ class Calls:
         return peer, rid, slot
 
     def wait_answer(
-        self, peer: Peer, rid: int, slot: ResponseSlot, timeout: float | None = None
+        self,
+        peer: Peer,
+        rid: int,
+        slot: ResponseSlot,
+        timeout: float | None = None,
+        cancel_with: Any = None,
     ) -> Any:
-        """Wait for the answer to request ``rid``; Ctrl-C interrupts the remote call too.
+        """Wait for the answer to request ``rid``.
+
+        Ctrl-C (KeyboardInterrupt) lands at once, between messages. It interrupts the calls
+        running on the other side (``Interrupt``) and waits up to ``CTRL_C_GRACE`` s for the
+        interrupted call to answer, so that the worker is free again when KeyboardInterrupt
+        is raised here; a second Ctrl-C stops that wait at once. A request made with
+        ``cancel_with`` (an operation on a channel, which must not interrupt the owner's
+        other calls) is cancelled instead, by ``RemoteDo(cancel_with, (myid, rid))``: if it
+        had done its work already (taken a value), its answer is returned all the same, so
+        that nothing is lost; else KeyboardInterrupt.
 
         Raises:
             RemoteException: the call raised there.
             ProcessExitedException: the connection closed first.
             TimeoutError: no answer within ``timeout`` seconds.
+            KeyboardInterrupt: Ctrl-C.
         """
         try:
             if timeout is None and not slot.is_set():
                 self._read_answer(peer, slot)
             answered = slot.wait(timeout)
         except KeyboardInterrupt:
-            if peer.pending.pop(rid, None) is not None and peer.pid is not None:
-                self.connections.send_quietly(peer.pid, Interrupt())
-            raise
+            try:
+                if rid in peer.pending and peer.pid is not None:
+                    if cancel_with is None:
+                        self.connections.send_quietly(peer.pid, Interrupt())
+                    else:
+                        msg = RemoteDo(cancel_with, (self.registry.myid, rid), {})
+                        self.connections.send_quietly(peer.pid, msg)
+                    slot.wait(CTRL_C_GRACE)  # read by the reader thread; Ctrl-C ends it
+            finally:
+                peer.pending.pop(rid, None)
+            if cancel_with is None or not slot.is_set() or not slot.ok:
+                raise
+            return slot.value  # done before the cancel came (a cancelled one raises)
         if not answered:
             peer.pending.pop(rid, None)
             raise TimeoutError(f"no answer from process {peer.pid} within {timeout} s")
@@ -224,8 +251,9 @@ class Calls:
     def _read_answer(self, peer: Peer, slot: ResponseSlot) -> None:
         """Read the answer on this thread when the connection lets us (no hand-off).
 
-        On the main thread a Ctrl-C that arrives meanwhile is held until the reading role is
-        given back, then delivered: a message is never read in part.
+        On the main thread a Ctrl-C is held while a message is being read, and delivered
+        once it is whole: a message is never read in part. While the thread waits for the
+        next message, Ctrl-C lands at once.
         """
         if threading.current_thread() is not threading.main_thread():
             # an interrupt can land anywhere in a call on a pool thread (an asynchronous
@@ -233,9 +261,4 @@ class Calls:
             if not self.executor.in_call():
                 peer.read_until(slot.is_set)
             return
-        token = hold_sigint()
-        try:
-            peer.read_until(slot.is_set)
-        finally:
-            if token is not None:
-                release_sigint(token)
+        peer.read_until(slot.is_set, _HOLD_SIGINT)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -80,6 +81,34 @@ def _undecodable_answer(err: codec.DecodeError, sender: int | None, me: int) -> 
     return CapturedException(cause, text)
 
 
+class Cancellable:
+    """The requests running here that their caller may cancel (an operation that waits, on a
+    channel: the caller's Ctrl-C), by ``(caller, response id)``. The operation asks
+    :meth:`cancelled` between the slices of its wait."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._running: dict[tuple[int, int], bool] = {}
+
+    def begin(self, key: tuple[int, int]) -> None:
+        self._running[key] = False
+        self._local.key = key
+
+    def end(self, key: tuple[int, int]) -> None:
+        self._running.pop(key, None)
+        self._local.key = None
+
+    def cancel(self, key: tuple[int, int]) -> None:
+        """Cancel request ``key`` if it still runs (else nothing: it has answered)."""
+        if key in self._running:
+            self._running[key] = True
+
+    def cancelled(self) -> bool:
+        """Whether the request this thread runs has been cancelled."""
+        key = getattr(self._local, "key", None)
+        return key is not None and self._running.get(key, False)
+
+
 def is_internal(f: Any) -> bool:
     """Whether ``f`` is one of the runtime's own operations (on references and pools).
 
@@ -102,6 +131,7 @@ class Dispatcher:
         self.registry = registry
         self.refs = refs
         self.executor = executor
+        self.requests = Cancellable()
         self._handlers: dict[type[Message], Callable[[Peer, Any], None]] = {
             Call: self._on_call,
             CallFetch: self._on_call_fetch,
@@ -158,6 +188,16 @@ class Dispatcher:
         def run() -> None:
             ok, value = self.execute(msg.f, msg.args, msg.kwargs)
             self.reply(peer, msg.response_id, ok, value)
+
+        if getattr(msg.f, "cancel_with", None) is not None and peer.pid is not None:
+            inner, key = run, (peer.pid, msg.response_id)
+
+            def run() -> None:
+                self.requests.begin(key)
+                try:
+                    inner()
+                finally:
+                    self.requests.end(key)
 
         self.executor.submit(run, not is_internal(msg.f))
 
@@ -221,6 +261,7 @@ class Dispatcher:
         exited = False
         try:
             try:
+                ex.check_interrupted()
                 return True, f(*args, **kwargs)
             finally:
                 ex.exit_call(ident)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import _signal
 import ctypes
+import functools
 import logging
 import os
 import queue
@@ -92,11 +93,16 @@ class Executor:
         self._pool_q: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._pool_idle = 0
         self._in_call: dict[int, int] = {}
+        # how many interrupts have come: a call submitted before the last one, and started
+        # after it, is interrupted as it starts (see check_interrupted)
+        self._interrupts = 0
+        self._local = threading.local()
 
     # -- submitting -----------------------------------------------------------------------
 
     def submit(self, fn: Callable[[], None], main_ok: bool = True) -> None:
         """Run ``fn()`` soon, concurrently with everything else. Never blocks."""
+        fn = functools.partial(self._started, self._interrupts, fn)
         with self._lock:
             if main_ok and self._main_idle:
                 self._main_idle = False
@@ -145,6 +151,19 @@ class Executor:
             with self._lock:
                 if self._main_q.empty():
                     self._main_idle = True
+
+    def _started(self, interrupts: int, fn: Callable[[], None]) -> None:
+        self._local.interrupts = interrupts  # as many as had come when fn was submitted
+        fn()
+
+    def check_interrupted(self) -> None:
+        """At the start of a call: raise InterruptException if an interrupt came after the
+        call was submitted (it was waiting for a thread: ``interrupt`` meant it too)."""
+        seen = getattr(self._local, "interrupts", None)
+        if seen is not None and seen != self._interrupts:
+            self._local.interrupts = None
+            raise InterruptException()
+        self._local.interrupts = None  # a call nested in this one is not meant
 
     @staticmethod
     def _run(fn: Callable[[], None]) -> None:
@@ -216,8 +235,10 @@ class Executor:
         return self._main_ident in self._in_call
 
     def interrupt(self) -> int:
-        """Interrupt every call running now; returns how many were hit."""
+        """Interrupt every call running now, and those submitted and not started yet;
+        returns how many were running."""
         with self._lock:
+            self._interrupts += 1
             running = list(self._in_call)
             for ident in running:
                 if ident == self._main_ident:

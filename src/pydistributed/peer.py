@@ -22,7 +22,9 @@ from . import codec, scope, transport
 from .errors import ProcessExitedException, ProtocolError
 from .messages import Message
 
-__all__ = ["Peer", "ResponseSlot", "describe_unpicklable"]
+__all__ = ["Guard", "Peer", "ResponseSlot", "describe_unpicklable"]
+
+Guard = tuple[Callable[[], Any], Callable[[Any], None]]  # (hold, release): see read_until
 
 log = logging.getLogger("pydistributed.peer")
 
@@ -207,6 +209,19 @@ class Peer:
             return
         self._on_message(self, msg)
 
+    def _read_one_guarded(self, guard: Guard) -> None:
+        """:meth:`_read_one` with ``guard`` held while a message is read, not while waiting
+        for its first byte."""
+        buffered = getattr(self.reader, "buffered", None)
+        if buffered is not None and not buffered():
+            select.select([self.reader], [], [])  # interruptible; consumes nothing
+        token = guard[0]()
+        try:
+            self._read_one()
+        finally:
+            if token is not None:
+                guard[1](token)
+
     def _read_loop(self) -> None:
         scope.bind(self.owner)
         reason = "connection closed"
@@ -289,11 +304,17 @@ class Peer:
                     self._parked_at = 0.0
                     cond.notify_all()
 
-    def read_until(self, done: Callable[[], bool]) -> bool:
+    def read_until(self, done: Callable[[], bool], guard: Guard | None = None) -> bool:
         """Read and dispatch messages on this thread until ``done()``.
 
         Returns False at once (having read nothing) when another caller holds the reading
         role or the connection cannot share it; the caller then waits the usual way.
+
+        ``guard``: ``(hold, release)``, called around the reading of each message, so that an
+        asynchronous exception (Ctrl-C) lands only between messages: while nothing of the
+        next message has come, the thread waits for it with nothing held (a Ctrl-C
+        interrupts that wait and leaves the stream whole). A stream that is not a socket is
+        read under the guard throughout.
         """
         cond = self._role_cond
         me = threading.get_ident()
@@ -323,7 +344,10 @@ class Peer:
         try:
             while not done() and not self.closed:
                 try:
-                    self._read_one()
+                    if guard is None:
+                        self._read_one()
+                    else:
+                        self._read_one_guarded(guard)
                 except EOFError as e:
                     self.close(str(e) or "connection closed")
                 except ProtocolError as e:

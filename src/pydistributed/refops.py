@@ -55,6 +55,7 @@ POLL = 0.25
 _TIMEOUT = "timeout"
 _CLOSED = "closed"
 _GONE = "gone"
+_CANCELLED = "cancelled"
 
 
 class Marker:
@@ -82,6 +83,8 @@ def raise_marker(value: Any) -> Any:
             raise TimeoutError(value.message)
         if value.kind == _CLOSED:
             raise ChannelClosedError(value.message)
+        if value.kind == _CANCELLED:
+            raise KeyboardInterrupt  # the caller's Ctrl-C cancelled it, which did nothing
         raise RuntimeError(value.message)  # _GONE: only ever sent to a caller that is gone
     return value
 
@@ -125,6 +128,8 @@ def _blocking(
             remaining = deadline - time.monotonic()
             if remaining <= step:
                 return method(*args, remaining)
+        if c.dispatch.requests.cancelled():
+            return Marker(_CANCELLED, "cancelled by its caller")
         try:
             return method(*args, step)
         except TimeoutError:
@@ -211,6 +216,21 @@ def _channel_op(
 
 
 @_internal
+def cancel_request(caller: int, rid: int) -> None:
+    """Run by ``RemoteDo``: ``caller`` cancels its request ``rid`` (a channel operation that
+    waits here), which answers a ``_CANCELLED`` marker at its next slice, having done
+    nothing; one that has done its work answers as usual."""
+    current_cluster().dispatch.requests.cancel((caller, rid))
+
+
+def _cancellable(f: Callable[..., Any]) -> Callable[..., Any]:
+    """A channel operation: the caller's Ctrl-C cancels it (see ``calls.wait_answer``)."""
+    f.cancel_with = cancel_request  # type: ignore[attr-defined]
+    return f
+
+
+@_cancellable
+@_internal
 def put_ch(key: tuple[int, int], value: Any, timeout: float | None, caller: int) -> Any:
     marker = _channel_op("put", key, timeout, caller, value)
     return marker if isinstance(marker, Marker) else None
@@ -229,6 +249,7 @@ class _Encoded:
         return (codec.loads, (self.data,))
 
 
+@_cancellable
 @_internal
 def take_ch(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
     """``take`` for ``caller``. For a caller on another process, a ``Channel`` of ours encodes
@@ -237,11 +258,13 @@ def take_ch(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
     return _channel_op("take", key, timeout, caller)
 
 
+@_cancellable
 @_internal
 def fetch_ch(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
     return _channel_op("fetch", key, timeout, caller)
 
 
+@_cancellable
 @_internal
 def wait_ch(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
     marker = _channel_op("wait", key, timeout, caller)

@@ -1,0 +1,168 @@
+"""Ctrl-C in a master blocked on a remote operation: real SIGINT to a real master process.
+
+The first Ctrl-C lands at once: it interrupts the call on the worker (and waits a moment for
+it to answer) or cancels a channel operation, then raises KeyboardInterrupt in the master; a
+second Ctrl-C stops waiting at once. Nothing is lost, and the worker stays usable.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import readline, wait_until
+
+PRELUDE = """
+import os, sys, time
+from pydistributed import (Channel, RemoteChannel, addprocs, fetch, remotecall,
+                           remotecall_fetch, remotecall_wait, workers)
+
+def spin(marker):
+    open(marker + ".started", "w").close()
+    try:
+        while True:
+            pass
+    finally:
+        open(marker, "w").close()
+
+def say_when_started(marker):
+    import threading
+    def watch():
+        while not os.path.exists(marker + ".started"):
+            time.sleep(0.01)
+        print("waiting", flush=True)
+    threading.Thread(target=watch, daemon=True).start()
+
+(w,) = addprocs(1)
+"""
+
+
+@pytest.fixture
+def master(tmp_path: Path) -> Iterator[object]:
+    started: list[subprocess.Popen[str]] = []
+
+    def start(body: str) -> subprocess.Popen[str]:
+        script = tmp_path / "master.py"
+        script.write_text(PRELUDE + textwrap.dedent(body))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        proc = subprocess.Popen(
+            [sys.executable, str(script)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            start_new_session=True,  # its workers too: killed together below
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def _interrupt_when(proc: subprocess.Popen[str], line: str) -> None:
+    assert proc.stdout is not None
+    assert readline(proc.stdout) == line + "\n"
+    proc.send_signal(signal.SIGINT)
+
+
+@pytest.mark.parametrize(
+    "wait",
+    [
+        "remotecall_fetch(spin, w, MARKER)",
+        "fetch(remotecall(spin, w, MARKER))",
+        "remotecall(spin, w, MARKER).wait()",
+        "remotecall_wait(spin, w, MARKER)",
+    ],
+)
+def test_ctrl_c_interrupts_the_remote_call_and_raises(
+    master: object, tmp_path: Path, wait: str
+) -> None:
+    marker = tmp_path / "interrupted-on-the-worker"
+    proc = master(  # type: ignore[operator]
+        f"""
+        MARKER = {str(marker)!r}
+        say_when_started(MARKER)  # once the call runs on the worker
+        try:
+            {wait}
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt", os.path.exists(MARKER), flush=True)
+        print("then", remotecall_fetch(lambda: 6 * 7, w), flush=True)
+        """
+    )
+    _interrupt_when(proc, "waiting")
+    assert proc.stdout is not None
+    # the endless loop on the worker was interrupted before the master raised
+    assert readline(proc.stdout) == "KeyboardInterrupt True\n"
+    assert readline(proc.stdout) == "then 42\n"
+    assert proc.wait(30) == 0
+
+
+def test_a_second_ctrl_c_stops_waiting_at_once(master: object) -> None:
+    proc = master(
+        """
+        import pydistributed.calls
+        pydistributed.calls.CTRL_C_GRACE = 600  # the first Ctrl-C would wait this long
+        remotecall(time.sleep, w, 600)  # the worker's main thread: busy
+        print("waiting", flush=True)
+        try:
+            remotecall_fetch(time.sleep, w, 600)  # a pool thread: interrupt cannot break it
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt", flush=True)
+        os._exit(0)
+        """
+    )
+    _interrupt_when(proc, "waiting")
+    assert proc.stdout is not None
+    t, out = readline_in_background(proc.stdout)
+    # keep pressing until the master gives up (a second press lands in the grace wait)
+    wait_until(lambda: out or proc.send_signal(signal.SIGINT), 30, 0.2, "the master to raise")
+    t.join(30)
+    assert out == ["KeyboardInterrupt\n"]
+
+
+def readline_in_background(stream: object) -> tuple[object, list[object]]:
+    from tests.conftest import in_thread
+
+    return in_thread(stream.readline)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("op", ["take", "put"])
+def test_ctrl_c_cancels_a_remote_channel_operation_and_loses_nothing(
+    master: object, op: str
+) -> None:
+    proc = master(
+        f"""
+        rc = RemoteChannel(lambda: Channel(0), w)  # owned by the worker
+        print("waiting", flush=True)
+        try:
+            rc.take() if {op!r} == "take" else rc.put("lost?")
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt", flush=True)
+        # the cancelled operation took, or left, nothing: the next ones meet their match
+        remotecall(lambda c: c.put(7), w, rc)
+        print("took", rc.take(timeout=30), flush=True)
+        taker = remotecall(lambda c: c.take(timeout=30), w, rc)
+        rc.put(8, timeout=30)
+        print("gave", fetch(taker), flush=True)
+        """
+    )
+    _interrupt_when(proc, "waiting")
+    assert proc.stdout is not None
+    assert readline(proc.stdout) == "KeyboardInterrupt\n"
+    assert readline(proc.stdout) == "took 7\n"
+    assert readline(proc.stdout) == "gave 8\n"
+    assert proc.wait(30) == 0
