@@ -202,6 +202,11 @@ class Connections:
         if peer is not None and not peer.closed:
             return peer
         reg = self.registry
+        if peer is not None and reg.myid == 1:
+            # the master: a closed link is a worker gone. The thread that closed it may not
+            # have deregistered it yet: dead now, or a pool would hand it out again (a retry
+            # loop can spin through its retries before that thread runs again)
+            reg.mark_lost(pid)
         if reg.is_dead(pid):
             raise ProcessExitedException(pid, removed=reg.was_removed(pid))
         if reg.myid == 1:

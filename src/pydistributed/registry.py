@@ -232,6 +232,15 @@ class Registry:
                 info.removing = True
             return info
 
+    def mark_lost(self, pid: int) -> None:
+        """``pid``'s connection has closed and its removal is under way on another thread:
+        dead from now on (no pool hands it out), though :meth:`remove` still has its entry."""
+        with self._lock:
+            if pid not in self._dead:
+                self._dead.add(pid)
+                self.epoch += 1
+                self._changed.notify_all()
+
     def remove(self, pid: int) -> WorkerInfo | None:
         """``pid`` has left: out of the table, dead for good. Its entry, if it had one."""
         with self._lock:

@@ -264,3 +264,14 @@ def test_worker_info_fields() -> None:
     assert not info.exited.is_set()
     assert "pid=4" in repr(info)
     assert "myid=1" in repr(Registry(1, "master"))
+
+
+def test_mark_lost_makes_a_worker_dead_before_its_removal() -> None:
+    reg = _master_with("localhost", "localhost")
+    epoch = reg.epoch
+    reg.mark_lost(2)
+    assert reg.is_dead(2) and not reg.is_alive(2) and reg.epoch == epoch + 1
+    info = reg.remove(2)  # the closing thread still finds the entry to deregister
+    assert info is not None and info.pid == 2
+    reg.mark_lost(2)  # again: nothing changes
+    assert reg.epoch == epoch + 2 and reg.is_alive(3)
