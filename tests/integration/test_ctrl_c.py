@@ -32,10 +32,24 @@ def spin(marker):
     finally:
         open(marker, "w").close()
 
-def say_when_started(marker):
+def _main_waits():
+    # whether the main thread is inside calls.wait_answer, blocked (not on its way in)
+    import threading
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    names = []
+    while frame is not None:
+        names.append(frame.f_code.co_name)
+        frame = frame.f_back
+    if "wait_answer" not in names:
+        return False
+    inner = names[: names.index("wait_answer")]
+    return any(n in ("_read_one_guarded", "wait") for n in inner)
+
+def say_when_waiting(marker=None):
+    # print "waiting" once the main thread waits for its answer (and the call runs)
     import threading
     def watch():
-        while not os.path.exists(marker + ".started"):
+        while not (_main_waits() and (marker is None or os.path.exists(marker + ".started"))):
             time.sleep(0.01)
         print("waiting", flush=True)
     threading.Thread(target=watch, daemon=True).start()
@@ -95,7 +109,9 @@ def test_ctrl_c_interrupts_the_remote_call_and_raises(
     proc = master(  # type: ignore[operator]
         f"""
         MARKER = {str(marker)!r}
-        say_when_started(MARKER)  # once the call runs on the worker
+        import pydistributed.calls
+        pydistributed.calls.CTRL_C_GRACE = 60  # a loaded machine: wait for the answer
+        say_when_waiting(MARKER)  # once the call runs on the worker
         try:
             {wait}
         except KeyboardInterrupt:
@@ -117,7 +133,7 @@ def test_a_second_ctrl_c_stops_waiting_at_once(master: object) -> None:
         import pydistributed.calls
         pydistributed.calls.CTRL_C_GRACE = 600  # the first Ctrl-C would wait this long
         remotecall(time.sleep, w, 600)  # the worker's main thread: busy
-        print("waiting", flush=True)
+        say_when_waiting()
         try:
             remotecall_fetch(time.sleep, w, 600)  # a pool thread: interrupt cannot break it
         except KeyboardInterrupt:
@@ -147,7 +163,7 @@ def test_ctrl_c_cancels_a_remote_channel_operation_and_loses_nothing(
     proc = master(
         f"""
         rc = RemoteChannel(lambda: Channel(0), w)  # owned by the worker
-        print("waiting", flush=True)
+        say_when_waiting()
         try:
             rc.take() if {op!r} == "take" else rc.put("lost?")
         except KeyboardInterrupt:
