@@ -276,6 +276,15 @@ def _report(e: BaseException) -> None:
     tb = e.__traceback__
     while tb is not None and _is_internal(tb.tb_frame):
         tb = tb.tb_next
+    # a Ctrl-C that landed in a write of the program's, inside the wrapper that keeps worker
+    # lines whole (linestreams.py): it landed in the program's write, for all it can tell
+    cur, prev = tb, None
+    while cur is not None:
+        if cur.tb_frame.f_globals.get("__name__") == "pydistributed.linestreams":
+            if prev is not None:
+                prev.tb_next = None
+            break
+        cur, prev = cur.tb_next, cur
     _flush_stdout()
     sys.excepthook(type(e), e.with_traceback(tb), tb)
 
