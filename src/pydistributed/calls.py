@@ -46,6 +46,21 @@ __all__ = ["Calls"]
 
 _UNPICKLABLE = (pickle.PicklingError, TypeError, AttributeError)
 _HOLD_SIGINT = (hold_sigint, release_sigint)
+_MAIN = threading.main_thread().ident
+
+
+def _hold_on_main() -> Any:
+    """On the main thread: hold SIGINT from before a request is sent until
+    :meth:`Calls.wait_answer` is ready to handle it (a Ctrl-C in between would leave a request
+    running that nobody waits for, nor interrupts). Two system calls."""
+    return hold_sigint() if threading.get_ident() == _MAIN else None
+
+
+def _release(held: Any) -> None:
+    if held is not None:
+        release_sigint(held)
+
+
 CTRL_C_GRACE = 1.0  # seconds a Ctrl-C waits for the interrupted remote call to answer
 
 
@@ -116,11 +131,17 @@ class Calls:
                 return value
             raise RemoteException(pid, value)
         args, kwargs = _oob_args(args, kwargs)
+        held = _hold_on_main()  # a Ctrl-C from here on is handled by wait_answer
         try:
             peer, rid, slot = self.request(pid, lambda rid: CallFetch(rid, f, args, kwargs))
         except _UNPICKLABLE as e:
+            _release(held)
             raise _unpicklable(f, args, kwargs, e) from e
-        return self.wait_answer(peer, rid, slot, timeout, getattr(f, "cancel_with", None))
+        except BaseException:
+            _release(held)
+            raise
+        cancel_with = getattr(f, "cancel_with", None)
+        return self.wait_answer(peer, rid, slot, timeout, cancel_with, held)
 
     def call(
         self, pid: int, rrid: RRID, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -155,13 +176,18 @@ class Calls:
                 raise RemoteException(pid, value)
             return slot
         args, kwargs = _oob_args(args, kwargs)
+        held = _hold_on_main()
         try:
             peer, rid, rslot = self.request(
                 pid, lambda rid: CallWait(rid, rrid.whence, rrid.id, f, args, kwargs)
             )
         except _UNPICKLABLE as e:
+            _release(held)
             raise _unpicklable(f, args, kwargs, e) from e
-        self.wait_answer(peer, rid, rslot)
+        except BaseException:
+            _release(held)
+            raise
+        self.wait_answer(peer, rid, rslot, held=held)
         return None
 
     def remote_do(self, pid: int, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -205,6 +231,7 @@ class Calls:
         slot: ResponseSlot,
         timeout: float | None = None,
         cancel_with: Any = None,
+        held: Any = None,
     ) -> Any:
         """Wait for the answer to request ``rid``.
 
@@ -215,7 +242,8 @@ class Calls:
         ``cancel_with`` (an operation on a channel, which must not interrupt the owner's
         other calls) is cancelled instead, by ``RemoteDo(cancel_with, (myid, rid))``: if it
         had done its work already (taken a value), its answer is returned all the same, so
-        that nothing is lost; else KeyboardInterrupt.
+        that nothing is lost; else KeyboardInterrupt. ``held``: the SIGINT hold the caller
+        took before sending the request (see ``_hold_on_main``), released here.
 
         Raises:
             RemoteException: the call raised there.
@@ -224,6 +252,8 @@ class Calls:
             KeyboardInterrupt: Ctrl-C.
         """
         try:
+            if held is not None:
+                release_sigint(held)  # a Ctrl-C that came meanwhile is raised here
             if timeout is None and not slot.is_set():
                 self._read_answer(peer, slot)
             answered = slot.wait(timeout)
