@@ -24,22 +24,18 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import os
 import select
 import shlex
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
-import termios
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import LaunchError
 from ..timeouts import worker_timeout
 from .base import ClusterManager, WorkerConfig
 from .sshcommand import (
@@ -49,8 +45,18 @@ from .sshcommand import (
     remote_command,
     stdin_payload,
 )
+from .sshfailures import (
+    Failed,
+    Failure,
+    SSHLaunchError,
+    bytes_ready,
+    failure_error,
+    hint,
+    read_available,
+    tail,
+)
 
-__all__ = ["SSHLaunchError", "SSHManager"]
+__all__ = ["SSHLaunchError", "SSHManager", "launch_error"]
 
 _BLAS_VARS = (
     "OMP_NUM_THREADS",
@@ -64,94 +70,6 @@ _CPU_CODE = (
     "import os\ntry:\n print(len(os.sched_getaffinity(0)))\n"
     "except AttributeError:\n print(os.cpu_count() or 1)"
 )
-_STDERR_TAIL = 20  # lines of a failed session's stderr in the error
-
-
-class SSHLaunchError(LaunchError):
-    """Workers on some hosts could not start. ``failures`` is ``[(machine spec, message)]``;
-    ``started`` the ids of the workers that did start in this ``addprocs`` (they stay)."""
-
-    def __init__(
-        self,
-        message: str,
-        output: str = "",
-        ospid: int | None = None,
-        failures: Sequence[tuple[str, str]] = (),
-        started: Sequence[int] = (),
-    ) -> None:
-        super().__init__(message, output, ospid)
-        self.failures = list(failures)
-        self.started = list(started)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (
-            type(self),
-            (self.args[0], self.output, self.ospid, self.failures, self.started),
-        )
-
-
-class _Failure:
-    def __init__(self, machine: Machine, message: str, output: str) -> None:
-        self.machine = machine
-        self.message = message
-        self.output = output
-
-
-def _tail(data: bytes) -> str:
-    lines = data.decode("utf-8", "replace").rstrip().splitlines()
-    return "\n".join(lines[-_STDERR_TAIL:])
-
-
-def _hint(code: int | None, stderr: str, exename: str) -> str:
-    """A short diagnosis of a session that ended before the worker printed anything."""
-    low = stderr.lower()
-    if "no module named pydistributed" in low:
-        return f"pydistributed is not installed there for {exename!r}"
-    if "permission denied" in low and code == 255:
-        return "the host refused the login (is your key in its authorized_keys?)"
-    if code == 255 and any(
-        s in low
-        for s in (
-            "connection refused",
-            "timed out",
-            "no route to host",
-            "could not resolve",
-            "network is unreachable",
-            "name or service not known",
-            "connection closed",
-            "connection reset",
-        )
-    ):
-        return "ssh could not reach the host"
-    if code == 255:
-        return "ssh failed"
-    if code == 127 or "not found" in low or "no such file" in low:
-        return f"no Python at {exename!r} there, or a missing dir (set exename= or dir=)"
-    return f"the session ended (status {code}) before the worker reported its address"
-
-
-def _bytes_ready(fd: int) -> int:
-    buf = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
-    return int(struct.unpack("i", buf)[0])
-
-
-def _read_available(file: Any, limit: float) -> bytes:
-    """What ``file`` (a pipe) holds within ``limit`` seconds, up to its end; never blocks."""
-    fd = file.fileno()
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + limit
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        r, _, _ = select.select([fd], [], [], left)
-        if not r:
-            break
-        data = os.read(fd, 65536)
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
 
 
 class SSHManager(ClusterManager):
@@ -167,7 +85,7 @@ class SSHManager(ClusterManager):
         if isinstance(machines, (str, bytes)):
             raise TypeError("machines is a list of specs, not a string")
         self.machines = normalize_machines(machines)
-        self._failures: list[_Failure] = []
+        self._failures: list[Failure] = []
         self._lock = threading.Lock()
         self._mux_lock = threading.Lock()  # held while a control master starts
         # multiplex=True: a control master and its socket per destination
@@ -214,7 +132,7 @@ class SSHManager(ClusterManager):
         for t in threads:
             t.join()
 
-    def take_failures(self) -> list[_Failure]:
+    def take_failures(self) -> list[Failure]:
         """The launch failures of the last ``launch`` (and forget them)."""
         with self._lock:
             failures, self._failures = self._failures, []
@@ -222,7 +140,7 @@ class SSHManager(ClusterManager):
 
     def _fail(self, machine: Machine, message: str, output: str = "") -> None:
         with self._lock:
-            self._failures.append(_Failure(machine, message, output))
+            self._failures.append(Failure(machine, message, output))
 
     @staticmethod
     def _env(params: dict[str, Any]) -> list[tuple[str, str]]:
@@ -294,7 +212,7 @@ class SSHManager(ClusterManager):
                 threads.append(t)
             for t in threads:
                 t.join()
-        except _Failed as e:
+        except Failed as e:
             self._fail(machine, e.message, e.output)
         except Exception as e:
             self._fail(machine, f"{type(e).__name__}: {e}")
@@ -308,16 +226,16 @@ class SSHManager(ClusterManager):
                 cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=worker_timeout()
             )
         except subprocess.TimeoutExpired as e:
-            raise _Failed(
+            raise Failed(
                 f"counting its CPUs (count 'auto') took more than {worker_timeout():g} s "
                 "(PYDIST_WORKER_TIMEOUT)",
-                _tail(e.stderr or b""),
+                tail(e.stderr or b""),
             ) from None
         text = r.stdout.decode("utf-8", "replace").strip()
         if r.returncode != 0 or not text.isdigit():
-            err = _tail(r.stderr)
-            raise _Failed(
-                f"counting its CPUs (count 'auto') failed: {_hint(r.returncode, err, exename)}",
+            err = tail(r.stderr)
+            raise Failed(
+                f"counting its CPUs (count 'auto') failed: {hint(r.returncode, err, exename)}",
                 err,
             )
         return max(1, int(text))
@@ -333,7 +251,7 @@ class SSHManager(ClusterManager):
     ) -> None:
         try:
             self._login(machine, base, params, launched, launch_ntfy)
-        except _Failed as e:
+        except Failed as e:
             self._fail(machine, e.message, e.output)
         except Exception as e:
             self._fail(machine, f"{type(e).__name__}: {e}")
@@ -381,7 +299,7 @@ class SSHManager(ClusterManager):
         timeout = worker_timeout()
         fd = proc.stdout.fileno()
         ready, _, _ = select.select([fd], [], [], timeout)
-        if not ready or _bytes_ready(fd) == 0:
+        if not ready or bytes_ready(fd) == 0:
             if not ready:
                 proc.kill()
             try:
@@ -389,14 +307,14 @@ class SSHManager(ClusterManager):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 code = proc.wait(timeout=5)
-            err = _tail(_read_available(proc.stderr, 2.0))
+            err = tail(read_available(proc.stderr, 2.0))
             proc.stdout.close()
             proc.stderr.close()
             if not ready:
-                raise _Failed(
+                raise Failed(
                     f"no worker reported within {timeout:g} s (PYDIST_WORKER_TIMEOUT)", err
                 )
-            raise _Failed(_hint(code, err, exename), err)
+            raise Failed(hint(code, err, exename), err)
         config = WorkerConfig(
             exename=exename,
             exeflags=tuple(map(str, exeflags)),
@@ -444,15 +362,15 @@ class SSHManager(ClusterManager):
             deadline = time.monotonic() + worker_timeout()
             while not os.path.exists(path):
                 if master.poll() is not None or time.monotonic() > deadline:
-                    err = _tail(_read_available(master.stderr, 1.0))
+                    err = tail(read_available(master.stderr, 1.0))
                     with contextlib.suppress(Exception):
                         master.kill()
                         master.wait(5)
                     if master.stderr is not None:
                         master.stderr.close()
                     del self._masters[key]
-                    hint = _hint(master.returncode, err, "ssh")
-                    raise _Failed(f"the ssh control master (multiplex=True): {hint}", err)
+                    why = hint(master.returncode, err, "ssh")
+                    raise Failed(f"the ssh control master (multiplex=True): {why}", err)
                 time.sleep(0.02)
         return [*base, *ctl, "-o", "ControlMaster=no"]
 
@@ -471,39 +389,6 @@ class SSHManager(ClusterManager):
             shutil.rmtree(cdir, ignore_errors=True)
 
 
-class _Failed(Exception):
-    def __init__(self, message: str, output: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.output = output
-
-
 def launch_error(manager: SSHManager, started: list[int]) -> SSHLaunchError | None:
     """The one error for the hosts where ``manager``'s last launch failed (None: none did)."""
-    failures = manager.take_failures()
-    if not failures:
-        return None
-    parts = []
-    for f in failures:
-        text = f"  {f.machine.spec}: {f.message}"
-        if f.output:
-            text += "; ssh's stderr ended with:\n" + "\n".join(
-                "    " + line for line in f.output.splitlines()
-            )
-        parts.append(text)
-    hosts = sorted({f.machine.spec for f in failures})
-    if started:
-        kept = f"workers {started} started on the other hosts and stay in the cluster"
-    else:
-        kept = "no worker started"
-    message = (
-        f"addprocs: workers could not start on {len(hosts)} host"
-        f"{'s' if len(hosts) != 1 else ''} ({', '.join(hosts)}); {kept}:\n" + "\n".join(parts)
-    )
-    return SSHLaunchError(
-        message,
-        failures[0].output,
-        None,
-        failures=[(f.machine.spec, f.message) for f in failures],
-        started=started,
-    )
+    return failure_error(manager.take_failures(), started)
