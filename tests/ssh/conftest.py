@@ -81,6 +81,7 @@ class Sshd:
     client_config: Path
     log: Path
     kw: dict[str, object] = field(default_factory=dict)
+    bindir: Path | None = None  # holds an `ssh` that logs in here with this tree's PYTHONPATH
 
     @property
     def spec(self) -> str:
@@ -140,7 +141,7 @@ def sshd() -> Iterator[Sshd]:
                 f"PidFile {d}/sshd.pid\nAuthorizedKeysFile {auth}\nStrictModes no\n"
                 "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
                 "PermitRootLogin prohibit-password\nUsePAM no\nAllowTcpForwarding yes\n"
-                "MaxStartups 100:30:200\nMaxSessions 100\nPrintMotd no\n"
+                "MaxStartups 100:30:200\nMaxSessions 100\nPrintMotd no\nAcceptEnv PYTHONPATH\n"
             )
             log = d / "sshd.log"
             with open(log, "ab") as logf:
@@ -179,6 +180,17 @@ def sshd() -> Iterator[Sshd]:
             "env": {"PYTHONPATH": f"{SRC}:{ROOT}"},
             "dir": ROOT,
         }
+        # `ssh` for programs that call it by name (pydist --machine-file): this server's
+        # client config, and PYTHONPATH to this tree for the remote side (AcceptEnv above)
+        bindir = d / "bin"
+        bindir.mkdir()
+        wrapper = bindir / "ssh"
+        wrapper.write_text(
+            f"#!/bin/sh\nexec {shutil.which('ssh')} -F {config} "
+            f'-o SetEnv=PYTHONPATH={SRC}:{ROOT} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        server.bindir = bindir
         r = server.ssh("true")
         assert r.returncode == 0, f"cannot log in to the test sshd: {r.stderr}"
         yield server
