@@ -5,7 +5,8 @@ The fixture generates a host key and a user key in a temporary directory, writes
 raised for parallel logins), starts ``/usr/sbin/sshd -D`` on a free loopback port and stops it
 by PID at the end. Tests reach it with ``sshflags=["-F", <a client config>]``: the client
 config names the key and sends no host key to ``~/.ssh/known_hosts``. Skipped with a reason
-only where there is no sshd or ssh client (``.ci/run`` installs them).
+only where there is no sshd or ssh client (``.ci/run`` installs them, and sets
+``PYDIST_REQUIRE_SSH_TESTS`` so that they fail instead of skipping).
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ def _why_no_sshd() -> str | None:
 def sshd() -> Iterator[Sshd]:
     why = _why_no_sshd()
     if why:
+        if os.environ.get("PYDIST_REQUIRE_SSH_TESTS"):  # set by .ci/run: no silent skip
+            pytest.fail(f"PYDIST_REQUIRE_SSH_TESTS is set, but {why}")
         pytest.skip(why)
     d = Path(tempfile.mkdtemp(prefix="pydist-sshd-"))
     proc = None

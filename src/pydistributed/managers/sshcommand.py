@@ -174,7 +174,8 @@ def parse_machine_file(text: str, name: str = "machine file") -> list[tuple[str,
 def csh_quote(arg: str) -> str:
     """Quote ``arg`` for csh/tcsh, as Julia's ``shell_escape_csh`` does: runs of text in
     single quotes, or in double quotes when they hold a single quote but none of ``$ ` "``;
-    a newline becomes backslash-newline."""
+    a newline becomes backslash-newline, and ``!`` becomes ``\\!`` (csh expands history even
+    in ``csh -c`` and inside quotes; Julia's version misses this)."""
     if re.fullmatch(r"[A-Za-z0-9/._-]+", arg):
         return arg
     out: list[str] = []
@@ -189,7 +190,8 @@ def csh_quote(arg: str) -> str:
         ):
             m = re.match(pattern, rest, re.S)
             if m is not None:
-                out.append(q + m.group().replace("\n", "\\\n") + q)
+                text = m.group().replace("\n", "\\\n").replace("!", "\\!")
+                out.append(q + text + q)
                 i += len(m.group())
                 break
         if i >= len(arg):
