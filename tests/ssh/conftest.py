@@ -224,3 +224,119 @@ def cleanup_workers() -> Iterator[list[int]]:
     for ospid in ospids:
         if not wait_gone(ospid, 10):
             os.kill(ospid, signal.SIGKILL)
+
+
+# -- hosts with their own addresses: network namespaces ------------------------------------
+
+
+@dataclass
+class NetnsHosts:
+    """Two namespace hosts on a bridge, each with its own address, hostname and sshd."""
+
+    names: list[str]  # namespace names, also the hostnames
+    addresses: list[str]
+    bridge: str
+    vethnames: list[str]
+    sshd_pids: list[int]
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+
+
+def _must(*args: str) -> None:
+    r = _ip(*args)
+    if r.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+
+
+def _why_no_netns() -> str | None:
+    if shutil.which("ip") is None or shutil.which("unshare") is None:
+        return "no `ip` (iproute2) or `unshare` here"
+    probe = f"pdprobe{os.getpid()}"
+    r = _ip("netns", "add", probe)
+    if r.returncode != 0:
+        return f"this machine cannot create network namespaces: {r.stderr.strip()}"
+    _ip("netns", "del", probe)
+    return None
+
+
+@pytest.fixture(scope="session")
+def netns_hosts(sshd: Sshd) -> Iterator[NetnsHosts]:
+    """Hosts h1 and h2 (unique names per session), 10.<N>.<M>.1 and .2 on a bridge that this
+    host reaches at .254, each running its own sshd with the loopback sshd's keys."""
+    why = _why_no_netns()
+    if why:
+        pytest.skip(why)
+    tag = f"{os.getpid() % 100000}"
+    bridge = f"pdbr{tag}"
+    net = f"10.{200 + os.getpid() % 50}.{os.getpid() % 250}"
+    names = [f"pdh{i}x{tag}" for i in (1, 2)]
+    addresses = [f"{net}.{i}" for i in (1, 2)]
+    veths = [f"pdv{i}x{tag}" for i in (1, 2)]
+    procs: list[subprocess.Popen[bytes]] = []
+    made_ns: list[str] = []
+    made_bridge = False
+    try:
+        _must("link", "add", bridge, "type", "bridge")
+        made_bridge = True
+        _must("addr", "add", f"{net}.254/24", "dev", bridge)
+        _must("link", "set", bridge, "up")
+        for name, addr, veth in zip(names, addresses, veths, strict=True):
+            _must("netns", "add", name)
+            made_ns.append(name)
+            _must("link", "add", veth, "type", "veth", "peer", "name", f"{veth}p")
+            _must("link", "set", f"{veth}p", "netns", name)
+            _must("-n", name, "link", "set", f"{veth}p", "name", "eth0")
+            _must("-n", name, "addr", "add", f"{addr}/24", "dev", "eth0")
+            _must("-n", name, "link", "set", "lo", "up")
+            _must("-n", name, "link", "set", "eth0", "up")
+            _must("-n", name, "route", "add", "default", "via", f"{net}.254")
+            _must("link", "set", veth, "master", bridge)
+            _must("link", "set", veth, "up")
+            conf = sshd.dir / f"sshd_config_{name}"
+            conf.write_text(
+                (sshd.dir / "sshd_config")
+                .read_text()
+                .replace(f"Port {sshd.port}\n", "Port 22\n")
+                .replace("ListenAddress 127.0.0.1\n", f"ListenAddress {addr}\n")
+                .replace(f"PidFile {sshd.dir}/sshd.pid", f"PidFile {sshd.dir}/sshd_{name}.pid")
+            )
+            with open(sshd.dir / f"sshd_{name}.log", "ab") as logf:
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            "ip", "netns", "exec", name, "unshare", "--uts", "sh", "-c",
+                            f'hostname {name} && exec {SSHD} -D -e -f "$0"', str(conf),
+                        ],
+                        stdin=subprocess.DEVNULL,
+                        stdout=logf,
+                        stderr=logf,
+                        start_new_session=True,
+                    )
+                )  # fmt: skip
+        for addr in addresses:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection((addr, 22), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        yield NetnsHosts(names, addresses, bridge, veths, [p.pid for p in procs])
+    finally:
+        for p in procs:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+        for name in made_ns:
+            _ip("netns", "del", name)
+        for veth in veths:
+            _ip("link", "del", veth)  # gone with its namespace already, normally
+        if made_bridge:
+            _ip("link", "del", bridge)
