@@ -25,7 +25,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import select
 import shlex
 import shutil
 import subprocess
@@ -54,6 +53,7 @@ from .sshfailures import (
     hint,
     read_available,
     tail,
+    wait_readable,
 )
 
 __all__ = ["SSHLaunchError", "SSHManager", "launch_error"]
@@ -298,7 +298,7 @@ class SSHManager(ClusterManager):
         # the login is over when the worker prints its first line, or the session ends
         timeout = worker_timeout()
         fd = proc.stdout.fileno()
-        ready, _, _ = select.select([fd], [], [], timeout)
+        ready = wait_readable(fd, timeout)
         if not ready or bytes_ready(fd) == 0:
             if not ready:
                 proc.kill()

@@ -28,6 +28,7 @@ __all__ = [
     "hint",
     "read_available",
     "tail",
+    "wait_readable",
 ]
 
 _STDERR_TAIL = 20  # lines of a failed session's stderr in the error
@@ -101,6 +102,13 @@ def bytes_ready(fd: int) -> int:
     return int(struct.unpack("i", buf)[0])
 
 
+def wait_readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` has data or its end within ``timeout`` seconds (poll: any fd number)."""
+    p = select.poll()
+    p.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    return bool(p.poll(max(0, int(timeout * 1000))))
+
+
 def read_available(file: Any, limit: float) -> bytes:
     """What ``file`` (a pipe) holds within ``limit`` seconds, up to its end; never blocks."""
     fd = file.fileno()
@@ -110,8 +118,7 @@ def read_available(file: Any, limit: float) -> bytes:
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        r, _, _ = select.select([fd], [], [], left)
-        if not r:
+        if not wait_readable(fd, left):
             break
         data = os.read(fd, 65536)
         if not data:
