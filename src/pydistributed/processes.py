@@ -42,10 +42,10 @@ def addprocs(np_or_machines: Any = None, /, **kw: Any) -> list[int]:
 
     - ``addprocs(n, restrict=True, **kw)``: ``n`` workers on this host (LocalManager);
     - ``addprocs(**kw)``: one per CPU thread (``os.cpu_count()``);
-    - ``addprocs(machines, sshflags=(), max_parallel=10, multiplex=False, shell="posix",
-      ssh="ssh", **kw)``: over ssh, ``machines`` being specs
+    - ``addprocs(machines, tunnel=False, sshflags=(), max_parallel=10, multiplex=False,
+      shell="posix", ssh="ssh", **kw)``: over ssh, ``machines`` being specs
       ``"[user@]host[:port] [bind_addr[:port]]"``, ``(spec, count)`` or ``(spec, "auto")``
-      (``tunnel=True`` is not implemented yet: ``NotImplementedError``);
+      (``tunnel=True`` needs ``topology="master_worker"``);
     - ``addprocs(manager, **kw)``: with a ClusterManager of your own.
 
     Common keywords: ``dir``, ``exename``, ``exeflags``, ``topology`` (``"all_to_all"``,

@@ -123,7 +123,7 @@ def test_rmprocs_ends_the_remote_worker(sshd: Sshd) -> None:
     assert wait_gone(ospid, 5), f"remote worker {ospid} still runs after rmprocs"
 
 
-def test_tunnel_is_refused_clearly(sshd: Sshd) -> None:
-    with pytest.raises(NotImplementedError, match="tunnel"):
+def test_tunnel_needs_master_worker(sshd: Sshd) -> None:
+    with pytest.raises(ValueError, match="tunnel=True\\) needs topology='master_worker'"):
         addprocs([sshd.spec], tunnel=True, **sshd.kw)
     assert alive(sshd.pid)

@@ -19,7 +19,7 @@ _MASTER = textwrap.dedent(
     import json, os, sys, time
     from pydistributed import addprocs, remotecall_fetch
     kw = json.loads(sys.argv[1])
-    pids = addprocs([(kw.pop("spec"), 2)], **kw)
+    pids = addprocs([tuple(m) for m in kw.pop("machines")], **kw)
     ospids = [remotecall_fetch(os.getpid, p) for p in pids]
     print(json.dumps(ospids), flush=True)
     time.sleep(120)
@@ -27,9 +27,13 @@ _MASTER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
-def test_remote_workers_exit_when_the_master_is_killed(sshd: Sshd, how: str) -> None:
-    kw = dict(sshd.kw, spec=sshd.spec)
+@pytest.mark.parametrize(
+    ("how", "tunnel"), [("SIGKILL", False), ("SIGTERM", False), ("SIGKILL", True)]
+)
+def test_remote_workers_exit_when_the_master_is_killed(sshd: Sshd, how: str, tunnel: bool) -> None:
+    kw = dict(sshd.kw, machines=[(sshd.spec, 2)])
+    if tunnel:
+        kw.update(tunnel=True, topology="master_worker")
     env = dict(os.environ, PYTHONPATH=f"{SRC}:{ROOT}")
     master = subprocess.Popen(
         [sys.executable, "-c", _MASTER, json.dumps(kw)],
@@ -49,14 +53,15 @@ def test_remote_workers_exit_when_the_master_is_killed(sshd: Sshd, how: str) -> 
         clients = [
             int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == master.pid
         ]
-        assert clients and not set(ospids) & set(clients)
+        assert len(clients) == (4 if tunnel else 2)  # a session per worker, and a forward
+        assert not set(ospids) & set(clients)
         start = time.monotonic()
         master.send_signal(getattr(signal, how))
         master.wait(10)
         for p in ospids:
             assert wait_gone(p, 5), f"remote worker {p} outlived its master ({how})"
         took = time.monotonic() - start
-        for c in clients:  # the sessions end with the workers
+        for c in clients:  # the sessions (and forwards) end with the workers
             assert wait_gone(c, 5), f"ssh client {c} still runs"
         assert took < 5
     finally:

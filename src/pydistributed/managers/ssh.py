@@ -15,6 +15,10 @@ printed anything (host down, key refused, no Python, no pydistributed, a bad ``d
 hosts' workers are admitted, and ``addprocs`` then raises one :class:`SSHLaunchError` naming
 every failed host and the workers that did start (they stay in the cluster).
 
+With ``tunnel=True`` (and ``topology="master_worker"``) a worker listens on its host's
+loopback and :meth:`SSHManager.connect` reaches it through an ``ssh -L`` forward
+(``sshtunnel``), closed when the worker is deregistered.
+
 A remote worker has no local parent to die with: its watchdog (``serve.py``) kills it when the
 master's connection drops. Removing it (``rmprocs``) asks it to exit over the wire, then ends
 the local ssh client and the connection.
@@ -33,13 +37,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
+from .. import sockets
 from ..timeouts import worker_timeout
 from .base import ClusterManager, WorkerConfig
 from .sshcommand import (
     Machine,
     normalize_machines,
+    parse_machine,
     probe_command,
     remote_command,
     stdin_payload,
@@ -55,6 +61,7 @@ from .sshfailures import (
     tail,
     wait_readable,
 )
+from .sshtunnel import Tunnel
 
 __all__ = ["SSHLaunchError", "SSHManager", "launch_error"]
 
@@ -70,6 +77,13 @@ _CPU_CODE = (
     "import os\ntry:\n print(len(os.sched_getaffinity(0)))\n"
     "except AttributeError:\n print(os.cpu_count() or 1)"
 )
+
+
+def _bind_host(bind: str) -> str:
+    """``"host[:port]"`` / ``"[v6]:port"`` -> the host."""
+    if bind.startswith("["):
+        return bind[1 : bind.index("]")]
+    return bind.rsplit(":", 1)[0] if bind.count(":") == 1 else bind
 
 
 class SSHManager(ClusterManager):
@@ -88,6 +102,7 @@ class SSHManager(ClusterManager):
         self._failures: list[Failure] = []
         self._lock = threading.Lock()
         self._mux_lock = threading.Lock()  # held while a control master starts
+        self._tunnels: dict[int, Tunnel] = {}  # tunnel=True: the forward of each worker
         # multiplex=True: a control master and its socket per destination
         self._masters: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
         self._control_dir: str | None = None
@@ -104,11 +119,11 @@ class SSHManager(ClusterManager):
         launched: list[WorkerConfig],
         launch_ntfy: threading.Condition,
     ) -> None:
-        if params.get("tunnel"):
-            raise NotImplementedError(
-                "addprocs(machines, tunnel=True): SSH tunnels are not implemented yet in this "
-                "version of pydistributed; the master must reach each worker's address "
-                "directly (give bind_addr in the machine spec to choose it)"
+        if params.get("tunnel") and params.get("topology") != "master_worker":
+            raise ValueError(
+                "addprocs(machines, tunnel=True) needs topology='master_worker': a tunnelled "
+                "worker listens on its host's loopback, where only the master reaches it "
+                "(through its ssh forward); other workers could not"
             )
         shell = params.get("shell") or "posix"
         max_parallel = params.get("max_parallel") or 10
@@ -156,7 +171,11 @@ class SSHManager(ClusterManager):
             env[str(key)] = str(value)
         return list(env.items())
 
-    def _ssh_base(self, machine: Machine, params: dict[str, Any]) -> list[str]:
+    def _ssh_base(
+        self, machine: Machine, params: dict[str, Any], forwarding: bool = False
+    ) -> list[str]:
+        """The ssh command up to the destination; ``forwarding``: for a tunnel's session (the
+        others clear every forward, as Julia's do)."""
         flags = params.get("sshflags") or ()
         if isinstance(flags, str):
             flags = shlex.split(flags)
@@ -167,8 +186,7 @@ class SSHManager(ClusterManager):
             "-T",
             "-a",
             "-x",
-            "-o",
-            "ClearAllForwardings=yes",
+            *(() if forwarding else ("-o", "ClearAllForwardings=yes")),
             "-o",
             "BatchMode=yes",
             "-o",
@@ -277,7 +295,7 @@ class SSHManager(ClusterManager):
             "-m",
             "pydistributed.worker",
             "--bind-to",
-            machine.bind or "0.0.0.0",
+            machine.bind or ("127.0.0.1" if params.get("tunnel") else "0.0.0.0"),
         ]
         env = self._env(params)
         remote = remote_command(shell, argv, env, params.get("dir"), default_dir=os.getcwd())
@@ -325,13 +343,46 @@ class SSHManager(ClusterManager):
             io=proc.stdout,
             environ=params.get("env"),
             enable_threaded_blas=bool(params.get("enable_threaded_blas")),
-            bind_addr=machine.bind.rsplit(":", 1)[0] if machine.bind else None,
-            tunnel=False,
-            userdata={"machine": machine.spec, "ssh_pid": proc.pid},
+            bind_addr=_bind_host(machine.bind) if machine.bind else None,
+            tunnel=bool(params.get("tunnel")),
+            userdata={
+                "machine": machine.spec,
+                "ssh_pid": proc.pid,
+                "tunnel_ssh": self._ssh_base(machine, params, forwarding=True),
+            },
         )
         with launch_ntfy:
             launched.append(config)
             launch_ntfy.notify_all()
+
+    # -- tunnels --------------------------------------------------------------------------
+
+    def connect(self, pid: int, config: WorkerConfig) -> tuple[BinaryIO, Any]:
+        """TCP to the worker's address, or with ``tunnel=True`` through an ``ssh -L`` forward
+        to the loopback of its host (kept until the worker leaves)."""
+        if not config.tunnel:
+            return super().connect(pid, config)
+        data = config.userdata if isinstance(config.userdata, dict) else {}
+        machine = parse_machine(str(data.get("machine", "")))
+        if config.host is None or config.port is None:
+            raise ValueError(f"worker {pid}: no address to tunnel to")
+        tunnel = Tunnel(list(data["tunnel_ssh"]), machine.destination, config.host, config.port)
+        sock = tunnel.open(worker_timeout())
+        with self._lock:
+            self._tunnels[pid] = tunnel
+        return sockets.socket_streams(sock)
+
+    def manage(self, pid: int, config: WorkerConfig, op: str) -> None:
+        if op in ("deregister", "finalize"):
+            with self._lock:
+                tunnel = self._tunnels.pop(pid, None)
+            if tunnel is not None:
+                tunnel.close()
+
+    def tunnel_of(self, pid: int) -> Tunnel | None:
+        """The forward to worker ``pid`` (``tunnel=True``), while it is in the cluster."""
+        with self._lock:
+            return self._tunnels.get(pid)
 
     # -- multiplexing ----------------------------------------------------------------------
 
