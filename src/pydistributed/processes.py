@@ -14,11 +14,11 @@ from typing import Any, NoReturn
 
 from . import codec, handshake
 from .cluster import Cluster, current_cluster, set_current_cluster
-from .errors import ProcessExitedException
+from .errors import LaunchError, ProcessExitedException
 from .ids import check_pid
 from .managers.base import ClusterManager
 from .managers.local import LocalManager
-from .managers.ssh import SSHManager, launch_error
+from .managers.ssh import SSHLaunchError, SSHManager, launch_error
 from .tasks import Task
 
 __all__ = [
@@ -81,7 +81,16 @@ def addprocs(np_or_machines: Any = None, /, **kw: Any) -> list[int]:
             "addprocs() takes a count, a list of machines or a ClusterManager, "
             f"not {type(arg).__name__}"
         )
-    pids = c.lifecycle.add_workers(manager, kw, c.cookie)
+    try:
+        pids = c.lifecycle.add_workers(manager, kw, c.cookie)
+    except LaunchError as e:
+        if not isinstance(manager, SSHManager) or isinstance(e, SSHLaunchError):
+            raise
+        manager.take_failures()
+        # a worker that failed after its first line (while reporting or joining): name the
+        # hosts, since which one it was is not known here
+        hosts = ", ".join(m.spec for m, _ in manager.machines)
+        raise type(e)(f"over ssh to {hosts}: {e}", e.output, e.ospid) from None
     if isinstance(manager, SSHManager):
         error = launch_error(manager, pids)
         if error is not None:

@@ -85,6 +85,18 @@ def test_worker_dies_before_its_banner(sshd: Sshd) -> None:
     assert "status 3" in str(err) and "boom: it broke" in str(err)
 
 
+def test_worker_dies_after_printing_something(sshd: Sshd) -> None:
+    code = "print('hello'); import sys; sys.stderr.write('then: broke\\n'); sys.exit(4)"
+    before = set(workers()) - {1}
+    start = time.monotonic()
+    with pytest.raises(LaunchError) as info:
+        addprocs([sshd.spec], **dict(sshd.kw, exeflags=["-c", code]))
+    assert time.monotonic() - start < 15
+    msg = str(info.value)
+    assert msg.startswith(f"over ssh to {sshd.spec}: ") and "then: broke" in msg, msg
+    assert set(workers()) - {1} == before
+
+
 def test_good_hosts_stay_usable(sshd: Sshd, cleanup_workers: list[int]) -> None:
     bad = f"root@127.0.0.1:{free_port()}"
     err = _launch_fails([(sshd.spec, 2), bad], 20, **sshd.kw)
