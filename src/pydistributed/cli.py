@@ -6,10 +6,13 @@ set as python sets them. The first of ``-c``, ``-m``, ``-`` or ``SCRIPT`` ends p
 options; everything after it is the program's. Without a program, the program is read from
 standard input, or an interactive prompt opens when that is a terminal.
 
-Everything that can be refused is refused before a worker starts: a bad command line and a
-script that cannot be opened (status 2), a module that cannot be found and a syntax error
-(status 1), and ``--machine-file``: Julia's SSH workers are not implemented yet in this
-version (status 2, a plain message).
+``--machine-file FILE`` adds workers over ssh, as Julia's does: one line per host,
+``[count*][user@]host[:port] [bind_addr[:port]]`` (``#`` starts a comment; blank lines are
+ignored), after the ``-p`` local workers when both are given.
+
+Everything that can be refused is refused before a worker starts: a bad command line, a
+script or a machine file that cannot be opened, a malformed machine-file line (status 2), a
+module that cannot be found and a syntax error (status 1).
 
 The exit status is the program's, as with python: ``sys.exit(N)`` gives ``N``,
 ``sys.exit("message")`` prints the message and gives 1, an uncaught exception prints the
@@ -40,13 +43,6 @@ __all__ = ["main"]
 # one argument)
 _VALUED = ("-p", "--procs", "--machine-file")
 
-MACHINE_FILE_REFUSED = (
-    "pydist: --machine-file: SSH workers are not implemented yet in this version of "
-    "pydistributed, so {file!r} was not read and nothing ran.\n"
-    "What works today: -p N (or -p auto) adds N local workers on this machine; inside the "
-    "program, addprocs(manager) adds workers through a ClusterManager of your own."
-)
-
 _USAGE = (
     "pydist [-h] [--version] [-p N|auto] [--machine-file FILE]\n"
     "              [-c CODE | -m MODULE | SCRIPT | -] [ARGS ...]"
@@ -63,9 +59,10 @@ _EPILOG = """\
 exit status:
   the program's, as with python: 0 when it ends; N for sys.exit(N); 1 for an uncaught
   exception (its traceback is printed) or sys.exit("message") (the message is printed);
-  130 for KeyboardInterrupt (Ctrl-C). pydist's own: 2 for a bad command line, a script that
-  cannot be opened or --machine-file; 1 for a module not found, a syntax error or workers
-  that could not start. Nothing runs and no worker starts when pydist refuses.
+  130 for KeyboardInterrupt (Ctrl-C). pydist's own: 2 for a bad command line, a script or
+  machine file that cannot be opened or a malformed machine-file line; 1 for a module not
+  found, a syntax error or workers that could not start. Nothing runs and no worker starts
+  when pydist refuses.
 
 examples:
   pydist -p 2 examples/hello.py       two local workers, then the script
@@ -73,6 +70,7 @@ examples:
   pydist -p 2 -c 'from pydistributed import workers; print(workers())'
   pydist -p 2 -m mypackage.tool       run a module, as python -m does
   echo 'print(1 + 1)' | pydist -p 1 -
+  pydist --machine-file hosts job.py   workers over ssh, as listed in the file hosts
 """
 
 
@@ -154,9 +152,10 @@ def _parser() -> argparse.ArgumentParser:
         "--machine-file",
         default=None,
         metavar="FILE",
-        help="Julia's SSH workers, one per line of FILE ([count*][user@]host[:port] "
-        "[bind_addr[:port]]): not implemented yet in this version; pydist says so and "
-        "exits with status 2 before anything runs (use -p N for local workers)",
+        help="add workers over ssh, as Julia's --machine-file: one line of FILE per host, "
+        "[count*][user@]host[:port] [bind_addr[:port]] ('#' starts a comment); with -p, "
+        "after the local workers. The hosts need the same Python at the same path, with "
+        "pydistributed, and ssh logins without a password (keys, ~/.ssh/config)",
     )
     # Shown in the help only: main() takes the program off the command line itself, since the
     # first of these ends pydist's options, as in python.
@@ -429,6 +428,36 @@ def _add_workers(n: int) -> None:
         raise _Refused(1) from None
 
 
+def _read_machine_file(path: str) -> list[tuple[str, int]]:
+    """The machine file's ``[(spec, count)]``; refused (status 2) unreadable or malformed."""
+    from pydistributed.managers.sshcommand import parse_machine_file
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        why = f"[Errno {e.errno}] {e.strerror}" if isinstance(e, OSError) else str(e)
+        _say(f"pydist: can't open machine file {path!r}: {why}")
+        raise _Refused(2) from None
+    try:
+        return parse_machine_file(text, f"machine file {path!r}")
+    except ValueError as e:
+        _say(f"pydist: --machine-file: {e}")
+        raise _Refused(2) from None
+
+
+def _add_ssh_workers(path: str, machines: list[tuple[str, int]]) -> None:
+    from pydistributed import addprocs
+
+    if not machines:
+        return
+    try:
+        addprocs(list(machines))
+    except Exception as e:
+        _say(f"pydist: --machine-file {path}: the workers could not start: {type(e).__name__}: {e}")
+        raise _Refused(1) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``pydist`` with ``argv`` (default: the command line); the exit status.
 
@@ -441,9 +470,12 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as e:
         parser.error(str(e))
     ns = parser.parse_args(own)
+    machines: list[tuple[str, int]] = []
     if ns.machine_file is not None:
-        _say(MACHINE_FILE_REFUSED.format(file=ns.machine_file))
-        return 2
+        try:
+            machines = _read_machine_file(ns.machine_file)
+        except _Refused as e:
+            return e.status
     if program.kind == "prompt" and not (sys.stdin is not None and sys.stdin.isatty()):
         program = _Program("stdin", "-")  # python reads a program from a pipe or a file
     _set_path(program, replace=argv is None)
@@ -451,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         run = _prepare(program)
         if ns.procs:
             _add_workers(ns.procs)
+        if ns.machine_file is not None:
+            _add_ssh_workers(ns.machine_file, machines)
         run()
     except _Refused as e:
         return e.status

@@ -1,8 +1,8 @@
 """Processes: adding, removing, listing and interrupting them; starting a worker.
 
 ``addprocs`` picks the cluster manager from its first argument: a count means
-:class:`LocalManager`, a manager itself; a list of machines means :class:`SSHManager`, which is
-not implemented yet in this version and refuses to launch with a clear error.
+:class:`LocalManager`, a manager itself; a list of machines means :class:`SSHManager` (workers
+started over ssh; see ``managers/ssh.py``).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any, NoReturn
 
 from . import codec, handshake
 from .cluster import Cluster, current_cluster, set_current_cluster
-from .errors import ProcessExitedException
+from .errors import LaunchError, ProcessExitedException
 from .ids import check_pid
 from .managers.base import ClusterManager
 from .managers.local import LocalManager
-from .managers.ssh import SSHManager
+from .managers.ssh import SSHLaunchError, SSHManager, launch_error
 from .tasks import Task
 
 __all__ = [
@@ -42,8 +42,10 @@ def addprocs(np_or_machines: Any = None, /, **kw: Any) -> list[int]:
 
     - ``addprocs(n, restrict=True, **kw)``: ``n`` workers on this host (LocalManager);
     - ``addprocs(**kw)``: one per CPU thread (``os.cpu_count()``);
-    - ``addprocs(machines, tunnel=False, sshflags=(), max_parallel=10, **kw)``: over ssh
-      (not implemented yet: raises ``NotImplementedError``);
+    - ``addprocs(machines, tunnel=False, sshflags=(), max_parallel=10, multiplex=False,
+      shell="posix", ssh="ssh", **kw)``: over ssh, ``machines`` being specs
+      ``"[user@]host[:port] [bind_addr[:port]]"``, ``(spec, count)`` or ``(spec, "auto")``
+      (``tunnel=True`` needs ``topology="master_worker"``);
     - ``addprocs(manager, **kw)``: with a ClusterManager of your own.
 
     Common keywords: ``dir``, ``exename``, ``exeflags``, ``topology`` (``"all_to_all"``,
@@ -54,6 +56,9 @@ def addprocs(np_or_machines: Any = None, /, **kw: Any) -> list[int]:
         LaunchError: a worker exited before it could join (a ``RuntimeError``), or did not
             report within ``PYDIST_WORKER_TIMEOUT`` seconds (``LaunchTimeoutError``, also a
             ``TimeoutError``); it carries the end of the worker's output.
+        SSHLaunchError: (a ``LaunchError``) over ssh, the workers on some hosts could not
+            start; it names each host with the end of its ssh session's stderr, and the
+            workers that did start, which stay in the cluster (``.started``).
         TypeError: an unknown keyword.
     """
     c = current_cluster()
@@ -76,7 +81,21 @@ def addprocs(np_or_machines: Any = None, /, **kw: Any) -> list[int]:
             "addprocs() takes a count, a list of machines or a ClusterManager, "
             f"not {type(arg).__name__}"
         )
-    return c.lifecycle.add_workers(manager, kw, c.cookie)
+    try:
+        pids = c.lifecycle.add_workers(manager, kw, c.cookie)
+    except LaunchError as e:
+        if not isinstance(manager, SSHManager) or isinstance(e, SSHLaunchError):
+            raise
+        manager.take_failures()
+        # a worker that failed after its first line (while reporting or joining): name the
+        # hosts, since which one it was is not known here
+        hosts = ", ".join(m.spec for m, _ in manager.machines)
+        raise type(e)(f"over ssh to {hosts}: {e}", e.output, e.ospid) from None
+    if isinstance(manager, SSHManager):
+        error = launch_error(manager, pids)
+        if error is not None:
+            raise error
+    return pids
 
 
 def _flatten(pids: tuple[Any, ...]) -> list[int]:

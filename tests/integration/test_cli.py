@@ -328,18 +328,21 @@ def test_a_module_not_found_and_a_syntax_error_are_refused_before_any_worker_sta
     assert r.workers == []
 
 
-def test_machine_file_says_what_works_and_runs_nothing(pydist: Pydist) -> None:
+def test_a_malformed_machine_file_is_refused_and_nothing_runs(pydist: Pydist) -> None:
     marker = pydist.tmp / "ran"
-    (pydist.tmp / "hosts").write_text("2*localhost\n")
+    (pydist.tmp / "hosts").write_text("# two hosts\n\n2*localhost\n3x*otherhost\n")
     (pydist.tmp / "s.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     for args in (["--machine-file", "hosts", "s.py"], ["-p", "1", "--machine-file=hosts", "s.py"]):
         r = pydist.run(*args)
         assert r.returncode == 2, r.stderr
-        assert "not implemented yet" in r.stderr
-        assert "-p N" in r.stderr and "ClusterManager" in r.stderr
+        assert "machine file 'hosts', line 4: '3x*otherhost'" in r.stderr
+        assert "positive integer" in r.stderr
         assert "Traceback" not in r.stderr
         assert not marker.exists()
         assert r.workers == []
+    r = pydist.run("--machine-file", "nosuchfile", "s.py")
+    assert r.returncode == 2 and "can't open machine file 'nosuchfile'" in r.stderr
+    assert not marker.exists() and r.workers == []
 
 
 # -- how the program ends is how pydist ends -------------------------------------------------

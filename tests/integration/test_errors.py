@@ -228,16 +228,23 @@ def test_channel_closed_error_is_exported_and_raised() -> None:
     assert issubclass(ChannelClosedError, RuntimeError)
 
 
-def test_pydist_refuses_a_machine_file_before_running_anything(tmp_path: Path) -> None:
+def test_pydist_refuses_a_bad_machine_file_before_running_anything(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     script = tmp_path / "s.py"
     script.write_text(f"open({str(marker)!r}, 'w').close()\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pydistributed", "--machine-file", "hosts", str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 2
-    assert "not implemented yet" in proc.stderr
-    assert not marker.exists()
+    (tmp_path / "hosts").write_text("# hosts\n2*h1\nh2:notaport\n")
+    for hosts, says in (
+        ("missing", "can't open machine file 'missing'"),
+        ("hosts", "line 3: 'h2:notaport'"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pydistributed", "--machine-file", hosts, str(script)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert says in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not marker.exists()
