@@ -418,13 +418,15 @@ def _prepare(program: _Program) -> Callable[[], object]:
     return lambda: runpy.run_path(target, run_name="__main__")
 
 
-def _add_workers(n: int) -> None:
+def _add_workers(what: int | list[tuple[str, int]], option: str) -> None:
+    """``addprocs(what)`` (``-p N``, or the machine file's hosts); refused (status 1) if the
+    workers cannot start."""
     from pydistributed import addprocs
 
     try:
-        addprocs(n)
+        addprocs(what)
     except Exception as e:
-        _say(f"pydist: -p {n}: the workers could not start: {type(e).__name__}: {e}")
+        _say(f"pydist: {option}: the workers could not start: {type(e).__name__}: {e}")
         raise _Refused(1) from None
 
 
@@ -444,18 +446,6 @@ def _read_machine_file(path: str) -> list[tuple[str, int]]:
     except ValueError as e:
         _say(f"pydist: --machine-file: {e}")
         raise _Refused(2) from None
-
-
-def _add_ssh_workers(path: str, machines: list[tuple[str, int]]) -> None:
-    from pydistributed import addprocs
-
-    if not machines:
-        return
-    try:
-        addprocs(list(machines))
-    except Exception as e:
-        _say(f"pydist: --machine-file {path}: the workers could not start: {type(e).__name__}: {e}")
-        raise _Refused(1) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -482,9 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = _prepare(program)
         if ns.procs:
-            _add_workers(ns.procs)
-        if ns.machine_file is not None:
-            _add_ssh_workers(ns.machine_file, machines)
+            _add_workers(ns.procs, f"-p {ns.procs}")
+        if ns.machine_file is not None and machines:  # an empty file adds nobody
+            _add_workers(machines, f"--machine-file {ns.machine_file}")
         run()
     except _Refused as e:
         return e.status
