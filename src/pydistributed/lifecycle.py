@@ -51,6 +51,10 @@ from .refstore import RefStore
 from .registry import TOPOLOGIES, Registry, WorkerInfo
 from .relay import OutputRelay, RelayedStream
 from .timeouts import worker_timeout
+from .workerexit import KILL_WAIT, end_process
+from .workerexit import describe_tail as _describe_tail
+from .workerexit import exit_code as _exit_code
+from .workerexit import output_tail as _output_tail
 
 __all__ = ["COMMON_PARAMS", "Lifecycle", "end_process"]
 
@@ -59,54 +63,6 @@ log = logging.getLogger("pydistributed")
 COMMON_PARAMS = frozenset(
     {"dir", "exename", "exeflags", "topology", "lazy", "enable_threaded_blas", "env"}
 )
-_KILL_WAIT = 5.0  # how long a killed process may take to be reaped
-_EXIT_WAIT = 1.0  # how long a worker whose connection closed may take to exit, for its code
-
-
-def end_process(proc: Any, grace: float = 0.0) -> None:
-    """Give ``proc`` (a ``Popen``, or None) ``grace`` seconds to exit, then kill it; reap it.
-
-    Never raises, never waits more than ``grace`` plus a few seconds.
-    """
-    if proc is None or not hasattr(proc, "wait"):
-        return
-    try:
-        proc.wait(timeout=max(0.0, grace))
-        return
-    except Exception:
-        pass
-    try:
-        proc.kill()
-        proc.wait(timeout=_KILL_WAIT)
-    except Exception:
-        pass
-
-
-def _exit_code(proc: Any) -> int | None:
-    """The exit code of a worker whose connection just closed (``None``: not ours, or still
-    running after a moment: the connection broke, not the process)."""
-    if proc is None or not hasattr(proc, "wait"):
-        return None
-    try:
-        return int(proc.wait(timeout=_EXIT_WAIT))
-    except Exception:
-        return None
-
-
-def _output_tail(streams: list[RelayedStream]) -> str:
-    """The last lines a worker wrote: its stderr's when it wrote any, else its stdout's."""
-    for kind in ("stderr", "stdout"):
-        for s in streams:
-            if s.kind == kind and s.tail:
-                return s.tail_text()
-    return ""
-
-
-def _describe_tail(output: str, streams: list[RelayedStream]) -> str:
-    if not output:
-        return "; it printed nothing"
-    which = "stderr" if any(s.kind == "stderr" and s.tail for s in streams) else "output"
-    return f"; its {which} ended with:\n{output}"
 
 
 class Lifecycle:
@@ -129,6 +85,7 @@ class Lifecycle:
         self._relay: OutputRelay | None = None
         self._relay_lock = threading.Lock()
         self._atexit = False
+        self._lazy = True  # the laziness of the workers there are
         self.closing = False
         # the pair keys: each pair of workers shares a secret that only they (and the master)
         # know, with which a worker proves who it is to another (Identify)
@@ -151,7 +108,8 @@ class Lifecycle:
         Raises:
             RuntimeError: called on a worker.
             TypeError: an unknown keyword.
-            ValueError: an unknown topology.
+            ValueError: an unknown topology, or a topology or ``lazy`` other than the existing
+                workers' (as in Julia); nothing was added.
             LaunchError: a worker exited, or did not report, before joining.
         """
         self._check_master()
@@ -174,6 +132,9 @@ class Lifecycle:
                 f"topology must be one of {', '.join(map(repr, TOPOLOGIES))}, "
                 f"not {params['topology']!r}"
             )
+        if params["topology"] != "all_to_all":
+            params["lazy"] = False  # as Julia: only all_to_all connects workers lazily
+        self._check_like_the_others(params["topology"], bool(params["lazy"]))
         params["cookie"] = cookie
         self.registry.topology = params["topology"]
         if not self._atexit:
@@ -230,6 +191,19 @@ class Lifecycle:
                 log.error("%d more workers failed to start", more)
             raise first
         return pids
+
+    def _check_like_the_others(self, topology: str, lazy: bool) -> None:
+        """New workers take the topology and laziness of the workers there are (Julia's
+        messages); with no workers, anything goes."""
+        if self.registry.worker_ids() != [1]:
+            if topology != self.registry.topology:
+                raise ValueError(
+                    f"Workers with Topology {self.registry.topology} already exist. "
+                    f"Requested Topology {topology} cannot be set."
+                )
+            if lazy != self._lazy:
+                raise ValueError(f"Active workers with lazy={self._lazy}. Cannot set lazy={lazy}")
+        self._lazy = lazy
 
     def _relay_stream(self, file: Any, kind: str, banner: bool) -> RelayedStream:
         with self._relay_lock:
@@ -387,7 +361,7 @@ class Lifecycle:
         threading.Thread(target=self._reap, args=(info,), name="pydist-reap", daemon=True).start()
 
     def _reap(self, info: WorkerInfo) -> None:
-        end_process(info.process, grace=_KILL_WAIT)
+        end_process(info.process, grace=KILL_WAIT)
         self._manage(info, "finalize")
 
     @staticmethod
@@ -470,14 +444,14 @@ class Lifecycle:
                 end_process(info.process)
                 self.connections.drop(info.pid, "removed by rmprocs")
             # killed and disconnected: they are deregistered at once; bound the wait anyway
-            still = wait_until(max(deadline or 0.0, time.monotonic() + _KILL_WAIT))
+            still = wait_until(max(deadline or 0.0, time.monotonic() + KILL_WAIT))
             if late or still:
                 raise TimeoutError(
                     f"workers {[i.pid for i in left]} did not exit within {waitfor} s; "
                     "they were killed"
                 )
         # reap the processes, so that none is left behind as a zombie
-        last = _KILL_WAIT if deadline is None else (timeouts.remaining(deadline) or 0.0)
+        last = KILL_WAIT if deadline is None else (timeouts.remaining(deadline) or 0.0)
         for info in infos:
             end_process(info.process, grace=last)
 
