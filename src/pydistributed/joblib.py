@@ -222,9 +222,7 @@ class PydistributedBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ign
     def abort_everything(self, ensure_ready: bool = True) -> None:
         """After an error: drop the batches not sent yet (running ones finish, unread)."""
         with self._lock:
-            self._stop_sender()  # a later submit starts new threads
-        if not ensure_ready:
-            self.terminate()
+            self._stop_sender()  # a later submit (ensure_ready) starts new threads
 
 
 def register() -> None:

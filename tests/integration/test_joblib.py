@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -208,6 +209,16 @@ def test_an_error_stops_the_batches_not_yet_sent(shared: list[int]) -> None:
     # the workers are free again: a new call is not queued behind the dropped batches
     with parallel_backend("pydistributed"):
         assert Parallel(n_jobs=2, timeout=T)(delayed(abs)(-i) for i in range(4)) == [0, 1, 2, 3]
+
+
+def test_parallel_timeout(shared: list[int]) -> None:
+    start = time.monotonic()
+    with parallel_backend("pydistributed"):
+        with pytest.raises(multiprocessing.TimeoutError):
+            Parallel(n_jobs=2, batch_size=1, timeout=0.5)(
+                delayed(_sleep_then)(3.0, i) for i in range(4)
+            )
+    assert time.monotonic() - start < 2.5
 
 
 def test_a_worker_that_exits_gives_process_exited(add_workers: Callable[..., list[int]]) -> None:
