@@ -125,8 +125,10 @@ class PydistributedBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ign
     """joblib's backend interface on pydistributed's workers (see the module's docstring).
 
     Args:
-        pool: the workers to use (a ``WorkerPool`` or ``CachingPool``); default: a private pool
-            of all the workers there are when each ``Parallel`` call starts.
+        pool: the workers to use (a ``WorkerPool``); default: a private pool of all the
+            workers there are when each ``Parallel`` call starts. A ``CachingPool`` brings
+            nothing here: every batch is a new object, which it would keep on its worker until
+            ``clear()``.
     """
 
     default_n_jobs = -1
