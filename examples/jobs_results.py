@@ -37,8 +37,10 @@ import time
 
 from pydistributed import Channel, RemoteChannel, async_, myid, put, remote_do, take, workers
 
+Result = tuple[int, float, int]  # (job_id, exec_time, worker)
 
-def do_work(jobs: RemoteChannel, results: RemoteChannel) -> None:
+
+def do_work(jobs: RemoteChannel[int], results: RemoteChannel[Result]) -> None:
     """Take jobs until the channel is closed and empty; put one result per job."""
     for job_id in jobs:
         exec_time = random.random() / 10
@@ -46,7 +48,7 @@ def do_work(jobs: RemoteChannel, results: RemoteChannel) -> None:
         put(results, (job_id, exec_time, myid()))
 
 
-def make_jobs(jobs: RemoteChannel, n: int) -> None:
+def make_jobs(jobs: RemoteChannel[int], n: int) -> None:
     """Feed ``n`` job ids, then close the channel: no more jobs."""
     for i in range(1, n + 1):
         put(jobs, i)
@@ -54,8 +56,8 @@ def make_jobs(jobs: RemoteChannel, n: int) -> None:
 
 
 def main(n: int) -> None:
-    jobs = RemoteChannel(lambda: Channel(32))
-    results = RemoteChannel(lambda: Channel(32))
+    jobs: RemoteChannel[int] = RemoteChannel(lambda: Channel(32))
+    results: RemoteChannel[Result] = RemoteChannel(lambda: Channel(32))
 
     start = time.monotonic()
     feeder = async_(make_jobs, jobs, n)  # feed the jobs channel with n jobs

@@ -15,12 +15,14 @@ the end of a ``with`` block). Run: ``pydist -p 2 examples/pmap_caching_pool.py``
 
 from pydistributed import CachingPool, pmap, workers
 from pydistributed.cluster import current_cluster
+from pydistributed.transport import SocketWriter
 
 
 def bytes_sent() -> int:
     """Bytes this process has written to its workers so far (a look inside the runtime)."""
     c = current_cluster()
-    return sum(c.connections.get(p).writer.bytes_sent for p in workers())
+    writers = [c.connections.get(p).writer for p in workers()]
+    return sum(w.bytes_sent for w in writers if isinstance(w, SocketWriter))  # local: TCP
 
 
 if __name__ == "__main__":

@@ -36,15 +36,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from . import timeouts
 from .errors import ChannelClosedError
 
 __all__ = ["AbstractChannel", "Channel"]
 
+T = TypeVar("T")
 
-class AbstractChannel(abc.ABC):
+
+class AbstractChannel(abc.ABC, Generic[T]):
     """The channel methods, as a base class for channel types of your own.
 
     ``RemoteChannel(f, pid)`` accepts anything that implements these methods. A subclass
@@ -53,7 +55,7 @@ class AbstractChannel(abc.ABC):
     """
 
     @abc.abstractmethod
-    def put(self, value: Any, timeout: float | None = None) -> Any:
+    def put(self, value: T, timeout: float | None = None) -> Any:
         """Add ``value`` to the channel.
 
         Blocks while the channel cannot accept the value (full, or unbuffered with no taker).
@@ -65,7 +67,7 @@ class AbstractChannel(abc.ABC):
         """
 
     @abc.abstractmethod
-    def take(self, timeout: float | None = None) -> Any:
+    def take(self, timeout: float | None = None) -> T:
         """Remove and return the first value.
 
         Blocks until a value is available.
@@ -77,7 +79,7 @@ class AbstractChannel(abc.ABC):
         """
 
     @abc.abstractmethod
-    def fetch(self, timeout: float | None = None) -> Any:
+    def fetch(self, timeout: float | None = None) -> T:
         """Return the first value without removing it.
 
         Blocks until a value is available.
@@ -108,7 +110,7 @@ class AbstractChannel(abc.ABC):
     def isopen(self) -> bool:
         """Whether the channel is still open. Never blocks."""
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[T]:
         """Take values until the channel is closed and empty, then stop.
 
         Each step blocks in :meth:`take` (without timeout) while the channel is open and empty.
@@ -199,7 +201,7 @@ def _wait(
     cond.wait(min(remaining, threading.TIMEOUT_MAX))
 
 
-class Channel(AbstractChannel):
+class Channel(AbstractChannel[T]):
     """A local, thread-safe FIFO channel (Julia's ``Channel{Any}(size)``).
 
     Args:
@@ -259,7 +261,7 @@ class Channel(AbstractChannel):
 
     # -- put -------------------------------------------------------------------------------
 
-    def put(self, value: Any, timeout: float | None = None) -> None:
+    def put(self, value: T, timeout: float | None = None) -> None:
         """Add ``value`` at the end of the channel.
 
         Blocks on an unbuffered channel until a ``take`` receives the value, and on a full
@@ -328,7 +330,7 @@ class Channel(AbstractChannel):
 
     # -- take ------------------------------------------------------------------------------
 
-    def take(self, timeout: float | None = None) -> Any:
+    def take(self, timeout: float | None = None) -> T:
         """Remove and return the first value.
 
         Blocks until a value is available (for size 0: until a ``put`` offers one).
@@ -419,7 +421,7 @@ class Channel(AbstractChannel):
 
     # -- fetch / wait ----------------------------------------------------------------------
 
-    def fetch(self, timeout: float | None = None) -> Any:
+    def fetch(self, timeout: float | None = None) -> T:
         """Return the first value without removing it.
 
         Blocks until a value is available; for size 0, until a ``put`` is offering one (which

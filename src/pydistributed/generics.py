@@ -7,7 +7,7 @@ is Julia's spelling, and ``fetch(x)`` of anything that is not a reference return
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, TypeVar, overload
 
 from .channels import AbstractChannel
 from .cluster import current_cluster
@@ -25,6 +25,33 @@ __all__ = [
     "wait",
 ]
 
+T = TypeVar("T")
+X = TypeVar("X")
+
+
+class _Puttable(Protocol):
+    def put(self, value: Any, /) -> object: ...
+
+
+class _Waitable(Protocol):
+    def wait(self) -> object: ...
+
+
+PutT = TypeVar("PutT", bound=_Puttable)
+WaitT = TypeVar("WaitT", bound=_Waitable)
+
+
+@overload
+def fetch(x: Future[T], timeout: float | None = None) -> T: ...
+@overload
+def fetch(x: RemoteChannel[T], timeout: float | None = None) -> T: ...
+@overload
+def fetch(x: AbstractChannel[T], timeout: float | None = None) -> T: ...
+@overload
+def fetch(x: Task[T], timeout: float | None = None) -> T: ...
+@overload
+def fetch(x: X, timeout: float | None = None) -> X: ...
+
 
 def fetch(x: Any, timeout: float | None = None) -> Any:
     """Wait for and return the value of a Future, RemoteChannel, Channel or Task.
@@ -40,7 +67,7 @@ def fetch(x: Any, timeout: float | None = None) -> Any:
     return x
 
 
-def put(rr: Any, value: Any, timeout: float | None = None) -> Any:
+def put(rr: PutT, value: Any, timeout: float | None = None) -> PutT:
     """``rr.put(value)`` on a Future, RemoteChannel or Channel; returns ``rr``.
 
     ``timeout`` applies to channels (a Future never blocks a put).
@@ -48,10 +75,16 @@ def put(rr: Any, value: Any, timeout: float | None = None) -> Any:
     if timeout is None:
         rr.put(value)
     else:
-        rr.put(value, timeout)
+        rr.put(value, timeout)  # type: ignore[call-arg]  # a channel's put takes a timeout
     return rr
 
 
+@overload
+def take(rr: RemoteChannel[T], timeout: float | None = None) -> T: ...
+@overload
+def take(rr: AbstractChannel[T], timeout: float | None = None) -> T: ...
+@overload
+def take(rr: Any, timeout: float | None = None) -> Any: ...
 def take(rr: Any, timeout: float | None = None) -> Any:
     """``rr.take()`` on a RemoteChannel or Channel: remove and return the first value."""
     if timeout is None:
@@ -66,7 +99,7 @@ def isready(rr: Any) -> bool:
     return bool(rr.isready())
 
 
-def wait(x: Any, timeout: float | None = None) -> Any:
+def wait(x: WaitT, timeout: float | None = None) -> WaitT:
     """Block until ``x`` (a Future, RemoteChannel, Channel or Task) is ready; returns ``x``.
 
     Raises:
@@ -75,7 +108,7 @@ def wait(x: Any, timeout: float | None = None) -> Any:
     if timeout is None:
         x.wait()
     else:
-        x.wait(timeout)
+        x.wait(timeout)  # type: ignore[call-arg]
     return x
 
 

@@ -35,7 +35,7 @@ import linecache
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from .cluster import ClusterVar, current_cluster
 from .errors import CompositeException, RemoteException
@@ -48,6 +48,7 @@ __all__ = ["distributed", "everywhere", "fetchfrom", "nextproc", "spawn", "spawn
 
 T = TypeVar("T")
 R = TypeVar("R")
+P = ParamSpec("P")
 
 
 # -- spawn, spawnat, fetchfrom -------------------------------------------------------------
@@ -90,7 +91,7 @@ def _where(p: Any) -> Any:
     return p
 
 
-def spawnat(p: int | str, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+def spawnat(p: int | str, f: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
     """Run ``f(*args, **kwargs)`` on process ``p``; return a :class:`Future` at once.
 
     Julia's ``@spawnat p expr``. With ``p == "any"`` the process is chosen round-robin, as
@@ -121,7 +122,7 @@ def spawnat(p: int | str, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -
     return remotecall(f, _where(p), *args, **kwargs)
 
 
-def spawn(f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+def spawn(f: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
     """Run ``f(*args, **kwargs)`` on the next worker, round-robin; return a Future at once.
 
     Julia's ``@spawn expr`` (``@spawnat :any expr``). With no workers it runs on process 1.
@@ -142,7 +143,7 @@ def spawn(f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
     return remotecall(f, nextproc(), *args, **kwargs)
 
 
-def fetchfrom(p: int | str, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+def fetchfrom(p: int | str, f: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """Run ``f(*args, **kwargs)`` on process ``p`` and return its value (Julia's ``@fetchfrom``).
 
     The same as ``spawnat(p, f, ...).fetch()`` in one message each way. ``p`` may also be

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from typing import Any, NoReturn
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, NoReturn, overload
 
 from . import codec, handshake
 from .cluster import Cluster, current_cluster, set_current_cluster
@@ -22,6 +23,8 @@ from .managers.ssh import SSHLaunchError, SSHManager, launch_error
 from .tasks import Task
 
 __all__ = [
+    "MachineSpec",
+    "Topology",
     "addprocs",
     "init_worker",
     "interrupt",
@@ -37,19 +40,104 @@ __all__ = [
 ]
 
 
-def addprocs(np_or_machines: Any = None, /, **kw: Any) -> list[int]:
+Topology = Literal["all_to_all", "master_worker", "custom"]
+MachineSpec = str | tuple[str, int | Literal["auto"]]
+"""A machine for ``addprocs(machines)``: ``"[user@]host[:port] [bind_addr[:port]]"``, or that
+string and a worker count (or ``"auto"``: one per CPU thread there), as in Julia."""
+
+
+@overload
+def addprocs(
+    np: int | None = None,
+    /,
+    *,
+    restrict: bool = True,
+    dir: str | os.PathLike[str] | None = None,
+    exename: str | os.PathLike[str] | None = None,
+    exeflags: str | Sequence[str] = (),
+    topology: Topology = "all_to_all",
+    lazy: bool = True,
+    enable_threaded_blas: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> list[int]: ...
+@overload
+def addprocs(
+    machines: Sequence[MachineSpec],
+    /,
+    *,
+    tunnel: bool = False,
+    multiplex: bool = False,
+    sshflags: str | Sequence[str] = (),
+    max_parallel: int = 10,
+    shell: str = "posix",
+    dir: str | os.PathLike[str] | None = None,
+    exename: str | os.PathLike[str] | None = None,
+    exeflags: str | Sequence[str] = (),
+    topology: Topology = "all_to_all",
+    lazy: bool = True,
+    enable_threaded_blas: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> list[int]: ...
+@overload
+def addprocs(
+    manager: ClusterManager,
+    /,
+    *,
+    dir: str | os.PathLike[str] | None = None,
+    exename: str | os.PathLike[str] | None = None,
+    exeflags: str | Sequence[str] = (),
+    topology: Topology = "all_to_all",
+    lazy: bool = True,
+    enable_threaded_blas: bool = False,
+    env: Mapping[str, str] | None = None,
+    **kw: Any,
+) -> list[int]: ...
+
+
+def addprocs(
+    np_or_machines: int | Sequence[MachineSpec] | ClusterManager | None = None,
+    /,
+    *,
+    restrict: bool = True,
+    dir: str | os.PathLike[str] | None = None,
+    exename: str | os.PathLike[str] | None = None,
+    exeflags: str | Sequence[str] = (),
+    topology: Topology = "all_to_all",
+    lazy: bool = True,
+    enable_threaded_blas: bool = False,
+    env: Mapping[str, str] | None = None,
+    tunnel: bool = False,
+    multiplex: bool = False,
+    sshflags: str | Sequence[str] = (),
+    max_parallel: int = 10,
+    shell: str = "posix",
+    **kw: Any,
+) -> list[int]:
     """Add workers and return their ids in ascending order.
 
     - ``addprocs(n, restrict=True, **kw)``: ``n`` workers on this host (LocalManager);
     - ``addprocs(**kw)``: one per CPU thread (``os.cpu_count()``);
-    - ``addprocs(machines, tunnel=False, sshflags=(), max_parallel=10, multiplex=False,
-      shell="posix", ssh="ssh", **kw)``: over ssh, ``machines`` being specs
+    - ``addprocs(machines, tunnel=False, multiplex=False, sshflags=(), max_parallel=10,
+      shell="posix", ssh="ssh", **kw)``: over ssh (SSHManager), ``machines`` being specs
       ``"[user@]host[:port] [bind_addr[:port]]"``, ``(spec, count)`` or ``(spec, "auto")``
-      (``tunnel=True`` needs ``topology="master_worker"``);
-    - ``addprocs(manager, **kw)``: with a ClusterManager of your own.
+      (:data:`MachineSpec`; ``tunnel=True`` needs ``topology="master_worker"``);
+    - ``addprocs(manager, **kw)``: with a ClusterManager of your own, which may take keywords
+      of its own (those it lists in ``extra_params``).
 
-    Common keywords: ``dir``, ``exename``, ``exeflags``, ``topology`` (``"all_to_all"``,
-    ``"master_worker"``, ``"custom"``), ``lazy``, ``enable_threaded_blas``, ``env``.
+    Keywords of every form:
+        dir: the workers' working directory (default: this process's).
+        exename: the Python interpreter to run (default ``sys.executable``).
+        exeflags: extra interpreter flags (a sequence, or one string split on spaces).
+        topology: ``"all_to_all"`` (workers may call each other), ``"master_worker"`` (workers
+            talk only to the master) or ``"custom"``.
+        lazy: with ``"all_to_all"``, connect workers to each other on first use (True) or at
+            once.
+        enable_threaded_blas: leave BLAS/OpenMP thread counts alone (default: 1 per worker).
+        env: variables added to the workers' environment.
+
+    Keywords of one form: ``restrict`` (local workers: listen on 127.0.0.1 only), and the ssh
+    ones (``tunnel``, ``multiplex``, ``sshflags``, ``max_parallel``, ``shell``). Given to a
+    form that does not take it, such a keyword raises ``TypeError`` unless left at its default.
 
     Raises:
         RuntimeError: called on a worker.
@@ -59,8 +147,27 @@ def addprocs(np_or_machines: Any = None, /, **kw: Any) -> list[int]:
         SSHLaunchError: (a ``LaunchError``) over ssh, the workers on some hosts could not
             start; it names each host with the end of its ssh session's stderr, and the
             workers that did start, which stay in the cluster (``.started``).
-        TypeError: an unknown keyword.
+        TypeError: an unknown keyword, or one the form does not take.
+        ValueError: an unknown topology, or a topology or ``lazy`` other than the existing
+            workers' (as in Julia); nothing was added.
     """
+    kw = _keywords(
+        np_or_machines,
+        kw,
+        restrict=restrict,
+        dir=dir,
+        exename=exename,
+        exeflags=exeflags,
+        topology=topology,
+        lazy=lazy,
+        enable_threaded_blas=enable_threaded_blas,
+        env=env,
+        tunnel=tunnel,
+        multiplex=multiplex,
+        sshflags=sshflags,
+        max_parallel=max_parallel,
+        shell=shell,
+    )
     c = current_cluster()
     if c.myid != 1:
         raise RuntimeError("Only process 1 can add and remove workers")
@@ -96,6 +203,39 @@ def addprocs(np_or_machines: Any = None, /, **kw: Any) -> list[int]:
         if error is not None:
             raise error
     return pids
+
+
+# the keywords of addprocs that only some managers take, and their defaults
+_FORM_DEFAULTS: dict[str, Any] = {
+    "restrict": True,
+    "tunnel": False,
+    "multiplex": False,
+    "sshflags": (),
+    "max_parallel": 10,
+    "shell": "posix",
+}
+
+
+def _keywords(arg: Any, extra: dict[str, Any], **named: Any) -> dict[str, Any]:
+    """The keywords ``addprocs`` passes on: every common one; a form's own one (``restrict``,
+    the ssh ones) when the manager of that form takes it, or else when it is not left at its
+    default (then the manager refuses it with ``TypeError``, as before they were spelled out)."""
+    if isinstance(arg, ClusterManager):
+        takes = arg.extra_params
+    elif isinstance(arg, (list, tuple)):
+        takes = SSHManager.extra_params
+    elif arg is None or (isinstance(arg, int) and not isinstance(arg, bool)):
+        takes = LocalManager.extra_params
+    else:
+        takes = frozenset()
+    kw = {}
+    for key, value in named.items():
+        if key not in _FORM_DEFAULTS or key in takes:
+            kw[key] = value
+        elif not (value is _FORM_DEFAULTS[key] or value == _FORM_DEFAULTS[key]):
+            kw[key] = value
+    kw.update(extra)
+    return kw
 
 
 def _flatten(pids: tuple[Any, ...]) -> list[int]:

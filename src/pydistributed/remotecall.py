@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from .cluster import current_cluster
 from .errors import RemoteException
@@ -40,6 +40,9 @@ __all__ = [
     "start_on",
     "wait_on",
 ]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 CallForm = Callable[[int, Any, tuple[Any, ...], dict[str, Any]], Any]
 """One of the four call forms on a given pid: ``form(pid, f, args, kwargs)``."""
@@ -139,7 +142,9 @@ def _route(
 # -- the public call forms ---------------------------------------------------------------------
 
 
-def remotecall(f: Any, id_or_pool: Any, /, *args: Any, **kwargs: Any) -> Future:
+def remotecall(
+    f: Callable[P, T], id_or_pool: int | WorkerSource, /, *args: P.args, **kwargs: P.kwargs
+) -> Future[T]:
     """Start ``f(*args, **kwargs)`` on a process; return a :class:`Future` of its result.
 
     Raises:
@@ -151,7 +156,9 @@ def remotecall(f: Any, id_or_pool: Any, /, *args: Any, **kwargs: Any) -> Future:
     return _route(id_or_pool, start_on, f, args, kwargs)  # type: ignore[no-any-return]
 
 
-def remotecall_fetch(f: Any, id_or_pool: Any, /, *args: Any, **kwargs: Any) -> Any:
+def remotecall_fetch(
+    f: Callable[P, T], id_or_pool: int | WorkerSource, /, *args: P.args, **kwargs: P.kwargs
+) -> T:
     """Run ``f(*args, **kwargs)`` on a process and return its value, in one message each way.
 
     Raises:
@@ -164,7 +171,9 @@ def remotecall_fetch(f: Any, id_or_pool: Any, /, *args: Any, **kwargs: Any) -> A
     return _route(id_or_pool, fetch_on, f, args, kwargs)
 
 
-def remotecall_wait(f: Any, id_or_pool: Any, /, *args: Any, **kwargs: Any) -> Future:
+def remotecall_wait(
+    f: Callable[P, T], id_or_pool: int | WorkerSource, /, *args: P.args, **kwargs: P.kwargs
+) -> Future[T]:
     """Run ``f`` on a process, wait until it is done, and return the :class:`Future` of it.
 
     Faster than ``wait(remotecall(...))``: one message each way.
@@ -179,7 +188,9 @@ def remotecall_wait(f: Any, id_or_pool: Any, /, *args: Any, **kwargs: Any) -> Fu
     return _route(id_or_pool, wait_on, f, args, kwargs)  # type: ignore[no-any-return]
 
 
-def remote_do(f: Any, id_or_pool: Any, /, *args: Any, **kwargs: Any) -> None:
+def remote_do(
+    f: Callable[P, object], id_or_pool: int | WorkerSource, /, *args: P.args, **kwargs: P.kwargs
+) -> None:
     """Run ``f`` on a process and return at once; its result is dropped.
 
     An error of ``f`` is logged on that process (logger ``pydistributed``, on its standard

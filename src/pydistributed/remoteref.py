@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from . import codec, refops
 from .cluster import Cluster, current_cluster
@@ -43,6 +43,8 @@ from .refops import raise_marker
 from .refstore import Failure, FutureSlot
 
 __all__ = ["Future", "RemoteChannel"]
+
+T = TypeVar("T")
 
 _NOTHING: Any = object()
 
@@ -179,7 +181,7 @@ def _rebuild_fetched(where: int, whence: int, id: int, value: Any) -> Future:
     return fut  # type: ignore[no-any-return]
 
 
-class Future(_RemoteRef):
+class Future(_RemoteRef, Generic[T]):
     """A write-once reference to a value on process ``where``.
 
     ``Future(pid=None)`` makes an empty one on ``pid`` (this process by default), to be set
@@ -239,7 +241,7 @@ class Future(_RemoteRef):
             raise value.error()
         return value
 
-    def fetch(self, timeout: float | None = None) -> Any:
+    def fetch(self, timeout: float | None = None) -> T:
         """Wait for the value and return it (cached here after the first time).
 
         Blocks until the value is set, on the owner.
@@ -328,7 +330,7 @@ class Future(_RemoteRef):
         return None
 
 
-class RemoteChannel(_RemoteRef):
+class RemoteChannel(_RemoteRef, Generic[T]):
     """A reference to a channel on process ``where``.
 
     ``RemoteChannel(pid=None)`` makes a ``Channel(1)`` on ``pid`` (this process by default);
@@ -381,7 +383,7 @@ class RemoteChannel(_RemoteRef):
         self._op(refops.put_ch, v, timeout)
         return self
 
-    def take(self, timeout: float | None = None) -> Any:
+    def take(self, timeout: float | None = None) -> T:
         """Remove and return the first value (blocks until there is one).
 
         Raises:
@@ -391,7 +393,7 @@ class RemoteChannel(_RemoteRef):
         """
         return self._op(refops.take_ch, timeout)
 
-    def fetch(self, timeout: float | None = None) -> Any:
+    def fetch(self, timeout: float | None = None) -> T:
         """Return the first value without removing it (blocks until there is one).
 
         Raises:

@@ -30,7 +30,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from . import timeouts
 from .cluster import Cluster, ClusterVar, current_cluster
@@ -48,6 +48,9 @@ __all__ = [
 ]
 
 _WORKER = "a worker id"
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 # pool uid -> pool (weakly): how a pool's home process finds it for a copy elsewhere
 _POOLS: ClusterVar[weakref.WeakValueDictionary[int, WorkerPool]] = ClusterVar(
@@ -406,7 +409,7 @@ class _RemoteFunction:
         return (_RemoteFunction, (self.f, self.pool))
 
 
-def remote(f: Callable[..., Any], pool: AbstractWorkerPool | None = None) -> Callable[..., Any]:
+def remote(f: Callable[P, T], pool: AbstractWorkerPool | None = None) -> Callable[P, T]:
     """A function that runs ``f`` on a free worker of ``pool`` (the default pool when None),
     with ``remotecall_fetch``, and returns its value.
 

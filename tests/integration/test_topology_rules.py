@@ -14,7 +14,7 @@ def test_a_different_topology_or_laziness_is_refused_and_adds_nothing(add_worker
     before = workers()
     with pytest.raises(ValueError, match="Workers with Topology all_to_all already exist"):
         addprocs(1, topology="master_worker")
-    with pytest.raises(ValueError, match="Active workers with lazy=True. Cannot set lazy=False"):
+    with pytest.raises(ValueError, match=r"Active workers with lazy=True\. Cannot set lazy=False"):
         addprocs(1, lazy=False)
     assert workers() == before and remotecall_fetch(myid, w) == w
 
