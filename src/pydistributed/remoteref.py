@@ -35,16 +35,23 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import codec, refops
+from . import aio, codec, refops
 from .cluster import Cluster, current_cluster
-from .errors import ChannelClosedError
+from .errors import (
+    CapturedException,
+    ChannelClosedError,
+    RemoteException,
+    capture,
+)
+from .futures import FINISHED, NOTHING, RUNNING, Cancelled, StandardFuture, WatchSlot, watch_ref
 from .ids import RRID, check_pid
+from .messages import RemoteDo
 from .refops import raise_marker
 from .refstore import Failure, FutureSlot
 
 __all__ = ["Future", "RemoteChannel"]
 
-_NOTHING: Any = object()
+_NOTHING: Any = NOTHING
 
 
 class _RemoteRef:
@@ -135,9 +142,11 @@ def _new(
     """A handle object, not yet in the table of handles (every constructor comes here)."""
     obj = cls.__new__(cls)
     if isinstance(obj, Future):
-        obj._value = value
-        obj._lock = threading.Lock()
+        obj._value = _NOTHING
+        obj._lock = threading.RLock()
     obj._init(cluster, where, rrid, released)
+    if value is not _NOTHING:
+        obj._finish(value, None)  # type: ignore[attr-defined]  # new: nobody waits on it yet
     return obj
 
 
@@ -175,17 +184,24 @@ def _rebuild_fetched(where: int, whence: int, id: int, value: Any) -> Future:
         lambda: _new(Future, c, where, rrid, value=value, released=True),
     )
     if not made:
-        fut._cache(value)
+        # on the thread that reads the message: it must not wait for the Future's lock
+        fut._finish(value, None, False, False)
     return fut  # type: ignore[no-any-return]
 
 
-class Future(_RemoteRef):
+class Future(_RemoteRef, StandardFuture):
     """A write-once reference to a value on process ``where``.
 
     ``Future(pid=None)`` makes an empty one on ``pid`` (this process by default), to be set
     once with :meth:`put`. ``remotecall`` returns one for its result. :meth:`fetch` waits for
     the value and caches it here; the remote copy is then released (so is it after a
     :meth:`put` from here, which caches the value too).
+
+    It is also a ``concurrent.futures.Future`` (``result``, ``exception``, ``done``,
+    ``add_done_callback``, ``cancel``; ``concurrent.futures.wait`` and ``as_completed``) and
+    awaitable (``await fut``): see ``futures.py`` and ``docs/python-interop.md``. ``fetch``
+    raises ``RemoteException`` for a failed call; ``result`` raises the call's own exception,
+    with the ``RemoteException`` as its cause.
 
     Attributes:
         where: the process that stores the value.
@@ -195,7 +211,7 @@ class Future(_RemoteRef):
 
     __slots__ = ("_lock", "_value")
 
-    _lock: threading.Lock
+    _lock: threading.RLock
     _value: Any
 
     def __init__(self, pid: int | None = None) -> None:
@@ -203,7 +219,7 @@ class Future(_RemoteRef):
         where = c.myid if pid is None else check_pid(pid)
         rrid = RRID(c.myid, c.refcount.next_id())
         self._value = _NOTHING
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._init(c, where, rrid)
         c.refcount.register(rrid, self)
         c.refcount.add_handle(where, rrid)
@@ -226,12 +242,10 @@ class Future(_RemoteRef):
 
     def _cache(self, value: Any) -> Any:
         """Keep ``value`` here (the first one wins) and release the stored copy (also when it
-        is stored here: the owner frees it once no other process holds the reference)."""
-        with self._lock:
-            if self._value is _NOTHING:
-                self._value = value
-                self._release()  # the value lives in this handle now
-            return self._value
+        is stored here: the owner frees it once no other process holds the reference); the
+        Future is done (``futures.StandardFuture._finish``)."""
+        self._finish(value, None)
+        return self._value
 
     @staticmethod
     def _unwrap(value: Any) -> Any:
@@ -252,6 +266,13 @@ class Future(_RemoteRef):
         value = self._value
         if value is _NOTHING:
             c = self._cluster
+            if self._armed:  # watched: its answer is on the way, no second request
+                if not self._wait_final(timeout):
+                    raise TimeoutError(f"{self!r} was not set within {timeout} s")
+                value = self._value
+                if value is _NOTHING:  # failed here: its owner exited
+                    raise self._exception  # type: ignore[misc]
+                return self._unwrap(value)
             if self.where == c.myid:
                 value = self._slot().fetch(timeout)
             else:
@@ -302,14 +323,16 @@ class Future(_RemoteRef):
         self._cache(value)
         return self
 
-    def done(self) -> bool:
-        """Alias of :meth:`isready`."""
-        return self.isready()
-
     def _sync_wait(self, timeout: float | None = None) -> BaseException | None:
         c = self._cluster
         try:
             if self._value is not _NOTHING:
+                value = self._value
+            elif self._armed or self._state == FINISHED:
+                if not self._wait_final(timeout):
+                    raise TimeoutError(f"{self!r} was not set within {timeout} s")
+                if self._value is _NOTHING:
+                    return self._exception
                 value = self._value
             elif self.where == c.myid:
                 value = self._slot().fetch(timeout)
@@ -326,6 +349,63 @@ class Future(_RemoteRef):
         if isinstance(value, Failure):
             return value.error()
         return None
+
+    # -- the concurrent.futures side (see futures.py) -----------------------------------
+
+    def _arm(self) -> None:
+        """Start watching: learn of the value when it is set, with no thread waiting (once)."""
+        if self._armed or self._state != RUNNING:
+            return  # done, or an Executor's queued task (the Executor finishes it)
+        with self._lock:
+            if self._armed or self._state != RUNNING:
+                return
+            self._armed = True
+        c = self._cluster
+        if self.where == c.myid:
+            self._slot().on_set(self._on_stored)
+            return
+        key, me = self._key, c.myid
+        try:
+            c.calls.request(
+                self.where, lambda rid: RemoteDo(watch_ref, (key, me, rid), {}), WatchSlot(self)
+            )
+        except Exception as e:  # the owner is gone (or never was): that is the outcome
+            self._finish(None, e, True, False)
+
+    def _on_stored(self, value: Any) -> None:
+        # on the thread that set the storage here (possibly one that reads messages)
+        self._finish(value, None, False, False)
+
+    def _fetch_outcome(self, timeout: float | None) -> None:
+        try:
+            self.fetch(timeout)
+        except (TimeoutError, RemoteException):
+            if self._state == FINISHED:
+                return  # a failed call: its failure is cached
+            raise
+        except Exception as e:  # the owner exited: the Future failed here
+            if self._value is _NOTHING:
+                self._finish(None, e)
+
+    def _store_cancelled(self) -> None:
+        # lock held, PENDING: an Executor's Future, stored here
+        value = Cancelled(self._cluster.myid)
+        self._slot().try_put(value)
+        self._value = value
+        self._release()
+
+    def _set_outcome(self, ok: bool, value: Any) -> None:
+        """An Executor's task is done: store its value (``ok``) or its failure (a
+        ``RemoteException`` or a local error). Never blocks: runs on a reading thread."""
+        if not ok:
+            if isinstance(value, RemoteException):
+                value = Failure(value.pid, value.captured)
+            elif isinstance(value, CapturedException):
+                value = Failure(self._cluster.myid, value)
+            else:
+                value = Failure(self._cluster.myid, capture(value))
+        self._slot().try_put(value)
+        self._finish(value, None, False, False)
 
 
 class RemoteChannel(_RemoteRef):
@@ -423,6 +503,24 @@ class RemoteChannel(_RemoteRef):
     def isopen(self) -> bool:
         """Whether the channel is still open."""
         return bool(self._call(refops.isopen_ch, self._key))
+
+    async def atake(self, timeout: float | None = None) -> Any:
+        """``await rc.atake()``: :meth:`take` without blocking the event loop (see ``aio.py``).
+
+        Cancelling the awaiting task cancels the take on the owner; a value it had taken
+        already is put back into the channel (at its end).
+        """
+        return await aio.channel_op(self, refops.take_ch, (timeout,), put_back=True)
+
+    async def aput(self, value: Any, timeout: float | None = None) -> RemoteChannel:
+        """``await rc.aput(v)``: :meth:`put` without blocking the event loop (see ``aio.py``)."""
+        v = value if self.where == self._cluster.myid else codec.oob(value)
+        await aio.channel_op(self, refops.put_ch, (v, timeout))
+        return self
+
+    async def afetch(self, timeout: float | None = None) -> Any:
+        """``await rc.afetch()``: :meth:`fetch` without blocking the event loop."""
+        return await aio.channel_op(self, refops.fetch_ch, (timeout,))
 
     def __iter__(self) -> Iterator[Any]:
         """Take values until the channel is closed and empty."""
