@@ -230,19 +230,23 @@ class Executor(cf.Executor):
             except Exception as e:  # the pool has no live worker left: nothing can run
                 self._fail_queued(e)
                 continue
-            task = None
             with cond:
-                while queue:
-                    t = queue.popleft()
-                    if t.fut.set_running_or_notify_cancel():
-                        task = t
-                        self._in_flight += 1
-                        break
+                task = self._next_task()
             if task is None:
                 pool.put(pid)
                 continue
             self._send(pid, task)
-            del task
+            del task  # (a finished task's Future and value must not live on in this frame)
+
+    def _next_task(self) -> _Task | None:
+        """Lock held: the next task not cancelled, now RUNNING and counted in flight."""
+        queue = self._queue
+        while queue:
+            task = queue.popleft()
+            if task.fut.set_running_or_notify_cancel():
+                self._in_flight += 1
+                return task
+        return None
 
     def _send(self, pid: int, task: _Task) -> None:
         c = self._cluster
@@ -312,6 +316,7 @@ class Executor(cf.Executor):
 def _pending_future() -> Future:
     fut = Future()
     fut._state = PENDING
+    fut._release_now = True
     return fut
 
 
@@ -323,23 +328,25 @@ def _results(
     try:
         fs.reverse()
         while fs:
-            fut = fs.pop()
-            try:
-                timeout = None if end_time is None else end_time - time.monotonic()
-                value = fut.result(timeout)
-            finally:
-                fut.cancel()
-                del fut
+            timeout = None if end_time is None else end_time - time.monotonic()
+            # (no local name for the value: the caller may drop it while we are suspended)
             if chunked:
-                yield from value
+                yield from _result_or_cancel(fs.pop(), timeout)
             else:
-                yield value
-            del value
+                yield _result_or_cancel(fs.pop(), timeout)
         if cache is not None:
             cache.clear()
     finally:
         for fut in fs:
             fut.cancel()
+
+
+def _result_or_cancel(fut: Future, timeout: float | None) -> Any:
+    try:
+        return fut.result(timeout)
+    finally:
+        fut.cancel()
+        del fut
 
 
 def _python_exit() -> None:

@@ -240,6 +240,20 @@ class Future(_RemoteRef, StandardFuture):
     def _slot(self) -> FutureSlot:
         return refops.future_slot(self._cluster, self._key)
 
+    _release_now = False  # an Executor's: see _release
+
+    def _release(self) -> None:
+        # a value cached here. An Executor's Future (stored here) releases its storage at
+        # once (this is never a finalizer: the store's lock may be taken), so that the value
+        # does not outlive the Future; others in the flusher's next batch.
+        if not self._released:
+            self._released = True
+            c = self._cluster
+            if self._release_now and self.where == c.myid:
+                c.refs.release(self.rrid, c.myid)
+            else:
+                c.refcount.queue_release(self.where, self.rrid)
+
     def _cache(self, value: Any) -> Any:
         """Keep ``value`` here (the first one wins) and release the stored copy (also when it
         is stored here: the owner frees it once no other process holds the reference); the
