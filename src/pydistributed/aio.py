@@ -15,13 +15,15 @@ then put back into the channel (at its end), so that nothing is lost.
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import refops
 from .messages import CallFetch, RemoteDo
 from .peer import ResponseSlot
+
+if TYPE_CHECKING:  # imported when first used
+    import asyncio
 
 __all__ = ["channel_op"]
 
@@ -74,6 +76,8 @@ async def channel_op(rc: Any, f: Any, args: tuple[Any, ...], put_back: bool = Fa
     Raises what the blocking method raises (``ChannelClosedError``, ``TimeoutError``,
     ``ProcessExitedException``).
     """
+    import asyncio
+
     c = rc._cluster
     loop = asyncio.get_running_loop()
     waiter = loop.create_future()

@@ -40,11 +40,14 @@ from typing import Any
 
 from . import scope
 from .cluster import current_cluster
+from .errors import CapturedException, RemoteException, capture
 from .funccache import FunctionCache
-from .futures import PENDING, defer
+from .futures import PENDING
 from .peer import ResponseSlot
 from .poolstate import PoolState
+from .refstore import Failure
 from .remoteref import Future
+from .watch import defer
 from .workerpool import AbstractWorkerPool, CachingPool, WorkerPool, default_worker_pool
 
 __all__ = ["Executor"]
@@ -282,7 +285,7 @@ class Executor(cf.Executor):
         with self._cond:
             self._in_flight -= 1
             self._cond.notify_all()
-        fut._set_outcome(ok, value)
+        _set_outcome(fut, ok, value)
 
     def _fail_queued(self, e: BaseException) -> None:
         with self._cond:
@@ -290,7 +293,7 @@ class Executor(cf.Executor):
             self._queue.clear()
         for t in tasks:
             if t.fut.set_running_or_notify_cancel():
-                t.fut._set_outcome(False, e)
+                _set_outcome(t.fut, False, e)
 
     # -- shutting down -----------------------------------------------------------------------
 
@@ -311,6 +314,22 @@ class Executor(cf.Executor):
             with self._cond:
                 while self._thread is not None or self._in_flight:
                     self._cond.wait()
+
+
+def _set_outcome(fut: Future, ok: bool, value: Any) -> None:
+    """A task is done: store its value (``ok``) or its failure (a ``RemoteException``, a
+    ``CapturedException`` of a call run here, or a local error) in its Future, which lives
+    here. Never blocks: runs on a reading thread."""
+    c = fut._cluster
+    if not ok:
+        if isinstance(value, RemoteException):
+            value = Failure(value.pid, value.captured)
+        elif isinstance(value, CapturedException):
+            value = Failure(c.myid, value)
+        else:
+            value = Failure(c.myid, capture(value))
+    fut._slot().try_put(value)
+    fut._finish(value, None, False, False)
 
 
 def _pending_future() -> Future:

@@ -31,10 +31,8 @@ the value came in a message, and on the calling thread when it came from a call 
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures as cf
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -45,13 +43,15 @@ from concurrent.futures._base import (
     PENDING,
     RUNNING,
 )
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import refops, scope
-from .cluster import current_cluster
+from . import watch
 from .errors import CapturedException, RemoteException, capture
-from .peer import ResponseSlot
 from .refstore import Failure
+from .watch import defer
+
+if TYPE_CHECKING:  # asyncio is imported when first awaited: most programs never do
+    import asyncio
 
 __all__ = [
     "CANCELLED",
@@ -62,10 +62,7 @@ __all__ = [
     "RUNNING",
     "Cancelled",
     "StandardFuture",
-    "WatchSlot",
-    "defer",
     "outcome_exception",
-    "watch_ref",
 ]
 
 log = logging.getLogger("concurrent.futures")  # where concurrent.futures logs a bad callback
@@ -109,71 +106,11 @@ def outcome_exception(failure: Failure) -> BaseException:
     return err
 
 
-# -- the thread for work that must not run on a thread reading messages ------------------------
-
-
-class _Deferred:
-    """One daemon thread per process, started on first use, that runs what was handed to it in
-    order (with the cluster binding of the thread that handed it over)."""
-
-    def __init__(self) -> None:
-        self._q: queue.SimpleQueue[tuple[Any, Callable[..., Any], tuple[Any, ...]]] = (
-            queue.SimpleQueue()
-        )
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._q.put((scope.owner(), fn, args))
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    t = threading.Thread(target=self._loop, name="pydist-futures", daemon=True)
-                    t.start()
-                    self._thread = t
-
-    def _loop(self) -> None:
-        while True:
-            owner, fn, args = self._q.get()
-            scope.state.owner = owner
-            try:
-                fn(*args)
-            except Exception:
-                log.exception("a Future's deferred work failed")
-            finally:
-                scope.state.owner = None
-                del owner, fn, args
-
-
-_deferred = _Deferred()
-defer = _deferred.submit
-
-
 def _call_back(fn: Callable[[Any], Any], fut: Any) -> None:
     try:
         fn(fut)
     except Exception:
         log.exception("exception calling callback for %r", fut)
-
-
-class WatchSlot(ResponseSlot):
-    """The answer slot of a watch: filled on the thread that reads the answer, it finishes the
-    Future (the owner answers once the value is set; a lost connection answers at once)."""
-
-    __slots__ = ("fut",)
-
-    def __init__(self, fut: StandardFuture) -> None:
-        super().__init__()
-        self.fut: StandardFuture | None = fut
-
-    def set(self, ok: bool, value: Any) -> None:
-        super().set(ok, value)
-        fut, self.fut = self.fut, None
-        if fut is not None:
-            if ok:
-                fut._finish(value, None, False, False)
-            else:
-                fut._finish(None, value, False, False)
 
 
 # -- the standard side of a Future --------------------------------------------------------------
@@ -205,12 +142,31 @@ class StandardFuture(cf.Future):  # type: ignore[type-arg]
         raise NotImplementedError
 
     def _arm(self) -> None:
-        raise NotImplementedError
+        """Start watching: learn of the value when it is set, with no thread waiting (once)."""
+        if self._armed or self._state != RUNNING:
+            return  # done, or an Executor's queued task (the Executor finishes it)
+        with self._lock:
+            if self._armed or self._state != RUNNING:
+                return
+            self._armed = True
+        watch.arm(self)
 
     def _fetch_outcome(self, timeout: float | None) -> None:
-        raise NotImplementedError
+        """Julia's fetch, which caches (and so finishes); the owner's exit finishes it too."""
+        try:
+            self.fetch(timeout)
+        except (TimeoutError, RemoteException):
+            if self._state == FINISHED:
+                return  # a failed call: its failure is cached
+            raise
+        except Exception as e:  # the owner exited: the Future failed here
+            if self._value is NOTHING:
+                self._finish(None, e)
 
     def isready(self) -> bool:
+        raise NotImplementedError
+
+    def fetch(self, timeout: float | None = None) -> Any:
         raise NotImplementedError
 
     def put(self, value: Any) -> Any:
@@ -479,6 +435,8 @@ class StandardFuture(cf.Future):  # type: ignore[type-arg]
         task has not started (an Executor's); a started call goes on, and its value is
         fetched and cached when it comes."""
         if self._state not in _FINAL:
+            import asyncio
+
             loop = asyncio.get_running_loop()
             waiter = loop.create_future()
 
@@ -496,30 +454,6 @@ class StandardFuture(cf.Future):  # type: ignore[type-arg]
             self._on_done(wake, True)
             yield from waiter
         return self.result(0)
-
-
-def watch_ref(key: tuple[int, int], caller: int, rid: int) -> None:
-    """Run on the owner by ``RemoteDo``: answer ``caller``'s request ``rid`` with the Future's
-    value once it is set (at once if it is), from the thread that sets it; nothing waits."""
-    c = current_cluster()
-
-    def answer(value: Any) -> None:
-        try:
-            peer = c.connections.get(caller)
-        except Exception:
-            return  # the watcher is gone
-        c.dispatch.reply(peer, rid, True, value)
-
-    try:
-        refops.future_slot(c, key).on_set(answer)
-    except Exception as e:
-        try:
-            c.dispatch.reply(c.connections.get(caller), rid, False, capture(e))
-        except Exception:
-            pass
-
-
-watch_ref._pydist_internal = True  # type: ignore[attr-defined]  # see dispatch.is_internal
 
 
 def _set_if_pending(waiter: asyncio.Future[Any]) -> None:

@@ -38,14 +38,10 @@ from typing import Any
 from . import aio, codec, refops
 from .cluster import Cluster, current_cluster
 from .errors import (
-    CapturedException,
     ChannelClosedError,
-    RemoteException,
-    capture,
 )
-from .futures import FINISHED, NOTHING, RUNNING, Cancelled, StandardFuture, WatchSlot, watch_ref
+from .futures import FINISHED, NOTHING, Cancelled, StandardFuture
 from .ids import RRID, check_pid
-from .messages import RemoteDo
 from .refops import raise_marker
 from .refstore import Failure, FutureSlot
 
@@ -366,60 +362,12 @@ class Future(_RemoteRef, StandardFuture):
 
     # -- the concurrent.futures side (see futures.py) -----------------------------------
 
-    def _arm(self) -> None:
-        """Start watching: learn of the value when it is set, with no thread waiting (once)."""
-        if self._armed or self._state != RUNNING:
-            return  # done, or an Executor's queued task (the Executor finishes it)
-        with self._lock:
-            if self._armed or self._state != RUNNING:
-                return
-            self._armed = True
-        c = self._cluster
-        if self.where == c.myid:
-            self._slot().on_set(self._on_stored)
-            return
-        key, me = self._key, c.myid
-        try:
-            c.calls.request(
-                self.where, lambda rid: RemoteDo(watch_ref, (key, me, rid), {}), WatchSlot(self)
-            )
-        except Exception as e:  # the owner is gone (or never was): that is the outcome
-            self._finish(None, e, True, False)
-
-    def _on_stored(self, value: Any) -> None:
-        # on the thread that set the storage here (possibly one that reads messages)
-        self._finish(value, None, False, False)
-
-    def _fetch_outcome(self, timeout: float | None) -> None:
-        try:
-            self.fetch(timeout)
-        except (TimeoutError, RemoteException):
-            if self._state == FINISHED:
-                return  # a failed call: its failure is cached
-            raise
-        except Exception as e:  # the owner exited: the Future failed here
-            if self._value is _NOTHING:
-                self._finish(None, e)
-
     def _store_cancelled(self) -> None:
         # lock held, PENDING: an Executor's Future, stored here
         value = Cancelled(self._cluster.myid)
         self._slot().try_put(value)
         self._value = value
         self._release()
-
-    def _set_outcome(self, ok: bool, value: Any) -> None:
-        """An Executor's task is done: store its value (``ok``) or its failure (a
-        ``RemoteException`` or a local error). Never blocks: runs on a reading thread."""
-        if not ok:
-            if isinstance(value, RemoteException):
-                value = Failure(value.pid, value.captured)
-            elif isinstance(value, CapturedException):
-                value = Failure(self._cluster.myid, value)
-            else:
-                value = Failure(self._cluster.myid, capture(value))
-        self._slot().try_put(value)
-        self._finish(value, None, False, False)
 
 
 class RemoteChannel(_RemoteRef):
