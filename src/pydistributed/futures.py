@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from . import watch
 from .errors import CapturedException, RemoteException, capture
 from .refstore import Failure
-from .watch import defer
+from .watch import NOT_CACHED, defer
 
 if TYPE_CHECKING:  # asyncio is imported when first awaited: most programs never do
     import asyncio
@@ -67,7 +67,7 @@ __all__ = [
 
 log = logging.getLogger("concurrent.futures")  # where concurrent.futures logs a bad callback
 
-NOTHING: Any = object()  # no value cached here (yet)
+NOTHING: Any = NOT_CACHED  # no value cached here (yet)
 
 _FINAL = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 _CANCELLED = (CANCELLED, CANCELLED_AND_NOTIFIED)

@@ -33,7 +33,9 @@ from .errors import capture
 from .messages import RemoteDo
 from .peer import ResponseSlot
 
-__all__ = ["WatchSlot", "arm", "defer", "watch_ref"]
+__all__ = ["NOT_CACHED", "WatchSlot", "arm", "defer", "watch_ref"]
+
+NOT_CACHED: Any = object()  # a Future's ``_value`` while no value is cached here
 
 log = logging.getLogger("concurrent.futures")  # where concurrent.futures logs a bad callback
 
@@ -99,8 +101,13 @@ def arm(fut: Any) -> None:
     """Start watching ``fut`` (a Future whose outcome is not known here yet): its
     ``_finish`` is called once the value is set (or the owner has gone)."""
     c = fut._cluster
+    if fut._value is not NOT_CACHED:
+        return  # cached meanwhile (by a fetch on another thread): done already
     if fut.where == c.myid:
-        fut._slot().on_set(lambda value: fut._finish(value, None, False, False))
+        # the storage lives until the value is cached here (which finishes the Future)
+        slot = c.refs.lookup(fut._key)
+        if slot is not None:
+            slot.on_set(lambda value: fut._finish(value, None, False, False))
         return
     key, me = fut._key, c.myid
     try:
