@@ -4,7 +4,7 @@ A :class:`~pydistributed.Future` *is* a ``concurrent.futures.Future`` (a subclas
 ``concurrent.futures.wait``, ``as_completed`` and ``asyncio.wrap_future`` require, since they
 use its private ``_condition``, ``_state`` and ``_waiters``), and is awaitable. This module holds
 that side, :class:`StandardFuture`; ``remoteref.py`` holds Julia's side and how a value is
-fetched or watched.
+fetched, ``watch.py`` how it is watched.
 
 States (``concurrent.futures``' own)::
 
@@ -20,6 +20,7 @@ How completion arrives, with no thread that polls::
       owner is here:   FutureSlot.on_set(...) -------------> _finish() on the putting thread
       owner elsewhere: RemoteDo(watch_ref) to the owner, which answers Result(rid, value)
                        once the value is set; the reading thread fills a WatchSlot -> _finish()
+                       (watch.py)
 
 Nothing waits on either side while a watched Future is not done: the owner keeps a callback
 on the Future's storage, this process an entry in the connection's table of pending answers.
