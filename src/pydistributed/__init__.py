@@ -19,6 +19,7 @@ from .errors import (
     ProcessExitedException,
     RemoteException,
 )
+from .executor import Executor
 from .generics import channel_from_id, fetch, isready, put, remoteref_id, take, wait
 from .ids import RRID
 from .macros import distributed, everywhere, fetchfrom, spawn, spawnat
@@ -42,6 +43,7 @@ from .processes import (
 )
 from .remotecall import remote_do, remotecall, remotecall_fetch, remotecall_wait
 from .remoteref import Future, RemoteChannel
+from .scoped import procs_added
 from .tasks import Task, async_, sync, timedwait
 from .workerpool import (
     AbstractWorkerPool,
@@ -64,6 +66,7 @@ __all__ = [
     "ClusterManager",
     "CompositeException",
     "DefaultClusterManager",
+    "Executor",
     "ExponentialBackOff",
     "Future",
     "InterruptException",
@@ -97,6 +100,7 @@ __all__ = [
     "pmap",
     "process_messages",
     "procs",
+    "procs_added",
     "put",
     "remote",
     "remote_do",

@@ -143,6 +143,29 @@ class Calls:
         cancel_with = getattr(f, "cancel_with", None)
         return self.wait_answer(peer, rid, slot, timeout, cancel_with, held)
 
+    def call_fetch_nowait(
+        self,
+        pid: int,
+        f: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        slot: ResponseSlot,
+    ) -> int:
+        """Send ``remotecall_fetch``'s request and return its response id at once: the answer
+        fills ``slot`` (``slot.set`` runs on the thread that reads it, and must not block).
+        For a process other than this one (the caller runs a call to itself its own way).
+
+        Raises:
+            pickle.PicklingError: ``f`` or an argument could not be pickled; nothing was sent.
+            ProcessExitedException: the process has exited.
+        """
+        args, kwargs = _oob_args(args, kwargs)
+        try:
+            _, rid, _ = self.request(pid, lambda rid: CallFetch(rid, f, args, kwargs), slot)
+        except _UNPICKLABLE as e:
+            raise _unpicklable(f, args, kwargs, e) from e
+        return rid
+
     def call(
         self, pid: int, rrid: RRID, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
@@ -203,16 +226,23 @@ class Calls:
 
     # -- requests and answers --------------------------------------------------------------
 
-    def request(self, pid: int, make: Callable[[int], Message]) -> tuple[Peer, int, ResponseSlot]:
-        """Send ``make(rid)`` to ``pid`` with a fresh response id; the slot its answer fills."""
-        return self.request_on(self.connections.get(pid), make)
+    def request(
+        self, pid: int, make: Callable[[int], Message], slot: ResponseSlot | None = None
+    ) -> tuple[Peer, int, ResponseSlot]:
+        """Send ``make(rid)`` to ``pid`` with a fresh response id; the slot its answer fills.
+
+        ``slot``: a slot of the caller's own (a subclass whose ``set`` acts on the answer, on
+        the thread that reads it: it must not block); a new one when None.
+        """
+        return self.request_on(self.connections.get(pid), make, slot)
 
     def request_on(
-        self, peer: Peer, make: Callable[[int], Message]
+        self, peer: Peer, make: Callable[[int], Message], slot: ResponseSlot | None = None
     ) -> tuple[Peer, int, ResponseSlot]:
         """:meth:`request` on a given connection (one not in the table yet: a joining worker)."""
         rid = self._rids.next()
-        slot = ResponseSlot()
+        if slot is None:
+            slot = ResponseSlot()
         peer.pending[rid] = slot
         try:
             peer.send(make(rid))

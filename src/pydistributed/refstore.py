@@ -20,6 +20,7 @@ ever nor free it early.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -29,6 +30,8 @@ from .errors import CapturedException, RemoteException
 from .ids import RRID
 
 __all__ = ["Failure", "FutureSlot", "RefStore"]
+
+log = logging.getLogger("pydistributed")
 
 
 class Failure:
@@ -53,14 +56,20 @@ class Failure:
 
 
 class FutureSlot:
-    """The write-once storage of a ``Future``."""
+    """The write-once storage of a ``Future``.
 
-    __slots__ = ("_cond", "_set", "_value")
+    :meth:`on_set` registers a function to call with the value once it is set (how a
+    ``Future`` waited on here, or watched from another process, learns of its value without a
+    thread that waits): it runs on the thread that sets the value, and must not block.
+    """
+
+    __slots__ = ("_callbacks", "_cond", "_set", "_value")
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._set = False
         self._value: Any = None
+        self._callbacks: list[Callable[[Any], None]] | None = None
 
     def put(self, value: Any) -> None:
         """Set the value. Raises ``RuntimeError`` if it was set already."""
@@ -75,7 +84,24 @@ class FutureSlot:
             self._value = value
             self._set = True
             self._cond.notify_all()
-            return True
+            callbacks, self._callbacks = self._callbacks, None
+        if callbacks:
+            for fn in callbacks:
+                try:
+                    fn(value)
+                except Exception:  # one bad watcher must not stop the others, nor the putter
+                    log.exception("a callback of a Future's storage failed")
+        return True
+
+    def on_set(self, fn: Callable[[Any], None]) -> None:
+        """Call ``fn(value)`` once the value is set: now, on this thread, if it is set already."""
+        with self._cond:
+            if not self._set:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return
+        fn(self._value)
 
     def isready(self) -> bool:
         """Whether the value is set. Never blocks."""

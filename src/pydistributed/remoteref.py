@@ -35,9 +35,12 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from . import codec, refops
+from . import aio, codec, refops
 from .cluster import Cluster, current_cluster
-from .errors import ChannelClosedError
+from .errors import (
+    ChannelClosedError,
+)
+from .futures import FINISHED, NOTHING, Cancelled, StandardFuture
 from .ids import RRID, check_pid
 from .refops import raise_marker
 from .refstore import Failure, FutureSlot
@@ -46,7 +49,7 @@ __all__ = ["Future", "RemoteChannel"]
 
 T = TypeVar("T")
 
-_NOTHING: Any = object()
+_NOTHING: Any = NOTHING
 
 
 class _RemoteRef:
@@ -137,9 +140,11 @@ def _new(
     """A handle object, not yet in the table of handles (every constructor comes here)."""
     obj = cls.__new__(cls)
     if isinstance(obj, Future):
-        obj._value = value
-        obj._lock = threading.Lock()
+        obj._value = _NOTHING
+        obj._lock = threading.RLock()
     obj._init(cluster, where, rrid, released)
+    if value is not _NOTHING:
+        obj._finish(value, None)  # type: ignore[attr-defined]  # new: nobody waits on it yet
     return obj
 
 
@@ -177,17 +182,24 @@ def _rebuild_fetched(where: int, whence: int, id: int, value: Any) -> Future:
         lambda: _new(Future, c, where, rrid, value=value, released=True),
     )
     if not made:
-        fut._cache(value)
+        # on the thread that reads the message: it must not wait for the Future's lock
+        fut._finish(value, None, False, False)
     return fut  # type: ignore[no-any-return]
 
 
-class Future(_RemoteRef, Generic[T]):
+class Future(_RemoteRef, StandardFuture, Generic[T]):
     """A write-once reference to a value on process ``where``.
 
     ``Future(pid=None)`` makes an empty one on ``pid`` (this process by default), to be set
     once with :meth:`put`. ``remotecall`` returns one for its result. :meth:`fetch` waits for
     the value and caches it here; the remote copy is then released (so is it after a
     :meth:`put` from here, which caches the value too).
+
+    It is also a ``concurrent.futures.Future`` (``result``, ``exception``, ``done``,
+    ``add_done_callback``, ``cancel``; ``concurrent.futures.wait`` and ``as_completed``) and
+    awaitable (``await fut``): see ``futures.py`` and ``docs/python-interop.md``. ``fetch``
+    raises ``RemoteException`` for a failed call; ``result`` raises the call's own exception,
+    with the ``RemoteException`` as its cause.
 
     Attributes:
         where: the process that stores the value.
@@ -197,7 +209,7 @@ class Future(_RemoteRef, Generic[T]):
 
     __slots__ = ("_lock", "_value")
 
-    _lock: threading.Lock
+    _lock: threading.RLock
     _value: Any
 
     def __init__(self, pid: int | None = None) -> None:
@@ -205,7 +217,7 @@ class Future(_RemoteRef, Generic[T]):
         where = c.myid if pid is None else check_pid(pid)
         rrid = RRID(c.myid, c.refcount.next_id())
         self._value = _NOTHING
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._init(c, where, rrid)
         c.refcount.register(rrid, self)
         c.refcount.add_handle(where, rrid)
@@ -226,14 +238,26 @@ class Future(_RemoteRef, Generic[T]):
     def _slot(self) -> FutureSlot:
         return refops.future_slot(self._cluster, self._key)
 
+    _release_now = False  # an Executor's: see _release
+
+    def _release(self) -> None:
+        # a value cached here. An Executor's Future (stored here) releases its storage at
+        # once (this is never a finalizer: the store's lock may be taken), so that the value
+        # does not outlive the Future; others in the flusher's next batch.
+        if not self._released:
+            self._released = True
+            c = self._cluster
+            if self._release_now and self.where == c.myid:
+                c.refs.release(self.rrid, c.myid)
+            else:
+                c.refcount.queue_release(self.where, self.rrid)
+
     def _cache(self, value: Any) -> Any:
         """Keep ``value`` here (the first one wins) and release the stored copy (also when it
-        is stored here: the owner frees it once no other process holds the reference)."""
-        with self._lock:
-            if self._value is _NOTHING:
-                self._value = value
-                self._release()  # the value lives in this handle now
-            return self._value
+        is stored here: the owner frees it once no other process holds the reference); the
+        Future is done (``futures.StandardFuture._finish``)."""
+        self._finish(value, None)
+        return self._value
 
     @staticmethod
     def _unwrap(value: Any) -> Any:
@@ -254,6 +278,13 @@ class Future(_RemoteRef, Generic[T]):
         value = self._value
         if value is _NOTHING:
             c = self._cluster
+            if self._armed:  # watched: its answer is on the way, no second request
+                if not self._wait_final(timeout):
+                    raise TimeoutError(f"{self!r} was not set within {timeout} s")
+                value = self._value
+                if value is _NOTHING:  # failed here: its owner exited
+                    raise self._exception  # type: ignore[misc]
+                return self._unwrap(value)
             if self.where == c.myid:
                 value = self._slot().fetch(timeout)
             else:
@@ -304,14 +335,16 @@ class Future(_RemoteRef, Generic[T]):
         self._cache(value)
         return self
 
-    def done(self) -> bool:
-        """Alias of :meth:`isready`."""
-        return self.isready()
-
     def _sync_wait(self, timeout: float | None = None) -> BaseException | None:
         c = self._cluster
         try:
             if self._value is not _NOTHING:
+                value = self._value
+            elif self._armed or self._state == FINISHED:
+                if not self._wait_final(timeout):
+                    raise TimeoutError(f"{self!r} was not set within {timeout} s")
+                if self._value is _NOTHING:
+                    return self._exception
                 value = self._value
             elif self.where == c.myid:
                 value = self._slot().fetch(timeout)
@@ -328,6 +361,15 @@ class Future(_RemoteRef, Generic[T]):
         if isinstance(value, Failure):
             return value.error()
         return None
+
+    # -- the concurrent.futures side (see futures.py) -----------------------------------
+
+    def _store_cancelled(self) -> None:
+        # lock held, PENDING: an Executor's Future, stored here
+        value = Cancelled(self._cluster.myid)
+        self._slot().try_put(value)
+        self._value = value
+        self._release()
 
 
 class RemoteChannel(_RemoteRef, Generic[T]):
@@ -425,6 +467,24 @@ class RemoteChannel(_RemoteRef, Generic[T]):
     def isopen(self) -> bool:
         """Whether the channel is still open."""
         return bool(self._call(refops.isopen_ch, self._key))
+
+    async def atake(self, timeout: float | None = None) -> Any:
+        """``await rc.atake()``: :meth:`take` without blocking the event loop (see ``aio.py``).
+
+        Cancelling the awaiting task cancels the take on the owner; a value it had taken
+        already is put back into the channel (at its end).
+        """
+        return await aio.channel_op(self, refops.take_ch, (timeout,), put_back=True)
+
+    async def aput(self, value: Any, timeout: float | None = None) -> RemoteChannel:
+        """``await rc.aput(v)``: :meth:`put` without blocking the event loop (see ``aio.py``)."""
+        v = value if self.where == self._cluster.myid else codec.oob(value)
+        await aio.channel_op(self, refops.put_ch, (v, timeout))
+        return self
+
+    async def afetch(self, timeout: float | None = None) -> Any:
+        """``await rc.afetch()``: :meth:`fetch` without blocking the event loop."""
+        return await aio.channel_op(self, refops.fetch_ch, (timeout,))
 
     def __iter__(self) -> Iterator[Any]:
         """Take values until the channel is closed and empty."""

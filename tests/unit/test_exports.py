@@ -68,6 +68,8 @@ REQUIRED = (
     "pmap",
     "asyncmap",
     "ExponentialBackOff",
+    # Additions for the second release
+    "Executor",
     # Cluster managers
     "ClusterManager",
     "WorkerConfig",
