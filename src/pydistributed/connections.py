@@ -35,7 +35,13 @@ from typing import Any
 
 from . import codec, sockets, tls, transport
 from .errors import AuthenticationError, ProcessExitedException, ProtocolError
-from .handshake import Session, client_handshake, server_handshake, stream_io
+from .handshake import (
+    Session,
+    VersionMismatchError,
+    client_handshake,
+    server_handshake,
+    stream_io,
+)
 from .listener import Listener
 from .managers.base import ClusterManager, WorkerConfig, overrides
 from .messages import Identify, JoinPGRP, Message
@@ -270,9 +276,21 @@ class Connections:
 
         Raises:
             AuthenticationError: the other side does not know the cookie, or is not the
-                expected process.
+                expected process; VersionMismatchError (also a LaunchError): it runs other
+                versions (Python, pydistributed, cloudpickle), named with the worker's address.
             EOFError, OSError: the connection failed or timed out.
         """
+        try:
+            return self._connect(pid, config, manager)
+        except VersionMismatchError as e:
+            where = config.connect_at or (config.host, config.port)
+            raise VersionMismatchError(
+                f"worker {pid} at {where[0]}:{where[1]} refused the connection: {e}",
+                e.output,
+                config.ospid,
+            ) from None
+
+    def _connect(self, pid: int, config: WorkerConfig, manager: ClusterManager) -> Peer:
         host, port = config.host, config.port
         if config.connect_at is not None:
             host, port = config.connect_at

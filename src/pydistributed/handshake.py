@@ -19,7 +19,9 @@ test guesses against; then they compare versions and derive keys for this connec
 ``Cc`` and ``Cs`` are 32 random bytes each; ``T = Cc | Cs | binding`` is the transcript, where
 ``binding`` names the channel the handshake runs on (empty, or the TLS certificates' digests,
 so that a proof made for one channel is worthless on another). ``info`` is a u16 length and a
-JSON object ``{"protocol": int, "python": "3.11"}`` of at most 512 bytes. The server sends its
+JSON object of at most 512 bytes, :func:`versions`: ``{"protocol": int, "python": "3.11",
+"pydistributed": "0.1.0", "cloudpickle": "3.1.1"}``; each must be the same on both sides, or
+the server refuses the client with a message that names both (``DENY``). The server sends its
 proof and its versions only to a client that has proved itself.
 
 Session keys (``Session``): ``S = HMAC(cookie, "session"|T)``; the client's frames are
@@ -48,7 +50,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import AuthenticationError
+from .errors import AuthenticationError, LaunchError
 
 __all__ = [
     "COOKIE_MAX",
@@ -58,6 +60,7 @@ __all__ = [
     "Read",
     "Session",
     "Steps",
+    "VersionMismatchError",
     "Write",
     "check_cookie",
     "client_handshake",
@@ -67,6 +70,7 @@ __all__ = [
     "server_handshake",
     "server_steps",
     "stream_io",
+    "versions",
 ]
 
 MAGIC = b"PYDIST\x00\x02"
@@ -77,7 +81,15 @@ _INFO_MAX = 512
 _REASON_MAX = 1024
 COOKIE_MAX = 64
 COOKIE_MIN = 12
+_MISMATCH = "version mismatch:"
 _PRINTABLE = set(string.printable) - set("\t\n\r\x0b\x0c")
+
+
+class VersionMismatchError(LaunchError, AuthenticationError):
+    """The two ends of a connection run different versions of Python (major.minor),
+    pydistributed, cloudpickle or the wire protocol: the side that noticed refused the
+    connection. The message names both sides' versions. A ``LaunchError`` too: ``addprocs``
+    raises it for a worker that runs other versions than the master."""
 
 
 @dataclass(frozen=True)
@@ -151,9 +163,46 @@ def _python_version() -> str:
     return f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
+def _package_version() -> str:
+    # the package's own ``__version__`` (``pydistributed/__init__.py``): that of the code this
+    # process runs, even from a copy on sys.path, where the installed metadata would tell the
+    # installed one. Looked up, not imported: a module of the package does not import its
+    # container, which is loaded whenever this module is.
+    package = sys.modules.get(__package__ or "pydistributed")
+    return str(getattr(package, "__version__", "unknown"))
+
+
+def _cloudpickle_version() -> str:
+    try:
+        import cloudpickle
+    except ImportError:  # pragma: no cover - a dependency
+        return "unknown"
+    return str(getattr(cloudpickle, "__version__", "unknown"))
+
+
+# what must be the same on both ends of a connection, and how a message names it
+_CHECKED = {
+    "protocol": "protocol",
+    "python": "Python",
+    "pydistributed": "pydistributed",
+    "cloudpickle": "cloudpickle",
+}
+
+
+def versions() -> dict[str, Any]:
+    """This process's versions, as the handshake sends them: the wire protocol, Python's
+    major.minor, pydistributed's and cloudpickle's (a worker unpickles what the master
+    pickles: they must match)."""
+    return {
+        "protocol": PROTOCOL_VERSION,
+        "python": _python_version(),
+        "pydistributed": _package_version(),
+        "cloudpickle": _cloudpickle_version(),
+    }
+
+
 def _my_info() -> bytes:
-    info = {"protocol": PROTOCOL_VERSION, "python": _python_version()}
-    data = json.dumps(info).encode()
+    data = json.dumps(versions()).encode()
     return struct.pack("!H", len(data)) + data
 
 
@@ -178,15 +227,26 @@ def _read_info() -> Generator[Read | Write, bytes | None, dict[str, Any]]:
     return info
 
 
-def _mismatch(theirs: dict[str, Any], their_side: str) -> str | None:
-    mine = {"protocol": PROTOCOL_VERSION, "python": _python_version()}
-    for key in ("protocol", "python"):
-        if theirs.get(key) != mine[key]:
-            return (
-                f"version mismatch: this process (os pid {os.getpid()}) has {key} "
-                f"{mine[key]}, the {their_side} has {key} {theirs.get(key)}"
-            )
-    return None
+def _mismatch(
+    theirs: dict[str, Any], here: str = "this process", there: str = "the peer"
+) -> str | None:
+    """None if ``theirs`` (the peer's :func:`versions`) matches ours; else a message naming
+    each version that differs, on both sides (``here``, ``there``: how it names the sides)."""
+    mine = versions()
+    diffs = [
+        (label, mine[key], theirs.get(key, "unknown"))
+        for key, label in _CHECKED.items()
+        if theirs.get(key, "unknown") != mine[key]
+    ]
+    if not diffs:
+        return None
+    ours = ", ".join(f"{label} {m}" for label, m, _ in diffs)
+    other = ", ".join(f"{label} {t}" for label, _, t in diffs)
+    return (
+        f"{_MISMATCH} {there} has {other}; {here} (os pid {os.getpid()}) has {ours} "
+        "(Python major.minor, pydistributed and cloudpickle must be the same on the master "
+        "and every worker)"
+    )
 
 
 def _session(cookie: bytes, transcript: bytes, info: dict[str, Any], client: bool) -> Session:
@@ -216,19 +276,19 @@ def client_steps(cookie: str, binding: bytes = b"") -> Steps:
     status = yield from _read(4)
     if status == b"DENY":
         (n,) = struct.unpack("!H", (yield from _read(2)))
-        reason = yield from _read(min(n, _REASON_MAX))
-        raise AuthenticationError(
-            f"connection refused by the peer: {reason.decode('utf-8', 'replace')}"
-        )
+        reason = (yield from _read(min(n, _REASON_MAX))).decode("utf-8", "replace")
+        if reason.startswith(_MISMATCH):
+            raise VersionMismatchError(reason)  # it names the side that refused
+        raise AuthenticationError(f"connection refused by the peer: {reason}")
     if status != b"OKAY":
         raise AuthenticationError("garbled handshake answer")
     proof = yield from _read(_DIGEST)
     if not hmac.compare_digest(proof, _mac(key, b"server", transcript)):
         raise AuthenticationError("the peer does not know the cluster cookie")
     info = yield from _read_info()
-    problem = _mismatch(info, "peer")
+    problem = _mismatch(info)
     if problem:
-        raise AuthenticationError(problem)
+        raise VersionMismatchError(problem)
     return _session(key, transcript, info, client=True)
 
 
@@ -257,10 +317,10 @@ def server_steps(cookie: str, binding: bytes = b"") -> Steps:
         yield _deny("authentication failed")
         raise AuthenticationError("a client failed authentication (wrong cookie)")
     info = yield from _read_info()
-    problem = _mismatch(info, "connecting client")
+    problem = _mismatch(info, "this worker", "the connecting process")
     if problem:
         yield _deny(problem)
-        raise AuthenticationError(problem)
+        raise VersionMismatchError(problem)
     yield Write(b"OKAY" + _mac(key, b"server", transcript) + _my_info())
     return _session(key, transcript, info, client=False)
 

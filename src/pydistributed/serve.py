@@ -97,11 +97,14 @@ class Server:
     def _watchdog(self) -> None:
         timeout = worker_timeout()
         if not self.joined.wait(timeout):
-            print(
-                f"pydistributed worker (pid {os.getpid()}): no master connected within "
-                f"{timeout:g} s (PYDIST_WORKER_TIMEOUT); exiting",
-                file=sys.stderr,
-            )
+            try:
+                print(
+                    f"pydistributed worker (pid {os.getpid()}): no master connected within "
+                    f"{timeout:g} s (PYDIST_WORKER_TIMEOUT); exiting",
+                    file=sys.stderr,
+                )
+            except (OSError, ValueError):  # stderr gone: an ssh session that has ended
+                pass
             self.exit(1)
 
     # -- messages from the master ------------------------------------------------------------
