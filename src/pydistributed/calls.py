@@ -132,14 +132,9 @@ class Calls:
             raise RemoteException(pid, value)
         args, kwargs = _oob_args(args, kwargs)
         held = _hold_on_main()  # a Ctrl-C from here on is handled by wait_answer
-        try:
-            peer, rid, slot = self.request(pid, lambda rid: CallFetch(rid, f, args, kwargs))
-        except _UNPICKLABLE as e:
-            _release(held)
-            raise _unpicklable(f, args, kwargs, e) from e
-        except BaseException:
-            _release(held)
-            raise
+        peer, rid, slot = self._send_call(
+            pid, f, args, kwargs, held, lambda rid: CallFetch(rid, f, args, kwargs)
+        )
         cancel_with = getattr(f, "cancel_with", None)
         return self.wait_answer(peer, rid, slot, timeout, cancel_with, held)
 
@@ -200,18 +195,35 @@ class Calls:
             return slot
         args, kwargs = _oob_args(args, kwargs)
         held = _hold_on_main()
-        try:
-            peer, rid, rslot = self.request(
-                pid, lambda rid: CallWait(rid, rrid.whence, rrid.id, f, args, kwargs)
-            )
-        except _UNPICKLABLE as e:
-            _release(held)
-            raise _unpicklable(f, args, kwargs, e) from e
-        except BaseException:
-            _release(held)
-            raise
+        peer, rid, rslot = self._send_call(
+            pid,
+            f,
+            args,
+            kwargs,
+            held,
+            lambda rid: CallWait(rid, rrid.whence, rrid.id, f, args, kwargs),
+        )
         self.wait_answer(peer, rid, rslot, held=held)
         return None
+
+    def _send_call(
+        self,
+        pid: int,
+        f: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        held: Any,
+        make: Callable[[int], Message],
+    ) -> tuple[Peer, int, ResponseSlot]:
+        """:meth:`request` of a call of ``f``; ``held`` (the caller's SIGINT hold) is released
+        if the request fails, and an unpicklable call is reported as such."""
+        try:
+            return self.request(pid, make)
+        except BaseException as e:
+            _release(held)
+            if isinstance(e, _UNPICKLABLE):
+                raise _unpicklable(f, args, kwargs, e) from e
+            raise
 
     def remote_do(self, pid: int, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Start ``f`` on ``pid`` and return at once; nobody is answered."""

@@ -13,6 +13,10 @@ def identity(x: object) -> object:
     return x
 
 
+def square(x: int) -> int:
+    return x * x
+
+
 def add(a: int, b: int = 0, *, c: int = 0) -> int:
     return a + b + c
 

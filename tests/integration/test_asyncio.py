@@ -20,6 +20,7 @@ from pydistributed import (
     remotecall_fetch,
 )
 from tests.conftest import end_workers, requests_awaiting, wait_until
+from tests.integration._helpers import sleep_then, square
 
 T = 30
 
@@ -29,15 +30,6 @@ def pids() -> Iterator[list[int]]:
     added = addprocs(2)
     yield added
     end_workers(added)
-
-
-def square(x: int) -> int:
-    return x * x
-
-
-def sleep_then(t: float, x: Any) -> Any:
-    time.sleep(t)
-    return x
 
 
 def fail() -> None:

@@ -23,6 +23,7 @@ from pydistributed import (
     wait,
 )
 from tests.conftest import end_workers, requests_awaiting, wait_until
+from tests.integration._helpers import sleep_then, square
 
 T = 30  # seconds: the bound of every blocking call here
 
@@ -32,15 +33,6 @@ def pids() -> Iterator[list[int]]:
     added = addprocs(2)
     yield added
     end_workers(added)
-
-
-def square(x: int) -> int:
-    return x * x
-
-
-def sleep_then(t: float, x: Any) -> Any:
-    time.sleep(t)
-    return x
 
 
 def fail(msg: str) -> None:
