@@ -1,4 +1,43 @@
-"""Cluster managers. ``base`` defines the interface; ``local`` and ``ssh`` implement it.
+"""Cluster managers. ``base`` defines the interface; ``local``, ``ssh``, ``slurm``, ``mpi`` and
+``elastic`` implement it.
 
-Nothing is imported here eagerly: the runtime imports ``managers.base`` alone.
+Nothing is imported here eagerly: the runtime imports ``managers.base`` alone, and a manager's
+module is imported the first time its name is looked up here
+(``from pydistributed.managers import SlurmManager``).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .base import ClusterManager as ClusterManager
+    from .base import DefaultClusterManager as DefaultClusterManager
+    from .base import WorkerConfig as WorkerConfig
+    from .local import LocalManager as LocalManager
+    from .ssh import SSHManager as SSHManager
+
+# name -> the submodule that defines it
+_WHERE = {
+    "ClusterManager": "base",
+    "WorkerConfig": "base",
+    "DefaultClusterManager": "base",
+    "LocalManager": "local",
+    "SSHManager": "ssh",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
