@@ -293,16 +293,15 @@ class Lifecycle:
             if topology == "all_to_all":
                 reachable = others
             elif topology == "custom":
-                wanted = set(config.connect_idents or ())
-                ident_of = {w.pid: w.config.ident for w in others if w.config is not None}
-                reachable = [w for w in others if ident_of.get(w.pid) in wanted]
+                reachable = [w for w in others if _connected(config, w.config)]
             else:
                 reachable = []
             table = tuple((w.pid, w.host or "", w.port or 0) for w in reachable)
             keys = tuple((w.pid, self.pair_key(pid, w.pid)) for w in reachable)
-            # the others learn the new worker (all_to_all), or only the secret with which it
-            # proves itself when it connects to them (custom)
-            added = ((pid, info.host or "", info.port or 0),) if topology == "all_to_all" else ()
+            # the others it may talk to learn the new worker's address and the secret with
+            # which each side proves itself: whichever has the higher id dials (peerlinks.py),
+            # and ids are not given in the order in which workers are admitted here
+            added = ((pid, info.host or "", info.port or 0),)
             for w in reachable:
                 key = ((pid, self.pair_key(w.pid, pid)),)
                 self.connections.send_quietly(w.pid, PeerUpdate(added=added, keys=key))
@@ -468,3 +467,13 @@ class Lifecycle:
             info.exited.wait(max(0.0, deadline - time.monotonic()))
         for info in infos:
             end_process(info.process, grace=max(0.05, deadline - time.monotonic()))
+
+
+def _connected(a: WorkerConfig, b: WorkerConfig | None) -> bool:
+    """Custom topology: workers ``a`` and ``b`` are connected when either lists the other's
+    ``ident`` in its ``connect_idents`` (whichever joined first)."""
+    if b is None:
+        return False
+    return (b.ident is not None and b.ident in (a.connect_idents or ())) or (
+        a.ident is not None and a.ident in (b.connect_idents or ())
+    )

@@ -22,6 +22,7 @@ message            header                     meaning
 ``Exit``           -                          exit now (``rmprocs``)
 ``Ping``           nonce                      are you there? (the heartbeat)
 ``Pong``           nonce                      yes: the answer to a ``Ping``
+``DialMe``         pid                        have worker ``pid`` connect to the sender
 =================  =========================  ==========================================
 """
 
@@ -35,6 +36,7 @@ __all__ = [
     "Call",
     "CallFetch",
     "CallWait",
+    "DialMe",
     "Exit",
     "Identify",
     "Interrupt",
@@ -202,6 +204,16 @@ class Pong(Message):
     nonce: int
 
 
+@dataclass(frozen=True, slots=True)
+class DialMe(Message):
+    """A worker to the master: have worker ``pid`` (a higher id) connect to me; the master to
+    that worker: connect to worker ``pid`` (``peerlinks.py``)."""
+
+    TAG: ClassVar[int] = 15
+    HEADER: ClassVar[tuple[str, ...]] = ("pid",)
+    pid: int
+
+
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.TAG: cls
     for cls in (
@@ -219,5 +231,6 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         Exit,
         Ping,
         Pong,
+        DialMe,
     )
 }

@@ -14,6 +14,7 @@ from pydistributed.messages import (
     Call,
     CallFetch,
     CallWait,
+    DialMe,
     Exit,
     Identify,
     Interrupt,
@@ -42,6 +43,7 @@ SAMPLES = [
     Exit(),
     Ping(7),
     Pong(7),
+    DialMe(3),
 ]
 
 
