@@ -51,6 +51,7 @@ from .connections import Connections
 from .messages import Ping
 from .registry import Registry
 from .sockets import link_silence
+from .timeouts import link_timeout
 
 __all__ = ["Heartbeat", "link_timeout", "settings"]
 
@@ -58,7 +59,6 @@ log = logging.getLogger("pydistributed")
 
 _DEFAULT_INTERVAL = 5.0
 _DEFAULT_AFTER = 60.0
-_DEFAULT_LINK_TIMEOUT = 8.0
 _LINK_TICK = 0.5
 
 
@@ -76,11 +76,6 @@ def settings() -> tuple[float, float, str]:
         policy = "warn"
     interval = _seconds("PYDIST_HEARTBEAT", _DEFAULT_INTERVAL)
     return interval, _seconds("PYDIST_UNRESPONSIVE_AFTER", _DEFAULT_AFTER), policy
-
-
-def link_timeout() -> float:
-    """``PYDIST_LINK_TIMEOUT`` in seconds (0: links are not checked)."""
-    return _seconds("PYDIST_LINK_TIMEOUT", _DEFAULT_LINK_TIMEOUT)
 
 
 class Heartbeat:

@@ -28,6 +28,7 @@ __all__ = [
     "connect_local",
     "connect_tcp",
     "is_loopback",
+    "kept_alive",
     "link_silence",
     "listen_local",
     "listen_tcp",
@@ -63,6 +64,18 @@ def set_socket_options(sock: socket.socket, *, remote: bool = False) -> None:
             for name, value in KEEPALIVE.items():
                 if hasattr(socket, name):
                     sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+def kept_alive(sock: Any) -> bool:
+    """Whether ``sock`` is a TCP socket with keepalive (a link that may cross a network)."""
+    try:
+        return bool(
+            sock is not None
+            and sock.family in (socket.AF_INET, socket.AF_INET6)
+            and sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        )
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def link_silence(sock: Any) -> float | None:

@@ -7,6 +7,7 @@ worker that is only busy (a C call holding the GIL) is not taken for dead."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import socket
@@ -55,6 +56,20 @@ def cut(netns: NetnsHosts, index: int, how: str) -> Iterator[None]:
         except BaseException:
             _run("ip", "netns", "exec", name, "nft", "delete", "table", "inet", table)
             raise
+    elif how == "nft-here":
+        # on this side: what the host sends arrives here and is dropped, unacknowledged
+        address = netns.addresses[index]
+        _run("nft", "add", "table", "inet", table)
+        try:
+            for hook, match in (("input", "saddr"), ("output", "daddr")):
+                _run(
+                    "nft", "add", "chain", "inet", table, hook,
+                    f"{{ type filter hook {hook} priority 0 ; policy accept ; }}",
+                )  # fmt: skip
+                _run("nft", "add", "rule", "inet", table, hook, "ip", match, address, "drop")
+        except BaseException:
+            _run("nft", "delete", "table", "inet", table)
+            raise
     else:
         _run("ip", "link", "set", veth, "down")
     try:
@@ -62,6 +77,8 @@ def cut(netns: NetnsHosts, index: int, how: str) -> Iterator[None]:
     finally:
         if how == "nft":
             _run("ip", "netns", "exec", name, "nft", "delete", "table", "inet", table)
+        elif how == "nft-here":
+            _run("nft", "delete", "table", "inet", table)
         else:
             _run("ip", "link", "set", veth, "up")
 
@@ -109,8 +126,10 @@ def test_idle_link_cut(
 ) -> None:
     on1, on2 = two_hosts
     (w2,) = on2
+    client = _ssh_client(w2)
     with cut(netns_hosts, 1, how):
         took = _wait_removed(w2, LINK_TIMEOUT + SLACK)
+        assert wait_gone(client, 10), f"the ssh client {client} of a cut worker still runs"
         print(f"\nFIGURE idle {how}: removed {took:.2f} s after the cut")
         with pytest.raises(ProcessExitedException):
             remotecall_fetch(os.getpid, w2)
@@ -118,12 +137,26 @@ def test_idle_link_cut(
     assert [remotecall_fetch(lambda: 3, p) for p in on1] == [3, 3]
 
 
-@pytest.mark.parametrize("how", ["nft", "link"])
+def _ssh_client(pid: int) -> int:
+    """The os pid of the local ssh client of SSH worker ``pid``."""
+    from pydistributed.cluster import current_cluster
+
+    info = current_cluster().registry.get(pid)
+    assert info is not None and info.process is not None
+    return int(info.process.pid)
+
+
+# With a call in flight the cut is an nft rule only: on this machine kind, `ip link set up`
+# of the cut host's bridge port sometimes stays in uninterruptible sleep while this process
+# holds a socket with unacknowledged data across that port (seen 3 times in ~25 runs; it
+# returned when the test process was killed), which would hang the test, not the library.
+@pytest.mark.parametrize("how", ["nft"])
 def test_cut_with_calls_in_flight(
     netns_hosts: NetnsHosts, two_hosts: tuple[list[int], list[int]], how: str
 ) -> None:
     on1, on2 = two_hosts
     (w2,) = on2
+    client = _ssh_client(w2)
     running = remotecall(time.sleep, w2, 60)  # sent and acknowledged: the link is idle
     time.sleep(0.3)
     with cut(netns_hosts, 1, how):
@@ -144,7 +177,39 @@ def test_cut_with_calls_in_flight(
         assert took < LINK_TIMEOUT + SLACK, took
         # the send that raised may be a moment ahead of the worker's deregistration
         _wait_removed(w2, 2)
+        # its ssh session, stuck on the dead link, is ended too (KILL_WAIT after it left)
+        assert wait_gone(client, 10), f"the ssh client {client} of a cut worker still runs"
     assert [remotecall_fetch(lambda: 4, p) for p in on1] == [4, 4]
+
+
+def test_a_worker_cut_off_while_sending_exits(
+    netns_hosts: NetnsHosts, two_hosts: tuple[list[int], list[int]]
+) -> None:
+    """The worker side: its master's kernel no longer acknowledges what it sends (a large
+    result; the cut is on the master's side, so the worker's packets leave its host): it closes
+    the master's connection and exits within PYDIST_LINK_TIMEOUT, instead of retransmitting for
+    ~15 minutes."""
+    on1, on2 = two_hosts
+    (w2,) = on2
+    ospid = remotecall_fetch(os.getpid, w2)
+
+    def result_later() -> bytes:
+        time.sleep(1.0)
+        return b"r" * (64 << 20)
+
+    # remotecall_fetch: the worker sends the result by itself when it is ready (after the cut)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    fut = pool.submit(remotecall_fetch, result_later, w2)
+    time.sleep(0.3)  # the call has arrived (and was acknowledged) before the cut
+    with cut(netns_hosts, 1, "nft-here"):
+        start = time.monotonic()
+        with pytest.raises(ProcessExitedException):
+            fut.result(timeout=LINK_TIMEOUT + SLACK + 5)
+        pool.shutdown()
+        assert wait_gone(ospid, LINK_TIMEOUT + SLACK + 2), "the cut-off worker still runs"
+        took = time.monotonic() - start
+        print(f"\nFIGURE worker cut off while sending: exited {took:.2f} s after the cut")
+    assert [remotecall_fetch(lambda: 5, p) for p in on1] == [5, 5]
 
 
 def test_pmap_with_retries_completes_on_the_other_host(
