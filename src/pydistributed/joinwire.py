@@ -103,6 +103,11 @@ def _handshake(sock: socket.socket, host: str, port: int, cookie: str) -> Link:
         session = client_handshake(read_exact, write, cookie, binding)
     except AuthenticationError:
         raise
+    except TimeoutError:
+        raise JoinError(
+            f"the master at {host}:{port} did not answer the handshake within "
+            f"{HANDSHAKE_TIMEOUT:g} s"
+        ) from None
     except (OSError, EOFError) as e:
         raise JoinError(
             f"the master at {host}:{port} closed the connection during the handshake: {e}"

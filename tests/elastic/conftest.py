@@ -61,6 +61,8 @@ class Joiner:
             cmd += ["--cookie-file", str(path)]
         elif how == "stdin":
             stdin = subprocess.PIPE
+        elif how != "none":
+            raise ValueError(f"how: env, file, stdin or none, not {how!r}")
         err = open(self.tmp / f"stderr{self._n}", "wb")
         try:
             proc = subprocess.Popen(

@@ -129,6 +129,12 @@ class ElasticManager(ClusterManager):
         with self._lock:
             return sorted(self._active)
 
+    @property
+    def refused(self) -> int:
+        """How many connections to it were refused before they proved the cookie (a wrong
+        cookie, other versions, garbage, too slow)."""
+        return self._listener.refused
+
     def join_command(self, exename: str | None = None) -> str:
         """The shell command that starts a worker which joins through this manager (Julia's
         ``get_connect_cmd``). The cookie is not in it: give it in ``PYDIST_COOKIE``, a file
