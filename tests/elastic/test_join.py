@@ -33,6 +33,11 @@ def _other() -> int:
     return myid()
 
 
+def _hold_the_gil(path: str) -> int:
+    open(path, "w").close()
+    return sum(range(10**14))  # C code that never lets go of the GIL
+
+
 @pytest.mark.parametrize("how", ["env", "file", "stdin"])
 def test_join_with_the_cookie(elastic: ElasticManager, joiner: Joiner, how: str) -> None:
     proc = joiner.start(address(elastic), how=how)
@@ -135,3 +140,16 @@ def test_bad_arguments() -> None:
         ElasticManager("127.0.0.1", 70000)
     with pytest.raises(ValueError, match="topology"):
         ElasticManager("127.0.0.1", 0, topology="ring")
+
+
+def test_rmprocs_of_a_worker_stuck_holding_the_gil(elastic: ElasticManager, joiner: Joiner) -> None:
+    """No local process to kill: rmprocs closes the connection, and the worker's watchdog
+    (serve.py) kills it, though no thread of its own can run."""
+    proc = joiner.start(address(elastic))
+    (pid,) = wait_for_workers(1, 60)
+    started = joiner.tmp / "started"
+    remotecall(_hold_the_gil, pid, str(started))
+    wait_until(started.exists, 30, what="the call to start")
+    rmprocs(pid, waitfor=2)  # exit message, interrupt, then its connection closed
+    assert pid not in workers()
+    assert proc.wait(timeout=30) == -signal.SIGKILL
