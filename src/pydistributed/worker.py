@@ -138,6 +138,7 @@ def _join(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             cookie = _stdin_cookie()
     except OSError as e:
         parser.error(f"cannot read the cookie: {e}")
+    os.environ.pop("PYDIST_COOKIE", None)  # not for the processes this worker starts
     from pydistributed.joinworker import join_master
 
     try:

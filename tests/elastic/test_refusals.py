@@ -100,6 +100,15 @@ def test_bad_input(joiner: Joiner, target: str, cookie: str | None, message: str
     assert message in stderr_of(bad)
 
 
+def test_no_cookie(joiner: Joiner, tmp_path: object) -> None:
+    bad = joiner.start("127.0.0.1:1", how="none")  # no PYDIST_COOKIE, stdin empty
+    assert bad.wait(timeout=30) == 2
+    assert "no cookie" in stderr_of(bad) and "standard input is empty" in stderr_of(bad)
+    missing = joiner.start("127.0.0.1:1", how="none", args=("--cookie-file", "/nonexistent/c"))
+    assert missing.wait(timeout=30) == 2
+    assert "cannot read the cookie" in stderr_of(missing)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
