@@ -323,6 +323,17 @@ class Connections:
         macs = None if secure else session_macs(session)
         return self._make(instream, outstream, pid, sock, session, macs)
 
+    def adopt(
+        self, pid: int | None, reader: Any, writer: Any, session: Session, *, secure: bool = False
+    ) -> Peer:
+        """A Peer over a connection that has passed its handshake already, not yet reading: the
+        link an elastic worker dialed (``managers/elastic.py``, ``joinwire.py``), on either
+        side. ``secure``: TLS carries it (its frames need no MAC)."""
+        sock = getattr(writer, "sock", None)
+        return self._make(
+            reader, writer, pid, sock, session, None if secure else session_macs(session)
+        )
+
     def _make(
         self,
         reader: Any,

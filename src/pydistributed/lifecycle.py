@@ -96,6 +96,11 @@ class Lifecycle:
         lo, hi = min(a, b), max(a, b)
         return hmac.digest(self._pair_secret, f"pair {lo} {hi}".encode(), "sha256")
 
+    @property
+    def lazy(self) -> bool:
+        """Whether the workers there are connect to each other lazily."""
+        return self._lazy
+
     def _check_master(self) -> None:
         if self.registry.myid != 1:
             raise RuntimeError("Only process 1 can add and remove workers")
@@ -284,7 +289,13 @@ class Lifecycle:
     ) -> int:
         """Connect to a launched worker, send it ``JoinPGRP``, wait for it to join."""
         pid = self.registry.assign_pid()
-        peer = self.connections.connect(pid, config, manager)
+        # a manager whose workers dial in (ElasticManager) hands over their authenticated link
+        linked = getattr(manager, "authenticated_link", None)
+        link = linked(config) if callable(linked) else None
+        if link is not None:
+            peer = self.connections.adopt(pid, *link[:3], secure=link[3])
+        else:
+            peer = self.connections.connect(pid, config, manager)
         info = WorkerInfo(pid, config.bind_addr or config.host, config.port, config, manager)
         topology = params["topology"]
         with self._join_lock:

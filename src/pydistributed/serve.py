@@ -83,16 +83,28 @@ class Server:
         self.address: tuple[str, int] | None = None
         self.joined = threading.Event()
 
-    def serve(self, bind_host: str, port: int, out: Any) -> NoReturn:
-        """Listen, print the banner on ``out``, and serve calls forever (a worker's main)."""
+    def serve(
+        self,
+        bind_host: str,
+        port: int,
+        out: Any,
+        announce: Callable[[tuple[str, int]], None] | None = None,
+    ) -> NoReturn:
+        """Listen, print the banner on ``out``, and serve calls forever (a worker's main).
+
+        ``announce``, if given, tells the master the address instead of the banner (a worker
+        that dialed its master: ``joinworker.py``)."""
         self.address = self.connections.listen(bind_host, port)
         threading.Thread(target=self._watchdog, name="pydist-watchdog", daemon=True).start()
         self.refcount.ensure_flusher()
         if threading.current_thread() is threading.main_thread():
             self.executor.install_sigint_handler()
-        host, port = self.address
-        out.write(f"pydist_worker:{port}#{host}\n")
-        out.flush()
+        if announce is not None:
+            announce(self.address)
+        else:
+            host, port = self.address
+            out.write(f"pydist_worker:{port}#{host}\n")
+            out.flush()
         self.executor.run_main()
         raise AssertionError("unreachable")
 

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from .base import ClusterManager as ClusterManager
     from .base import DefaultClusterManager as DefaultClusterManager
     from .base import WorkerConfig as WorkerConfig
+    from .elastic import ElasticManager as ElasticManager
+    from .elastic import wait_for_workers as wait_for_workers
     from .local import LocalManager as LocalManager
     from .ssh import SSHManager as SSHManager
 
@@ -25,6 +27,8 @@ _WHERE = {
     "DefaultClusterManager": "base",
     "LocalManager": "local",
     "SSHManager": "ssh",
+    "ElasticManager": "elastic",
+    "wait_for_workers": "elastic",
 }
 
 __all__ = sorted(_WHERE)
