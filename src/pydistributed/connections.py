@@ -39,6 +39,7 @@ from .handshake import (
     Session,
     VersionMismatchError,
     client_handshake,
+    identity_proof,
     server_handshake,
     stream_io,
 )
@@ -69,12 +70,6 @@ def session_macs(session: Session) -> Macs:
 def read_first(reader: Any, mac_in: transport.FrameMac | None) -> Message:
     """The first message of an authenticated incoming connection (small: bounded)."""
     return codec.decode(transport.read_message(reader, _FIRST_MESSAGE_LIMIT, None, mac_in))
-
-
-def identity_proof(key: bytes, transcript: bytes) -> bytes:
-    """What a worker sends in ``Identify``: proof that it knows the secret it shares with the
-    worker it connects to, bound to this connection's handshake."""
-    return hmac.digest(key, b"identify" + transcript, "sha256")
 
 
 def authenticate_incoming(reader: Any, writer: Any, cookie: str) -> tuple[Message, Session, Macs]:

@@ -17,19 +17,33 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .errors import ProcessExitedException
-from .managers.base import WorkerConfig
-from .messages import DialMe, Identify
+from .handshake import identity_proof
+from .managers.base import ClusterManager, WorkerConfig
+from .messages import DialMe, Identify, Message
 from .peer import Peer
-
-if TYPE_CHECKING:
-    from .connections import Connections
+from .registry import Registry
 
 __all__ = ["PeerLinks"]
 
 log = logging.getLogger("pydistributed")
+
+
+class Connections(Protocol):
+    """What this module needs of ``connections.Connections`` (which sits above it)."""
+
+    registry: Registry
+    manager: ClusterManager
+
+    def get(self, pid: int) -> Peer: ...
+    def lookup(self, pid: int) -> Peer | None: ...
+    def install(self, pid: int, peer: Peer) -> Peer: ...
+    def start(self, peer: Peer, *, thread: bool = True) -> None: ...
+    def connect(self, pid: int, config: WorkerConfig, manager: ClusterManager) -> Peer: ...
+    def send_quietly(self, pid: int, msg: Message) -> None: ...
+    def wait_installed(self, pid: int, timeout: float) -> Peer | None: ...
 
 
 class PeerLinks:
@@ -85,8 +99,6 @@ class PeerLinks:
         if key is None:
             raise ValueError(f"process {c.registry.myid} has no key to prove itself to {pid}")
         peer = c.connect(pid, config, c.manager)
-        from .connections import identity_proof
-
         peer.send(Identify(c.registry.myid, identity_proof(key, peer.transcript)))
         kept = c.install(pid, peer)
         if kept is not peer:
