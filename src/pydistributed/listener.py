@@ -37,7 +37,7 @@ from typing import Any
 
 from . import sockets, tls
 from .errors import AuthenticationError
-from .handshake import Read, Session, Steps, Write, server_steps
+from .handshake import Read, Session, Steps, VersionMismatchError, Write, server_steps
 
 __all__ = ["DEADLINE", "MAX_PENDING", "Listener"]
 
@@ -110,6 +110,8 @@ class Listener:
         self._quiet_until = 0.0  # refusals are logged at most once a second, with a count
         self._unlogged = 0
         self._closed = False
+        # told why, when a client that proved the cookie was refused for its versions
+        self.on_version_mismatch: Callable[[str], None] | None = None
 
     def add(self, sock: socket.socket, *, local: bool) -> None:
         """Accept connections on the listening socket ``sock`` (``local``: the Unix twin)."""
@@ -185,6 +187,8 @@ class Listener:
                         self._receive(p)
             except (AuthenticationError, OSError, EOFError) as e:
                 self._drop(p, str(e))
+                if isinstance(e, VersionMismatchError) and self.on_version_mismatch is not None:
+                    self.on_version_mismatch(str(e))
         now = time.monotonic()
         for p in [p for p in self._pending.values() if p.deadline <= now]:
             self._drop(p, f"no handshake within {DEADLINE:g} s")

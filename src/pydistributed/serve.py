@@ -95,6 +95,8 @@ class Server:
         ``announce``, if given, tells the master the address instead of the banner (a worker
         that dialed its master: ``joinworker.py``)."""
         self.address = self.connections.listen(bind_host, port)
+        if self.connections.listener is not None:
+            self.connections.listener.on_version_mismatch = self._refused_versions
         threading.Thread(target=self._watchdog, name="pydist-watchdog", daemon=True).start()
         self.refcount.ensure_flusher()
         if threading.current_thread() is threading.main_thread():
@@ -107,6 +109,22 @@ class Server:
             out.flush()
         self.executor.run_main()
         raise AssertionError("unreachable")
+
+    def _refused_versions(self, problem: str) -> None:
+        """A process that knows the cookie connected with other versions: a worker that no
+        master has joined yet cannot serve the one that started it, so it exits now (its
+        message goes to the master's error) instead of after PYDIST_WORKER_TIMEOUT."""
+        if self.joined.is_set():
+            return
+        try:
+            print(
+                f"pydistributed worker (pid {os.getpid()}): refused the process that connected "
+                f"with the cookie: {problem}; exiting",
+                file=sys.stderr,
+            )
+        except (OSError, ValueError):
+            pass
+        self.exit(1)
 
     def _watchdog(self) -> None:
         timeout = worker_timeout()
