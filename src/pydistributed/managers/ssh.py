@@ -309,7 +309,7 @@ class SSHManager(ClusterManager):
         )
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         try:
-            proc.stdin.write(stdin_payload(env, params["cookie"]))
+            proc.stdin.write(stdin_payload(env, params["cookie"], shell))
             proc.stdin.close()
         except OSError:
             pass  # the session ended at once; its stderr says why
