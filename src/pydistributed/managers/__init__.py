@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .base import DefaultClusterManager as DefaultClusterManager
     from .base import WorkerConfig as WorkerConfig
     from .local import LocalManager as LocalManager
+    from .slurm import SlurmManager as SlurmManager
     from .ssh import SSHManager as SSHManager
 
 # name -> the submodule that defines it
@@ -25,6 +26,7 @@ _WHERE = {
     "DefaultClusterManager": "base",
     "LocalManager": "local",
     "SSHManager": "ssh",
+    "SlurmManager": "slurm",
 }
 
 __all__ = sorted(_WHERE)
