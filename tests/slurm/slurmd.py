@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "srun", "squeue", "scancel")
+DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd")
+CLIENTS = ("srun", "squeue", "scancel", "sbatch", "salloc", "sinfo", "scontrol")
 CPUS = 2  # what the node declares (this machine's count; srun --overcommit goes beyond)
 
 
@@ -29,9 +30,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def which(name: str) -> str | None:
+    """``name`` on PATH, or in the sbin directories (where Debian puts the daemons)."""
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    return shutil.which(name, path=path)
+
+
 def why_no_slurm() -> str | None:
     """Why the daemons cannot start here (None: they can be tried)."""
-    missing = [d for d in DAEMONS if shutil.which(d) is None]
+    missing = [d for d in DAEMONS + CLIENTS if which(d) is None]
     if missing:
         return (
             f"no {', '.join(missing)} on PATH "
@@ -75,7 +82,7 @@ class SlurmCluster:
         for sub in ("state", "spool"):
             (d / sub).mkdir()
         subprocess.run(
-            ["mungekey", "-c", "-k", str(m / "munge.key")],
+            [str(which("mungekey")), "-c", "-k", str(m / "munge.key")],
             check=True,
             capture_output=True,
             timeout=30,
@@ -83,7 +90,7 @@ class SlurmCluster:
         self._spawn(
             "munged",
             [
-                "munged",
+                str(which("munged")),
                 "-F",
                 f"--socket={m}/munge.socket.2",
                 f"--key-file={m}/munge.key",
@@ -95,8 +102,8 @@ class SlurmCluster:
         self._wait_for(lambda: (m / "munge.socket.2").exists(), "munged's socket", 20)
         self.ctl_port, self.d_port = free_port(), free_port()
         self.write_conf()
-        self._spawn("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])
-        self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf)])
+        self._spawn("slurmctld", [str(which("slurmctld")), "-D", "-f", str(self.conf)])
+        self._spawn("slurmd", [str(which("slurmd")), "-D", "-f", str(self.conf)])
         self._wait_for(self.idle, "the node to become idle", timeout)
 
     def write_conf(self, extra: str = "") -> None:

@@ -6,6 +6,7 @@ ever, which is how the tests make a job that stays pending.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -169,15 +170,21 @@ def test_job_cancelled_while_pending_is_one_clear_error(clean: SlurmCluster) -> 
     assert workers() == [1]
 
 
-def test_scancel_from_outside_removes_the_workers(clean: SlurmCluster) -> None:
+def test_scancel_from_outside_removes_the_workers(
+    clean: SlurmCluster, caplog: pytest.LogCaptureFixture
+) -> None:
     pids = addprocs(SlurmManager(2, timeout=60))
     job = _job_of(pids[0])
     pending = remotecall(time.sleep, pids[0], 60)
-    assert clean.run("scancel", job).returncode == 0
-    with pytest.raises(ProcessExitedException):
-        pending.fetch(timeout=30)
-    wait_until(lambda: workers() == [1], timeout=30, what="the workers to leave")
-    assert clean.wait_no_jobs(20) == []
+    with caplog.at_level(logging.WARNING, logger="pydistributed.slurm"):
+        assert clean.run("scancel", job).returncode == 0
+        with pytest.raises(ProcessExitedException):
+            pending.fetch(timeout=30)
+        wait_until(lambda: workers() == [1], timeout=30, what="the workers to leave")
+        assert clean.wait_no_jobs(20) == []
+        # the job's end is told, with what srun said of it
+        wait_until(lambda: f"Slurm job {job} of workers" in caplog.text, timeout=20)
+    assert "CANCELLED" in caplog.text or "cancel" in caplog.text.lower(), caplog.text
 
 
 def test_the_masters_exit_cancels_the_job(clean: SlurmCluster, tmp_path: Path) -> None:

@@ -94,10 +94,12 @@ class _Job:
         self.outs: dict[int, tuple[IO[bytes], IO[bytes]]] = {}  # task -> (stdout w, stderr w)
         self.early: dict[int, list[str]] = collections.defaultdict(list)  # before the banner
         self.messages: collections.deque[str] = collections.deque(maxlen=40)  # srun's own
-        self.pids: set[int] = set()
+        self.pids: set[int] = set()  # its workers in the cluster
+        self.all_pids: set[int] = set()  # every worker it gave
         self.joined = 0
         self.launched = False
         self.ended = False
+        self.cancelled = False  # we cancelled it (or ended srun)
         self.readers = [
             threading.Thread(target=self._read, args=(proc.stdout, 1), daemon=True),
             threading.Thread(target=self._read, args=(proc.stderr, 2), daemon=True),
@@ -148,6 +150,21 @@ class _Job:
                 except OSError:
                     pass
             self.cond.notify_all()
+            unexpected = fd == 2 and self.launched and not self.cancelled
+        if unexpected:  # not our doing: the scheduler's (time limit, preemption) or scancel's
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            if self.proc.returncode == 0 or self.cancelled:
+                return  # every worker exited (rmprocs), or we cancelled meanwhile
+            log.warning(
+                "the Slurm job %s of workers %s ended (srun exited with code %s): %s",
+                self.job_id or "(unknown)",
+                sorted(self.all_pids),
+                self.proc.returncode,
+                self.srun_error() or "no message from srun",
+            )
 
     def _open(self, task: int, banner: str) -> tuple[IO[bytes], IO[bytes]]:
         """Task ``task`` reported: a pipe for its stdout and one for its stderr (cond held)."""
@@ -204,6 +221,7 @@ class _Job:
         except subprocess.TimeoutExpired:
             pass
         if self.proc.poll() is None:
+            self.cancelled = True
             target = self.target()
             if target is not None:
                 cancel(target, self.env)
@@ -363,6 +381,8 @@ class SlurmManager(ClusterManager):
         except BaseException:
             job.end()
             raise
+        if job.job_id is None:  # started before the first look at the queue
+            job.job_id = job_state(name, None, env).job_id
         with job.cond:
             job.launched = True
             left = not job.pids and job.joined >= self.n  # every worker left already
@@ -486,6 +506,7 @@ class SlurmManager(ClusterManager):
         if op == "register":
             with job.cond:
                 job.pids.add(pid)
+                job.all_pids.add(pid)
                 job.joined += 1
         elif op == "deregister":
             with job.cond:
