@@ -213,3 +213,45 @@ def test_the_masters_exit_cancels_the_job(clean: SlurmCluster, tmp_path: Path) -
     assert clean.wait_no_jobs(20) == []
     for p in ospids:
         wait_until(lambda p=p: not Path(f"/proc/{p}").exists(), timeout=20, interval=0.1)
+
+
+def test_a_worker_that_cannot_start_is_one_clear_error(clean: SlurmCluster) -> None:
+    with pytest.raises(SlurmLaunchError, match="srun exited") as info:
+        addprocs(SlurmManager(2, timeout=60), exename="/nonexistent/python3")
+    assert "/nonexistent/python3" in str(info.value) + info.value.output
+    assert workers() == [1]
+
+
+def test_a_killed_master_leaves_no_job(clean: SlurmCluster, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "master.py"
+    script.write_text(
+        "import os, time\n"
+        "from pydistributed import addprocs, remotecall_fetch\n"
+        "from pydistributed.managers import SlurmManager\n"
+        "pids = addprocs(SlurmManager(2, timeout=60))\n"
+        "print(*[remotecall_fetch(os.getpid, p) for p in pids], flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ospids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(ospids) == 2
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    # its workers see the connection drop and exit; the tasks end, and with them the job
+    for p in ospids:
+        wait_until(lambda p=p: not Path(f"/proc/{p}").exists(), timeout=60, interval=0.1)
+    assert clean.wait_no_jobs(30) == []
