@@ -24,18 +24,15 @@ reaped; a master that exits cancels whatever is left.
 
 from __future__ import annotations
 
-import atexit
-import collections
 import logging
 import os
-import re
 import secrets
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import IO, Any
+from typing import Any
 
 from ..timeouts import deadline, remaining, worker_timeout
 from .base import ClusterManager, WorkerConfig
@@ -44,12 +41,11 @@ from .slurmjob import (
     JobState,
     SlurmLaunchError,
     SlurmTimeoutError,
-    cancel,
     job_state,
     scontrol_state,
     srun_command,
-    step_id,
 )
+from .slurmsrun import SrunJob, TaskStreams, live
 
 __all__ = ["SlurmLaunchError", "SlurmManager", "SlurmTimeoutError"]
 
@@ -62,8 +58,6 @@ _BLAS_VARS = (
     "VECLIB_MAXIMUM_THREADS",
     "NUMEXPR_NUM_THREADS",
 )
-_LABELLED = re.compile(r"^\s*(\d+): ?(.*)$", re.S)
-_QUEUED = re.compile(r"\bjob (\d+) queued\b")
 _POLL = 2.0  # seconds between two looks at the queue
 DEFAULT_TIMEOUT = 300.0  # a queue is slower than a process: at least 5 minutes
 CONTROLLER_TIMEOUT = 60.0  # the most a controller may stay silent while we wait
@@ -73,191 +67,6 @@ _GRACE = 3.0  # how long srun may take to end once its last worker left, before 
 def default_timeout() -> float:
     """The larger of 300 s and ``PYDIST_WORKER_TIMEOUT``."""
     return max(DEFAULT_TIMEOUT, worker_timeout())
-
-
-class _Task:
-    """Stands for one task's process in its ``WorkerConfig``: its stderr, to be relayed."""
-
-    def __init__(self, stderr: IO[bytes]) -> None:
-        self.stderr = stderr
-
-
-class _Job:
-    """One ``srun`` and what it printed: per-task pipes, banners, srun's own messages."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], name: str, n: int, env: dict[str, str]):
-        self.proc, self.name, self.n, self.env = proc, name, n, env
-        self.in_job = os.environ.get("SLURM_JOB_ID") or None  # the allocation we run in
-        self.job_id: str | None = self.in_job
-        self.cond = threading.Condition()
-        self.banners: dict[int, str] = {}  # task -> its banner line
-        self.outs: dict[int, tuple[IO[bytes], IO[bytes]]] = {}  # task -> (stdout w, stderr w)
-        self.early: dict[int, list[str]] = collections.defaultdict(list)  # before the banner
-        self.messages: collections.deque[str] = collections.deque(maxlen=40)  # srun's own
-        self.pids: set[int] = set()  # its workers in the cluster
-        self.all_pids: set[int] = set()  # every worker it gave
-        self.joined = 0
-        self.launched = False
-        self.ended = False
-        self.cancelled = False  # we cancelled it (or ended srun)
-        self.readers = [
-            threading.Thread(target=self._read, args=(proc.stdout, 1), daemon=True),
-            threading.Thread(target=self._read, args=(proc.stderr, 2), daemon=True),
-        ]
-        for t in self.readers:
-            t.name = "pydist-slurm-read"
-            t.start()
-
-    # -- reading srun's output ------------------------------------------------------------
-
-    def _read(self, stream: IO[bytes] | None, fd: int) -> None:
-        assert stream is not None
-        for raw in iter(stream.readline, b""):
-            text = raw.decode("utf-8", "replace")
-            m = _LABELLED.match(text)
-            if m is None:
-                line = text.rstrip("\r\n")
-                with self.cond:
-                    self.messages.append(line)
-                    q = _QUEUED.search(line)
-                    if q and self.job_id is None:
-                        self.job_id = q.group(1)
-                    self.cond.notify_all()
-                if line:
-                    log.info("%s", line)
-                continue
-            task, body = int(m.group(1)), m.group(2)
-            with self.cond:
-                if body.startswith("slurmstepd"):  # Slurm's, not the worker's: not relayed
-                    self.messages.append(body.rstrip("\r\n"))
-                    continue
-                pipes = self.outs.get(task)
-                if pipes is None and fd == 1 and body.startswith("pydist_worker:"):
-                    pipes = self._open(task, body)
-                elif pipes is None:
-                    self.early[task].append(body.rstrip("\r\n"))
-                    continue
-            try:
-                pipes[fd - 1].write(body.encode("utf-8", "replace"))
-                pipes[fd - 1].flush()
-            except (OSError, ValueError):
-                pass  # that worker's stream is closed: it has left
-        stream.close()
-        with self.cond:
-            for pipes in self.outs.values():
-                try:
-                    pipes[fd - 1].close()
-                except OSError:
-                    pass
-            self.cond.notify_all()
-            unexpected = fd == 2 and self.launched and not self.cancelled
-        if unexpected:  # not our doing: the scheduler's (time limit, preemption) or scancel's
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-            if self.proc.returncode == 0 or self.cancelled:
-                return  # every worker exited (rmprocs), or we cancelled meanwhile
-            log.warning(
-                "the Slurm job %s of workers %s ended (srun exited with code %s): %s",
-                self.job_id or "(unknown)",
-                sorted(self.all_pids),
-                self.proc.returncode,
-                self.srun_error() or "no message from srun",
-            )
-
-    def _open(self, task: int, banner: str) -> tuple[IO[bytes], IO[bytes]]:
-        """Task ``task`` reported: a pipe for its stdout and one for its stderr (cond held)."""
-        pipes: list[IO[bytes]] = []
-        reads: list[IO[bytes]] = []
-        for _ in range(2):
-            r, w = os.pipe()
-            reads.append(os.fdopen(r, "rb", buffering=0))
-            pipes.append(os.fdopen(w, "wb", buffering=0))
-        self.outs[task] = (pipes[0], pipes[1])
-        self.banners[task] = banner
-        self._reads = getattr(self, "_reads", {})
-        self._reads[task] = reads
-        self.cond.notify_all()
-        return self.outs[task]
-
-    def read_ends(self, task: int) -> list[IO[bytes]]:
-        return list(self._reads[task])
-
-    def output(self) -> str:
-        """srun's messages, then what the tasks printed before they reported."""
-        with self.cond:
-            lines = list(self.messages)
-            for task in sorted(self.early):
-                lines += [f"task {task}: {line}" for line in self.early[task][-10:]]
-        return "\n".join(lines[-40:])
-
-    def srun_error(self) -> str | None:
-        """What srun (or slurmstepd) said went wrong: its last lines that say so."""
-        words = ("error", "cancel", "revoked", "time limit", "killed", "fail")
-        with self.cond:
-            lines = [m.strip() for m in self.messages if any(w in m.lower() for w in words)]
-            if not lines:
-                lines = [m.strip() for m in self.messages if m.strip()]
-        return "; ".join(dict.fromkeys(lines[-3:])) if lines else None
-
-    # -- ending ------------------------------------------------------------------------
-
-    def target(self) -> str | None:
-        """What ``scancel`` should end: our job, or inside an allocation our step only."""
-        if self.in_job is None:
-            return self.job_id
-        return step_id(self.in_job, self.name, self.env)
-
-    def end(self, grace: float = 0.0) -> None:
-        """Give srun ``grace`` seconds to end by itself (its workers are leaving), then cancel
-        the job (or step), end srun, close the pipes; at most ``grace`` + ~30 s."""
-        with self.cond:
-            if self.ended:
-                return
-            self.ended = True
-        try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-        if self.proc.poll() is None:
-            self.cancelled = True
-            target = self.target()
-            if target is not None:
-                cancel(target, self.env)
-            elif self.in_job is None:  # not seen in the queue yet: cancel it by its name
-                try:
-                    subprocess.run(
-                        ["scancel", f"--name={self.name}", "-u", str(os.getuid())],
-                        capture_output=True,
-                        timeout=15,
-                        stdin=subprocess.DEVNULL,
-                        env=self.env,
-                    )
-                except (OSError, subprocess.TimeoutExpired):
-                    pass
-            try:
-                self.proc.wait(8)
-            except subprocess.TimeoutExpired:
-                self.proc.terminate()  # srun cancels what it holds
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-        for t in self.readers:
-            t.join(5)
-        _live.discard(self)
-
-
-_live: set[_Job] = set()
-
-
-@atexit.register
-def _end_all() -> None:
-    """At the master's exit (after the cluster's own exit handler): cancel what is left."""
-    for job in list(_live):
-        job.end()
 
 
 class SlurmManager(ClusterManager):
@@ -308,7 +117,7 @@ class SlurmManager(ClusterManager):
         self.bind_to = bind_to
         self.progress = progress
         self.srun = srun
-        self.jobs: list[_Job] = []  # every srun this manager started, live or not
+        self.jobs: list[SrunJob] = []  # every srun this manager started, live or not
 
     def __repr__(self) -> str:
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
@@ -373,13 +182,15 @@ class SlurmManager(ClusterManager):
             proc.stdin.close()  # every task reads its first line, then end of input
         except OSError:
             pass  # srun ended at once; its stderr says why
-        job = _Job(proc, name, self.n, env)
+        job = SrunJob(proc, name, self.n, env)
         self.jobs.append(job)
-        _live.add(job)
+        live.add(job)
+        announced: set[int] = set()
         try:
-            self._wait(job, params, worker, launched, launch_ntfy)
+            self._wait(job, params, worker, launched, launch_ntfy, announced)
         except BaseException:
             job.end()
+            job.close_reads(set(job.reads) - announced)
             raise
         if job.job_id is None:  # started before the first look at the queue
             job.job_id = job_state(name, None, env).job_id
@@ -400,15 +211,16 @@ class SlurmManager(ClusterManager):
 
     def _wait(
         self,
-        job: _Job,
+        job: SrunJob,
         params: dict[str, Any],
         worker: list[str],
         launched: list[WorkerConfig],
         launch_ntfy: threading.Condition,
+        announced: set[int],
     ) -> None:
-        """Announce each task as it reports; return when all did; raise when they cannot."""
+        """Announce each task as it reports (adding it to ``announced``); return when all did;
+        raise when they cannot."""
         until = deadline(self.timeout)
-        announced: set[int] = set()
         next_look = time.monotonic() + 1.0  # a job that starts at once is not reported
         status, silent_since = "", None
         state = JobState(job_id=job.job_id)
@@ -420,11 +232,11 @@ class SlurmManager(ClusterManager):
                     new = sorted(t for t in job.banners if t not in announced)
             for task in new:
                 announced.add(task)
-                out, err = job.read_ends(task)
+                out, err = job.reads[task]
                 config = WorkerConfig(
                     exename=worker[0],
                     exeflags=tuple(worker[1:-4]),
-                    process=_Task(err),
+                    process=TaskStreams(err),
                     io=out,
                     environ=params.get("env"),
                     enable_threaded_blas=bool(params.get("enable_threaded_blas")),
@@ -475,7 +287,7 @@ class SlurmManager(ClusterManager):
                     state.reason,
                 )
 
-    def _failed(self, job: _Job, state: JobState, reported: int) -> None:
+    def _failed(self, job: SrunJob, state: JobState, reported: int) -> None:
         """srun ended before every task reported: raise why."""
         for t in job.readers:
             t.join(5)
@@ -501,7 +313,7 @@ class SlurmManager(ClusterManager):
     def manage(self, pid: int, config: WorkerConfig, op: str) -> None:
         data = config.userdata if isinstance(config.userdata, dict) else {}
         job = data.get("slurm_job")
-        if not isinstance(job, _Job):
+        if not isinstance(job, SrunJob):
             return
         if op == "register":
             with job.cond:
