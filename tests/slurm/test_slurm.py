@@ -150,6 +150,18 @@ def test_controller_not_running_fails_within_bounded_time(
     assert workers() == [1]
 
 
+def test_controller_that_does_not_answer_fails_within_bounded_time(clean: SlurmCluster) -> None:
+    clean.pause_controller()  # SIGSTOP: it accepts connections and never answers
+    try:
+        start = time.monotonic()
+        with pytest.raises(SlurmLaunchError, match=r"timed out|does not answer"):
+            addprocs(SlurmManager(1, timeout=30, progress=False))
+        assert time.monotonic() - start < 90
+    finally:
+        clean.resume_controller()
+    assert workers() == [1]
+
+
 def test_job_cancelled_while_pending_is_one_clear_error(clean: SlurmCluster) -> None:
     errors: list[BaseException] = []
 
@@ -255,3 +267,25 @@ def test_a_killed_master_leaves_no_job(clean: SlurmCluster, tmp_path: Path) -> N
     for p in ospids:
         wait_until(lambda p=p: not Path(f"/proc/{p}").exists(), timeout=60, interval=0.1)
     assert clean.wait_no_jobs(30) == []
+
+
+def test_a_task_that_dies_before_reporting_fails_the_launch_at_once(
+    clean: SlurmCluster, tmp_path: Path
+) -> None:
+    import sys
+
+    # task 1 fails as a missing module would; task 0 starts a real worker
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/bin/sh\n"
+        'if [ "$SLURM_PROCID" = 1 ]; then echo "no module named pydistributed" >&2; exit 3; fi\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o755)
+    start = time.monotonic()
+    with pytest.raises(SlurmLaunchError, match=r"task 1 of job \d+ ended before reporting") as info:
+        addprocs(SlurmManager(2, timeout=120), exename=str(python))
+    assert time.monotonic() - start < 30  # not the timeout
+    assert "Exited with exit code 3" in str(info.value)
+    assert "no module named pydistributed" in str(info.value)
+    assert workers() == [1]

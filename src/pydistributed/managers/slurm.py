@@ -247,8 +247,10 @@ class SlurmManager(ClusterManager):
                     launch_ntfy.notify_all()
             if len(announced) == self.n:
                 return
-            if job.proc.poll() is not None:
-                self._failed(job, state, len(announced))
+            with job.cond:
+                dead = sorted(set(job.ended_tasks) - set(job.banners))
+            if job.proc.poll() is not None or dead:
+                self._failed(job, state, len(announced), dead)
             now = time.monotonic()
             if now >= next_look:
                 next_look = now + _POLL
@@ -287,8 +289,30 @@ class SlurmManager(ClusterManager):
                     state.reason,
                 )
 
-    def _failed(self, job: SrunJob, state: JobState, reported: int) -> None:
-        """srun ended before every task reported: raise why."""
+    def _failed(self, job: SrunJob, state: JobState, reported: int, dead: list[int]) -> None:
+        """srun ended, or tasks ``dead`` ended, before every task reported: raise why."""
+        if dead:
+            try:
+                job.proc.wait(2)  # when every task ended, srun ends too: say it that way
+            except subprocess.TimeoutExpired:
+                pass
+        if dead and job.proc.returncode is None:
+            if job.job_id is None:
+                job.job_id = job_state(job.name, None, job.env).job_id
+            with job.cond:
+                how = job.ended_tasks[dead[0]]
+                said = job.early.get(dead[0], [])[-5:]
+            tasks = ", ".join(map(str, dead))
+            which = f"job {job.job_id}" if job.job_id else "the job"
+            raise SlurmLaunchError(
+                f"task{'s' if len(dead) > 1 else ''} {tasks} of {which} ended before reporting "
+                f"({how}); {reported} of {self.n} workers reported"
+                + (f"; task {dead[0]} printed: {' | '.join(said)}" if said else "")
+                + f"; {job.srun_error() or ''}".rstrip("; "),
+                job.output(),
+                job.proc.pid,
+                job.job_id,
+            )
         for t in job.readers:
             t.join(5)
         code = job.proc.returncode

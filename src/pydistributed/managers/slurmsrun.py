@@ -28,6 +28,18 @@ log = logging.getLogger("pydistributed.slurm")
 
 _LABELLED = re.compile(r"^\s*(\d+): ?(.*)$", re.S)
 _QUEUED = re.compile(r"\bjob (\d+) queued\b")
+# srun: error: NODE: tasks 0-1,3: Exited with exit code 2 (or "task 1: Killed", ...)
+_TASKS_ENDED = re.compile(r"^srun: error: \S+: tasks? ([\d,\-]+): (.+)$")
+
+
+def _task_numbers(text: str) -> list[int]:
+    """``"0-2,5"`` -> ``[0, 1, 2, 5]``."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit() and (not hi or hi.isdigit()):
+            out += range(int(lo), int(hi or lo) + 1)
+    return out
 
 
 class TaskStreams:
@@ -48,6 +60,7 @@ class SrunJob:
         self.banners: dict[int, str] = {}  # task -> its banner line
         self.outs: dict[int, tuple[IO[bytes], IO[bytes]]] = {}  # task -> (stdout w, stderr w)
         self.reads: dict[int, tuple[IO[bytes], IO[bytes]]] = {}  # task -> their read ends
+        self.ended_tasks: dict[int, str] = {}  # task -> how it ended, as srun said
         self.early: dict[int, list[str]] = collections.defaultdict(list)  # before the banner
         self.messages: collections.deque[str] = collections.deque(maxlen=40)  # srun's own
         self.pids: set[int] = set()  # its workers in the cluster
@@ -79,6 +92,10 @@ class SrunJob:
                     q = _QUEUED.search(line)
                     if q and self.job_id is None:
                         self.job_id = q.group(1)
+                    ended = _TASKS_ENDED.match(line)
+                    if ended:
+                        for task in _task_numbers(ended.group(1)):
+                            self.ended_tasks.setdefault(task, ended.group(2).strip())
                     self.cond.notify_all()
                 if line:
                     log.info("%s", line)
@@ -108,6 +125,11 @@ class SrunJob:
                     pass
             self.cond.notify_all()
             unexpected = fd == 2 and self.launched and not self.cancelled
+        if fd == 2 and not unexpected:
+            try:
+                self.proc.wait(10)  # reap it (srun closes its output as it exits)
+            except subprocess.TimeoutExpired:
+                pass
         if unexpected:  # not our doing: the scheduler's (time limit, preemption) or scancel's
             try:
                 self.proc.wait(5)
