@@ -70,9 +70,8 @@ exit status:
   exception (its traceback is printed) or sys.exit("message") (the message is printed);
   130 for KeyboardInterrupt (Ctrl-C). pydist's own: 2 for a bad command line, a script or
   machine file that cannot be opened, a malformed machine-file line or --slurm outside a
-  Slurm allocation; 1 for a module not
-  found, a syntax error or workers that could not start. Nothing runs and no worker starts
-  when pydist refuses.
+  Slurm allocation; 1 for a module not found, a syntax error or workers that could not
+  start. Nothing runs and no worker starts when pydist refuses.
 
 examples:
   pydist -p 2 examples/hello.py       two local workers, then the script

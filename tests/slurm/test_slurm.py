@@ -122,6 +122,16 @@ def test_pending_job_reports_progress_then_times_out_and_is_cancelled(
     assert workers() == [1]
 
 
+def test_progress_goes_to_standard_error_by_default(
+    clean: SlurmCluster, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SlurmTimeoutError):
+        addprocs(SlurmManager(3, timeout=4))
+    err = capfd.readouterr().err
+    assert "pydist: SlurmManager: 0 of 3 workers joined, job " in err
+    assert " PENDING: " in err
+
+
 def test_unknown_partition_is_one_clear_error(clean: SlurmCluster) -> None:
     with pytest.raises(SlurmLaunchError, match="Invalid partition name") as info:
         addprocs(SlurmManager(1, partition="no-such-partition", timeout=60))
