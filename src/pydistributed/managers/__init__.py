@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from .base import WorkerConfig as WorkerConfig
     from .local import LocalManager as LocalManager
     from .slurm import SlurmManager as SlurmManager
+    from .slurmjob import SlurmLaunchError as SlurmLaunchError
+    from .slurmjob import SlurmTimeoutError as SlurmTimeoutError
     from .ssh import SSHManager as SSHManager
 
 # name -> the submodule that defines it
@@ -27,6 +29,8 @@ _WHERE = {
     "LocalManager": "local",
     "SSHManager": "ssh",
     "SlurmManager": "slurm",
+    "SlurmLaunchError": "slurmjob",
+    "SlurmTimeoutError": "slurmjob",
 }
 
 __all__ = sorted(_WHERE)
