@@ -37,6 +37,7 @@ def slurm() -> Iterator[SlurmCluster]:
         _unavailable(why)
     cluster = SlurmCluster()
     saved = {k: v for k, v in os.environ.items() if k.startswith(("SLURM_", "SBATCH_"))}
+    saved_path = os.environ.get("PYTHONPATH")
     try:
         try:
             cluster.start()
@@ -53,6 +54,10 @@ def slurm() -> Iterator[SlurmCluster]:
         cluster.stop()
         os.environ.pop("SLURM_CONF", None)
         os.environ.update(saved)
+        if saved_path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved_path
 
 
 @pytest.fixture
