@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from .elastic import ElasticManager as ElasticManager
     from .elastic import wait_for_workers as wait_for_workers
     from .local import LocalManager as LocalManager
+    from .slurm import SlurmManager as SlurmManager
+    from .slurmjob import SlurmLaunchError as SlurmLaunchError
+    from .slurmjob import SlurmTimeoutError as SlurmTimeoutError
     from .ssh import SSHManager as SSHManager
 
 # name -> the submodule that defines it
@@ -29,6 +32,9 @@ _WHERE = {
     "SSHManager": "ssh",
     "ElasticManager": "elastic",
     "wait_for_workers": "elastic",
+    "SlurmManager": "slurm",
+    "SlurmLaunchError": "slurmjob",
+    "SlurmTimeoutError": "slurmjob",
 }
 
 __all__ = sorted(_WHERE)
