@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .base import DefaultClusterManager as DefaultClusterManager
     from .base import WorkerConfig as WorkerConfig
     from .local import LocalManager as LocalManager
+    from .mpi import MPIManager as MPIManager
     from .ssh import SSHManager as SSHManager
 
 # name -> the submodule that defines it
@@ -24,6 +25,7 @@ _WHERE = {
     "WorkerConfig": "base",
     "DefaultClusterManager": "base",
     "LocalManager": "local",
+    "MPIManager": "mpi",
     "SSHManager": "ssh",
 }
 
