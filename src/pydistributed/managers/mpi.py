@@ -199,8 +199,11 @@ class MPIManager(ClusterManager):
         cwd = os.path.abspath(params.get("dir") or os.getcwd())
         env = worker_environment(params, cwd)
         env.pop("PYDIST_PARENT_PID", None)  # a rank's parent is mpiexec, not this process
-        # the master's sys.path, the standard way (PYDIST_SYS_PATH is read by worker.py only)
-        env["PYTHONPATH"] = os.pathsep.join(json.loads(env.pop("PYDIST_SYS_PATH")))
+        # the master's sys.path, the standard way (PYDIST_SYS_PATH is read by worker.py only),
+        # after a PYTHONPATH given in ``env``
+        path = json.loads(env.pop("PYDIST_SYS_PATH"))
+        given = (params.get("env") or {}).get("PYTHONPATH")
+        env["PYTHONPATH"] = os.pathsep.join([given, *path] if given else path)
         env["PYDIST_MPI_MASTER_HOST"] = socket.gethostname()
         exported = ["PYTHONPATH", "PYTHONUNBUFFERED", "PYDIST_MPI_MASTER_HOST"]
         exported += [k for k in env if k.endswith("_NUM_THREADS")]
@@ -219,6 +222,7 @@ class MPIManager(ClusterManager):
             start_new_session=True,  # a Ctrl-C in the terminal is the master's to relay
         )
         job = MPIJob(proc, self.np)
+        self.jobs.append(job)
         assert proc.stdin is not None
         try:
             # the cookie on mpiexec's stdin, which it hands to rank 0 (see the docstring)
@@ -232,7 +236,6 @@ class MPIManager(ClusterManager):
             job.close_readers()
             job.stop(grace=0.0)
             raise
-        self.jobs.append(job)
         configs = []
         for rank, (host, port) in enumerate(addresses):
             info = RankInfo(rank, job)

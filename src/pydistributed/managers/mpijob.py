@@ -84,6 +84,10 @@ class MPIJob:
         except (OSError, ValueError):
             pass
         finally:
+            try:
+                stream.close()
+            except OSError:
+                pass
             with self._cond:
                 self._ended += 1
                 self._cond.notify_all()
