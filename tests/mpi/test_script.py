@@ -134,3 +134,33 @@ def _pythonpath() -> str:
     from .conftest import subprocess_env
 
     return subprocess_env()["PYTHONPATH"]
+
+
+@pytest.mark.parametrize("who", ["rank 0", "a worker rank"])
+def test_a_rank_that_dies_ends_the_whole_job(tmp_path: Path, started: list[int], who: str) -> None:
+    script = tmp_path / "dies.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, signal, sys, time
+            from pydistributed import remote_do, remotecall_fetch, workers
+
+            pids = [os.getpid()] + [remotecall_fetch(os.getpid, w) for w in workers()]
+            print("PIDS", *pids, flush=True)
+            if {who!r} == "rank 0":
+                os.kill(os.getpid(), signal.SIGKILL)
+            remote_do(os.kill, workers()[0], pids[1], signal.SIGKILL)
+            time.sleep(60)  # Open MPI ends this rank too
+            print("not reached", flush=True)
+            """
+        )
+    )
+    done = run_mpiexec(3, ["-m", "pydistributed.mpi", str(script)], started, timeout=60)
+    assert done.returncode != 0
+    assert "not reached" not in done.stdout
+    line = next(x for x in done.stdout.splitlines() if x.startswith("PIDS "))
+    pids = [int(p) for p in line.split()[1:]]
+    started.extend(pids)
+    assert len(pids) == 3
+    assert "exited on signal 9 (Killed)" in done.stderr
+    assert wait_gone(pids, timeout=5) == []

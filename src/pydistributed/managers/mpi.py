@@ -129,7 +129,7 @@ class MPIRanksManager(ClusterManager):
 
 class MPIManager(ClusterManager):
     """``np`` workers started as the ranks of one ``mpiexec`` job (MPIClusterManagers.jl's
-    ``MPIManager``, TCP transport).
+    ``MPIManager``, TCP transport): ``MPIManager(np, mpiexec="mpiexec", mpiflags=())``.
 
     ``mpiexec`` is the launcher's name or path; ``mpiflags`` are extra flags before the program
     (a sequence, or one string split on spaces), e.g. ``["--host", "h1:2,h2:2"]``. The ranks run
@@ -142,7 +142,6 @@ class MPIManager(ClusterManager):
     def __init__(
         self,
         np: int,
-        *,
         mpiexec: str | os.PathLike[str] = "mpiexec",
         mpiflags: str | Sequence[str] = (),
     ) -> None:
