@@ -256,6 +256,9 @@ class MPIManager(ClusterManager):
         for cfg in configs:
             if not cfg.userdata.joined.is_set():
                 cfg.userdata.failed.set()
+                if all(cfg is not c for c in launched):  # nobody relays its output
+                    for f in (cfg.io, cfg.process.stderr):
+                        f.close()
         if not any(c.userdata.joined.is_set() for c in configs):
             job.stop(grace=0.0)
 
