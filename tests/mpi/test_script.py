@@ -36,8 +36,14 @@ SCRIPT = textwrap.dedent(
         "where": sorted(set(pmap(lambda _: myid(), range(40)))),
         "pid": os.getpid(),
     }
-    print("REPORT " + json.dumps(report), flush=True)
-    remotecall_fetch(print, workers()[0], "a line from a worker")
+    # one write per line: mpiexec merges the ranks' output as it comes, and a line written in
+    # pieces (print, unbuffered) can take another rank's text in between
+    def say(line):
+        sys.stdout.write(line + "\\n")
+        sys.stdout.flush()
+
+    say("REPORT " + json.dumps(report))
+    remotecall_fetch(say, workers()[0], "a line from a worker")
     sys.exit(int(sys.argv[2]))
     """
 )
