@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .slurm import SlurmManager as SlurmManager
     from .slurmjob import SlurmLaunchError as SlurmLaunchError
     from .slurmjob import SlurmTimeoutError as SlurmTimeoutError
+    from .mpi import MPIManager as MPIManager
     from .ssh import SSHManager as SSHManager
 
 # name -> the submodule that defines it
@@ -29,6 +30,7 @@ _WHERE = {
     "WorkerConfig": "base",
     "DefaultClusterManager": "base",
     "LocalManager": "local",
+    "MPIManager": "mpi",
     "SSHManager": "ssh",
     "ElasticManager": "elastic",
     "wait_for_workers": "elastic",
