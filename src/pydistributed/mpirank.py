@@ -39,7 +39,6 @@ MISSING_MPI4PY = (
 )
 
 
-
 def import_mpi() -> Any:
     """``mpi4py.MPI`` (which initializes MPI).
 

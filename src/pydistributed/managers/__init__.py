@@ -18,10 +18,10 @@ if TYPE_CHECKING:
     from .elastic import ElasticManager as ElasticManager
     from .elastic import wait_for_workers as wait_for_workers
     from .local import LocalManager as LocalManager
+    from .mpi import MPIManager as MPIManager
     from .slurm import SlurmManager as SlurmManager
     from .slurmjob import SlurmLaunchError as SlurmLaunchError
     from .slurmjob import SlurmTimeoutError as SlurmTimeoutError
-    from .mpi import MPIManager as MPIManager
     from .ssh import SSHManager as SSHManager
 
 # name -> the submodule that defines it
