@@ -326,9 +326,13 @@ def probe_command(shell: str, exename: str, code: str) -> str:
     return shlex.join([exename, "-c", code])
 
 
-def stdin_payload(env: Sequence[tuple[str, str]], cookie: str, shell: str = "posix") -> bytes:
+def stdin_payload(
+    env: Sequence[tuple[str, str]], cookie: str, shell: str = "posix", blob: bytes | None = None
+) -> bytes:
     """What the ssh session's standard input carries: env values (not with wincmd, whose
-    command line holds them), then the cookie."""
+    command line holds them), the packages' archive (``bootstrap=True``: a header line with
+    its length, then the zip), then the cookie."""
     _check_env(env)
     values = "" if shell == "wincmd" else "".join(f"{value}\n" for _, value in env)
-    return values.encode() + (cookie + "\n").encode("ascii")
+    shipped = b"" if blob is None else b"PYDIST-BOOTSTRAP %d\n" % len(blob) + blob
+    return values.encode() + shipped + (cookie + "\n").encode("ascii")
