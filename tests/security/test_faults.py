@@ -100,6 +100,10 @@ def test_a_stopped_worker_is_reported_with_what_waits_on_it(
     finally:
         os.kill(ospid, signal.SIGCONT)
     assert fut.fetch(timeout=WAIT) == "done"  # and it goes on when it resumes
+    # the waiting thread's own answer may come a moment later: it must not be cut by the
+    # worker's removal after the test (its exception would land in the next test)
+    waiting.join(WAIT)
+    assert not waiting.is_alive()
 
 
 def test_the_remove_policy_frees_the_callers_of_a_stopped_worker(
