@@ -153,6 +153,10 @@ def _check(fd: int, size: int) -> None:
         )
     if st.st_size != size:
         raise ShmRefused(f"the memfd holds {st.st_size} bytes, the frame declares {size}")
+    if st.st_blocks * 512 < size:
+        # holes: mapping them would make this process commit memory that the sender never
+        # filled (the socket path commits memory only as data arrives)
+        raise ShmRefused("the memfd has holes (it was resized, not written)")
 
 
 def map_frame(fd: int, size: int) -> mmap.mmap:

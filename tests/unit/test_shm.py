@@ -180,6 +180,7 @@ def test_descriptors_on_a_message_without_shared_memory_are_closed(link: Link) -
     [
         ("unsealed", "not sealed"),
         ("wrong size", "declares"),
+        ("sparse", "holes"),
         ("pipe", "not a memfd"),
         ("file", "not a memfd"),
         ("missing", "declares 1 descriptors and 0 came"),
@@ -195,6 +196,15 @@ def test_bad_descriptors_refuse_that_message_only(
         fds = [_memfd(b"y" * size, seal=False)]
     elif kind == "wrong size":
         fds = [_memfd(b"y" * (size + 4096))]
+    elif kind == "sparse":
+        import fcntl
+
+        fd = os.memfd_create("pydist-test", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        os.ftruncate(fd, size)
+        fcntl.fcntl(
+            fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+        )
+        fds = [fd]
     elif kind == "pipe":
         r, w = os.pipe()
         fds, extra = [r], [w]
