@@ -23,6 +23,7 @@ Descriptors the receiver did not ask for are closed at once (:class:`FdInbox`); 
 from __future__ import annotations
 
 import array
+import ctypes
 import mmap
 import os
 import socket
@@ -36,9 +37,11 @@ __all__ = [
     "FD_FRAME",
     "MAX_FDS",
     "FdInbox",
+    "ShmMapping",
     "ShmRefused",
     "close_all",
     "enabled",
+    "forwardable",
     "map_frame",
     "min_bytes",
     "sealed_copy",
@@ -71,6 +74,16 @@ except (ImportError, AttributeError):  # pragma: no cover - not Linux
 
 _MADV_POPULATE_READ = 22  # Linux >= 5.14; older kernels fault the pages in as they are read
 _TRACKFD = sys.version_info >= (3, 13)  # mmap(trackfd=False): no duplicate descriptor kept
+
+
+class ShmMapping(mmap.mmap):
+    """A received shared-memory frame: a private mapping of a sealed memfd (see
+    :func:`forwardable`)."""
+
+    ino = -1  # the memfd's inode
+
+
+stats = {"copied": 0, "forwarded": 0}  # buffers sent as shared memory, by how (for tests)
 
 
 class ShmRefused(ProtocolError):
@@ -129,6 +142,67 @@ def sealed_copy(buf: Any) -> int:
     return fd
 
 
+def forwardable(buf: Any) -> int | None:
+    """A new descriptor of the sealed memfd that ``buf`` reads, when ``buf`` is a whole
+    received shared-memory frame that this process has not written to: then it is sent on
+    without a copy (a worker returning or forwarding an array it received). None otherwise.
+
+    "Not written to": none of the mapping's pages is a private copy (``/proc/self/pagemap``:
+    every page present is still the memfd's). A write racing with this check leaves the
+    receiver with the data as it was before it: the memfd itself never changes.
+    """
+    owner = getattr(buf, "obj", None)
+    for _ in range(8):  # a numpy array's base chain, down to the mapping
+        if owner is None or isinstance(owner, ShmMapping):
+            break
+        owner = owner.obj if isinstance(owner, memoryview) else getattr(owner, "base", None)
+    if not isinstance(owner, ShmMapping):
+        return None
+    try:
+        view = memoryview(buf).cast("B")
+        if view.readonly or view.nbytes != len(owner):
+            return None
+        start = ctypes.addressof(ctypes.c_char.from_buffer(view))
+        if start != ctypes.addressof(ctypes.c_char.from_buffer(owner)):
+            return None
+        if _written(start, view.nbytes):
+            return None
+        return _reopen(owner.ino)
+    except (OSError, ValueError, TypeError, BufferError, AttributeError):
+        return None
+
+
+def _reopen(ino: int) -> int | None:
+    """A new descriptor of the memfd ``ino`` through the duplicate that Python's ``mmap``
+    keeps (3.11/3.12); None when there is none (3.13's ``trackfd=False``)."""
+    for name in os.listdir("/proc/self/fd"):
+        path = f"/proc/self/fd/{name}"
+        try:
+            if os.readlink(path).startswith("/memfd:pydist-shm") and os.stat(path).st_ino == ino:
+                return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+    return None
+
+
+def _written(start: int, size: int) -> bool:
+    """Whether any page of ``[start, start + size)`` is a private (written) copy."""
+    page = mmap.PAGESIZE
+    first, last = start // page, (start + size - 1) // page
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        raw = os.pread(fd, 8 * (last - first + 1), 8 * first)
+    finally:
+        os.close(fd)
+    entries = array.array("Q")
+    entries.frombytes(raw)
+    if len(entries) != last - first + 1:
+        return True
+    present_or_swapped = (1 << 63) | (1 << 62)
+    file_page = 1 << 61
+    return any(e & present_or_swapped and not e & file_page for e in entries)
+
+
 def _check(fd: int, size: int) -> None:
     try:
         st = os.fstat(fd)
@@ -159,7 +233,7 @@ def _check(fd: int, size: int) -> None:
         raise ShmRefused("the memfd has holes (it was resized, not written)")
 
 
-def map_frame(fd: int, size: int) -> mmap.mmap:
+def map_frame(fd: int, size: int) -> ShmMapping:
     """Check that ``fd`` is a sealed memfd of ``size`` bytes and map it privately (reads share
     the sender's pages; writes copy). ``fd`` is closed in every case.
 
@@ -170,11 +244,12 @@ def map_frame(fd: int, size: int) -> mmap.mmap:
         _check(fd, size)
         try:
             kw: dict[str, Any] = {"trackfd": False} if _TRACKFD else {}
-            m = mmap.mmap(
+            m = ShmMapping(
                 fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE, **kw
             )
         except (OSError, ValueError, OverflowError) as e:
             raise ShmRefused(f"the memfd cannot be mapped: {e}") from e
+        m.ino = os.fstat(fd).st_ino
     finally:
         os.close(fd)
     try:  # map the existing pages in one step rather than one fault at a time

@@ -146,11 +146,17 @@ def _to_shm(
                 and type(f) is not bytes
                 and type(getattr(f, "obj", None)) is not bytes
             ):
-                try:
-                    fds.append(shm.sealed_copy(f))
-                except OSError:
-                    out.append(f)
-                    continue
+                fd = shm.forwardable(f)  # a received frame sent on: no copy
+                if fd is not None:
+                    shm.stats["forwarded"] += 1
+                else:
+                    try:
+                        fd = shm.sealed_copy(f)
+                    except OSError:
+                        out.append(f)
+                        continue
+                    shm.stats["copied"] += 1
+                fds.append(fd)
                 marked[i] = lens[i] | shm.FD_FRAME
             else:
                 out.append(f)

@@ -61,3 +61,13 @@ def fd_count() -> int:
 def mapping_count() -> int:
     with open("/proc/self/maps") as f:
         return sum("memfd:pydist-shm" in line for line in f)
+
+
+def identity(a: Any) -> Any:
+    return a
+
+
+def shm_stats() -> dict[str, int]:
+    from pydistributed import shm
+
+    return dict(shm.stats)

@@ -100,3 +100,15 @@ def test_a_worker_over_tcp_takes_the_socket(add_workers: Callable[..., list[int]
     a = _big()
     assert pd.remotecall_fetch(h.describe, w, a) == (h.digest(a), False, True, "ndarray")
     assert os.environ.get("PYDIST_SHM", "1") != "0"
+
+
+def test_an_array_sent_back_unchanged_is_not_copied_again(
+    add_workers: Callable[..., list[int]],
+) -> None:
+    (w,) = add_workers(1)
+    a = _big()
+    before = pd.remotecall_fetch(h.shm_stats, w)
+    back = pd.remotecall_fetch(h.identity, w, a)
+    after = pd.remotecall_fetch(h.shm_stats, w)
+    assert after == {"copied": before["copied"], "forwarded": before["forwarded"] + 1}
+    assert h.digest(back) == h.digest(a) and h.memfd_backed(h.address_of(back))

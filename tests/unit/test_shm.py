@@ -315,3 +315,37 @@ def test_a_refused_message_fails_alone_and_the_connection_stays_up() -> None:
         if peer.thread is not None:
             peer.thread.join(10)
         a.close()
+
+
+def test_a_received_frame_is_sent_on_without_a_copy_until_written(link: Link) -> None:
+    """A worker returning or forwarding an array it received sends the same sealed memfd;
+    once it has written to it, a copy (with its change)."""
+    import numpy as np
+
+    a = np.arange(2**18, dtype=np.float64)  # 2 MiB
+    link.writer.write_frames([b"h", b"b", a])
+    got = transport.read_message(link.reader)
+    received = np.frombuffer(got[2], dtype=np.float64)
+    before = dict(shm.stats)
+    raw = pickle_raw(received)
+    link.writer.write_frames([b"h", b"b", raw])
+    again = transport.read_message(link.reader)
+    assert shm.stats["forwarded"] == before["forwarded"] + 1
+    assert shm.stats["copied"] == before["copied"]
+    assert np.array_equal(np.frombuffer(again[2], dtype=np.float64), a)
+    received[5] = -1.0  # now it differs from the memfd: sent by copy
+    link.writer.write_frames([b"h", b"b", pickle_raw(received)])
+    third = transport.read_message(link.reader)
+    assert shm.stats["copied"] == before["copied"] + 1
+    assert np.frombuffer(third[2], dtype=np.float64)[5] == -1.0
+    assert np.frombuffer(again[2], dtype=np.float64)[5] == 5.0
+    del got, received, raw, again, third
+
+
+def pickle_raw(arr: Any) -> memoryview:
+    """The frame codec.encode makes of an array: its protocol-5 buffer's raw view."""
+    import pickle
+
+    bufs: list[pickle.PickleBuffer] = []
+    pickle.dumps(arr, protocol=5, buffer_callback=bufs.append)
+    return bufs[0].raw()
