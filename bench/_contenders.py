@@ -403,6 +403,33 @@ def w3_pydist(params: Params) -> Result:
         return {"samples": repeated(call, params), "info": {"addprocs_1_s": startup}}
 
 
+def w3_pydist_sock(params: Params) -> Result:
+    """W3 through the Unix socket, without shared memory (``PYDIST_SHM=0``)."""
+    os.environ["PYDIST_SHM"] = "0"
+    return w3_pydist(params)
+
+
+def w3_pydist_tcp(params: Params) -> Result:
+    """W3 over TCP (with frame tags): a worker listening on the host's address."""
+    from pydistributed import remotecall_fetch, sockets
+    from pydistributed.processes import addprocs, rmprocs
+
+    if sockets.is_loopback(sockets.primary_ip()):
+        raise RuntimeError("this host has no address but loopback")
+    arr = make_array(params)
+    want = _funcs.array_sum(arr)
+    ws = addprocs(1, restrict=False)
+    try:
+
+        def call() -> Any:
+            return remotecall_fetch(_funcs.array_sum, ws[0], arr)
+
+        check(call(), want, "remotecall_fetch(array_sum) over TCP")
+        return {"samples": repeated(call, params)}
+    finally:
+        rmprocs(ws, waitfor=10)
+
+
 CONTENDERS: dict[str, Callable[[Params], Result]] = {
     "w1_raw_tcp": w1_raw_tcp,
     "w1_raw_unix": w1_raw_unix,
@@ -418,6 +445,8 @@ CONTENDERS: dict[str, Callable[[Params], Result]] = {
     "w3_numpy_sum": w3_numpy_sum,
     "w3_mp_fork": w3_mp_fork,
     "w3_loky": w3_loky,
+    "w3_pydist_sock": w3_pydist_sock,
+    "w3_pydist_tcp": w3_pydist_tcp,
     "w3_pydist": w3_pydist,
 }
 

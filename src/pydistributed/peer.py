@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from . import codec, scope, transport
+from . import codec, scope, shm, transport
 from .errors import ProcessExitedException, ProtocolError
 from .messages import Message
 
@@ -198,9 +198,17 @@ class Peer:
 
     def _read_one(self) -> None:
         """Read one whole message and hand it on, on whichever thread holds the role."""
-        frames = transport.read_message(
-            self.reader, self.limit, self.alloc, self.mac_in, codec.bytes_frames
-        )
+        try:
+            frames = transport.read_message(
+                self.reader, self.limit, self.alloc, self.mac_in, codec.bytes_frames
+            )
+        except shm.ShmRefused as e:
+            # the message was read whole (the stream is in step): only it fails
+            self.last_heard = time.monotonic()
+            log.warning("refused a message from process %s: %s", self.pid, e)
+            tag, header = codec.decode_header([e.header, b""])
+            self._on_decode_error(self, codec.DecodeError(tag, header, e))
+            return
         self.last_heard = time.monotonic()
         try:
             msg = codec.decode(frames)

@@ -19,6 +19,7 @@ import struct
 import sys
 from typing import Any
 
+from . import shm
 from .errors import AuthenticationError
 from .transport import SocketReader, SocketWriter
 
@@ -110,8 +111,15 @@ def link_silence(sock: Any) -> float | None:
 
 
 def socket_streams(sock: socket.socket) -> tuple[Any, SocketWriter]:
-    """The (incoming, outgoing) pair for a connected socket."""
-    return SocketReader(sock), SocketWriter(sock)
+    """The (incoming, outgoing) pair for a connected socket.
+
+    On a Unix socket (a local link, its peer checked with ``SO_PEERCRED``), large out-of-band
+    buffers go as shared memory (``shm.py``): the reader always takes descriptors, the writer
+    sends them unless ``PYDIST_SHM=0``.
+    """
+    local = getattr(socket, "AF_UNIX", None) is not None and sock.family == socket.AF_UNIX
+    fds = local and shm.supported()
+    return SocketReader(sock, fds=fds), SocketWriter(sock, shm=fds)
 
 
 def is_loopback(host: str) -> bool:

@@ -30,16 +30,18 @@ objects) get one ``write`` per frame and a ``flush``.
 from __future__ import annotations
 
 import mmap
-import os
 import socket
 import ssl
 import struct
 from collections.abc import Callable, Collection, Sequence
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
+from . import shm
 from .buffers import new_bytes
 from .errors import ProtocolError
 from .framemac import MAC_SIZE, BackgroundHash, FrameMac
+from .frames import BIG_FRAME, COUNT, MAX_FRAMES, check_size, max_message_bytes, prefix
+from .writers import FrameWriter, SocketWriter, StreamWriter, as_frame_writer
 
 __all__ = [
     "MAC_SIZE",
@@ -54,173 +56,12 @@ __all__ = [
     "read_message",
 ]
 
-MAX_FRAMES = 65536
-_COUNT = struct.Struct("!I")
-_BIG_FRAME = 1 << 20
-_DEFAULT_MAX = 16 << 30
-# Linux caps one sendmsg at IOV_MAX (1024) pieces.
-_IOV_MAX = 1024
-
-
-def max_message_bytes() -> int:
-    """The size guard: the largest message (sum of its frames) accepted or sent."""
-    raw = os.environ.get("PYDIST_MAX_MESSAGE_BYTES")
-    if raw:
-        try:
-            return max(1024, int(raw))
-        except ValueError:
-            pass
-    return _DEFAULT_MAX
-
-
+_check_size = check_size
+_prefix = prefix
+_BIG_FRAME = BIG_FRAME
+_COUNT = COUNT
 _COMMIT_CHUNK = 8 << 20  # memory of a large frame is committed this much at a time
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
-
-
-class FrameWriter(Protocol):
-    """Where messages are written: a connection's outgoing side; with ``mac`` set, each message
-    is followed by its tag."""
-
-    mac: FrameMac | None
-
-    def write_frames(self, frames: Sequence[Any]) -> None:
-        """Write one whole message made of ``frames`` (bytes-like objects)."""
-
-    def close(self) -> None:
-        """Close the outgoing side."""
-
-
-def _check_size(n_frames: int, total: int, limit: int) -> None:
-    """The guard of every message, sent or received: the frame count and the total size.
-
-    Raises:
-        ProtocolError: outside the guard; nothing has been allocated or sent for it.
-    """
-    if not 1 <= n_frames <= MAX_FRAMES:
-        raise ProtocolError(f"a message has 1 to {MAX_FRAMES} frames, not {n_frames}")
-    if total > limit:
-        raise ProtocolError(
-            f"message of {total} bytes exceeds the size guard of {limit} bytes "
-            "(PYDIST_MAX_MESSAGE_BYTES)"
-        )
-
-
-def _prefix(frames: Sequence[Any], limit: int) -> tuple[bytes, list[int], int]:
-    """The length prefix of a message, its frames' sizes and their total; checks the guard."""
-    lens = [len(f) if type(f) is bytes else memoryview(f).nbytes for f in frames]
-    total = sum(lens)
-    _check_size(len(frames), total, limit)
-    return _COUNT.pack(len(frames)) + struct.pack(f"!{len(lens)}Q", *lens), lens, total
-
-
-class SocketWriter:
-    """Writes messages to a connected socket with ``sendmsg`` (no copies of large frames).
-
-    ``mac``: when set (a :class:`FrameMac`), every message is followed by its tag.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self._limit = max_message_bytes()
-        self.bytes_sent = 0
-        self.partial = False
-        self.mac: FrameMac | None = None
-        self._tls = isinstance(sock, ssl.SSLSocket)  # no sendmsg: a sendall per piece
-
-    def write_frames(self, frames: Sequence[Any]) -> None:
-        prefix, lens, total = _prefix(frames, self._limit)
-        self.bytes_sent += len(prefix) + total
-        sock = self.sock
-        mac = self.mac
-        self.partial = True  # stays True if an exception leaves the message half written
-        if total < 65536:
-            # small: one buffer, one send (cheaper than building an iovec list)
-            data = prefix + b"".join(frames)
-            sock.sendall(data if mac is None else data + mac.tag(data))
-            self.partial = False
-            return
-        pieces: list[memoryview] = [memoryview(prefix)]
-        pieces.extend(memoryview(f).cast("B") for f, n in zip(frames, lens, strict=True) if n)
-        bg = None
-        if mac is not None:
-            bg = BackgroundHash(mac.start())  # hashes while the pieces go out
-            for piece in pieces:
-                bg.update(piece)
-        self._send_pieces(pieces)
-        if bg is not None:
-            sock.sendall(bg.digest())
-        self.partial = False
-
-    def _send_pieces(self, pieces: list[memoryview]) -> None:
-        sock = self.sock
-        if self._tls:
-            for piece in pieces:
-                sock.sendall(piece)
-            return
-        while pieces:
-            sent = sock.sendmsg(pieces[:_IOV_MAX])
-            # drop what went out; keep the tail of a piece that went out in part
-            while sent and pieces:
-                n = pieces[0].nbytes
-                if sent >= n:
-                    sent -= n
-                    pieces.pop(0)
-                else:
-                    pieces[0] = pieces[0][sent:]
-                    sent = 0
-
-    def write(self, data: Any) -> int:
-        self.sock.sendall(data)
-        return memoryview(data).nbytes
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-
-
-class StreamWriter:
-    """Writes messages to any binary file-like object (a custom transport); ``mac`` as for
-    :class:`SocketWriter`."""
-
-    def __init__(self, stream: BinaryIO) -> None:
-        self.stream = stream
-        self._limit = max_message_bytes()
-        self.bytes_sent = 0
-        self.mac: FrameMac | None = None
-
-    def write_frames(self, frames: Sequence[Any]) -> None:
-        prefix, _, total = _prefix(frames, self._limit)
-        h = self.mac.start() if self.mac is not None else None
-        self.stream.write(prefix)
-        if h is not None:
-            h.update(prefix)
-        for f in frames:
-            self.stream.write(f)
-            if h is not None:
-                h.update(f)
-        if h is not None:
-            self.stream.write(h.digest())
-        self.stream.flush()
-        self.bytes_sent += len(prefix) + total
-
-    def close(self) -> None:
-        try:
-            self.stream.close()
-        except OSError:
-            pass
-
-
-def as_frame_writer(out: Any) -> FrameWriter:
-    """Adapt the outgoing stream of ``ClusterManager.connect`` to a :class:`FrameWriter`."""
-    if hasattr(out, "write_frames"):
-        return out  # type: ignore[no-any-return]
-    return StreamWriter(out)
 
 
 def _read_exact(reader: BinaryIO, n: int) -> bytes:
@@ -294,6 +135,17 @@ def read_message(
     return _read_frames(reader, lens, limit, alloc, h, bytes_frames)
 
 
+def _new_frame(size: int, as_bytes: bool, alloc: Any) -> tuple[Any, Any]:
+    """The memory of a large incoming frame: ``(frame, writable buffer to receive into)``."""
+    try:
+        if as_bytes:
+            return new_bytes(size)
+        frame = alloc(size) if alloc is not None else mmap.mmap(-1, size)
+        return frame, frame
+    except (OSError, ValueError, OverflowError, MemoryError) as e:
+        raise ProtocolError(f"cannot allocate a frame of {size} bytes: {e}") from e
+
+
 def _read_frames(
     reader: BinaryIO,
     lens: Sequence[int],
@@ -313,14 +165,7 @@ def _read_frames(
         if size < _BIG_FRAME:
             frames.append(_read_exact(reader, size) if size else b"")
         else:
-            try:
-                frame: Any
-                if i in as_bytes:
-                    frame, buf = new_bytes(size)
-                else:
-                    frame = buf = alloc(size) if alloc is not None else mmap.mmap(-1, size)
-            except (OSError, ValueError, OverflowError, MemoryError) as e:
-                raise ProtocolError(f"cannot allocate a frame of {size} bytes: {e}") from e
+            frame, buf = _new_frame(size, i in as_bytes, alloc)
             _read_into(reader, buf, h.update if h is not None else None)
             frames.append(frame)
         if i == 0 and bytes_frames is not None and len(lens) > 2:
@@ -332,6 +177,58 @@ def _read_frames(
     return frames
 
 
+def _read_shm_frames(
+    reader: SocketReader,
+    lens: Sequence[int],
+    fds: list[int],
+    alloc: Any,
+    bytes_frames: Callable[[Any], Collection[int]] | None,
+) -> list[Any]:
+    """The frames of a message with shared-memory frames (lengths marked ``shm.FD_FRAME``;
+    the prefix has been read): stream frames from the socket, the others mapped from ``fds``.
+
+    The whole message is read even when a descriptor is refused, so the stream stays in step;
+    every descriptor is mapped or closed.
+
+    Raises:
+        shm.ShmRefused: a descriptor is missing, extra, or not a sealed memfd of its size.
+    """
+    marked = [i for i, n in enumerate(lens) if n & shm.FD_FRAME]
+    error = None
+    if marked and marked[0] < 2:
+        error = "only out-of-band buffers (frames 2..) may come as shared memory"
+    elif len(fds) != len(marked):
+        error = f"the message declares {len(marked)} descriptors and {len(fds)} came with it"
+    if error is not None:
+        shm.close_all(fds)
+        fds = []
+    fds = list(fds)
+    frames: list[Any] = []
+    as_bytes: Collection[int] = ()
+    try:
+        for i, n in enumerate(lens):
+            if n & shm.FD_FRAME:
+                frames.append(b"")
+                if error is None and fds:
+                    try:
+                        frames[-1] = shm.map_frame(fds.pop(0), n & ~shm.FD_FRAME)
+                    except shm.ShmRefused as e:
+                        error = str(e).removeprefix("shared-memory frame refused: ")
+            elif n < _BIG_FRAME:
+                frames.append(_read_exact(reader, n) if n else b"")  # type: ignore[arg-type]
+            else:
+                frame, buf = _new_frame(n, i in as_bytes, alloc)
+                _read_into(reader, buf)  # type: ignore[arg-type]
+                frames.append(frame)
+            if i == 0 and bytes_frames is not None:
+                as_bytes = bytes_frames(frames[0])
+    finally:
+        shm.close_all(fds)
+    if error is not None:
+        raise shm.ShmRefused(error, frames[0] if frames else b"")
+    return frames
+
+
 class SocketReader:
     """Buffered reads from a socket, which also tell how much is buffered.
 
@@ -340,8 +237,12 @@ class SocketReader:
     with ``select``; ``io.BufferedReader`` cannot tell without reading.
     """
 
-    def __init__(self, sock: socket.socket, size: int = 1 << 16) -> None:
+    def __init__(self, sock: socket.socket, size: int = 1 << 16, fds: bool = False) -> None:
         self.sock = sock
+        # ``fds``: a Unix socket that may carry shared-memory frames (``shm.py``): every read
+        # takes ancillary data, and ``_pos`` counts the stream's bytes to place descriptors
+        self.inbox = shm.FdInbox() if fds else None
+        self._pos = 0
         self._buf = bytearray(size)
         self._view = memoryview(self._buf)
         self._start = 0
@@ -365,7 +266,7 @@ class SocketReader:
                 n = self._end - self._start
                 self._view[:n] = self._view[self._start : self._end]
                 self._start, self._end = 0, n
-            got = self.sock.recv_into(self._view[self._end :])
+            got = self._recv(self._view[self._end :], True)
             if not got:
                 return False
             self._end += got
@@ -388,6 +289,9 @@ class SocketReader:
         (n,) = _COUNT.unpack_from(view, self._start)
         _check_size(n, 0, limit)
         head = 4 + 8 * n
+        inbox = self.inbox
+        if inbox is not None and (inbox.count or head > len(self._buf)):
+            return self._read_fd_message(n, limit, alloc, mac, bytes_frames)
         if head > len(self._buf):
             # more frame lengths than the buffer holds: the general path
             count = bytes(view[self._start : self._start + 4])
@@ -404,6 +308,8 @@ class SocketReader:
             raise EOFError("connection closed in the middle of a message")
         lens = struct.unpack_from(f"!{n}Q", view, self._start + 4)
         total = sum(lens)
+        if total >= shm.FD_FRAME and inbox is not None:  # shared-memory frames
+            return self._read_fd_message(n, limit, alloc, mac, bytes_frames)
         _check_size(n, total, limit)
         tag = 0 if mac is None else MAC_SIZE
         whole = head + total + tag
@@ -429,6 +335,40 @@ class SocketReader:
             h.update(view[self._start : self._start + head])
         self._start += head
         return _read_frames(self, lens, limit, alloc, h, bytes_frames)  # type: ignore[arg-type]
+
+    def _read_fd_message(
+        self,
+        n: int,
+        limit: int,
+        alloc: Any,
+        mac: FrameMac | None,
+        bytes_frames: Callable[[Any], Collection[int]] | None,
+    ) -> list[Any]:
+        """:meth:`read_message` on a link that may carry descriptors (the count ``n`` is
+        buffered, not consumed): places the descriptors that came so far (``shm.FdInbox``)."""
+        inbox = self.inbox
+        assert inbox is not None
+        p = self._pos - (self._end - self._start)  # the stream offset of this message
+        self._start += 4
+        raw_lens = _read_exact(self, 8 * n)  # type: ignore[arg-type]
+        lens = struct.unpack(f"!{n}Q", raw_lens)
+        sizes = [size & ~shm.FD_FRAME for size in lens]
+        _check_size(n, sum(sizes), limit)
+        stream = 4 + 8 * n + sum(a for a, b in zip(lens, sizes, strict=True) if a == b)
+        fds = inbox.take(p, stream)
+        if sizes == list(lens):
+            if fds:  # descriptors with a message that has no shared-memory frame
+                inbox.drop(fds)
+            h = None
+            if mac is not None:
+                h = mac.start()
+                h.update(_COUNT.pack(n))
+                h.update(raw_lens)
+            return _read_frames(self, lens, limit, alloc, h, bytes_frames)  # type: ignore[arg-type]
+        if mac is not None:
+            shm.close_all(fds)
+            raise ProtocolError("shared-memory frames on a link with frame tags")
+        return _read_shm_frames(self, lens, fds, alloc, bytes_frames)
 
     def read(self, n: int) -> bytes:
         """Exactly ``n`` bytes, or fewer at EOF."""
@@ -457,11 +397,30 @@ class SocketReader:
         self._start += take
         got = take
         while got < n:
-            k = self.sock.recv_into(view[got:])
+            k = self._recv(view[got:], False)
             if not k:
                 break
             got += k
         return got
 
+    def _recv(self, view: memoryview, at_message_start: bool) -> int:
+        """One read from the socket; on a link with descriptors, they are kept for their
+        message when they may be one's (``at_message_start``: bytes read into the buffer,
+        where messages begin), closed otherwise (inside a frame's data)."""
+        inbox = self.inbox
+        if inbox is None:
+            return self.sock.recv_into(view)
+        n, anc, flags, _ = self.sock.recvmsg_into([view], shm.ANC_SPACE)
+        if anc:
+            fds = shm.fds_of(anc)
+            if at_message_start and not flags & socket.MSG_CTRUNC:
+                inbox.add(self._pos, self._pos + n, fds)
+            else:
+                inbox.drop(fds)
+        self._pos += n
+        return n
+
     def close(self) -> None:
         self.closed = True
+        if self.inbox is not None:
+            self.inbox.close()

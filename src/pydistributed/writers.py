@@ -1,0 +1,207 @@
+"""The writing side of a connection: messages out as frames (the format: ``transport.py``).
+
+On a socket, a whole message goes out with one ``sendmsg`` (scatter-gather), so a 100 MB buffer
+is never copied into an intermediate ``bytes``. On a Unix-socket link, large out-of-band
+buffers go as shared memory instead (``shm.py``): a sealed ``memfd`` each, whose descriptors
+ride with the message's first byte (``SCM_RIGHTS``). Other streams (a custom transport's file
+objects) get one ``write`` per frame and a ``flush``.
+"""
+
+from __future__ import annotations
+
+import array
+import socket
+import ssl
+import struct
+from collections.abc import Sequence
+from typing import Any, BinaryIO, Protocol
+
+from . import shm
+from .framemac import BackgroundHash, FrameMac
+from .frames import COUNT, max_message_bytes, prefix
+
+__all__ = ["FrameWriter", "SocketWriter", "StreamWriter", "as_frame_writer"]
+
+# Linux caps one sendmsg at IOV_MAX (1024) pieces.
+_IOV_MAX = 1024
+
+
+class FrameWriter(Protocol):
+    """Where messages are written: a connection's outgoing side; with ``mac`` set, each message
+    is followed by its tag."""
+
+    mac: FrameMac | None
+
+    def write_frames(self, frames: Sequence[Any]) -> None:
+        """Write one whole message made of ``frames`` (bytes-like objects)."""
+
+    def close(self) -> None:
+        """Close the outgoing side."""
+
+
+class SocketWriter:
+    """Writes messages to a connected socket with ``sendmsg`` (no copies of large frames).
+
+    ``mac``: when set (a :class:`FrameMac`), every message is followed by its tag.
+    ``shm``: a Unix socket whose reader takes descriptors (``transport.SocketReader`` with
+    ``fds``): out-of-band buffers of ``shm.min_bytes()`` or more go as shared memory (never on
+    a link with tags: the tags would not cover them).
+    """
+
+    def __init__(self, sock: socket.socket, shm: bool = False) -> None:
+        self.sock = sock
+        self._limit = max_message_bytes()
+        self.bytes_sent = 0
+        self.partial = False
+        self.mac: FrameMac | None = None
+        self._tls = isinstance(sock, ssl.SSLSocket)  # no sendmsg: a sendall per piece
+        self.shm_min = _shm_min() if shm and not self._tls else 0  # 0: never
+
+    def write_frames(self, frames: Sequence[Any]) -> None:
+        head, lens, total = prefix(frames, self._limit)
+        self.bytes_sent += len(head) + total
+        sock = self.sock
+        mac = self.mac
+        fds: list[int] = []
+        if self.shm_min and mac is None and len(frames) > 2 and total >= self.shm_min:
+            head, frames, fds = _to_shm(frames, lens, self.shm_min)
+        self.partial = True  # stays True if an exception leaves the message half written
+        try:
+            if not fds and total < 65536:
+                # small: one buffer, one send (cheaper than building an iovec list)
+                data = head + b"".join(frames)
+                sock.sendall(data if mac is None else data + mac.tag(data))
+                self.partial = False
+                return
+            pieces: list[memoryview] = [memoryview(head)]
+            pieces.extend(m for m in (memoryview(f).cast("B") for f in frames) if m.nbytes)
+            bg = None
+            if mac is not None:
+                bg = BackgroundHash(mac.start())  # hashes while the pieces go out
+                for piece in pieces:
+                    bg.update(piece)
+            self._send_pieces(pieces, fds)
+            if bg is not None:
+                sock.sendall(bg.digest())
+            self.partial = False
+        finally:
+            # the kernel holds its own references to descriptors in flight
+            shm.close_all(fds)
+
+    def _send_pieces(self, pieces: list[memoryview], fds: list[int] | None = None) -> None:
+        sock = self.sock
+        if self._tls:
+            for piece in pieces:
+                sock.sendall(piece)
+            return
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        while pieces:
+            sent = sock.sendmsg(pieces[:_IOV_MAX], anc)
+            anc = []  # the descriptors go with the message's first byte only
+            # drop what went out; keep the tail of a piece that went out in part
+            while sent and pieces:
+                n = pieces[0].nbytes
+                if sent >= n:
+                    sent -= n
+                    pieces.pop(0)
+                else:
+                    pieces[0] = pieces[0][sent:]
+                    sent = 0
+
+    def write(self, data: Any) -> int:
+        self.sock.sendall(data)
+        return memoryview(data).nbytes
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def _shm_min() -> int:
+    return shm.min_bytes() if shm.enabled() else 0
+
+
+def _to_shm(
+    frames: Sequence[Any], lens: list[int], least: int
+) -> tuple[bytes, list[Any], list[int]]:
+    """Move the large out-of-band buffers of a message (frames 2..) to sealed memfds: the new
+    prefix (their lengths marked ``shm.FD_FRAME``), the frames left for the stream, and the
+    descriptors in frame order. A buffer whose memfd cannot be made stays in the stream; so do
+    exact ``bytes`` (the receiver reads them straight into a ``bytes``)."""
+    fds: list[int] = []
+    out: list[Any] = list(frames[:2])
+    marked = list(lens)
+    try:
+        for i in range(2, len(frames)):
+            f = frames[i]
+            if (
+                lens[i] >= least
+                and len(fds) < shm.MAX_FDS
+                and type(f) is not bytes
+                and type(getattr(f, "obj", None)) is not bytes
+            ):
+                fd = shm.forwardable(f)  # a received frame sent on: no copy
+                if fd is not None:
+                    shm.stats["forwarded"] += 1
+                else:
+                    try:
+                        fd = shm.sealed_copy(f)
+                    except OSError:
+                        out.append(f)
+                        continue
+                    shm.stats["copied"] += 1
+                fds.append(fd)
+                marked[i] = lens[i] | shm.FD_FRAME
+            else:
+                out.append(f)
+    except BaseException:
+        shm.close_all(fds)
+        raise
+    if not fds:
+        return COUNT.pack(len(lens)) + struct.pack(f"!{len(lens)}Q", *lens), list(frames), []
+    return COUNT.pack(len(marked)) + struct.pack(f"!{len(marked)}Q", *marked), out, fds
+
+
+class StreamWriter:
+    """Writes messages to any binary file-like object (a custom transport); ``mac`` as for
+    :class:`SocketWriter`."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self._limit = max_message_bytes()
+        self.bytes_sent = 0
+        self.mac: FrameMac | None = None
+
+    def write_frames(self, frames: Sequence[Any]) -> None:
+        head, _, total = prefix(frames, self._limit)
+        h = self.mac.start() if self.mac is not None else None
+        self.stream.write(head)
+        if h is not None:
+            h.update(head)
+        for f in frames:
+            self.stream.write(f)
+            if h is not None:
+                h.update(f)
+        if h is not None:
+            self.stream.write(h.digest())
+        self.stream.flush()
+        self.bytes_sent += len(head) + total
+
+    def close(self) -> None:
+        try:
+            self.stream.close()
+        except OSError:
+            pass
+
+
+def as_frame_writer(out: Any) -> FrameWriter:
+    """Adapt the outgoing stream of ``ClusterManager.connect`` to a :class:`FrameWriter`."""
+    if hasattr(out, "write_frames"):
+        return out  # type: ignore[no-any-return]
+    return StreamWriter(out)

@@ -1,0 +1,73 @@
+"""Functions for workers of ``test_shared_memory.py``, importable by reference."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+from typing import Any
+
+_kept: list[Any] = []
+
+
+def memfd_backed(address: int) -> bool:
+    """Whether ``address`` lies in a mapping of one of pydistributed's shared-memory frames."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if "memfd:pydist-shm" not in line:
+                continue
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= address < hi:
+                return True
+    return False
+
+
+def address_of(a: Any) -> int:
+    return int(a.__array_interface__["data"][0])
+
+
+def digest(a: Any) -> str:
+    return hashlib.sha256(memoryview(a).cast("B")).hexdigest()
+
+
+def describe(a: Any) -> tuple[str, bool, bool, str]:
+    """What a worker got: its digest, whether it is memfd-backed, writable, its type."""
+    return digest(a), memfd_backed(address_of(a)), bool(a.flags.writeable), type(a).__name__
+
+
+def keep(a: Any) -> int:
+    _kept.append(a)
+    return address_of(a)
+
+
+def drop_kept() -> list[bool]:
+    """Drop what :func:`keep` kept: whether each address is still memfd-backed afterwards."""
+    addresses = [address_of(a) for a in _kept]
+    _kept.clear()
+    gc.collect()
+    return [memfd_backed(x) for x in addresses]
+
+
+def ones(n: int) -> Any:
+    import numpy as np
+
+    return np.ones(n)
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def mapping_count() -> int:
+    with open("/proc/self/maps") as f:
+        return sum("memfd:pydist-shm" in line for line in f)
+
+
+def identity(a: Any) -> Any:
+    return a
+
+
+def shm_stats() -> dict[str, int]:
+    from pydistributed import shm
+
+    return dict(shm.stats)
