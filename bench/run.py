@@ -181,11 +181,15 @@ def workloads() -> dict[str, Workload]:
             Contender("numpy_sum", "in-process arr.sum() alone", "ref", ("numpy",)),
             Contender("mp_fork", "multiprocessing Pool(1).apply [fork]", "peer", ("numpy",)),
             Contender("loky", "loky reusable executor(1).submit()", "peer", ("numpy", "loky")),
-            Contender("pydist", "pydistributed remotecall_fetch", "pydist", ("numpy",)),
-            Contender("pydist_sock", "pydistributed, Unix socket, PYDIST_SHM=0", "ref", ("numpy",)),
+            Contender(
+                "pydist", "pydistributed remotecall_fetch (Unix socket)", "pydist", ("numpy",)
+            ),
+            Contender(
+                "pydist_shm", "pydistributed, shared memory (PYDIST_SHM=1)", "ref", ("numpy",)
+            ),
             Contender("pydist_tcp", "pydistributed over TCP (frame tags)", "ref", ("numpy",)),
         ),
-        "pydistributed (local: shared memory) >= 2 x raw TCP; through a socket >= 0.75 x",
+        "pydistributed local >= 2 x raw TCP (shared memory, opt-in); through a socket >= 0.75 x",
     )
     w4 = Workload(
         "W4",
@@ -543,12 +547,13 @@ def judge(
     if w.name == "W3":
         if raw is None:
             return "n/a", "the raw TCP figure is missing"
-        ok = pd >= 2 * raw
-        detail = f"local {pd / raw:.2f} x raw TCP (needs >= 2)"
-        for key in ("pydist_sock", "pydist_tcp"):
-            if (v := figs.get(key)) is not None:
-                ok = ok and v >= 0.75 * raw
-                detail += f"; {key.removeprefix('pydist_')} {v / raw:.2f} x (needs >= 0.75)"
+        # local: the better of the socket (the default) and shared memory (opt-in)
+        local = max(pd, figs.get("pydist_shm") or 0.0)
+        ok = local >= 2 * raw and pd >= 0.75 * raw
+        detail = f"local {local / raw:.2f} x raw TCP (needs >= 2); socket {pd / raw:.2f} x"
+        if (v := figs.get("pydist_tcp")) is not None:
+            ok = ok and v >= 0.75 * raw
+            detail += f"; tcp {v / raw:.2f} x (needs >= 0.75)"
         return ("PASS" if ok else "MISS"), detail
     spawn = figs.get("mp_spawn")
     if spawn is None:

@@ -2,8 +2,8 @@
 
 A local worker is reached through its Unix-socket twin: a large out-of-band buffer arrives as
 a private mapping of a sealed memfd (``/memfd:pydist-shm`` in ``/proc/<pid>/maps``), an
-ordinary writable numpy array, unmapped when the array is freed. ``PYDIST_SHM=0`` and TCP links
-take the socket.
+ordinary writable numpy array, unmapped when the array is freed. Opt-in (``PYDIST_SHM=1``, set for
+every test here); ``PYDIST_SHM=0`` and TCP links take the socket.
 """
 
 from __future__ import annotations
@@ -21,6 +21,14 @@ from pydistributed import shm, sockets
 from . import _shm_helpers as h
 
 pytestmark = pytest.mark.skipif(not shm.supported(), reason="memfd and SCM_RIGHTS (Linux)")
+
+
+@pytest.fixture(autouse=True)
+def shm_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shared memory is opt-in (``PYDIST_SHM=1``): on for these tests, in the master and in
+    the workers they start (inherited)."""
+    monkeypatch.setenv("PYDIST_SHM", "1")
+
 
 TIMEOUT = 120
 
@@ -99,7 +107,7 @@ def test_a_worker_over_tcp_takes_the_socket(add_workers: Callable[..., list[int]
     (w,) = add_workers(1, restrict=False)  # listens on the host's address: a TCP link
     a = _big()
     assert pd.remotecall_fetch(h.describe, w, a) == (h.digest(a), False, True, "ndarray")
-    assert os.environ.get("PYDIST_SHM", "1") != "0"
+    assert os.environ.get("PYDIST_SHM") == "1"
 
 
 def test_an_array_sent_back_unchanged_is_not_copied_again(

@@ -51,6 +51,12 @@ class Link:
         self.b.close()
 
 
+@pytest.fixture(autouse=True)
+def shm_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shared memory is opt-in (``PYDIST_SHM=1``): on for these tests."""
+    monkeypatch.setenv("PYDIST_SHM", "1")
+
+
 @pytest.fixture
 def link() -> Any:
     gc.collect()
