@@ -354,6 +354,19 @@ class Channel(AbstractChannel[T]):
         self._offers.appendleft(_Offer(value, None))
         self._readable.notify_all()
 
+    def _give_back(self, values: list[Any]) -> None:
+        """Put ``values`` back at the front of the channel, in order, at once: values a
+        consumer took ahead and never used (``refops.lease_end``). They were in the channel
+        before, so neither its size nor its being closed keeps them out."""
+        with self._lock:
+            if self._size == 0:
+                for value in reversed(values):
+                    self._hand_back(value)
+                return
+            self._buffer.extendleft(reversed(values))
+            self._not_empty.notify(len(values))
+            self._readable.notify_all()
+
     # -- fetch / wait ----------------------------------------------------------------------
 
     def fetch(self, timeout: float | None = None) -> T:

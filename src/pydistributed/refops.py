@@ -41,6 +41,8 @@ __all__ = [
     "isopen_ch",
     "isready_ch",
     "isready_ref",
+    "lease_end",
+    "lease_take",
     "make_channel",
     "put_ch",
     "put_ref",
@@ -333,6 +335,38 @@ def _put_one(ch: Any) -> Callable[..., int]:
         return 1
 
     return put
+
+
+# -- consumers that take one value ahead (channelconsumer.py) ------------------------------------
+
+
+@_cancellable
+@_internal
+def lease_take(key: tuple[int, int], cid: int, seq: int, used: int, caller: int) -> Any:
+    """Take ``seq`` of ``caller``'s consumer ``cid``: ``take``, and keep the value here (a
+    lease) until the consumer says it used it (``used``, in its next take or its end). A
+    consumer that has ended or exited meanwhile gets nothing: the value goes back."""
+    c = current_cluster()
+    ch = _channel(c, key)
+    value = _channel_op("take", key, None, caller)
+    if isinstance(value, Marker):
+        return value
+    plain = codec.loads(value.data) if isinstance(value, _Encoded) else value
+    if not c.refs.leases.hold(caller, cid, ch, seq, plain, used):
+        c.refs.give_back(ch, [plain])
+        return Marker(_CANCELLED, "the consumer has ended")
+    return value
+
+
+@_internal
+def lease_end(key: tuple[int, int], cid: int, used: int, caller: int) -> int:
+    """``caller``'s consumer ``cid`` ended having used its takes up to ``used``: the values
+    it took after that go back to the front of the channel, in order; returns how many."""
+    c = current_cluster()
+    ch, left = c.refs.leases.end(caller, cid, used)
+    if left:
+        c.refs.give_back(ch, left)
+    return len(left)
 
 
 @_internal

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from . import aio, codec, refops
+from .channelconsumer import ChannelConsumer
 from .channelstream import ChannelStream
 from .cluster import current_cluster
 from .errors import ChannelClosedError
@@ -89,6 +90,17 @@ class RemoteChannel(_RemoteRef, Generic[T]):
             ProcessExitedException: the owner has exited.
         """
         return ChannelStream(self)
+
+    def consume(self) -> ChannelConsumer[T]:
+        """A consumer that takes one value ahead: ``with rc.consume() as c: for v in c: ...``.
+
+        When its ``take`` returns a value, it has already asked the owner for the next one,
+        so the round trip overlaps the work on this one. The value taken ahead is kept by the
+        owner until it is returned, and goes back to the front of the channel if the consumer
+        is closed first or its process exits. See
+        :class:`~pydistributed.channelconsumer.ChannelConsumer` and ``docs/references.md``.
+        """
+        return ChannelConsumer(self)
 
     def take(self, timeout: float | None = None) -> T:
         """Remove and return the first value (blocks until there is one).

@@ -285,3 +285,66 @@ def test_two_producers_share_a_full_channel_fairly(two_workers: list[int]) -> No
     assert window.count("a") >= 70 and window.count("b") >= 70, window
     per = _by_tag(got)
     assert per == {"a": list(range(400)), "b": list(range(400))}
+
+
+# -- a consumer that takes one value ahead ------------------------------------------------------
+
+
+def consume_all(rc: RemoteChannel) -> list[Any]:
+    with rc.consume() as c:
+        return list(c)
+
+
+def consume_one_then_hang(rc: RemoteChannel, path: str) -> None:
+    with rc.consume() as c:
+        value = c.take(timeout=30)
+        with open(path, "w") as f:
+            f.write(repr(value))
+        time.sleep(120)  # killed meanwhile
+
+
+def test_consumers_get_every_value_once_in_channel_order(two_workers: list[int]) -> None:
+    a, b = two_workers
+    rc = RemoteChannel(lambda: Channel(16))  # on the master
+    consumers = [remotecall(consume_all, w, rc) for w in (a, b)]
+    for i in range(1000):
+        rc.put(i, timeout=30)
+    rc.close()
+    got = [c.fetch(timeout=60) for c in consumers]
+    assert sorted(got[0] + got[1]) == list(range(1000))  # nothing lost, nothing twice
+    assert all(g == sorted(g) for g in got)  # each in channel order
+
+
+def test_closing_a_consumer_gives_back_the_value_taken_ahead(two_workers: list[int]) -> None:
+    w = two_workers[0]
+    rc = RemoteChannel(lambda: Channel(10), w)
+    for i in range(5):
+        rc.put(i, timeout=10)
+    with rc.consume() as c:
+        assert c.take(timeout=10) == 0
+        wait_until(lambda: remotecall_fetch(n_avail, w, remoteref_id(rc)) == 3, timeout=10)
+    assert remotecall_fetch(n_avail, w, remoteref_id(rc)) == 4  # 1 is back
+    assert [rc.take(timeout=10) for _ in range(4)] == [1, 2, 3, 4]  # at the front
+    with pytest.raises(ValueError, match="closed ChannelConsumer"):
+        c.take()
+    with rc.consume() as c:  # a consumer closed while its take waits: nothing is taken
+        with pytest.raises(TimeoutError):
+            c.take(timeout=0.3)
+    rc.put("later", timeout=10)
+    assert rc.take(timeout=10) == "later"
+
+
+def test_a_killed_consumer_loses_nothing(two_workers: list[int], tmp_path: Any) -> None:
+    doomed = two_workers[0]
+    rc = RemoteChannel(lambda: Channel(10))  # on the master
+    ch = channel_from_id(remoteref_id(rc))
+    for i in range(5):
+        rc.put(i, timeout=10)
+    path = str(tmp_path / "got")
+    remotecall(consume_one_then_hang, doomed, rc, path)
+    wait_until(lambda: os.path.exists(path) and ch.n_avail() == 3, timeout=30)
+    with open(path) as f:
+        assert f.read() == "0"  # 0 is the consumer's; 1 was taken ahead
+    os.kill(ospid(doomed), signal.SIGKILL)
+    wait_until(lambda: ch.n_avail() == 4, timeout=30, what="1 to come back")
+    assert [rc.take(timeout=10) for _ in range(4)] == [1, 2, 3, 4]
