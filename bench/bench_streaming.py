@@ -288,14 +288,14 @@ def run(quick: bool) -> list[dict[str, Any]]:
         ),
         _row(
             "CH2",
-            "the same, results put through results.stream()",
+            "the same, jobs.consume() and results.stream()",
             "pydist",
             "s",
             mine.get("jobs_stream", []),
         ),
     ]
     rows[2].update(target="rc.stream() >= 0.5 x multiprocessing.Queue", limit=0.5)
-    rows[5].update(target="streamed results <= 1.0 x multiprocessing.Queue", limit=1.0)
+    rows[5].update(target="consume + stream <= 1.0 x multiprocessing.Queue", limit=1.0)
     for src, idx in ((peer, (0, 3)), (mine, (1, 2, 4, 5))):
         for extra in ("error", "leftovers"):
             if extra in src:

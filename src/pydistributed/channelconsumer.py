@@ -118,11 +118,13 @@ class ChannelConsumer(Generic[T]):
         rc = self._rc
         c = rc._cluster
         pending, self._pending = self._pending, None
-        if pending is not None and not pending[2].is_set():
+        waiting = pending is not None and not pending[2].is_set()
+        if pending is not None and waiting:
             # a take still waiting there gives up; one that takes now gives its value back
             msg = RemoteDo(refops.cancel_request, (c.myid, pending[1]), {})
             c.connections.send_quietly(rc.where, msg)
-        c.calls.call_fetch(rc.where, refops.lease_end, (rc._key, self._cid, self._used, c.myid))
+        args = (rc._key, self._cid, self._used, waiting, c.myid)
+        c.calls.call_fetch(rc.where, refops.lease_end, args)
 
     def __iter__(self) -> Iterator[T]:
         """Take values until the channel is closed and empty."""

@@ -65,7 +65,10 @@ class _Ack(ResponseSlot):
         super().set(ok, value)
         s = self.stream
         if s._buf:  # values wait for this answer: send them from a pool thread
-            s._rc._cluster.executor.submit(s._kick, False)
+            try:
+                s._rc._cluster.executor.submit(s._kick, False)
+            except Exception:  # shutting down: the next put, flush or close sends them
+                pass
 
 
 class ChannelStream(Generic[T]):

@@ -359,11 +359,12 @@ def lease_take(key: tuple[int, int], cid: int, seq: int, used: int, caller: int)
 
 
 @_internal
-def lease_end(key: tuple[int, int], cid: int, used: int, caller: int) -> int:
+def lease_end(key: tuple[int, int], cid: int, used: int, pending: bool, caller: int) -> int:
     """``caller``'s consumer ``cid`` ended having used its takes up to ``used``: the values
-    it took after that go back to the front of the channel, in order; returns how many."""
+    it took after that go back to the front of the channel, in order; returns how many.
+    ``pending``: a take of it may still come (cancelled): it will find the consumer ended."""
     c = current_cluster()
-    ch, left = c.refs.leases.end(caller, cid, used)
+    ch, left = c.refs.leases.end(caller, cid, used, pending)
     if left:
         c.refs.give_back(ch, left)
     return len(left)

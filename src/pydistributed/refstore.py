@@ -329,12 +329,14 @@ class Leases:
             lease.values[seq] = value
             return True
 
-    def end(self, client: int, cid: int, used: int) -> tuple[Any, list[Any]]:
-        """The consumer ended: its channel and its values taken after ``used``, in order."""
+    def end(self, client: int, cid: int, used: int, pending: bool) -> tuple[Any, list[Any]]:
+        """The consumer ended: its channel and its values taken after ``used``, in order.
+        ``pending``: a take of it may still come, which must find it ended (it is kept as
+        such until ``client`` exits); else it is forgotten."""
         with self._lock:
-            lease = self._held.get((client, cid))
-            if lease is None:
-                lease = self._held[(client, cid)] = _Lease(None)
+            lease = self._held.pop((client, cid), None) or _Lease(None)
+            if pending:
+                self._held[(client, cid)] = lease
             lease.ended = True
             left = [v for n, v in sorted(lease.values.items()) if n > used]
             lease.values.clear()
