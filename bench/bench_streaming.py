@@ -18,7 +18,8 @@ What it measures, each side in a fresh process of its own (``--child``), in roun
   ids then closing ``jobs``, 2 workers each looping ``for job in jobs: sleep(1 ms);
   put(results, ...)``, the master taking the 2,000 results; seconds from the first job to the
   last result. With the plain ``take``/``put``, and with the jobs taken one ahead
-  (``jobs.consume()``) and the results streamed (``results.stream()``).
+  (``jobs.consume()``) and the results streamed (``results.stream(linger=0.005)``: a result
+  waits up to 5 ms for others to share its message).
   Peer: the same with two ``multiprocessing.Queue(32)`` and 2 spawned processes (a ``None``
   per worker ends them). Target: the streamed version <= 1.0 x the peer.
 
@@ -45,6 +46,7 @@ N_STREAM = {False: 100_000, True: 20_000}
 N_PLAIN = {False: 10_000, True: 3_000}  # the plain put: a round trip per item
 N_JOBS = 2000
 JOB_S = 0.001
+LINGER = 0.005  # the results stream's linger in CH2 (5 jobs' time)
 CHANNEL_SIZE = 1000
 JOBS_SIZE = 32
 WORKERS = 2
@@ -78,7 +80,7 @@ def do_work(jobs: Any, results: Any, stream: bool) -> int:
 
     me, done = myid(), 0
     if stream:
-        with jobs.consume() as c, results.stream() as s:
+        with jobs.consume() as c, results.stream(linger=LINGER) as s:
             for job in c:
                 time.sleep(JOB_S)
                 s.put((job, me))
@@ -288,7 +290,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         ),
         _row(
             "CH2",
-            "the same, jobs.consume() and results.stream()",
+            f"the same, jobs.consume(), results.stream(linger={LINGER:g})",
             "pydist",
             "s",
             mine.get("jobs_stream", []),

@@ -26,6 +26,10 @@ values to the owner in batches, one batch in flight at a time, under a credit th
   ``flush``. :attr:`ChannelStream.not_stored` then lists, in order, every value that the
   owner did not confirm storing: nothing is dropped silently. A value confirmed stored stays
   in the channel (a closed channel's values can still be taken).
+* **Linger** (``rc.stream(linger=t)``, default 0): when nothing is in flight, a ``put`` sends
+  its value at once; with ``linger`` it waits up to ``t`` seconds (on a pool thread) for more
+  values to join the batch. Fewer, larger messages for a producer that puts now and then
+  (each value may arrive ``t`` later); ``flush`` and ``close`` send at once.
 * The answer of a batch fills an :class:`_Ack` on the thread that reads it; that thread never
   takes the stream's lock (it may be the one that a blocked send waits on) and hands the next
   send to a pool thread (``executor.submit``), so buffered values go out without a ``flush``.
@@ -37,7 +41,9 @@ putting it (``multiprocessing.Queue`` has the same rule).
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 import warnings
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -76,10 +82,19 @@ class ChannelStream(Generic[T]):
 
     Use it as a context manager (``close`` on exit) or call :meth:`close` yourself. Safe to
     share between threads; the order of values is the order in which ``put`` accepted them.
+
+    Raises:
+        ValueError: ``linger`` is not a number of seconds >= 0.
     """
 
-    def __init__(self, rc: Any) -> None:
+    def __init__(self, rc: Any, linger: float = 0.0) -> None:
+        if isinstance(linger, bool) or not (
+            isinstance(linger, (int, float)) and 0 <= linger < math.inf
+        ):
+            raise ValueError(f"linger must be a number of seconds >= 0, not {linger!r}")
         self._rc = rc
+        self._linger = float(linger)
+        self._lingering = False
         self._lock = threading.Lock()
         self._buf: list[Any] = []  # accepted, not yet sent
         self._inflight: list[Any] | None = None  # sent, not yet answered
@@ -140,7 +155,10 @@ class ChannelStream(Generic[T]):
                 self._raise_error()
             self._buf.append(value)
             if self._inflight is None:
-                self._send()
+                if self._linger and len(self._buf) < self.credit:
+                    self._linger_then_send()
+                else:
+                    self._send()
             self._raise_error()
 
     def flush(self, timeout: float | None = None) -> None:
@@ -276,6 +294,18 @@ class ChannelStream(Generic[T]):
         except BaseException as e:  # unpicklable, or the owner is gone: nothing was sent
             self._inflight = self._slot = None
             self._fail(e, batch)
+
+    def _linger_then_send(self) -> None:
+        # Nothing in flight: let more values join this batch for ``linger`` seconds.
+        if not self._lingering:
+            self._lingering = True
+            self._rc._cluster.executor.submit(self._lingered, False)
+
+    def _lingered(self) -> None:
+        time.sleep(self._linger)
+        with self._lock:
+            self._lingering = False
+        self._kick()
 
     def _kick(self) -> None:
         """On a pool thread, after an answer: send what waits (errors wait for the producer)."""

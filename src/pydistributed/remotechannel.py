@@ -77,19 +77,22 @@ class RemoteChannel(_RemoteRef, Generic[T]):
         self._op(refops.put_ch, v, timeout)
         return self
 
-    def stream(self) -> ChannelStream[T]:
+    def stream(self, linger: float = 0.0) -> ChannelStream[T]:
         """A streaming producer on this channel: ``with rc.stream() as s: s.put(v)``.
 
         Its ``put`` returns once the value is accepted, not stored: values go to the owner in
         batches, within a credit the owner grants from the channel's size; ``flush`` waits
-        until they are stored; errors come at the next ``put``, ``flush`` or ``close``. See
+        until they are stored; errors come at the next ``put``, ``flush`` or ``close``.
+        ``linger``: seconds a value may wait, when no batch is in flight, for more values to
+        join its batch (0: sent at once). See
         :class:`~pydistributed.channelstream.ChannelStream` and ``docs/references.md``.
 
         Raises:
             ChannelClosedError: the channel is closed.
             ProcessExitedException: the owner has exited.
+            ValueError: ``linger`` is not a number of seconds >= 0.
         """
-        return ChannelStream(self)
+        return ChannelStream(self, linger)
 
     def consume(self) -> ChannelConsumer[T]:
         """A consumer that takes one value ahead: ``with rc.consume() as c: for v in c: ...``.

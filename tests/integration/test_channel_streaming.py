@@ -348,3 +348,26 @@ def test_a_killed_consumer_loses_nothing(two_workers: list[int], tmp_path: Any) 
     os.kill(ospid(doomed), signal.SIGKILL)
     wait_until(lambda: ch.n_avail() == 4, timeout=30, what="1 to come back")
     assert [rc.take(timeout=10) for _ in range(4)] == [1, 2, 3, 4]
+
+
+def stream_slowly_with_linger(rc: RemoteChannel, n: int, linger: float) -> int:
+    with rc.stream(linger=linger) as s:
+        for i in range(n):
+            s.put(i, timeout=30)
+            time.sleep(0.002)
+    return n
+
+
+def test_linger_delivers_everything_in_order(two_workers: list[int]) -> None:
+    w = two_workers[0]
+    rc = RemoteChannel(lambda: Channel(16))  # on the master
+    producer = remotecall(stream_slowly_with_linger, w, rc, 60, 0.02)
+    assert [rc.take(timeout=30) for _ in range(60)] == list(range(60))
+    assert producer.fetch(timeout=30) == 60
+    s = RemoteChannel(lambda: Channel(4), w).stream(linger=10.0)
+    s.put("waits", timeout=5)  # lingers: nothing in flight yet
+    s.flush(timeout=10)  # but a flush sends at once
+    s.close()
+    for bad in (-1, math.inf, True, "1"):
+        with pytest.raises(ValueError, match="linger"):
+            rc.stream(linger=bad)  # type: ignore[arg-type]
