@@ -2,7 +2,7 @@
 
 Run from the repository root (``bench/README.md`` says more)::
 
-    python bench/run.py [--only W1,W3,W4] [--quick] [--json FILE] [--placement free]
+    python bench/run.py [--only W1,W3,W4,CH] [--quick] [--json FILE] [--placement free]
 
 What it measures (DESIGN.md, "Figures to reach"):
 
@@ -20,6 +20,10 @@ What it measures (DESIGN.md, "Figures to reach"):
   workers, makes one call on each and shuts down (median of several runs, interleaved). Raw
   floor: ``python -c pass``. Peers: ``multiprocessing`` Pool(2) with ``fork`` and with
   ``spawn``, ``ProcessPoolExecutor(2)``, loky when installed.
+- **CH channels** (``bench_streaming.py``, which says more): worker-to-master streaming through
+  a ``RemoteChannel`` (plain ``put`` and ``rc.stream()``) against a ``multiprocessing.Queue``,
+  and the manual's jobs/results pattern (2,000 jobs of 1 ms, 2 workers) against two
+  ``multiprocessing.Queue`` objects, in the same run.
 
 How to read it: every contender measures itself in fresh processes of its own
 (``_contenders.py``); W1 and W3 take their samples in rounds, each round running every
@@ -712,9 +716,23 @@ def parse_args(argv: Sequence[str] | None, names: Sequence[str]) -> argparse.Nam
     return args
 
 
+def channel_rows(quick: bool) -> dict[str, Any]:
+    """CH: issue 13's channel rows (bench_streaming.py), each beside its multiprocessing peer."""
+    import bench_streaming
+
+    rows = bench_streaming.run(quick)
+    print()
+    print(bench_streaming.report(rows).rstrip())
+    return bench_streaming.summary(rows)
+
+
+# Workloads measured by a module of their own, after the table's: name -> run(quick).
+EXTRA: dict[str, Callable[[bool], dict[str, Any]]] = {"CH": channel_rows}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     table = workloads()
-    args = parse_args(argv, list(table))
+    args = parse_args(argv, [*table, *EXTRA])
     # A terminated harness unwinds like an interrupted one: every `finally` ends its children.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     t_start = time.perf_counter()
@@ -741,6 +759,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results: dict[str, Any] = {}
     for name in args.only:
+        if name in EXTRA:
+            results[name] = EXTRA[name](args.quick)
+            continue
         w = table[name]
         if name == "W3" and importlib.util.find_spec("numpy") is None:
             print(f"\n{w.name} {w.title}\n   SKIPPED: numpy is not installed (pip install numpy)")

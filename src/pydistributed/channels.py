@@ -3,7 +3,8 @@
 ``Channel(size)`` is a first-in, first-out queue shared by threads, with Julia's semantics:
 
 * ``Channel(0)`` is a rendezvous: ``put`` returns only once a ``take`` has received its value.
-* ``Channel(n)`` buffers up to ``n`` values; ``put`` blocks while the buffer is full.
+* ``Channel(n)`` buffers up to ``n`` values; ``put`` blocks while the buffer is full. Putters
+  waiting for room get it first come, first served: a newcomer never overtakes them.
 * ``Channel(math.inf)`` never blocks ``put``.
 
 ``close()`` stops further ``put``; values already buffered can still be taken, after which
@@ -29,98 +30,20 @@ polls. This module does no I/O and imports nothing above :mod:`pydistributed.err
 
 from __future__ import annotations
 
-import abc
 import math
-import operator
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from . import timeouts
+from .channelbase import AbstractChannel, check_size
+from .channelbase import wait_on as _wait
 from .errors import ChannelClosedError
 
 __all__ = ["AbstractChannel", "Channel"]
 
 T = TypeVar("T")
-
-
-class AbstractChannel(abc.ABC, Generic[T]):
-    """The channel methods, as a base class for channel types of your own.
-
-    ``RemoteChannel(f, pid)`` accepts anything that implements these methods. A subclass
-    implements the abstract methods and inherits iteration, which calls :meth:`take` until it
-    raises :class:`~pydistributed.errors.ChannelClosedError`.
-    """
-
-    @abc.abstractmethod
-    def put(self, value: T, timeout: float | None = None) -> Any:
-        """Add ``value`` to the channel.
-
-        Blocks while the channel cannot accept the value (full, or unbuffered with no taker).
-        The return value is unspecified; :class:`Channel` returns ``None``.
-
-        Raises:
-            ChannelClosedError: the channel is closed (also if it closes while blocked).
-            TimeoutError: ``timeout`` seconds passed first; the value was not added.
-        """
-
-    @abc.abstractmethod
-    def take(self, timeout: float | None = None) -> T:
-        """Remove and return the first value.
-
-        Blocks until a value is available.
-
-        Raises:
-            ChannelClosedError: the channel is closed and empty (also if it becomes so while
-                blocked). Iteration relies on this.
-            TimeoutError: ``timeout`` seconds passed first.
-        """
-
-    @abc.abstractmethod
-    def fetch(self, timeout: float | None = None) -> T:
-        """Return the first value without removing it.
-
-        Blocks until a value is available.
-
-        Raises:
-            ChannelClosedError: the channel is closed and empty.
-            TimeoutError: ``timeout`` seconds passed first.
-        """
-
-    @abc.abstractmethod
-    def isready(self) -> bool:
-        """Whether a value can be taken now, without blocking. Never blocks."""
-
-    @abc.abstractmethod
-    def wait(self, timeout: float | None = None) -> None:
-        """Block until a value is available, without taking it.
-
-        Raises:
-            ChannelClosedError: the channel is closed and empty.
-            TimeoutError: ``timeout`` seconds passed first.
-        """
-
-    @abc.abstractmethod
-    def close(self) -> None:
-        """Close the channel: further ``put`` raises. Idempotent; wakes every blocked caller."""
-
-    @abc.abstractmethod
-    def isopen(self) -> bool:
-        """Whether the channel is still open. Never blocks."""
-
-    def __iter__(self) -> Iterator[T]:
-        """Take values until the channel is closed and empty, then stop.
-
-        Each step blocks in :meth:`take` (without timeout) while the channel is open and empty.
-        """
-        while True:
-            try:
-                value = self.take()
-            except ChannelClosedError:
-                return
-            yield value
 
 
 class _Offer:
@@ -167,40 +90,6 @@ class _Request:
         return self.copied if self.copy is not None else self.value
 
 
-def _check_size(size: Any) -> int | float:
-    """Return ``size`` as an ``int`` or ``math.inf``; raise ``ValueError`` for anything else."""
-    if isinstance(size, bool):
-        raise ValueError(f"Channel size must be a non-negative int or math.inf, not {size!r}")
-    if isinstance(size, float) and size == math.inf:
-        return math.inf
-    try:
-        n = operator.index(size)
-    except TypeError:
-        raise ValueError(
-            f"Channel size must be a non-negative int or math.inf, not {size!r}"
-        ) from None
-    if n < 0:
-        raise ValueError(f"Channel size must be a non-negative int or math.inf, not {size!r}")
-    return n
-
-
-def _wait(
-    cond: threading.Condition, deadline: float | None, op: str, timeout: float | None
-) -> None:
-    """Wait on ``cond`` (held) once; raise ``TimeoutError`` if ``deadline`` has passed.
-
-    Callers loop, re-checking their condition after every wakeup *before* calling this
-    again, so a wakeup that races with the deadline is never wasted.
-    """
-    if deadline is None:
-        cond.wait()
-        return
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError(f"Channel.{op} timed out after {timeout} s")
-    cond.wait(min(remaining, threading.TIMEOUT_MAX))
-
-
 class Channel(AbstractChannel[T]):
     """A local, thread-safe FIFO channel (Julia's ``Channel{Any}(size)``).
 
@@ -217,13 +106,15 @@ class Channel(AbstractChannel[T]):
     """
 
     def __init__(self, size: int | float = 0) -> None:
-        self._size: int | float = _check_size(size)
+        self._size: int | float = check_size(size)
         # An RLock, not a Lock: Condition.wait then restores the lock with RLock's C method
         # rather than a Python one, so a KeyboardInterrupt (or an asynchronous exception)
         # arriving as the wait ends cannot leave this thread without the lock it must release.
         self._lock = threading.RLock()
         self._not_empty = threading.Condition(self._lock)  # takers of a buffered channel
-        self._not_full = threading.Condition(self._lock)  # putters of a bounded channel
+        # putters of a bounded channel waiting for room, first come first served: each has a
+        # condition of its own, and only the first is woken when room frees (see _wait_room)
+        self._room_waiters: deque[threading.Condition] = deque()
         self._readable = threading.Condition(self._lock)  # fetch() and wait()
         self._buffer: deque[Any] = deque()
         self._offers: deque[_Offer] = deque()  # size 0: values of blocked putters, in order
@@ -289,20 +180,64 @@ class Channel(AbstractChannel[T]):
                 self._put_rendezvous(value, deadline, timeout)
                 return
             if self._size != math.inf:
-                try:
-                    while len(self._buffer) >= self._size:
-                        _wait(self._not_full, deadline, "put", timeout)
-                        # Checked after every wakeup: room freed after close() is no licence.
-                        if not self._open:
-                            raise ChannelClosedError("channel closed while put was blocked")
-                except BaseException:
-                    # We may have consumed a wakeup meant for "there is room": pass it on.
-                    if self._open and len(self._buffer) < self._size:
-                        self._not_full.notify()
-                    raise
+                self._wait_room(deadline, timeout)
             self._buffer.append(value)
             self._not_empty.notify()
             self._readable.notify_all()
+            if self._room_waiters:
+                self._wake_putter()  # room left: the next one's turn
+
+    def _wait_room(self, deadline: float | None, timeout: float | None) -> None:
+        # Lock held, channel open and bounded: wait until the buffer has room and no putter
+        # that came earlier still waits for it (no barging: a stream's batch, which comes
+        # back for every run of values, queues behind the putters that waited before it).
+        if len(self._buffer) < self._size and not self._room_waiters:
+            return
+        cond = threading.Condition(self._lock)
+        self._room_waiters.append(cond)
+        try:
+            while len(self._buffer) >= self._size or self._room_waiters[0] is not cond:
+                _wait(cond, deadline, "put", timeout)
+                # Checked after every wakeup: room freed after close() is no licence.
+                if not self._open:
+                    raise ChannelClosedError("channel closed while put was blocked")
+        except BaseException:
+            self._room_waiters.remove(cond)
+            self._wake_putter()  # room we were woken for goes to the next one
+            raise
+        self._room_waiters.popleft()  # we were first
+
+    def _wake_putter(self) -> None:
+        # Lock held: wake the first putter waiting for room, if there is room.
+        if self._room_waiters and len(self._buffer) < self._size:
+            self._room_waiters[0].notify()
+
+    def _put_some(self, values: list[Any], start: int, timeout: float | None) -> int:
+        """Put ``values[start:]`` in order, as many as there is room for: blocks (up to
+        ``timeout``) only until the first one fits. Returns how many were put (at least one).
+
+        A stream's batch (``refops.stream_put``) goes in this way, one lock per run of values
+        rather than per value; each value waits its turn for room like a ``put``, so a batch
+        does not jump ahead of putters that were waiting before it. Raises as :meth:`put`
+        (then nothing more was put).
+        """
+        if self._size == 0:
+            self.put(values[start], timeout)  # only to a taker, one at a time
+            return 1
+        deadline = timeouts.deadline(timeout)
+        with self._lock:
+            if not self._open:
+                raise ChannelClosedError("put on a closed channel")
+            end = len(values)
+            if self._size != math.inf:
+                self._wait_room(deadline, timeout)
+                end = min(end, start + int(self._size - len(self._buffer)))
+            self._buffer.extend(values[start:end])
+            self._not_empty.notify(end - start)
+            self._readable.notify_all()
+            if self._room_waiters:
+                self._wake_putter()  # room left: the next one's turn
+            return end - start
 
     def _put_rendezvous(self, value: Any, deadline: float | None, timeout: float | None) -> None:
         # Lock held, channel open.
@@ -366,8 +301,8 @@ class Channel(AbstractChannel[T]):
             if copy is not None:
                 value = copy(value)  # raises: the value stays first in the channel
             self._buffer.popleft()
-            if self._size != math.inf:
-                self._not_full.notify()
+            if self._room_waiters:
+                self._room_waiters[0].notify()
             return value
 
     def _take_rendezvous(
@@ -418,6 +353,19 @@ class Channel(AbstractChannel[T]):
                 pass
         self._offers.appendleft(_Offer(value, None))
         self._readable.notify_all()
+
+    def _give_back(self, values: list[Any]) -> None:
+        """Put ``values`` back at the front of the channel, in order, at once: values a
+        consumer took ahead and never used (``refops.lease_end``). They were in the channel
+        before, so neither its size nor its being closed keeps them out."""
+        with self._lock:
+            if self._size == 0:
+                for value in reversed(values):
+                    self._hand_back(value)
+                return
+            self._buffer.extendleft(reversed(values))
+            self._not_empty.notify(len(values))
+            self._readable.notify_all()
 
     # -- fetch / wait ----------------------------------------------------------------------
 
@@ -482,5 +430,6 @@ class Channel(AbstractChannel[T]):
             for request in self._requests:
                 request.cond.notify()
             self._not_empty.notify_all()
-            self._not_full.notify_all()
+            for cond in self._room_waiters:
+                cond.notify()
             self._readable.notify_all()

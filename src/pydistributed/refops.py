@@ -32,6 +32,7 @@ from .ids import RRID
 from .refstore import Failure, FutureSlot
 
 __all__ = [
+    "MAX_CREDIT",
     "POLL",
     "Marker",
     "close_ch",
@@ -40,11 +41,15 @@ __all__ = [
     "isopen_ch",
     "isready_ch",
     "isready_ref",
+    "lease_end",
+    "lease_take",
     "make_channel",
     "put_ch",
     "put_ref",
     "raise_marker",
     "status_ref",
+    "stream_open",
+    "stream_put",
     "take_ch",
     "wait_ch",
 ]
@@ -269,6 +274,100 @@ def fetch_ch(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
 def wait_ch(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
     marker = _channel_op("wait", key, timeout, caller)
     return marker if isinstance(marker, Marker) else None
+
+
+# -- streams (channelstream.py) ------------------------------------------------------------------
+
+# The most values a stream may have in flight, whatever the channel's size.
+MAX_CREDIT = 1024
+
+
+@_internal
+def stream_open(key: tuple[int, int]) -> Any:
+    """The credit of a new stream into the channel ``key``: how many values its producer may
+    have in flight (sent, not yet stored). The channel's free capacity when empty: its size
+    (at most ``MAX_CREDIT``), 1 for an unbuffered channel or one of the user's own without a
+    ``size``, ``MAX_CREDIT`` for an unbounded one.
+
+    A closed channel answers a ``_CLOSED`` marker.
+    """
+    ch = _channel(current_cluster(), key)
+    isopen = getattr(ch, "isopen", None)
+    if isopen is not None and not isopen():
+        return Marker(_CLOSED, "stream on a closed channel")
+    size = getattr(ch, "size", None)
+    if isinstance(size, (int, float)) and not isinstance(size, bool) and size >= 1:
+        return int(min(size, MAX_CREDIT))
+    return 1
+
+
+@_internal
+def stream_put(key: tuple[int, int], values: list[Any], caller: int) -> tuple[int, Any]:
+    """Store a stream's batch ``values`` in order, each waiting its turn for room as a ``put``
+    does; answer once every one is stored (which gives the producer its credit back), as
+    ``(len(values), None)``, or ``(n, marker)`` when only the first ``n`` were: the channel
+    closed (a ``_CLOSED`` marker), or the producer is gone or cancelled it (the rest is
+    dropped: nobody will hear of it)."""
+    c = current_cluster()
+    ch = _channel(c, key)
+    some = ch._put_some if isinstance(ch, Channel) else None
+    done, n = 0, len(values)
+    try:
+        while done < n:
+            if some is not None:
+                got = _blocking(c, some, (values, done), None, caller)
+            else:
+                got = _blocking(c, _put_one(ch), (values[done],), None, caller)
+            if isinstance(got, Marker):
+                return done, got
+            done += got
+    except ChannelClosedError as e:
+        return done, Marker(_CLOSED, str(e) or "the channel is closed")
+    return done, None
+
+
+def _put_one(ch: Any) -> Callable[..., int]:
+    def put(value: Any, timeout: float | None) -> int:
+        if isinstance(ch, AbstractChannel):
+            ch.put(value, timeout)
+        else:
+            ch.put(value)  # a channel of the user's own without a timeout: may block
+        return 1
+
+    return put
+
+
+# -- consumers that take one value ahead (channelconsumer.py) ------------------------------------
+
+
+@_cancellable
+@_internal
+def lease_take(key: tuple[int, int], cid: int, seq: int, used: int, caller: int) -> Any:
+    """Take ``seq`` of ``caller``'s consumer ``cid``: ``take``, and keep the value here (a
+    lease) until the consumer says it used it (``used``, in its next take or its end). A
+    consumer that has ended or exited meanwhile gets nothing: the value goes back."""
+    c = current_cluster()
+    ch = _channel(c, key)
+    value = _channel_op("take", key, None, caller)
+    if isinstance(value, Marker):
+        return value
+    plain = codec.loads(value.data) if isinstance(value, _Encoded) else value
+    if not c.refs.leases.hold(caller, cid, ch, seq, plain, used):
+        c.refs.give_back(ch, [plain])
+        return Marker(_CANCELLED, "the consumer has ended")
+    return value
+
+
+@_internal
+def lease_end(key: tuple[int, int], cid: int, used: int, pending: bool, caller: int) -> int:
+    """``caller``'s consumer ``cid`` ended having used its takes up to ``used``: the values
+    it took after that go back to the front of the channel, in order; returns how many.
+    ``pending``: a take of it may still come (cancelled): it will find the consumer ended."""
+    c = current_cluster()
+    ch, left = c.refs.leases.end(caller, cid, used, pending)
+    if left:
+        c.refs.give_back(ch, left)
+    return len(left)
 
 
 @_internal

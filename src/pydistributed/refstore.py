@@ -29,7 +29,7 @@ from typing import Any
 from .errors import CapturedException, RemoteException
 from .ids import RRID
 
-__all__ = ["Failure", "FutureSlot", "RefStore"]
+__all__ = ["Failure", "FutureSlot", "Leases", "RefStore"]
 
 log = logging.getLogger("pydistributed")
 
@@ -154,6 +154,7 @@ class RefStore:
         self._lock = threading.Lock()
         self._entries: dict[tuple[int, int], _Entry] = {}  # keyed by RRID (a tuple)
         self._gone: set[int] = set()
+        self.leases = Leases()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -251,6 +252,26 @@ class RefStore:
             for rrid, entry in list(self._entries.items()):
                 if entry.clients.pop(client, None) is not None:
                     self._maybe_free(rrid, entry)
+        for channel, values in self.leases.drop_client(client):
+            self.give_back(channel, values)
+
+    @staticmethod
+    def give_back(channel: Any, values: list[Any]) -> None:
+        """Put ``values`` (taken ahead, never used) back into ``channel``: at its front for a
+        ``Channel``; at its end, from a thread, for a channel of the user's own."""
+        give = getattr(channel, "_give_back", None)
+        if give is not None:
+            give(values)
+            return
+
+        def put_all() -> None:
+            for value in values:
+                try:
+                    channel.put(value)
+                except Exception:
+                    return  # closed meanwhile: the values go with the channel
+
+        threading.Thread(target=put_all, name="pydist-give-back", daemon=True).start()
 
     def _maybe_free(self, rrid: tuple[int, int], entry: _Entry) -> None:
         # Lock held. An entry made by ``ensure`` is kept until its first notice.
@@ -271,3 +292,64 @@ class RefStore:
         """A copy of the client counts (for tests and debugging)."""
         with self._lock:
             return {k: dict(v.clients) for k, v in self._entries.items()}
+
+
+class _Lease:
+    __slots__ = ("channel", "ended", "values")
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.values: dict[int, Any] = {}  # by the number of the take
+        self.ended = False
+
+
+class Leases:
+    """Values that consumers on other processes took ahead (``RemoteChannel.consume``) and
+    have not used yet, per ``(client, consumer id)``, so that the values of a consumer that
+    ends or exits go back into their channel (``refops.lease_take``, ``lease_end``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[tuple[int, int], _Lease] = {}
+        self._gone: set[int] = set()
+
+    def hold(self, client: int, cid: int, channel: Any, seq: int, value: Any, used: int) -> bool:
+        """Keep ``value``, taken by take ``seq``; forget those up to ``used`` (returned to the
+        consumer's caller). False if the consumer has ended or exited: give it back."""
+        with self._lock:
+            if client in self._gone:
+                return False
+            lease = self._held.get((client, cid))
+            if lease is None:
+                lease = self._held[(client, cid)] = _Lease(channel)
+            if lease.ended:
+                return False
+            for n in [n for n in lease.values if n <= used]:
+                del lease.values[n]
+            lease.values[seq] = value
+            return True
+
+    def end(self, client: int, cid: int, used: int, pending: bool) -> tuple[Any, list[Any]]:
+        """The consumer ended: its channel and its values taken after ``used``, in order.
+        ``pending``: a take of it may still come, which must find it ended (it is kept as
+        such until ``client`` exits); else it is forgotten."""
+        with self._lock:
+            lease = self._held.pop((client, cid), None) or _Lease(None)
+            if pending:
+                self._held[(client, cid)] = lease
+            lease.ended = True
+            left = [v for n, v in sorted(lease.values.items()) if n > used]
+            lease.values.clear()
+            return lease.channel, left
+
+    def drop_client(self, client: int) -> list[tuple[Any, list[Any]]]:
+        """``client`` has exited: every channel and the values its consumers held, in order."""
+        with self._lock:
+            self._gone.add(client)
+            mine = [k for k in self._held if k[0] == client]
+            out = []
+            for k in mine:
+                lease = self._held.pop(k)
+                if lease.values:
+                    out.append((lease.channel, [v for _, v in sorted(lease.values.items())]))
+            return out

@@ -32,144 +32,22 @@ by the sender; the process that unpickles it announces itself instead.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from . import aio, codec, refops
+from . import codec, refops
 from .cluster import Cluster, current_cluster
-from .errors import (
-    ChannelClosedError,
-)
 from .futures import FINISHED, NOTHING, Cancelled, StandardFuture
 from .ids import RRID, check_pid
+from .refhandle import _new, _RemoteRef
 from .refops import raise_marker
 from .refstore import Failure, FutureSlot
+from .remotechannel import RemoteChannel
 
-__all__ = ["Future", "RemoteChannel"]
+__all__ = ["Future", "RemoteChannel", "_RemoteRef"]
 
 T = TypeVar("T")
 
 _NOTHING: Any = NOTHING
-
-
-class _RemoteRef:
-    """What ``Future`` and ``RemoteChannel`` share: identity, counting, pickling."""
-
-    __slots__ = ("__weakref__", "_cluster", "_key", "_released", "rrid", "where")
-
-    _cluster: Cluster
-    where: int
-    rrid: RRID
-    _key: tuple[int, int]  # the rrid as a plain tuple: cheaper to pickle, equal as a dict key
-    _released: bool
-
-    def _init(self, cluster: Cluster, where: int, rrid: RRID, released: bool = False) -> None:
-        self._cluster = cluster
-        self.where = where
-        self.rrid = rrid
-        self._key = (rrid.whence, rrid.id)
-        self._released = released
-
-    @property
-    def whence(self) -> int:
-        """The process that created the reference."""
-        return self.rrid.whence
-
-    @property
-    def id(self) -> int:
-        """Unique among the references created on ``whence``."""
-        return self.rrid.id
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, _RemoteRef):
-            return NotImplemented
-        return (self.where, self.rrid) == (other.where, other.rrid)
-
-    def __hash__(self) -> int:
-        return hash((self.where, self.rrid))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(where={self.where}, whence={self.whence}, id={self.id})"
-
-    def _release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._cluster.refcount.queue_release(self.where, self.rrid)
-
-    def __del__(self) -> None:
-        # may run on any thread at any time: queue_release only appends to a deque
-        try:
-            if not self._released:
-                self._released = True
-                self._cluster.refcount.queue_release(self.where, self.rrid)
-        except Exception:
-            pass
-
-    def __copy__(self) -> _RemoteRef:
-        # a handle is an identity; a copy would be a second, uncounted handle
-        return self
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _RemoteRef:
-        return self
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Inside a message, the sender announces the receiver's handle (note_ref); outside
-        # one, nobody does, and the receiver must announce itself.
-        counted = codec.encoding_target() is not None
-        if counted:
-            codec.note_ref(self)
-        return (_rebuild, (type(self), self.where, self.rrid.whence, self.rrid.id, counted))
-
-    def _call(self, f: Callable[..., Any], *args: Any) -> Any:
-        """Run an owner-side operation (``refops``) on the owner."""
-        c = self._cluster
-        if self.where == c.myid:
-            return f(*args)
-        return c.calls.call_fetch(self.where, f, args)
-
-
-def _new(
-    cls: type[_RemoteRef],
-    cluster: Cluster,
-    where: int,
-    rrid: RRID,
-    *,
-    value: Any = _NOTHING,
-    released: bool = False,
-) -> Any:
-    """A handle object, not yet in the table of handles (every constructor comes here)."""
-    obj = cls.__new__(cls)
-    if isinstance(obj, Future):
-        obj._value = _NOTHING
-        obj._lock = threading.RLock()
-    obj._init(cluster, where, rrid, released)
-    if value is not _NOTHING:
-        obj._finish(value, None)  # type: ignore[attr-defined]  # new: nobody waits on it yet
-    return obj
-
-
-def _rebuild(
-    cls: type[_RemoteRef], where: int, whence: int, id: int, counted: bool = True
-) -> _RemoteRef:
-    """Unpickle a handle: one object per reference per process."""
-    c = current_cluster()  # the cluster decoding this message (see scope)
-    rrid = RRID(whence, id)
-
-    def reuse(existing: Any) -> bool:
-        # a released handle is dead unless it is a Future that keeps its value
-        return type(existing) is cls and (
-            not existing._released or getattr(existing, "_value", _NOTHING) is not _NOTHING
-        )
-
-    obj, made = c.refcount.get_or_make(rrid, reuse, lambda: _new(cls, c, where, rrid))
-    if not made:
-        if counted:
-            # the sender counted one more handle for us; we keep using the one we have
-            c.refcount.queue_release(where, rrid)
-        return obj  # type: ignore[no-any-return]
-    if not counted:
-        c.refcount.add_handle(where, rrid, make_storage=False)
-    return obj  # type: ignore[no-any-return]
 
 
 def _rebuild_fetched(where: int, whence: int, id: int, value: Any) -> Future:
@@ -211,6 +89,10 @@ class Future(_RemoteRef, StandardFuture, Generic[T]):
 
     _lock: threading.RLock
     _value: Any
+
+    def _prepare(self) -> None:
+        self._value = _NOTHING
+        self._lock = threading.RLock()
 
     def __init__(self, pid: int | None = None) -> None:
         c = current_cluster()
@@ -370,127 +252,3 @@ class Future(_RemoteRef, StandardFuture, Generic[T]):
         self._slot().try_put(value)
         self._value = value
         self._release()
-
-
-class RemoteChannel(_RemoteRef, Generic[T]):
-    """A reference to a channel on process ``where``.
-
-    ``RemoteChannel(pid=None)`` makes a ``Channel(1)`` on ``pid`` (this process by default);
-    ``RemoteChannel(f, pid=None)`` runs ``f()`` on ``pid`` and uses the channel it returns
-    (anything with the ``AbstractChannel`` methods). Every operation runs on the owner, and
-    may be called from any process the handle has been sent to.
-
-    Attributes:
-        where: the process that holds the channel.
-        whence: the process that created the reference.
-        id: unique among the references created on ``whence``.
-    """
-
-    __slots__ = ()
-
-    def __init__(self, f: Callable[[], Any] | int | None = None, pid: int | None = None) -> None:
-        if f is not None and not callable(f):
-            if pid is not None:
-                raise TypeError("RemoteChannel(f, pid): f must be callable")
-            f, pid = None, f
-        c = current_cluster()
-        where = c.myid if pid is None else check_pid(pid)
-        rrid = RRID(c.myid, c.refcount.next_id())
-        if where == c.myid:
-            refops.make_channel((rrid.whence, rrid.id), c.myid, f)
-        else:
-            c.calls.call_fetch(where, refops.make_channel, ((rrid.whence, rrid.id), c.myid, f))
-        self._init(c, where, rrid)
-        c.refcount.register(rrid, self)
-
-    def _op(self, f: Callable[..., Any], *args: Any) -> Any:
-        """Run a blocking channel operation on the owner; raise what its marker says."""
-        c = self._cluster
-        if self.where == c.myid:
-            return raise_marker(f(self._key, *args, c.myid))
-        return raise_marker(c.calls.call_fetch(self.where, f, (self._key, *args, c.myid)))
-
-    def put(self, value: Any, timeout: float | None = None) -> RemoteChannel:
-        """Put ``value`` into the channel; returns the RemoteChannel.
-
-        Returns once the value is in the channel: blocks while the channel is full (or, for
-        an unbuffered channel, until a taker has received it).
-
-        Raises:
-            ChannelClosedError: the channel is closed; the value was not added.
-            TimeoutError: ``timeout`` seconds passed first; the value was not added.
-            ProcessExitedException: the owner has exited (also while this call waits).
-        """
-        v = value if self.where == self._cluster.myid else codec.oob(value)
-        self._op(refops.put_ch, v, timeout)
-        return self
-
-    def take(self, timeout: float | None = None) -> T:
-        """Remove and return the first value (blocks until there is one).
-
-        Raises:
-            ChannelClosedError: the channel is closed and empty.
-            TimeoutError: ``timeout`` seconds passed first; nothing was taken.
-            ProcessExitedException: the owner has exited (also while this call waits).
-        """
-        return self._op(refops.take_ch, timeout)
-
-    def fetch(self, timeout: float | None = None) -> T:
-        """Return the first value without removing it (blocks until there is one).
-
-        Raises:
-            ChannelClosedError: the channel is closed and empty.
-            TimeoutError: ``timeout`` seconds passed first.
-            ProcessExitedException: the owner has exited (also while this call waits).
-        """
-        return self._op(refops.fetch_ch, timeout)
-
-    def isready(self) -> bool:
-        """Whether a value can be taken now (it may be gone by the time you take it)."""
-        return bool(self._call(refops.isready_ch, self._key))
-
-    def wait(self, timeout: float | None = None) -> RemoteChannel:
-        """Block until a value is available, without taking it; returns the RemoteChannel.
-
-        Raises:
-            ChannelClosedError: the channel is closed and empty.
-            TimeoutError: ``timeout`` seconds passed first.
-            ProcessExitedException: the owner has exited (also while this call waits).
-        """
-        self._op(refops.wait_ch, timeout)
-        return self
-
-    def close(self) -> None:
-        """Close the channel: further puts raise; buffered values can still be taken."""
-        self._call(refops.close_ch, self._key)
-
-    def isopen(self) -> bool:
-        """Whether the channel is still open."""
-        return bool(self._call(refops.isopen_ch, self._key))
-
-    async def atake(self, timeout: float | None = None) -> Any:
-        """``await rc.atake()``: :meth:`take` without blocking the event loop (see ``aio.py``).
-
-        Cancelling the awaiting task cancels the take on the owner; a value it had taken
-        already is put back into the channel (at its end).
-        """
-        return await aio.channel_op(self, refops.take_ch, (timeout,), put_back=True)
-
-    async def aput(self, value: Any, timeout: float | None = None) -> RemoteChannel:
-        """``await rc.aput(v)``: :meth:`put` without blocking the event loop (see ``aio.py``)."""
-        v = value if self.where == self._cluster.myid else codec.oob(value)
-        await aio.channel_op(self, refops.put_ch, (v, timeout))
-        return self
-
-    async def afetch(self, timeout: float | None = None) -> Any:
-        """``await rc.afetch()``: :meth:`fetch` without blocking the event loop."""
-        return await aio.channel_op(self, refops.fetch_ch, (timeout,))
-
-    def __iter__(self) -> Iterator[Any]:
-        """Take values until the channel is closed and empty."""
-        while True:
-            try:
-                value = self.take()
-            except ChannelClosedError:
-                return
-            yield value
