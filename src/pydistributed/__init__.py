@@ -26,7 +26,7 @@ from .macros import distributed, everywhere, fetchfrom, spawn, spawnat
 from .managers.base import ClusterManager, DefaultClusterManager, WorkerConfig
 from .managers.local import LocalManager
 from .managers.ssh import SSHManager
-from .pmap import pmap
+from .pmap import imap, pmap
 from .processes import (
     addprocs,
     init_worker,
@@ -91,6 +91,7 @@ __all__ = [
     "everywhere",
     "fetch",
     "fetchfrom",
+    "imap",
     "init_worker",
     "interrupt",
     "isready",
