@@ -76,13 +76,17 @@ class BatchCall:
     """What runs a batch on a worker: a local asyncmap of ``f`` over the batch's elements.
 
     With ``capture``, an element that raises gives a :class:`_Failed` in its place and the
-    others go on (pmap then handles it); without, the first error fails the whole batch.
+    others go on (pmap then handles it); without, the first error fails the whole batch. The
+    worker keeps one copy of this object for the map (the function cache), which remembers how
+    quick the last batch's elements were: a batch of quick elements after another starts in
+    chunks, on one thread, instead of starting a second thread for its first element.
     """
 
     def __init__(self, f: Callable[..., Any], star: bool, capture: bool) -> None:
         self.f = f
         self.star = star
         self.capture = capture
+        self.chunk = 1
 
     def __call__(self, batch: list[Any]) -> list[Any]:
         c = current_cluster()  # the worker's cluster, running this batch (see scope)
@@ -98,8 +102,12 @@ class BatchCall:
                 except Exception as e:
                     return _Failed(pid, capture(e))
 
-        job = Job(c, fn, iter(batch), DEFAULT_NTASKS, adaptive=True, max_chunk=MAX_CHUNK)
-        return job.run()
+        job = Job(
+            c, fn, iter(batch), DEFAULT_NTASKS, adaptive=True, max_chunk=MAX_CHUNK, chunk=self.chunk
+        )
+        results = job.run()
+        self.chunk = job.chunk
+        return results
 
 
 def _unwrap(e: BaseException) -> BaseException:
@@ -300,7 +308,8 @@ class MapPolicy:
         batch = args[0]
         start = self._starts.pop(token)
         if ok:
-            failed = [k for k, r in enumerate(value) if isinstance(r, _Failed)]
+            # (_Failed only comes back when errors are handled: the batch captures them)
+            failed = [k for k, r in enumerate(value) if type(r) is _Failed] if self.handles else []
             if not failed:
                 self.progress.update(len(batch))
                 return [(start, value)]

@@ -13,9 +13,11 @@ elements go where, windows, errors) is ``pipeline.py``'s.
                                                   free, so interrupt reaches it): one element
                                                   at a time, in arrival order, never two at once
     StreamSlot.deliver, on the reader     <------ MapResults(stream, first, count, ...): the
-    thread (the slot is registered in             outcomes held, sent when the queue is empty,
-    Peer.pending under the stream id, so          FLUSH_COUNT are held, or holding them longer
-    that a closed connection reaches it)          would keep the oldest past FLUSH_AGE
+    thread (the slot is registered in             outcomes held, sent when FLUSH_COUNT are
+    Peer.pending under the stream id, so          held, when no more are queued than held (so
+    that a closed connection reaches it)          the caller refills before the queue runs
+                                                  dry), or when holding them longer would keep
+                                                  the oldest past FLUSH_AGE
     MapCancel(stream)                       ----> the runner answers the elements not started
                                                   as dropped, in order
 
@@ -193,7 +195,11 @@ class SerialQueues:
                 oldest = t1
             oks.append(ok)
             values.append(codec.oob(value) if ok else value)
-            if len(oks) >= FLUSH_COUNT or t1 - oldest + (t1 - t0) >= FLUSH_AGE:
+            if (
+                len(oks) >= FLUSH_COUNT
+                or len(items) <= len(oks)
+                or t1 - oldest + (t1 - t0) >= FLUSH_AGE
+            ):
                 if not self._flush(q, first, oks, values, busy):
                     return
                 oks = bytearray()

@@ -12,13 +12,14 @@ module runs the elements on the workers of a pool::
     wait on the inbox, which the reading threads fill    <-- MapResults(stream, ...), several
     hand the outcomes to the caller, in completion order     outcomes to a message
 
-A lane's *window* is how many of its elements may be in flight. It starts at 1 and follows
-``1 + ceil(2 * rtt / t)``, ``t`` the time an element runs on the worker (what the worker
-reports) and ``rtt`` the rest of an element's round trip (measured on elements that found
-their lane empty), at most doubling per answer and at most ``MAX_WINDOW``; it stays 1 when the
-elements take twenty times the round trip or more, so that no element waits behind another
-on a busy worker while an idle one could run it. Quick elements thus travel a few dozen to a
-message each way, and slow ones one at a time as before.
+A lane's *window* is how many of its elements may be in flight. It starts at 1 (2 for
+batches) and follows ``1 + ceil(2 * rtt / t)``, ``t`` the time an element runs on the worker
+(as the worker reports) and ``rtt`` the rest of an element's round trip (measured on elements
+that found their lane empty, except a lane's first, which also carried the function; it falls
+at once and rises slowly), at most doubling per answer and at most ``MAX_WINDOW``. It stays 1
+when the elements take twenty round trips or more, so that no element waits behind another on
+a busy worker while an idle one could run it. Quick elements thus travel dozens to a message
+each way, and slow ones one at a time as before.
 
 A lane holds its worker for ``ROTATE`` seconds at most: then it stops sending, and once its
 elements are back it gives the worker back to the pool and the hub takes a free one again
@@ -115,6 +116,7 @@ class Pipeline:
         nworkers: how many workers the pool has now (asked every ``_LOOK`` seconds).
         cache: ships each function to each worker once.
         source: the elements, ``(token, f, args)``, read lazily.
+        window: a new lane's window (the elements it sends before the first answer).
     """
 
     def __init__(
@@ -124,8 +126,10 @@ class Pipeline:
         nworkers: Callable[[], int],
         cache: FunctionCache,
         source: Iterator[tuple[Any, Any, tuple[Any, ...]]],
+        window: int = 1,
     ) -> None:
         self.cluster = cluster
+        self.first_window = window
         self.pool = pool
         self.nworkers = nworkers
         self.cache = cache
@@ -260,7 +264,7 @@ class Pipeline:
             self._open(pid)
 
     def _open(self, pid: int) -> None:
-        lane = _Lane(pid, self._windows.get(pid, 1))
+        lane = _Lane(pid, self._windows.get(pid, self.first_window))
         if pid == self.cluster.myid:
             lane.local = True
             lane.window = 1
@@ -315,22 +319,28 @@ class Pipeline:
         return None
 
     def _fill(self) -> None:
+        """Send each lane what its window allows, dealing the elements out one lane at a time
+        (a few elements go to as many workers, not all to the first)."""
+        wants: list[list[Any]] = []
+        for lane in self.lanes:
+            room = lane.window - len(lane.sent)
+            if room > 0 and not lane.stopping and not lane.dead:
+                wants.append([lane, room, []])
+        dealing = wants
+        while dealing:
+            for want in dealing:
+                item = self._next()
+                if item is None:
+                    dealing = []
+                    break
+                want[2].append(item)
+                want[1] -= 1
+            dealing = [want for want in dealing if want[1] > 0]
         held = hold_sigint() if self._main else None  # a message is never half written
         try:
-            for lane in self.lanes:
-                room = lane.window - len(lane.sent)
-                if room <= 0 or lane.stopping or lane.dead:
-                    continue
-                batch: list[tuple[Any, Any, tuple[Any, ...]]] = []
-                while len(batch) < room:
-                    item = self._next()
-                    if item is None:
-                        break
-                    batch.append(item)
-                if batch:
+            for lane, _, batch in wants:
+                if batch and not lane.dead and not self.stopped:
                     self._send(lane, batch)
-                if self.stopped:
-                    return
         finally:
             if held is not None:
                 release_sigint(held)
@@ -430,10 +440,11 @@ class Pipeline:
                 value = values[i]
                 err = value.error if isinstance(value, _Failure) else RemoteException(pid, value)
                 out.append((token, f, args, False, err))
-            if alone and count:
+            if alone and first + i:  # (a lane's first element also carried the function)
                 sample = now - when - seconds / count
                 if sample > 0:
-                    self.rtt = 0.7 * self.rtt + 0.3 * sample
+                    # down at once, up slowly: a slow spell of the machine is not a round trip
+                    self.rtt = min(sample, 0.8 * self.rtt + 0.2 * sample)
         if count and not lane.local:
             t = seconds / count
             lane.t_item = t if not lane.t_item else 0.7 * lane.t_item + 0.3 * t

@@ -271,7 +271,8 @@ def _run(
                 head, sizes = [], itertools.repeat(int(size))
             runner = BatchCall(f, star, capture=run.handles)
             source = run.batches(runner, make_batches(head, items, sizes))
-        engine = Pipeline(c, pool, lambda: len(pool), run.cache, source)
+        window = 1 if size == 1 else 2  # a batch's elements are known to be several
+        engine = Pipeline(c, pool, lambda: len(pool), run.cache, source, window)
         yield from run.run(engine)
     finally:
         run.stopping.set()
