@@ -152,7 +152,8 @@ def imap(
 
     Raises:
         (from ``next()``) what :func:`pmap` raises: the first error stops the map once the
-        elements running have finished, and is raised after the results already yielded.
+        elements running have finished, and is raised after the results that came before it
+        stopped (in order: those before the first one missing).
         ValueError, TypeError: bad arguments (from the call itself).
 
     Closing the iterator early (``close()``, ``break`` out of a ``for`` loop and dropping it)
