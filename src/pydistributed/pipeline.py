@@ -55,7 +55,7 @@ from .messages import MapCalls, MapCancel
 from .pipecalls import DROPPED, StreamSlot, new_stream_id
 from .remotecall import WorkerSource
 
-__all__ = ["MAX_WINDOW", "Dropped", "Outcome", "Pipeline"]
+__all__ = ["MAX_WINDOW", "Dropped", "Outcome", "Pipeline", "next_window"]
 
 log = logging.getLogger("pydistributed.pmap")
 
@@ -448,7 +448,7 @@ class Pipeline:
         if count and not lane.local:
             t = seconds / count
             lane.t_item = t if not lane.t_item else 0.7 * lane.t_item + 0.3 * t
-            lane.window = _window(lane.window, self.rtt, lane.t_item)
+            lane.window = next_window(lane.window, self.rtt, lane.t_item)
 
 
 class _Failure:
@@ -460,7 +460,7 @@ class _Failure:
         self.error = error
 
 
-def _window(now: int, rtt: float, t_item: float) -> int:
+def next_window(now: int, rtt: float, t_item: float) -> int:
     """The next window of a lane: enough elements to keep the worker busy over a round trip
     (twice over), one when an element takes 20 round trips or more; at most doubling."""
     ratio = 2 * rtt / max(t_item, 1e-7)
