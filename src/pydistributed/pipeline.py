@@ -185,7 +185,7 @@ class Pipeline:
             self._take_workers(now)
             self._fill()
         out: list[Outcome] = []
-        self._close_finished(out)
+        self._close_finished()
         if self.done:
             return out
         timeout = _LOOK
@@ -202,7 +202,7 @@ class Pipeline:
             except queue.Empty:
                 break
             self._handle(event, out)
-        self._close_finished(out)
+        self._close_finished()
         return out
 
     def interrupt(self, grace: float) -> None:
@@ -292,7 +292,7 @@ class Pipeline:
         except Exception:
             log.exception("map: giving worker %d back to its pool failed", lane.pid)
 
-    def _close_finished(self, out: list[Outcome]) -> None:
+    def _close_finished(self) -> None:
         now = time.monotonic()
         for lane in list(self.lanes):
             if not lane.stopping and (

@@ -99,7 +99,8 @@ def pmap(
     Raises:
         RemoteException: ``f`` raised on a worker (without ``on_error``): the first error stops
             the map once the elements already started have finished.
-        ProcessExitedException: a worker died while running an element (without retries).
+        ProcessExitedException: a worker died with elements of the map on it (without
+            retries).
         ValueError: ``batch_size`` is 0, negative or not an int or ``"auto"``.
         RuntimeError: every worker of the pool has exited (a pool given empty, and the
             default pool without workers, map on this process, as in Julia).
