@@ -77,6 +77,7 @@ class _Lane:
     """One worker taken from the pool, and the elements in flight on it."""
 
     __slots__ = (
+        "answered",
         "dead",
         "local",
         "next_seq",
@@ -97,7 +98,8 @@ class _Lane:
         self.slot: StreamSlot | None = None
         self.stream = new_stream_id()
         self.local = False
-        self.next_seq = 0
+        self.next_seq = 0  # the number of the next element sent, and how many went
+        self.answered = 0  # how many came back (counted by the reading thread)
         # seq -> (token, f, args, when sent, sent into an empty lane)
         self.sent: dict[int, tuple[Any, Any, tuple[Any, ...], float, bool]] = {}
         self.window = window
@@ -117,6 +119,8 @@ class Pipeline:
         cache: ships each function to each worker once.
         source: the elements, ``(token, f, args)``, read lazily.
         window: a new lane's window (the elements it sends before the first answer).
+        eager: wake up for every outcome (a reader of imap, a progress bar), not only when a
+            window is half empty, an element failed or a lane is done.
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class Pipeline:
         cache: FunctionCache,
         source: Iterator[tuple[Any, Any, tuple[Any, ...]]],
         window: int = 1,
+        eager: bool = False,
     ) -> None:
         self.cluster = cluster
         self.first_window = window
@@ -134,7 +139,11 @@ class Pipeline:
         self.nworkers = nworkers
         self.cache = cache
         self.source = source
-        self.inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.eager = eager
+        # outcomes, from the reading threads; the bell wakes the hub when it has work (see
+        # post): a map that only collects its results sleeps while its windows are well filled
+        self.inbox: deque[tuple[Any, ...]] = deque()
+        self._bell: queue.SimpleQueue[None] = queue.SimpleQueue()
         self.lanes: list[_Lane] = []
         self.retries: deque[tuple[Any, Any, tuple[Any, ...]]] = deque()
         self._later: list[tuple[float, int, Any, Any, tuple[Any, ...]]] = []
@@ -191,19 +200,42 @@ class Pipeline:
         timeout = _LOOK
         if self._later:
             timeout = max(0.0, min(timeout, self._later[0][0] - now))
-        try:
-            event = self.inbox.get(timeout=timeout)
-        except queue.Empty:
-            return out
-        self._handle(event, out)
-        while True:
+        if not self.inbox:
             try:
-                event = self.inbox.get_nowait()
+                self._bell.get(timeout=timeout)
             except queue.Empty:
-                break
-            self._handle(event, out)
+                pass
+        self._take_inbox(out)
         self._close_finished()
         return out
+
+    def _take_inbox(self, out: list[Outcome]) -> None:
+        while True:
+            try:
+                self._bell.get_nowait()
+            except queue.Empty:
+                break
+        inbox = self.inbox
+        while inbox:
+            self._handle(inbox.popleft(), out)
+
+    def post(self, event: tuple[Any, ...]) -> None:
+        """From a reading thread (must not block): an event for the hub, ``(lane, first,
+        count, oks, values, seconds)`` (``first`` -1: the connection closed). The hub is woken
+        when it has something to do: refill a window half empty, handle a failure, close a
+        lane whose elements are all back, stop; or for every outcome when ``eager``."""
+        self.inbox.append(event)
+        lane = event[0]
+        lane.answered += event[2]
+        if (
+            self.eager
+            or self.stopped
+            or event[1] < 0
+            or lane.next_seq - lane.answered <= lane.window // 2
+            or b"\0" in event[3]
+            or DROPPED in event[3]
+        ):
+            self._bell.put(None)
 
     def interrupt(self, grace: float) -> None:
         """Ctrl-C: drop the elements not started, interrupt those running (``interrupt`` of
@@ -226,11 +258,12 @@ class Pipeline:
                     n = sum(len(lane.sent) for lane in self.lanes)
                     log.warning("map: %d elements still out %g s after it stopped", n, grace)
                     return
-                try:
-                    event = self.inbox.get(timeout=min(left, _LOOK))
-                except queue.Empty:
-                    continue
-                self._handle(event, [])
+                if not self.inbox:
+                    try:
+                        self._bell.get(timeout=min(left, _LOOK))
+                    except queue.Empty:
+                        continue
+                self._take_inbox([])
         except KeyboardInterrupt:
             return
 
@@ -276,7 +309,7 @@ class Pipeline:
             self.pool.put(pid)  # gone: the pool forgets it
             return
         lane.peer = peer
-        lane.slot = StreamSlot(self.inbox.put, lane)
+        lane.slot = StreamSlot(self.post, lane)
         peer.pending[lane.stream] = lane.slot
         self.lanes.append(lane)
         if peer.closed and peer.pending.pop(lane.stream, None) is not None:
@@ -391,13 +424,13 @@ class Pipeline:
                 values.update({f"argument {i + 1}": a for i, a in enumerate(args)})
                 why = describe_unpicklable("cannot send the call", values, e)
                 failure = _Failure(pickle.PicklingError(why))
-                self.inbox.put((lane, seq, 1, b"\0", [failure], 0.0))
+                self.post((lane, seq, 1, b"\0", [failure], 0.0))
         return went
 
     def _run_here(self, lane: _Lane, seq: int, f: Any, args: tuple[Any, ...]) -> None:
         t0 = time.perf_counter()
         ok, value = self.cluster.dispatch.execute(f, args, {})
-        self.inbox.put((lane, seq, 1, bytes([ok]), [value], time.perf_counter() - t0))
+        self.post((lane, seq, 1, bytes([ok]), [value], time.perf_counter() - t0))
 
     def _stop(self) -> None:
         if self.stopped:

@@ -230,6 +230,7 @@ def _start_map(
         size,
         distributed,
         len(members),
+        name == "imap",
     )
 
 
@@ -247,6 +248,7 @@ def _run(
     size: int | str,
     distributed: bool,
     nmembers: int,
+    streaming: bool,
 ) -> Iterator[list[Run]]:
     bar = Progress(progress, total)
     run = MapPolicy(c, f, pool, star, on_error, delays, retry_check, bar)
@@ -274,7 +276,10 @@ def _run(
             runner = BatchCall(f, star, capture=run.handles)
             source = run.batches(runner, make_batches(head, items, sizes))
         window = 1 if size == 1 else 2  # a batch's elements are known to be several
-        engine = Pipeline(c, pool, lambda: len(pool), run.cache, source, window)
+        # imap's reader and a progress bar want each result as it comes; pmap alone only
+        # needs to refill the windows
+        eager = streaming or progress
+        engine = Pipeline(c, pool, lambda: len(pool), run.cache, source, window, eager)
         yield from run.run(engine)
     finally:
         run.stopping.set()
