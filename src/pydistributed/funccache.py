@@ -210,6 +210,16 @@ class FunctionCache:
             self._shipped.add((pid, token))
             self.used.add(pid)
 
+    def drop_from(self, pid: int) -> None:
+        """Drop the functions on worker ``pid`` only (a map that sends it nothing more); a
+        later call there ships them again."""
+        with self._lock:
+            if pid not in self.used:
+                return
+            self.used.discard(pid)
+            self._shipped = {k for k in self._shipped if k[0] != pid}
+        _send_drops(self.cluster, self.uid, [pid])
+
     def clear(self) -> None:
         """Forget every function; drop them on every worker they went to."""
         with self._lock:

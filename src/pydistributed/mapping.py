@@ -231,6 +231,7 @@ class MapPolicy:
         self._attempts: dict[Any, list[Any]] = {}  # token -> [delays to come, next delay]
         self._starts: dict[int, int] = {}  # batch number -> index of its first element
         self._partial: dict[int, list[Any]] = {}  # batch number -> [start, results, missing]
+        self._resolved: list[Run] = []  # elements on_error gave a value, not yet handed on
 
     # -- on this process (distributed=False) -----------------------------------------------
 
@@ -393,7 +394,6 @@ class MapPolicy:
                 KeyboardInterrupt once the interrupted ones are back (INTERRUPT_GRACE at most).
         """
         self.engine = engine
-        self._resolved: list[Run] = []
         try:
             while not engine.done:
                 runs: list[Run] = []

@@ -10,7 +10,10 @@ module runs the elements on the workers of a pool::
       first, then the input, read lazily; one message      --> run one after another, in order
       per lane and function                                    (pipecalls.SerialQueues)
     wait on the inbox, which the reading threads fill    <-- MapResults(stream, ...), several
-    hand the outcomes to the caller, in completion order     outcomes to a message
+      (they wake the hub when a window is half empty,        outcomes to a message
+      an element failed, a lane is done; or always, for
+      imap and a progress bar: see Pipeline.post)
+    hand the outcomes to the caller, in completion order
 
 A lane's *window* is how many of its elements may be in flight. It starts at 1 (2 for
 batches) and follows ``1 + ceil(2 * rtt / t)``, ``t`` the time an element runs on the worker
@@ -121,6 +124,8 @@ class Pipeline:
         window: a new lane's window (the elements it sends before the first answer).
         eager: wake up for every outcome (a reader of imap, a progress bar), not only when a
             window is half empty, an element failed or a lane is done.
+        sent_all: called with a worker's id once the map has sent it its last element (the
+            input is used up, no retry is due): its copy of the function can go.
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class Pipeline:
         source: Iterator[tuple[Any, Any, tuple[Any, ...]]],
         window: int = 1,
         eager: bool = False,
+        sent_all: Callable[[int], None] | None = None,
     ) -> None:
         self.cluster = cluster
         self.first_window = window
@@ -140,6 +146,7 @@ class Pipeline:
         self.cache = cache
         self.source = source
         self.eager = eager
+        self.sent_all = sent_all
         # outcomes, from the reading threads; the bell wakes the hub when it has work (see
         # post): a map that only collects its results sleeps while its windows are well filled
         self.inbox: deque[tuple[Any, ...]] = deque()
@@ -328,10 +335,13 @@ class Pipeline:
     def _close_finished(self) -> None:
         now = time.monotonic()
         for lane in list(self.lanes):
-            if not lane.stopping and (
-                now - lane.since >= ROTATE or (self.exhausted and not self.retries)
-            ):
-                lane.stopping = True
+            if not lane.stopping:
+                if self.exhausted and not self.retries and not self._later:
+                    lane.stopping = True  # its last elements went out
+                    if self.sent_all is not None and not lane.local and not self.stopped:
+                        self.sent_all(lane.pid)
+                elif now - lane.since >= ROTATE:
+                    lane.stopping = True
             if lane.dead or (lane.stopping and not lane.sent):
                 self._release(lane)
 

@@ -279,7 +279,10 @@ def _run(
         # imap's reader and a progress bar want each result as it comes; pmap alone only
         # needs to refill the windows
         eager = streaming or progress
-        engine = Pipeline(c, pool, lambda: len(pool), run.cache, source, window, eager)
+        # the map's own copy of f leaves each worker as soon as it has its last elements
+        # (they hold f already: the worker looked it up while reading them)
+        sent_all = run.cache.drop_from if run.own_cache else None
+        engine = Pipeline(c, pool, lambda: len(pool), run.cache, source, window, eager, sent_all)
         yield from run.run(engine)
     finally:
         run.stopping.set()
