@@ -217,7 +217,7 @@ class MapCalls(Message):
     """Run ``f(*args)`` for each ``args`` of ``items``, one after another in arrival order, after
     the elements sent before on ``stream`` by the same process."""
 
-    TAG: ClassVar[int] = 15
+    TAG: ClassVar[int] = 16
     HEADER: ClassVar[tuple[str, ...]] = ("stream", "first", "count")
     BODY: ClassVar[tuple[str, ...]] = ("f", "items")
     stream: int
@@ -233,7 +233,7 @@ class MapResults(Message):
     a value, 0 for a ``CapturedException``, 2 for an element dropped by ``MapCancel``;
     ``seconds``: how long the elements ran, together."""
 
-    TAG: ClassVar[int] = 16
+    TAG: ClassVar[int] = 17
     HEADER: ClassVar[tuple[str, ...]] = ("stream", "first", "count")
     BODY: ClassVar[tuple[str, ...]] = ("oks", "values", "seconds")
     stream: int
@@ -246,7 +246,7 @@ class MapResults(Message):
 
 @dataclass(frozen=True, slots=True)
 class MapCancel(Message):
-    TAG: ClassVar[int] = 17
+    TAG: ClassVar[int] = 18
     HEADER: ClassVar[tuple[str, ...]] = ("stream",)
     stream: int
 
