@@ -26,6 +26,7 @@ from .macros import distributed, everywhere, fetchfrom, spawn, spawnat
 from .managers.base import ClusterManager, DefaultClusterManager, WorkerConfig
 from .managers.local import LocalManager
 from .managers.ssh import SSHManager
+from .membership import wait_for_workers
 from .pmap import imap, pmap
 from .processes import (
     addprocs,
@@ -117,6 +118,7 @@ __all__ = [
     "take",
     "timedwait",
     "wait",
+    "wait_for_workers",
     "worker_id_from_socket",
     "workers",
 ]

@@ -42,7 +42,7 @@ from .handshake import check_cookie, random_cookie
 from .heartbeat import Heartbeat
 from .lifecycle import Lifecycle
 from .managers.base import ClusterManager, DefaultClusterManager
-from .messages import Exit, PeerUpdate
+from .messages import DialMe, Exit, PeerUpdate
 from .refcount import RefCounter
 from .refstore import RefStore
 from .registry import Registry
@@ -110,6 +110,7 @@ class Cluster:
         )
         self.connections.announce = self.refcount.announce
         self.connections.on_join = self.server.on_join
+        self.dispatch.register(DialMe, self.connections.links.on_dial_me)
         if role == "worker":
             self.connections.on_lost = self.server.on_lost
             self.dispatch.register(PeerUpdate, self.server.on_peer_update)

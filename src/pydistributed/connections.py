@@ -39,6 +39,7 @@ from .handshake import (
     Session,
     VersionMismatchError,
     client_handshake,
+    identity_proof,
     server_handshake,
     stream_io,
 )
@@ -46,6 +47,7 @@ from .listener import Listener
 from .managers.base import ClusterManager, WorkerConfig, overrides
 from .messages import Identify, JoinPGRP, Message
 from .peer import Peer
+from .peerlinks import PeerLinks
 from .registry import Registry
 
 __all__ = ["HANDSHAKE_TIMEOUT", "Connections", "authenticate_incoming", "read_first"]
@@ -68,12 +70,6 @@ def session_macs(session: Session) -> Macs:
 def read_first(reader: Any, mac_in: transport.FrameMac | None) -> Message:
     """The first message of an authenticated incoming connection (small: bounded)."""
     return codec.decode(transport.read_message(reader, _FIRST_MESSAGE_LIMIT, None, mac_in))
-
-
-def identity_proof(key: bytes, transcript: bytes) -> bytes:
-    """What a worker sends in ``Identify``: proof that it knows the secret it shares with the
-    worker it connects to, bound to this connection's handshake."""
-    return hmac.digest(key, b"identify" + transcript, "sha256")
 
 
 def authenticate_incoming(reader: Any, writer: Any, cookie: str) -> tuple[Message, Session, Macs]:
@@ -145,8 +141,9 @@ class Connections:
         self._on_message = on_message
         self._on_decode_error = on_decode_error
         self._lock = threading.Lock()
+        self._installed = threading.Condition(self._lock)
         self._peers: dict[int, Peer] = {}
-        self._connect_locks: dict[int, threading.Lock] = {}
+        self.links = PeerLinks(self, dial_back_timeout=2 * HANDSHAKE_TIMEOUT)
         self.listener: Listener | None = None
 
     # -- the table -------------------------------------------------------------------------
@@ -167,8 +164,15 @@ class Connections:
             existing = self._peers.get(pid)
             if existing is None or existing.closed:
                 self._peers[pid] = peer
+                self._installed.notify_all()
                 return peer
             return existing
+
+    def wait_installed(self, pid: int, timeout: float) -> Peer | None:
+        """The open connection to ``pid``, waiting up to ``timeout`` s for one to be entered."""
+        with self._installed:
+            self._installed.wait_for(lambda: self.lookup(pid) is not None, timeout)
+        return self.lookup(pid)
 
     def drop(self, pid: int, reason: str) -> None:
         """Forget the connection to ``pid`` and close it."""
@@ -219,26 +223,7 @@ class Connections:
             if reg.was_assigned(pid):
                 raise ProcessExitedException(pid)
             raise ValueError(f"no process with id {pid}")
-        info = reg.get(pid)
-        if pid == 1 or info is None or info.host is None or info.port is None:
-            if reg.topology != "all_to_all" and pid != 1:
-                raise ValueError(
-                    f"process {reg.myid} has no connection to process {pid} "
-                    f"(topology {reg.topology!r})"
-                )
-            raise ValueError(f"no process with id {pid}")
-        with self._lock:
-            lock = self._connect_locks.setdefault(pid, threading.Lock())
-        with lock:
-            peer = self.lookup(pid)
-            if peer is not None:
-                return peer
-            if reg.is_dead(pid):
-                raise ProcessExitedException(pid, removed=reg.was_removed(pid))
-            try:
-                return self._dial(pid, WorkerConfig(host=info.host, port=info.port))
-            except (OSError, EOFError) as e:
-                raise ProcessExitedException(pid, f"cannot connect: {e}") from e
+        return self.links.open(pid)
 
     def send_quietly(self, pid: int, msg: Message) -> None:
         """Send a notice to ``pid`` if it can be reached; a gone process is no error."""
@@ -246,22 +231,6 @@ class Connections:
             self.get(pid).send(msg)
         except (ProcessExitedException, ValueError):
             pass
-
-    def _dial(self, pid: int, config: WorkerConfig) -> Peer:
-        """Worker to worker: connect, authenticate, identify ourselves, start reading."""
-        key = self.registry.pair_key(pid)
-        if key is None:
-            raise ValueError(f"process {self.registry.myid} has no key to prove itself to {pid}")
-        peer = self.connect(pid, config, self.manager)
-        peer.send(Identify(self.registry.myid, identity_proof(key, peer.transcript)))
-        kept = self.install(pid, peer)
-        if kept is not peer:
-            # it connected to us meanwhile: keep one connection per pair, so that what this
-            # process sends to it stays in order
-            peer.close("a connection already exists")
-            return kept
-        self.start(peer)
-        return peer
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -348,6 +317,17 @@ class Connections:
             sock.settimeout(None)
         macs = None if secure else session_macs(session)
         return self._make(instream, outstream, pid, sock, session, macs)
+
+    def adopt(
+        self, pid: int | None, reader: Any, writer: Any, session: Session, *, secure: bool = False
+    ) -> Peer:
+        """A Peer over a connection that has passed its handshake already, not yet reading: the
+        link an elastic worker dialed (``managers/elastic.py``, ``joinwire.py``), on either
+        side. ``secure``: TLS carries it (its frames need no MAC)."""
+        sock = getattr(writer, "sock", None)
+        return self._make(
+            reader, writer, pid, sock, session, None if secure else session_macs(session)
+        )
 
     def _make(
         self,

@@ -65,6 +65,7 @@ __all__ = [
     "check_cookie",
     "client_handshake",
     "client_steps",
+    "identity_proof",
     "random_cookie",
     "run_steps",
     "server_handshake",
@@ -408,3 +409,9 @@ def stream_io(
             flush()
 
     return read_exact, write
+
+
+def identity_proof(key: bytes, transcript: bytes) -> bytes:
+    """What a worker sends in ``Identify``: proof that it knows the secret it shares with the
+    worker it connects to, bound to this connection's handshake."""
+    return hmac.digest(key, b"identify" + transcript, "sha256")

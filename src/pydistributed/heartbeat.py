@@ -15,12 +15,28 @@ would wait for ever. So the master watches every worker connection::
 
 Any message counts as a sign of life, a ``Pong`` or anything else. The default policy only
 warns: a worker inside one long C call that holds the GIL cannot answer either, and must not
-be killed by mistake. Settings, read at every tick (environment variables):
+be killed by mistake.
 
-* ``PYDIST_HEARTBEAT``: ``INTERVAL`` in seconds (default 5; 0 turns the heartbeat off);
+Dead links are another matter, decided by the kernels, not by the worker's Python: every
+second, for each connection to another host (a TCP link with keepalive, ``sockets.py``), the
+master asks its kernel how long the data it sent (a call, a Ping) has waited without the
+peer's kernel acknowledging anything (``sockets.link_silence``). The peer's kernel answers
+however busy its process is; after ``PYDIST_LINK_TIMEOUT`` seconds of that silence the link is
+dead: the connection is dropped whatever the policy (pending calls raise
+ProcessExitedException, the worker is deregistered). An idle link needs no data for that: the
+kernel's keepalive ends it (ETIMEDOUT) after about 5 s. So a host cut off is noticed within
+``PYDIST_LINK_TIMEOUT`` + 0.5 s, idle or not (a thread of its own looks twice a second, and
+never sends: a send stuck on the dead link cannot hold it up); loopback links are never
+checked this way.
+
+Settings, read at every tick (environment variables):
+
+* ``PYDIST_HEARTBEAT``: ``INTERVAL`` in seconds (default 5; 0 turns the Pings off);
 * ``PYDIST_UNRESPONSIVE_AFTER``: seconds of silence before a worker counts as unresponsive
   (default 60);
-* ``PYDIST_UNRESPONSIVE``: ``warn`` (default) or ``remove``.
+* ``PYDIST_UNRESPONSIVE``: ``warn`` (default) or ``remove``;
+* ``PYDIST_LINK_TIMEOUT``: seconds that data sent on a link to another host may wait for an
+  acknowledgement before the link counts as dead (default 8; 0 turns the check off).
 """
 
 from __future__ import annotations
@@ -34,13 +50,16 @@ import time
 from .connections import Connections
 from .messages import Ping
 from .registry import Registry
+from .sockets import link_silence
+from .timeouts import link_timeout
 
-__all__ = ["Heartbeat", "settings"]
+__all__ = ["Heartbeat", "link_timeout", "settings"]
 
 log = logging.getLogger("pydistributed")
 
 _DEFAULT_INTERVAL = 5.0
 _DEFAULT_AFTER = 60.0
+_LINK_TICK = 0.5
 
 
 def _seconds(name: str, default: float) -> float:
@@ -78,6 +97,9 @@ class Heartbeat:
                     target=self._loop, name="pydist-heartbeat", daemon=True
                 )
                 self._thread.start()
+                threading.Thread(
+                    target=self._link_loop, name="pydist-linkcheck", daemon=True
+                ).start()
 
     def _loop(self) -> None:
         while True:
@@ -89,6 +111,36 @@ class Heartbeat:
                 self.tick(interval, after, policy)
             except Exception:
                 log.exception("the heartbeat failed; going on")
+
+    def _link_loop(self) -> None:
+        # a thread of its own: it never sends, so a send blocked on a dead link cannot stop it
+        while True:
+            time.sleep(_LINK_TICK)
+            try:
+                self.check_links(link_timeout())
+            except Exception:
+                log.exception("the link check failed; going on")
+
+    def check_links(self, timeout: float) -> None:
+        """Drop every connection to another host whose data in flight has waited ``timeout``
+        seconds or more for the peer's kernel to acknowledge anything (a dead link)."""
+        if not timeout:
+            return
+        for pid, peer in self.connections.snapshot().items():
+            if peer.closed or pid == self.registry.myid:
+                continue
+            silence = link_silence(getattr(peer, "sock", None))
+            if silence is not None and silence >= timeout:
+                log.warning(
+                    "the link to worker %d is dead: what was sent to it has had no "
+                    "acknowledgement for %.1f s (PYDIST_LINK_TIMEOUT=%g); removing it: "
+                    "%d calls waiting on it get ProcessExitedException",
+                    pid,
+                    silence,
+                    timeout,
+                    len(peer.pending),
+                )
+                self.connections.drop(pid, f"link dead: no acknowledgement for {silence:.1f} s")
 
     def tick(self, interval: float, after: float, policy: str) -> None:
         """Look once at every worker connection."""
@@ -102,6 +154,9 @@ class Heartbeat:
                 continue
             if silent >= after:
                 self._unresponsive(pid, silent, len(peer.pending), policy)
+            sending = getattr(peer, "_send_lock", None)
+            if sending is not None and sending.locked():
+                continue  # a message is being written: no Ping, nor a wait behind it
             try:
                 peer.send(Ping(next(self._nonces)))
             except Exception:

@@ -96,6 +96,11 @@ class Lifecycle:
         lo, hi = min(a, b), max(a, b)
         return hmac.digest(self._pair_secret, f"pair {lo} {hi}".encode(), "sha256")
 
+    @property
+    def lazy(self) -> bool:
+        """Whether the workers there are connect to each other lazily."""
+        return self._lazy
+
     def _check_master(self) -> None:
         if self.registry.myid != 1:
             raise RuntimeError("Only process 1 can add and remove workers")
@@ -116,7 +121,14 @@ class Lifecycle:
         known = COMMON_PARAMS | manager.extra_params
         for key in kw:
             if key not in known:
-                raise TypeError(f"addprocs() got an unexpected keyword argument {key!r}")
+                hint = ""
+                if key == "restrict":
+                    hint = (
+                        f": {type(manager).__name__} does not take it (LocalManager's keyword, "
+                        "as in Julia); an SSH worker listens at its machine spec's bind_addr, "
+                        "or on its host's loopback with tunnel=True"
+                    )
+                raise TypeError(f"addprocs() got an unexpected keyword argument {key!r}{hint}")
         params: dict[str, Any] = {
             "dir": None,
             "exename": None,
@@ -284,7 +296,13 @@ class Lifecycle:
     ) -> int:
         """Connect to a launched worker, send it ``JoinPGRP``, wait for it to join."""
         pid = self.registry.assign_pid()
-        peer = self.connections.connect(pid, config, manager)
+        # a manager whose workers dial in (ElasticManager) hands over their authenticated link
+        linked = getattr(manager, "authenticated_link", None)
+        link = linked(config) if callable(linked) else None
+        if link is not None:
+            peer = self.connections.adopt(pid, *link[:3], secure=link[3])
+        else:
+            peer = self.connections.connect(pid, config, manager)
         info = WorkerInfo(pid, config.bind_addr or config.host, config.port, config, manager)
         topology = params["topology"]
         with self._join_lock:
@@ -293,16 +311,15 @@ class Lifecycle:
             if topology == "all_to_all":
                 reachable = others
             elif topology == "custom":
-                wanted = set(config.connect_idents or ())
-                ident_of = {w.pid: w.config.ident for w in others if w.config is not None}
-                reachable = [w for w in others if ident_of.get(w.pid) in wanted]
+                reachable = [w for w in others if _connected(config, w.config)]
             else:
                 reachable = []
             table = tuple((w.pid, w.host or "", w.port or 0) for w in reachable)
             keys = tuple((w.pid, self.pair_key(pid, w.pid)) for w in reachable)
-            # the others learn the new worker (all_to_all), or only the secret with which it
-            # proves itself when it connects to them (custom)
-            added = ((pid, info.host or "", info.port or 0),) if topology == "all_to_all" else ()
+            # the others it may talk to learn the new worker's address and the secret with
+            # which each side proves itself: whichever has the higher id dials (peerlinks.py),
+            # and ids are not given in the order in which workers are admitted here
+            added = ((pid, info.host or "", info.port or 0),)
             for w in reachable:
                 key = ((pid, self.pair_key(w.pid, pid)),)
                 self.connections.send_quietly(w.pid, PeerUpdate(added=added, keys=key))
@@ -468,3 +485,13 @@ class Lifecycle:
             info.exited.wait(max(0.0, deadline - time.monotonic()))
         for info in infos:
             end_process(info.process, grace=max(0.05, deadline - time.monotonic()))
+
+
+def _connected(a: WorkerConfig, b: WorkerConfig | None) -> bool:
+    """Custom topology: workers ``a`` and ``b`` are connected when either lists the other's
+    ``ident`` in its ``connect_idents`` (whichever joined first)."""
+    if b is None:
+        return False
+    return (b.ident is not None and b.ident in (a.connect_idents or ())) or (
+        a.ident is not None and a.ident in (b.connect_idents or ())
+    )

@@ -37,7 +37,7 @@ from typing import Any
 
 from . import sockets, tls
 from .errors import AuthenticationError
-from .handshake import Read, Session, Steps, Write, server_steps
+from .handshake import Read, Session, Steps, VersionMismatchError, Write, server_steps
 
 __all__ = ["DEADLINE", "MAX_PENDING", "Listener"]
 
@@ -109,6 +109,9 @@ class Listener:
         self.refused = 0  # connections closed before they were authenticated
         self._quiet_until = 0.0  # refusals are logged at most once a second, with a count
         self._unlogged = 0
+        self._closed = False
+        # told why, when a client that proved the cookie was refused for its versions
+        self.on_version_mismatch: Callable[[str], None] | None = None
 
     def add(self, sock: socket.socket, *, local: bool) -> None:
         """Accept connections on the listening socket ``sock`` (``local``: the Unix twin)."""
@@ -122,6 +125,27 @@ class Listener:
                 )
                 self._thread.start()
 
+    def close(self) -> None:
+        """Stop listening: close the listening sockets and the connections in their handshake
+        (those handed over already are the caller's). Returns once done, within about a
+        second (the loop wakes at least once a second)."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5.0)
+        elif thread is None:
+            self._shut()
+
+    def _shut(self) -> None:
+        for p in list(self._pending.values()):
+            self._pending.pop(p.fd, None)
+            p.sock.close()
+        for sock, _ in self._listening.values():
+            sock.close()
+        self._listening.clear()
+        self._sel.close()
+
     def pending(self) -> int:
         """How many connections are in their handshake now."""
         return len(self._pending)
@@ -129,12 +153,13 @@ class Listener:
     # -- the loop ------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 self._turn()
             except Exception:
                 log.exception("the listener loop failed; going on")
                 time.sleep(_BACKOFF)
+        self._shut()
 
     def _turn(self) -> None:
         now = time.monotonic()
@@ -162,6 +187,8 @@ class Listener:
                         self._receive(p)
             except (AuthenticationError, OSError, EOFError) as e:
                 self._drop(p, str(e))
+                if isinstance(e, VersionMismatchError) and self.on_version_mismatch is not None:
+                    self.on_version_mismatch(str(e))
         now = time.monotonic()
         for p in [p for p in self._pending.values() if p.deadline <= now]:
             self._drop(p, f"no handshake within {DEADLINE:g} s")

@@ -22,6 +22,7 @@ message            header                     meaning
 ``Exit``           -                          exit now (``rmprocs``)
 ``Ping``           nonce                      are you there? (the heartbeat)
 ``Pong``           nonce                      yes: the answer to a ``Ping``
+``DialMe``         pid                        have worker ``pid`` connect to the sender
 ``MapCalls``       stream, first, count       elements of a pipelined map, to run in order
 ``MapResults``     stream, first, count       their outcomes, several in one message
 ``MapCancel``      stream                     drop the elements of ``stream`` not started
@@ -42,6 +43,7 @@ __all__ = [
     "Call",
     "CallFetch",
     "CallWait",
+    "DialMe",
     "Exit",
     "Identify",
     "Interrupt",
@@ -213,6 +215,16 @@ class Pong(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class DialMe(Message):
+    """A worker to the master: have worker ``pid`` (a higher id) connect to me; the master to
+    that worker: connect to worker ``pid`` (``peerlinks.py``)."""
+
+    TAG: ClassVar[int] = 15
+    HEADER: ClassVar[tuple[str, ...]] = ("pid",)
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
 class MapCalls(Message):
     """Run ``f(*args)`` for each ``args`` of ``items``, one after another in arrival order, after
     the elements sent before on ``stream`` by the same process."""
@@ -268,6 +280,7 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         Exit,
         Ping,
         Pong,
+        DialMe,
         MapCalls,
         MapResults,
         MapCancel,

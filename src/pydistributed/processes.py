@@ -118,7 +118,8 @@ def addprocs(
     - ``addprocs(n, restrict=True, **kw)``: ``n`` workers on this host (LocalManager);
     - ``addprocs(**kw)``: one per CPU thread (``os.cpu_count()``);
     - ``addprocs(machines, tunnel=False, multiplex=False, sshflags=(), max_parallel=10,
-      shell="posix", ssh="ssh", **kw)``: over ssh (SSHManager), ``machines`` being specs
+      shell="posix", ssh="ssh", bootstrap=False, **kw)``: over ssh (SSHManager), ``machines``
+      being specs
       ``"[user@]host[:port] [bind_addr[:port]]"``, ``(spec, count)`` or ``(spec, "auto")``
       (:data:`MachineSpec`; ``tunnel=True`` needs ``topology="master_worker"``);
     - ``addprocs(manager, **kw)``: with a ClusterManager of your own, which may take keywords
@@ -213,6 +214,7 @@ _FORM_DEFAULTS: dict[str, Any] = {
     "sshflags": (),
     "max_parallel": 10,
     "shell": "posix",
+    "bootstrap": False,
 }
 
 

@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -47,7 +48,8 @@ from .peer import Peer
 from .refcount import RefCounter
 from .refstore import RefStore
 from .registry import Registry
-from .timeouts import worker_timeout
+from .sockets import kept_alive, link_silence
+from .timeouts import link_timeout, worker_timeout
 
 __all__ = ["Server"]
 
@@ -81,18 +83,48 @@ class Server:
         self.address: tuple[str, int] | None = None
         self.joined = threading.Event()
 
-    def serve(self, bind_host: str, port: int, out: Any) -> NoReturn:
-        """Listen, print the banner on ``out``, and serve calls forever (a worker's main)."""
+    def serve(
+        self,
+        bind_host: str,
+        port: int,
+        out: Any,
+        announce: Callable[[tuple[str, int]], None] | None = None,
+    ) -> NoReturn:
+        """Listen, print the banner on ``out``, and serve calls forever (a worker's main).
+
+        ``announce``, if given, tells the master the address instead of the banner (a worker
+        that dialed its master: ``joinworker.py``)."""
         self.address = self.connections.listen(bind_host, port)
+        if self.connections.listener is not None:
+            self.connections.listener.on_version_mismatch = self._refused_versions
         threading.Thread(target=self._watchdog, name="pydist-watchdog", daemon=True).start()
         self.refcount.ensure_flusher()
         if threading.current_thread() is threading.main_thread():
             self.executor.install_sigint_handler()
-        host, port = self.address
-        out.write(f"pydist_worker:{port}#{host}\n")
-        out.flush()
+        if announce is not None:
+            announce(self.address)
+        else:
+            host, port = self.address
+            out.write(f"pydist_worker:{port}#{host}\n")
+            out.flush()
         self.executor.run_main()
         raise AssertionError("unreachable")
+
+    def _refused_versions(self, problem: str) -> None:
+        """A process that knows the cookie connected with other versions: a worker that no
+        master has joined yet cannot serve the one that started it, so it exits now (its
+        message goes to the master's error) instead of after PYDIST_WORKER_TIMEOUT."""
+        if self.joined.is_set():
+            return
+        try:
+            print(
+                f"pydistributed worker (pid {os.getpid()}): refused the process that connected "
+                f"with the cookie: {problem}; exiting",
+                file=sys.stderr,
+            )
+        except (OSError, ValueError):
+            pass
+        self.exit(1)
 
     def _watchdog(self) -> None:
         timeout = worker_timeout()
@@ -124,6 +156,10 @@ class Server:
         reg.learn((*msg.peers, (msg.pid, host, port)), msg.keys)
         if self.watchdog and peer.sock is not None:
             _start_watchdog(peer.sock)
+        if kept_alive(peer.sock):  # a link to another host
+            threading.Thread(
+                target=_watch_master_link, args=(peer,), name="pydist-linkcheck", daemon=True
+            ).start()
         self.joined.set()
         peer.send(JoinComplete(msg.response_id, os.getpid(), socket.gethostname()))
         if msg.topology in ("all_to_all", "custom") and not msg.lazy:
@@ -174,6 +210,26 @@ while time.monotonic() < deadline:
     time.sleep(0.05)
 os.kill(worker, signal.SIGKILL)
 """
+
+
+def _watch_master_link(peer: Peer) -> None:
+    """A worker on another host than its master: close the master's connection (and so end
+    this worker) when what it sent has had no acknowledgement from the master's kernel for
+    ``PYDIST_LINK_TIMEOUT`` s: its host was cut off while this worker was sending (keepalive
+    ends an idle link by itself; a link with data waiting would last ~15 minutes)."""
+    while not peer.closed:
+        time.sleep(0.5)
+        timeout = link_timeout()
+        silence = link_silence(peer.sock)
+        if timeout and silence is not None and silence >= timeout:
+            log.warning(
+                "the link to the master is dead: what this worker sent has had no "
+                "acknowledgement for %.1f s (PYDIST_LINK_TIMEOUT=%g); exiting",
+                silence,
+                timeout,
+            )
+            peer.close(f"link dead: no acknowledgement for {silence:.1f} s")
+            return
 
 
 def _start_watchdog(sock: socket.socket) -> None:

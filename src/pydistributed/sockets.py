@@ -6,7 +6,8 @@ the twin first (``connect_local``) and falls back to TCP when there is none. Eac
 local connection checks the other's credentials with ``SO_PEERCRED`` (same user; the expected
 process when it is known). A loopback Unix-socket round trip costs about half a TCP
 one here, and bulk data moves faster. Every TCP socket gets ``TCP_NODELAY``; one that may cross
-a network also gets keepalive and ``TCP_USER_TIMEOUT`` (``set_socket_options``).
+a network also gets keepalive (``set_socket_options``), and ``link_silence`` tells how long its
+data in flight has waited for an acknowledgement (the master's heartbeat ends a cut link).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ __all__ = [
     "connect_local",
     "connect_tcp",
     "is_loopback",
+    "kept_alive",
+    "link_silence",
     "listen_local",
     "listen_tcp",
     "local_name",
@@ -39,17 +42,71 @@ __all__ = [
 _CREDS = struct.Struct("3i")
 
 
+# TCP keepalive on links to other hosts: the first probe after KEEPIDLE s without traffic,
+# then one every KEEPINTVL s; KEEPCNT unanswered probes end the connection (ETIMEDOUT): an idle
+# link that was cut is noticed in about 5 s, by the kernel, on both ends. The kernel answers
+# probes however busy the process is (a call that holds the GIL), so a live peer is never cut.
+KEEPALIVE = {"TCP_KEEPIDLE": 2, "TCP_KEEPINTVL": 1, "TCP_KEEPCNT": 3}
+_TCP_INFO = struct.Struct("8B24I")  # the head of Linux's struct tcp_info
+
+
 def set_socket_options(sock: socket.socket, *, remote: bool = False) -> None:
-    """TCP_NODELAY always; keepalive and TCP_USER_TIMEOUT for links that may be cut."""
+    """TCP_NODELAY always; keepalive (:data:`KEEPALIVE`) for links that may be cut (``remote``).
+
+    No ``TCP_USER_TIMEOUT``: it would also end a link to a live peer whose receive window
+    stays closed (a worker in a long call that holds the GIL, sent more than its buffers hold);
+    a cut link with data in flight is noticed by :func:`link_silence` instead.
+    """
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if remote:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            for name, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3)):
+            for name, value in KEEPALIVE.items():
                 if hasattr(socket, name):
                     sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
-            if hasattr(socket, "TCP_USER_TIMEOUT"):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 15000)
+
+
+def kept_alive(sock: Any) -> bool:
+    """Whether ``sock`` is a TCP socket with keepalive (a link that may cross a network)."""
+    try:
+        return bool(
+            sock is not None
+            and sock.family in (socket.AF_INET, socket.AF_INET6)
+            and sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        )
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def link_silence(sock: Any) -> float | None:
+    """How long (s) data sent on a kept-alive TCP link has waited for the peer's kernel to
+    acknowledge anything; None when nothing waits (no unacknowledged data, no window probe),
+    the socket has no keepalive (a loopback link), or the platform cannot tell (not Linux).
+
+    The peer's kernel acknowledges data and probes however busy the peer process is, so a
+    growing silence while data waits means the link, or the peer's host, is gone: keepalive
+    alone does not notice it (no probes while data is unacknowledged), and the kernel's own
+    retransmissions give up only after ~15 minutes (``tcp_retries2``).
+    """
+    if not hasattr(socket, "TCP_INFO") or sock is None:
+        return None
+    try:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE):
+            return None
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if len(raw) < _TCP_INFO.size:
+        return None
+    info = _TCP_INFO.unpack(raw)
+    probes, backoff = info[3], info[4]
+    unacked = info[8 + 4]  # tcpi_unacked
+    last_ack_recv_ms = info[8 + 12]  # tcpi_last_ack_recv
+    if not (unacked or probes or backoff):
+        return None
+    return float(last_ack_recv_ms) / 1000.0
 
 
 def socket_streams(sock: socket.socket) -> tuple[Any, SocketWriter]:

@@ -11,7 +11,7 @@ import math
 import os
 import time
 
-__all__ = ["deadline", "remaining", "worker_timeout"]
+__all__ = ["deadline", "link_timeout", "remaining", "worker_timeout"]
 
 
 def deadline(timeout: float | None) -> float | None:
@@ -46,3 +46,12 @@ def worker_timeout() -> float:
         return max(0.1, float(os.environ.get("PYDIST_WORKER_TIMEOUT", "60")))
     except ValueError:
         return 60.0
+
+
+def link_timeout() -> float:
+    """``PYDIST_LINK_TIMEOUT`` in seconds (default 8; 0: links are not checked): how long data
+    sent on a link to another host may wait for an acknowledgement before the link is dead."""
+    try:
+        return max(0.0, float(os.environ.get("PYDIST_LINK_TIMEOUT", "8")))
+    except ValueError:
+        return 8.0

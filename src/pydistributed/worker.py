@@ -1,10 +1,15 @@
-"""``python -m pydistributed.worker [--cookie-file F] [--bind-to HOST[:PORT]]``: a worker process.
+"""``python -m pydistributed.worker [--join HOST:PORT] [--cookie-file F] [--bind-to HOST[:PORT]]``:
+a worker process.
 
 The cookie comes from ``--cookie-file`` (its first line), else the environment variable
-``PYDIST_COOKIE``, else the first line of standard input (local workers always get it there).
-``--cookie C`` works too, with a warning: every user of the host can read a command line. The
-worker listens on ``HOST`` (default 127.0.0.1) and a free port unless one is given, prints
-``pydist_worker:PORT#HOST`` and serves until its connection to the master closes.
+``PYDIST_COOKIE``, else the first line of standard input (local workers always get it there;
+read without echo from a terminal). ``--cookie C`` works too, with a warning: every user of the
+host can read a command line; with ``--join`` it is refused.
+
+Without ``--join``, the worker listens on ``HOST`` (default 127.0.0.1) and a free port unless one
+is given, prints ``pydist_worker:PORT#HOST`` and serves until its connection to the master
+closes. With ``--join HOST:PORT`` it dials the master's ``ElasticManager`` there and joins by
+itself (``joinworker.py``); it exits with code 1 and a message when it cannot.
 """
 
 from __future__ import annotations
@@ -92,7 +97,15 @@ def main(argv: list[str] | None = None) -> None:
         "--cookie", default=None, help="the cluster cookie (visible to other users: avoid)"
     )
     parser.add_argument("--bind-to", default=None, metavar="HOST[:PORT]")
+    parser.add_argument(
+        "--join",
+        default=None,
+        metavar="HOST:PORT",
+        help="join the master whose ElasticManager listens at HOST:PORT",
+    )
     args = parser.parse_args(argv)
+    if args.join is not None:
+        _join(parser, args)
     tied = _die_with_parent()
     _apply_sys_path()
     _raise_fd_limit()
@@ -106,6 +119,45 @@ def main(argv: list[str] | None = None) -> None:
         start_worker(sys.stdout, cookie, bind_to=args.bind_to, watchdog=not tied)
     except ValueError as e:  # the cookie (read here or from stdin) is not a valid one
         parser.exit(2, f"{parser.prog}: {e}\n")
+
+
+def _join(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--join HOST:PORT``: dial the master and join it (never returns)."""
+    if args.cookie is not None:
+        parser.exit(
+            2,
+            f"{parser.prog}: --cookie is refused with --join: a command line is readable by "
+            "every user of this host; give the cookie in PYDIST_COOKIE, a file named by "
+            "--cookie-file, or on standard input\n",
+        )
+    _apply_sys_path()
+    _raise_fd_limit()
+    try:
+        cookie = _cookie(args)
+        if cookie is None:
+            cookie = _stdin_cookie()
+    except OSError as e:
+        parser.error(f"cannot read the cookie: {e}")
+    os.environ.pop("PYDIST_COOKIE", None)  # not for the processes this worker starts
+    from pydistributed.joinworker import join_master
+
+    try:
+        join_master(args.join, cookie, bind_to=args.bind_to)
+    except ValueError as e:  # the address or the cookie is not a valid one
+        parser.exit(2, f"{parser.prog}: {e}\n")
+
+
+def _stdin_cookie() -> str:
+    if sys.stdin is None:
+        raise OSError("no cookie: no PYDIST_COOKIE, no --cookie-file and no standard input")
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass("cluster cookie: ")
+    line = sys.stdin.readline()
+    if not line:
+        raise OSError("no cookie: no PYDIST_COOKIE, no --cookie-file, and standard input is empty")
+    return line.rstrip("\r\n")
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def _ask(b: int) -> int:
 
 
 def test_the_listener_survives_a_failed_thread_start(add_workers: Any) -> None:
-    a, b = add_workers(2)
+    b, a = add_workers(2)  # a has the higher id: a dials b (peerlinks.py)
     remotecall_fetch(_fail_next_thread_start, b)
     # a dials b: b's listener cannot start the connection's thread, drops it, and goes on
     with pytest.raises(Exception, match=r"exited|closed|lost"):

@@ -157,4 +157,13 @@ def test_env_values_with_newlines_are_refused() -> None:
     with pytest.raises(ValueError, match="name"):
         remote_command("posix", ["x"], [("A-B", "1")], None)
     with pytest.raises(ValueError, match="shell"):
-        remote_command("wincmd", ["x"], [], None)
+        remote_command("fish", ["x"], [], None)
+
+
+def test_restrict_is_refused_for_ssh_workers_with_what_to_use() -> None:
+    from pydistributed import addprocs, workers
+
+    before = workers()
+    with pytest.raises(TypeError, match=r"'restrict'.*bind_addr.*tunnel=True"):
+        addprocs(["nosuchhost.invalid"], restrict=False)
+    assert workers() == before  # refused before any login

@@ -15,7 +15,13 @@ if TYPE_CHECKING:
     from .base import ClusterManager as ClusterManager
     from .base import DefaultClusterManager as DefaultClusterManager
     from .base import WorkerConfig as WorkerConfig
+    from .elastic import ElasticManager as ElasticManager
+    from .elastic import wait_for_workers as wait_for_workers
     from .local import LocalManager as LocalManager
+    from .mpi import MPIManager as MPIManager
+    from .slurm import SlurmManager as SlurmManager
+    from .slurmjob import SlurmLaunchError as SlurmLaunchError
+    from .slurmjob import SlurmTimeoutError as SlurmTimeoutError
     from .ssh import SSHManager as SSHManager
 
 # name -> the submodule that defines it
@@ -24,7 +30,13 @@ _WHERE = {
     "WorkerConfig": "base",
     "DefaultClusterManager": "base",
     "LocalManager": "local",
+    "MPIManager": "mpi",
     "SSHManager": "ssh",
+    "ElasticManager": "elastic",
+    "wait_for_workers": "elastic",
+    "SlurmManager": "slurm",
+    "SlurmLaunchError": "slurmjob",
+    "SlurmTimeoutError": "slurmjob",
 }
 
 __all__ = sorted(_WHERE)

@@ -42,6 +42,7 @@ from typing import Any, BinaryIO
 from .. import sockets
 from ..timeouts import worker_timeout
 from .base import ClusterManager, WorkerConfig
+from .sshbootstrap import BOOT_CODE, archive
 from .sshcommand import (
     Machine,
     normalize_machines,
@@ -93,7 +94,9 @@ class SSHManager(ClusterManager):
     ``(spec, "auto")`` (one worker per CPU of that host).
     """
 
-    extra_params = frozenset({"tunnel", "multiplex", "sshflags", "max_parallel", "shell", "ssh"})
+    extra_params = frozenset(
+        {"tunnel", "multiplex", "sshflags", "max_parallel", "shell", "ssh", "bootstrap"}
+    )
 
     def __init__(self, machines: Sequence[Any]) -> None:
         if isinstance(machines, (str, bytes)):
@@ -289,11 +292,13 @@ class SSHManager(ClusterManager):
         exeflags = params.get("exeflags") or ()
         if isinstance(exeflags, str):
             exeflags = shlex.split(exeflags)
+        bootstrap = bool(params.get("bootstrap"))
+        # with bootstrap, the worker's code arrives on stdin (sshbootstrap.py)
+        entry = ["-c", BOOT_CODE] if bootstrap else ["-m", "pydistributed.worker"]
         argv = [
             exename,
             *map(str, exeflags),
-            "-m",
-            "pydistributed.worker",
+            *entry,
             "--bind-to",
             machine.bind or ("127.0.0.1" if params.get("tunnel") else "0.0.0.0"),
         ]
@@ -309,7 +314,8 @@ class SSHManager(ClusterManager):
         )
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         try:
-            proc.stdin.write(stdin_payload(env, params["cookie"]))
+            blob = archive() if bootstrap else None
+            proc.stdin.write(stdin_payload(env, params["cookie"], shell, blob))
             proc.stdin.close()
         except OSError:
             pass  # the session ended at once; its stderr says why

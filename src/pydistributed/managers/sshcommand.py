@@ -7,11 +7,15 @@ spec, ``(spec, count)`` or ``(spec, "auto")``; a machine file (``pydist --machin
 
 The remote command is a string that the remote user's login shell parses (ssh joins its
 arguments into one string): for ``shell="posix"`` it is ``sh -l -c CMDS`` quoted once more, for
-``shell="csh"`` a csh script. Nothing secret is in it: the values of ``env`` and then the cookie
-are sent on the ssh session's standard input, one line each, and read there by the shell
-(``IFS= read -r NAME`` / ``setenv NAME "$<"``) before it ``exec``s the worker, which reads the
-cookie line itself. So neither appears in any command line (``ps``) on either host, nor the
-cookie in the worker's environment.
+``shell="csh"`` a csh script, for ``shell="wincmd"`` a ``cmd.exe`` line (Windows' OpenSSH
+server runs commands with ``cmd /c``). Nothing secret is in it: with posix and csh, the values
+of ``env`` and then the cookie are sent on the ssh session's standard input, one line each, and
+read there by the shell (``IFS= read -r NAME`` / ``setenv NAME "$<"``) before it ``exec``s the
+worker, which reads the cookie line itself. So neither appears in any command line (``ps``) on
+either host, nor the cookie in the worker's environment. ``cmd.exe`` has no dependable way to
+read a line of a pipe into a variable (``set /p`` reads a whole buffer from a pipe), so with
+wincmd the ``env`` values are on the command line, as Julia puts them for every shell, and only
+the cookie goes on standard input.
 """
 
 from __future__ import annotations
@@ -25,15 +29,17 @@ from typing import Any
 __all__ = [
     "Machine",
     "csh_quote",
+    "microsoft_c_args",
     "normalize_machines",
     "parse_machine",
     "parse_machine_file",
     "remote_command",
     "ssh_destination",
     "stdin_payload",
+    "wincmd_quote",
 ]
 
-SHELLS = ("posix", "csh")
+SHELLS = ("posix", "csh", "wincmd")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z_0-9]*\Z")
 
 
@@ -201,6 +207,49 @@ def csh_quote(arg: str) -> str:
             i += 1
 
 
+def microsoft_c_args(args: Iterable[str]) -> str:
+    """Join ``args`` into one command line that a Windows program's C runtime splits back into
+    the same ``argv`` (Julia's ``escape_microsoft_c_args``): an argument that is empty or holds
+    a space, tab or double quote goes in double quotes, its double quotes become ``\\"`` and
+    the backslashes before a double quote (or before the closing quote) are doubled."""
+    out = []
+    for arg in args:
+        if arg and not re.search(r'[ \t"]', arg):
+            out.append(arg)
+            continue
+        escaped = re.sub(r'(\\*)"', r'\1\1\\"', arg)
+        escaped = re.sub(r"(\\+)\Z", r"\1\1", escaped)
+        out.append(f'"{escaped}"')
+    return " ".join(out)
+
+
+def wincmd_quote(text: str) -> str:
+    """Escape ``text`` for ``cmd.exe`` (Julia's ``shell_escape_wincmd``): a span between two
+    double quotes is left as it is; elsewhere ``" ( ) ! ^ < > & |`` get a caret, and so does a
+    leading ``@``. ``%`` cannot be escaped on a ``cmd /c`` line: it is refused where it would
+    expand a variable (``%NAME%``).
+
+    Raises:
+        ValueError: a CR, LF or NUL (cmd.exe cannot carry them), or ``%NAME%``.
+    """
+    if re.search(r"[\r\n\0]", text):
+        raise ValueError(f"{text!r}: cmd.exe cannot carry a newline or NUL")
+    if re.search(r"%[^%\s]+%", text):
+        raise ValueError(f"{text!r}: cmd.exe would expand %...% in it (it cannot be escaped)")
+    out = ["^"] if text.startswith("@") else []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        j = text.find('"', i + 1) if c == '"' else -1
+        if j >= 0:
+            out.append(text[i : j + 1])
+            i = j + 1
+            continue
+        out.append("^" + c if c in '"()!^<>&|' else c)
+        i += 1
+    return "".join(out)
+
+
 def _check_env(env: Sequence[tuple[str, str]]) -> None:
     for name, value in env:
         if not _ENV_NAME.match(name):
@@ -250,17 +299,40 @@ def remote_command(
             lines.append(f'setenv {name} "$<"')
         lines.append("exec " + " ".join(csh_quote(a) for a in argv))
         return "\n".join(lines)
+    if shell == "wincmd":
+        return _wincmd_command(argv, env, dir)
     raise ValueError(f"shell must be one of {', '.join(map(repr, SHELLS))}, not {shell!r}")
+
+
+def _wincmd_command(argv: Sequence[str], env: Sequence[tuple[str, str]], dir: str | None) -> str:
+    """``set NAME=VALUE&& ... pushd "DIR" && EXE ARGS`` for cmd.exe (as Julia builds it)."""
+    if argv and '"' in argv[0]:
+        raise ValueError(f"exename {argv[0]!r}: a double quote cannot be passed to cmd.exe")
+    command = wincmd_quote(microsoft_c_args(argv))
+    if dir:
+        if '"' in dir:
+            raise ValueError(f"dir {dir!r}: a double quote cannot be passed to cmd.exe")
+        command = f"pushd {wincmd_quote(chr(34) + dir + chr(34))} && {command}"
+    sets = "".join(f"set {name}={wincmd_quote(value)}&& " for name, value in env)
+    return sets + command
 
 
 def probe_command(shell: str, exename: str, code: str) -> str:
     """The remote command that runs ``exename -c code`` (e.g. to count the host's CPUs)."""
     if shell == "csh":
         return " ".join(csh_quote(a) for a in (exename, "-c", code))
+    if shell == "wincmd":
+        return wincmd_quote(microsoft_c_args([exename, "-c", code]))
     return shlex.join([exename, "-c", code])
 
 
-def stdin_payload(env: Sequence[tuple[str, str]], cookie: str) -> bytes:
-    """What the ssh session's standard input carries: env values, then the cookie."""
+def stdin_payload(
+    env: Sequence[tuple[str, str]], cookie: str, shell: str = "posix", blob: bytes | None = None
+) -> bytes:
+    """What the ssh session's standard input carries: env values (not with wincmd, whose
+    command line holds them), the packages' archive (``bootstrap=True``: a header line with
+    its length, then the zip), then the cookie."""
     _check_env(env)
-    return "".join(f"{value}\n" for _, value in env).encode() + (cookie + "\n").encode("ascii")
+    values = "" if shell == "wincmd" else "".join(f"{value}\n" for _, value in env)
+    shipped = b"" if blob is None else b"PYDIST-BOOTSTRAP %d\n" % len(blob) + blob
+    return values.encode() + shipped + (cookie + "\n").encode("ascii")
