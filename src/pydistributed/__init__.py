@@ -27,7 +27,7 @@ from .managers.base import ClusterManager, DefaultClusterManager, WorkerConfig
 from .managers.local import LocalManager
 from .managers.ssh import SSHManager
 from .membership import wait_for_workers
-from .pmap import pmap
+from .pmap import imap, pmap
 from .processes import (
     addprocs,
     init_worker,
@@ -92,6 +92,7 @@ __all__ = [
     "everywhere",
     "fetch",
     "fetchfrom",
+    "imap",
     "init_worker",
     "interrupt",
     "isready",

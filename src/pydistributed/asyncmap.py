@@ -61,6 +61,7 @@ class Job:
             otherwise the caller waits, and after Ctrl-C waits a little for the runners
             (pmap's feeders).
         max_chunk: how many items a runner may take at once.
+        chunk: how many a runner takes at first (the items were found quick before).
         name: names the map in log messages.
         on_stop: called when the map stops early (an error, Ctrl-C).
     """
@@ -74,6 +75,7 @@ class Job:
         *,
         adaptive: bool,
         max_chunk: int = 1,
+        chunk: int = 1,
         name: str = "map",
         on_stop: Callable[[], None] | None = None,
     ) -> None:
@@ -93,7 +95,9 @@ class Job:
         self.exhausted = False
         self.runners = 0  # started
         self.active = 0  # runners that took items and have not finished yet
-        self.chunk = 1  # how many items a runner takes at first: the last one's finding
+        # how many items a runner takes at first: the last one's finding (or the caller's, from
+        # a map like this one: a batch of pmap after the one before)
+        self.chunk = max(1, min(chunk, max_chunk))
         self.limit = self._ask_ntasks()
         self._asked_at = time.monotonic()
 

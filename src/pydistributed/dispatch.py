@@ -14,6 +14,8 @@ up in the handler table::
     RefCount(adds, dels)           adjust the reference counts of the stored values
     Interrupt()                    interrupt the calls running here (``execution``)
     Ping(nonce), Pong(nonce)       the heartbeat: answer a Ping at once; a Pong needs nothing
+    MapCalls, MapCancel            a pipelined map's elements, to its stream's serial queue
+    MapResults(stream, ...)        to the stream's slot of that connection (``pipecalls``)
     Exit(), PeerUpdate(...)        registered by the cluster (the life cycle's concern)
 
 "Run later" means: submitted to the executor (the main thread when free, else a pool thread),
@@ -46,6 +48,9 @@ from .messages import (
     CallWait,
     Interrupt,
     JoinComplete,
+    MapCalls,
+    MapCancel,
+    MapResults,
     Message,
     Ping,
     Pong,
@@ -54,6 +59,7 @@ from .messages import (
     Result,
 )
 from .peer import Peer, describe_unpicklable
+from .pipecalls import SerialQueues, StreamSlot
 from .refstore import Failure, RefStore
 from .registry import Registry
 
@@ -132,6 +138,7 @@ class Dispatcher:
         self.refs = refs
         self.executor = executor
         self.requests = Cancellable()
+        self.serial = SerialQueues(executor, self.execute)
         self._handlers: dict[type[Message], Callable[[Peer, Any], None]] = {
             Call: self._on_call,
             CallFetch: self._on_call_fetch,
@@ -143,6 +150,9 @@ class Dispatcher:
             Interrupt: self._on_interrupt,
             Ping: self._on_ping,
             Pong: _ignore,  # arriving was the point (Peer.last_heard)
+            MapCalls: self._on_map_calls,
+            MapResults: self._on_map_results,
+            MapCancel: self._on_map_cancel,
         }
 
     def register(self, msg_type: type[Message], handler: Callable[[Peer, Any], None]) -> None:
@@ -171,6 +181,14 @@ class Dispatcher:
         elif err.tag == Call.TAG:
             slot = self.refs.add(RRID(h["whence"], h["id"]), h["whence"])
             self.store(slot, False, captured)
+        elif err.tag == MapCalls.TAG:
+            self.serial.on_undecodable(peer, h["stream"], h["first"], h["count"], captured)
+        elif err.tag == MapResults.TAG:
+            stream = peer.pending.get(h["stream"])
+            if isinstance(stream, StreamSlot):
+                myid = self.registry.myid
+                failure = _undecodable_answer(err, peer.pid, myid)
+                stream.undecodable(h["first"], h["count"], failure)
         elif err.tag in (Result.TAG, JoinComplete.TAG):
             rslot = peer.pending.pop(h["response_id"], None)
             if rslot is not None:
@@ -213,6 +231,17 @@ class Dispatcher:
 
     def _on_remote_do(self, peer: Peer, msg: RemoteDo) -> None:
         self.start_remote_do(msg.f, msg.args, msg.kwargs, peer.pid, not is_internal(msg.f))
+
+    def _on_map_calls(self, peer: Peer, msg: MapCalls) -> None:
+        self.serial.on_calls(peer, msg, not is_internal(msg.f))
+
+    def _on_map_cancel(self, peer: Peer, msg: MapCancel) -> None:
+        self.serial.cancel(peer, msg.stream)
+
+    def _on_map_results(self, peer: Peer, msg: MapResults) -> None:
+        stream = peer.pending.get(msg.stream)
+        if isinstance(stream, StreamSlot):
+            stream.deliver(msg)
 
     def _on_result(self, peer: Peer, msg: Result) -> None:
         slot = peer.pending.pop(msg.response_id, None)

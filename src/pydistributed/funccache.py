@@ -175,14 +175,11 @@ class FunctionCache:
         self, form: CallForm, pid: int, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """Make the call ``form`` of ``f`` on ``pid``, shipping ``f`` there only the first time."""
-        if pid == self.cluster.myid:
-            return form(pid, f, args, kwargs)
-        token = self._token(f)
-        key = (self.uid, token)
-        if (pid, token) in self._shipped:
-            return form(pid, _Ref(key), args, kwargs)
+        sent, token = self.wrap(pid, f)
+        if token is None:
+            return form(pid, sent, args, kwargs)
         try:
-            result = form(pid, _Ship(key, f), args, kwargs)
+            result = form(pid, sent, args, kwargs)
         except (pickle.PicklingError, ProcessExitedException):
             raise  # nothing went out, or the worker is gone
         except Exception:
@@ -193,10 +190,35 @@ class FunctionCache:
         self._mark(pid, token)
         return result
 
+    def wrap(self, pid: int, f: Any) -> tuple[Any, int | None]:
+        """What to send to ``pid`` in place of ``f``, and the token to pass to :meth:`shipped`
+        once it has gone out (None: ``f`` is there already, or ``pid`` is this process)."""
+        if pid == self.cluster.myid:
+            return f, None
+        token = self._token(f)
+        key = (self.uid, token)
+        if (pid, token) in self._shipped:
+            return _Ref(key), None
+        return _Ship(key, f), token
+
+    def shipped(self, pid: int, token: int) -> None:
+        """The message that carries the function of ``token`` to ``pid`` has gone out."""
+        self._mark(pid, token)
+
     def _mark(self, pid: int, token: int) -> None:
         with self._lock:
             self._shipped.add((pid, token))
             self.used.add(pid)
+
+    def drop_from(self, pid: int) -> None:
+        """Drop the functions on worker ``pid`` only (a map that sends it nothing more); a
+        later call there ships them again."""
+        with self._lock:
+            if pid not in self.used:
+                return
+            self.used.discard(pid)
+            self._shipped = {k for k in self._shipped if k[0] != pid}
+        _send_drops(self.cluster, self.uid, [pid])
 
     def clear(self) -> None:
         """Forget every function; drop them on every worker they went to."""

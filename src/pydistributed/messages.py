@@ -23,7 +23,14 @@ message            header                     meaning
 ``Ping``           nonce                      are you there? (the heartbeat)
 ``Pong``           nonce                      yes: the answer to a ``Ping``
 ``DialMe``         pid                        have worker ``pid`` connect to the sender
+``MapCalls``       stream, first, count       elements of a pipelined map, to run in order
+``MapResults``     stream, first, count       their outcomes, several in one message
+``MapCancel``      stream                     drop the elements of ``stream`` not started
 =================  =========================  ==========================================
+
+A pipelined map (``pipecalls.py``) numbers the elements it sends on one stream ``0, 1, 2...``;
+``first`` and ``count`` name the run of numbers a message carries, so that a body that cannot
+be unpickled can still be answered element by element.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ __all__ = [
     "Interrupt",
     "JoinComplete",
     "JoinPGRP",
+    "MapCalls",
+    "MapCancel",
+    "MapResults",
     "Message",
     "PeerUpdate",
     "Ping",
@@ -214,6 +224,45 @@ class DialMe(Message):
     pid: int
 
 
+@dataclass(frozen=True, slots=True)
+class MapCalls(Message):
+    """Run ``f(*args)`` for each ``args`` of ``items``, one after another in arrival order, after
+    the elements sent before on ``stream`` by the same process."""
+
+    TAG: ClassVar[int] = 16
+    HEADER: ClassVar[tuple[str, ...]] = ("stream", "first", "count")
+    BODY: ClassVar[tuple[str, ...]] = ("f", "items")
+    stream: int
+    first: int
+    count: int
+    f: Any
+    items: list[tuple[Any, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class MapResults(Message):
+    """The outcomes of elements ``first .. first + count - 1`` of ``stream``. ``oks[i]``: 1 for
+    a value, 0 for a ``CapturedException``, 2 for an element dropped by ``MapCancel``;
+    ``seconds``: how long the elements ran, together."""
+
+    TAG: ClassVar[int] = 17
+    HEADER: ClassVar[tuple[str, ...]] = ("stream", "first", "count")
+    BODY: ClassVar[tuple[str, ...]] = ("oks", "values", "seconds")
+    stream: int
+    first: int
+    count: int
+    oks: bytes
+    values: list[Any]
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class MapCancel(Message):
+    TAG: ClassVar[int] = 18
+    HEADER: ClassVar[tuple[str, ...]] = ("stream",)
+    stream: int
+
+
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.TAG: cls
     for cls in (
@@ -232,5 +281,8 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         Ping,
         Pong,
         DialMe,
+        MapCalls,
+        MapResults,
+        MapCancel,
     )
 }

@@ -1,339 +1,52 @@
-"""``pmap``: map a function over the workers of a pool, the results in input order.
+"""``pmap`` and ``imap``: map a function over the workers of a pool.
 
 ::
 
-    caller thread          feeder threads (one per worker of the pool)            workers
-    -------------          ---------------------------------------------          -------
-    start the feeders      next element (or batch) from the shared iterator
-    wait until all done    pid = pool.take()            (a free worker)
-                           remotecall_fetch(f, pid, x) -------------------------> f(x)
-                           pool.put(pid); results[i] = value <------------------- value
-                           on an error: on_error, then retries (another worker, maybe)
+    caller thread (the hub: pipeline.py)                              workers
+    ------------------------------------                              -------
+    take free workers from the pool, a lane each
+    send each lane the next elements its window allows -- MapCalls --> run them one after
+      (the input read lazily; retries first)                          another, in order
+    wait for outcomes; on an error: on_error, retries  <- MapResults - several outcomes a
+      (mapping.py); yield (index, value) as they come                 message
+    pmap: the results in input order; imap: as they come, or in order
 
-So every worker of the pool has one call in flight, and its next element goes out as soon as
-its answer is in (Julia: ``asyncmap(remote(pool, f), c; ntasks=nworkers(pool))``). The feeders
-are a fixed ``asyncmap.Job``. With ``batch_size > 1`` an item is a batch, run on the worker by
-a local ``asyncmap``. The function goes to each worker once per map (a ``FunctionCache``, as
-``CachingPool`` does), not once per element.
+A lane's window (elements in flight on its worker) adapts: one for elements that take much
+longer than a round trip, up to ``pipeline.MAX_WINDOW`` for quick ones. With ``batch_size > 1``
+an element is a batch, run on the worker by a local ``asyncmap``. The function goes to each
+worker once per map (a ``FunctionCache``, as ``CachingPool`` does), not once per element.
 
-Ctrl-C: a ``KeyboardInterrupt`` in the caller of ``pmap`` stops the feeders from starting more
-elements, interrupts (``interrupt(pid)``) every worker running one of this map's calls, waits a
-few seconds for those calls to come back, and is raised. The workers go back to their pool and
-the cluster stays usable.
+Ctrl-C: a ``KeyboardInterrupt`` in the caller stops the map from sending more, drops the
+elements queued on the workers, interrupts (``interrupt(pid)``) every worker running one of
+this map's elements, waits a few seconds for them to come back, and is raised. The workers go
+back to their pool and the cluster stays usable.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
-import sys
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from .asyncmap import (
-    DEFAULT_NTASKS,
-    INTERRUPT_GRACE,
-    MAX_CHUNK,
-    Job,
-    asyncmap,
-    elements,
-    known_length,
-)
+from .asyncmap import INTERRUPT_GRACE, Job, asyncmap, elements, known_length
 from .backoff import ExponentialBackOff
 from .cluster import Cluster, current_cluster
-from .errors import CapturedException, RemoteException, capture
-from .funccache import FunctionCache
-from .remotecall import fetch_on
-from .workerpool import AbstractWorkerPool, CachingPool, WorkerPool, default_worker_pool
+from .mapping import (
+    BatchCall,
+    MapPolicy,
+    Progress,
+    Run,
+    auto_sizes,
+    check_batch_size,
+    make_batches,
+    reiterable_delays,
+)
+from .pipeline import Pipeline
+from .workerpool import AbstractWorkerPool, WorkerPool, default_worker_pool
 
 # asyncmap and ExponentialBackOff live in their own modules; they are named here too, as they
 # were before (import them from ``pydistributed``).
-__all__ = ["INTERRUPT_GRACE", "ExponentialBackOff", "asyncmap", "pmap"]
-
-log = logging.getLogger("pydistributed.pmap")
-
-# batch_size="auto" (see _auto_sizes): about this many batches per worker (as multiprocessing's
-# map; Julia's batchsplit makes at least 3 per worker but of at most 100 elements, which costs
-# a round trip per 100 elements: far too slow for tiny tasks here)...
-AUTO_BATCHES_PER_WORKER = 4
-AUTO_MAX_BATCH = 10_000  # ...of at most this many elements;
-AUTO_FIRST_BATCH = 100  # an input of unknown length starts with batches of this many
-
-_END: Any = object()
-
-
-class _Failed:
-    """An element of a batch that raised on worker ``pid`` (when pmap handles errors)."""
-
-    __slots__ = ("captured", "pid")
-
-    def __init__(self, pid: int, captured: CapturedException) -> None:
-        self.pid = pid
-        self.captured = captured
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_Failed, (self.pid, self.captured))
-
-
-class _BatchCall:
-    """What runs a batch on a worker: a local asyncmap of ``f`` over the batch's elements.
-
-    With ``capture``, an element that raises gives a :class:`_Failed` in its place and the
-    others go on (pmap then handles it); without, the first error fails the whole batch.
-    """
-
-    def __init__(self, f: Callable[..., Any], star: bool, capture: bool) -> None:
-        self.f = f
-        self.star = star
-        self.capture = capture
-
-    def __call__(self, batch: list[Any]) -> list[Any]:
-        c = current_cluster()  # the worker's cluster, running this batch (see scope)
-        f = self.f
-        fn: Callable[[Any], Any] = (lambda args: f(*args)) if self.star else f
-        if self.capture:
-            inner = fn
-            pid = c.myid
-
-            def fn(item: Any) -> Any:
-                try:
-                    return inner(item)
-                except Exception as e:
-                    return _Failed(pid, capture(e))
-
-        job = Job(c, fn, iter(batch), DEFAULT_NTASKS, adaptive=True, max_chunk=MAX_CHUNK)
-        return job.run()
-
-
-def _unwrap(e: BaseException) -> BaseException:
-    """The exception that ``f`` raised: a RemoteException's original one."""
-    if isinstance(e, RemoteException):
-        return e.captured.exc
-    return e
-
-
-def _reiterable_delays(retry_delays: Iterable[float]) -> Iterable[float]:
-    """Each element retries with a fresh iteration of the delays: a one-shot iterator (a
-    generator) is read once, into a tuple."""
-    if retry_delays is None:
-        return ()
-    if iter(retry_delays) is retry_delays:
-        return tuple(retry_delays)
-    return retry_delays
-
-
-def _check_batch_size(batch_size: Any) -> int | str:
-    if batch_size == "auto" and isinstance(batch_size, str):
-        return "auto"
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-        raise ValueError(f'batch_size must be a positive int or "auto", not {batch_size!r}')
-    if batch_size < 1:
-        raise ValueError(f'batch_size must be a positive int or "auto", not {batch_size}')
-    return batch_size
-
-
-def _auto_size(n: int, nworkers: int) -> int:
-    """``batch_size="auto"`` for ``n`` elements: about AUTO_BATCHES_PER_WORKER batches per
-    worker, of at most AUTO_MAX_BATCH elements."""
-    return max(1, min(AUTO_MAX_BATCH, -(-n // (AUTO_BATCHES_PER_WORKER * max(1, nworkers)))))
-
-
-def _auto_sizes(
-    elements: Iterator[Any], total: int | None, nworkers: int
-) -> tuple[list[Any], Iterator[int]]:
-    """The sizes of the batches for ``batch_size="auto"``, and the elements read to decide.
-
-    Of a known length, every batch has :func:`_auto_size`. Of an unknown length, up to
-    ``AUTO_BATCHES_PER_WORKER * nworkers * AUTO_FIRST_BATCH`` elements are read ahead (Julia's
-    ``batchsplit`` peeks so too): if the input ends there, its length is known; else the
-    batches start at AUTO_FIRST_BATCH and double up to AUTO_MAX_BATCH.
-    """
-    if total is not None:
-        return [], itertools.repeat(_auto_size(total, nworkers))
-    peek = AUTO_BATCHES_PER_WORKER * max(1, nworkers) * AUTO_FIRST_BATCH
-    head = list(itertools.islice(elements, peek))
-    if len(head) < peek:
-        return head, itertools.repeat(_auto_size(len(head), nworkers))
-    growing = itertools.chain(
-        itertools.takewhile(
-            lambda s: s < AUTO_MAX_BATCH,
-            (AUTO_FIRST_BATCH << k for k in itertools.count()),
-        ),
-        itertools.repeat(AUTO_MAX_BATCH),
-    )
-    return head, growing
-
-
-def _batches(head: list[Any], rest: Iterator[Any], sizes: Iterator[int]) -> Iterator[list[Any]]:
-    it = itertools.chain(head, rest)
-    for size in sizes:
-        batch = list(itertools.islice(it, size))
-        if not batch:
-            return
-        yield batch
-
-
-class _Progress:
-    """A tqdm bar on standard error, updated from any thread (or nothing)."""
-
-    def __init__(self, enabled: bool, total: int | None) -> None:
-        self._bar: Any = None
-        self._lock = threading.Lock()
-        if enabled:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, file=sys.stderr, desc="pmap", unit="it")
-
-    def update(self, n: int) -> None:
-        if self._bar is not None:
-            with self._lock:
-                self._bar.update(n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-class _PMap:
-    """One call of pmap: its settings, its workers in use, and its error handling."""
-
-    def __init__(
-        self,
-        cluster: Cluster,
-        f: Callable[..., Any],
-        pool: AbstractWorkerPool,
-        star: bool,
-        on_error: Callable[[BaseException], Any] | None,
-        retry_delays: Iterable[float],
-        retry_check: Callable[[Any, BaseException], Any] | None,
-        progress: _Progress,
-    ) -> None:
-        self.f = f
-        self.pool = pool
-        self.star = star
-        self.on_error = on_error
-        self.delays = retry_delays
-        self.retry = next(iter(retry_delays), _END) is not _END
-        self.check = retry_check
-        self.progress = progress
-        self.cluster = cluster
-        self.stopping = threading.Event()
-        self._busy: dict[int, int] = {}
-        self._busy_lock = threading.Lock()
-        own = pool.cache if isinstance(pool, CachingPool) else None
-        self.cache = own if own is not None else FunctionCache(cluster)
-        self.own_cache = own is None
-
-    # -- calls on workers ------------------------------------------------------------------
-
-    def call(self, fn: Any, args: tuple[Any, ...]) -> Any:
-        """``remotecall_fetch(fn, <a free worker of the pool>, *args)``, the function cached."""
-        pool = self.pool
-        pid = pool.take()
-        with self._busy_lock:
-            self._busy[pid] = self._busy.get(pid, 0) + 1
-        try:
-            return self.cache.call(fetch_on, pid, fn, args, {})
-        finally:
-            with self._busy_lock:
-                n = self._busy.pop(pid, 1) - 1
-                if n:
-                    self._busy[pid] = n
-            pool.put(pid)
-
-    def interrupt_busy(self) -> None:
-        """Ctrl-C: interrupt the calls of this map that are running on workers."""
-        with self._busy_lock:
-            pids = [p for p in self._busy if p != self.cluster.myid]
-        if pids:
-            self.cluster.lifecycle.interrupt(pids)
-
-    # -- error handling --------------------------------------------------------------------
-
-    def handled(self, attempt: Callable[[], Any], first_error: BaseException | None = None) -> Any:
-        """Run ``attempt`` with on_error and retries (Julia's ``retry(delays, check)`` around
-        ``on_error``): on_error runs first, and if it returns, its value is the result; else
-        the error is retried after the next delay, if ``retry_check`` agrees. ``first_error``:
-        the first attempt already ran and failed so."""
-        it = iter(self.delays)
-        delay = next(it, _END)
-        err = first_error
-        while True:
-            if err is None:
-                try:
-                    return attempt()
-                except Exception as e:
-                    err = e
-            if self.stopping.is_set():
-                raise err
-            if self.on_error is not None:
-                try:
-                    return self.on_error(_unwrap(err))
-                except Exception as e:
-                    err = e
-            if delay is _END or self.stopping.is_set():
-                raise err
-            if self.check is not None:
-                verdict = self.check(it, _unwrap(err))
-                if isinstance(verdict, tuple) and len(verdict) == 2:
-                    state, verdict = verdict
-                    it = iter(state)
-                if not verdict:
-                    raise err
-            if self.stopping.wait(delay):
-                raise err
-            delay = next(it, _END)
-            err = None
-
-    # -- what the feeders run --------------------------------------------------------------
-
-    def element(self, item: Any) -> Any:
-        args = item if self.star else (item,)
-        if self.on_error is None and not self.retry:
-            value = self.call(self.f, args)
-        else:
-            value = self.handled(lambda: self.call(self.f, args))
-        self.progress.update(1)
-        return value
-
-    def local_element(self, item: Any) -> Any:
-        f = self.f
-        args = item if self.star else (item,)
-        if self.on_error is None and not self.retry:
-            value = f(*args)
-        else:
-            value = self.handled(lambda: f(*args))
-        self.progress.update(1)
-        return value
-
-    def batch(self, runner: _BatchCall, batch: list[Any]) -> list[Any]:
-        capture_errors = runner.capture
-        try:
-            results: list[Any] = self.call(runner, (batch,))
-        except Exception as e:
-            if not capture_errors:
-                raise
-            # the whole batch failed (a dead worker...): every element is handled alone
-            results = [self.recover(item, e) for item in batch]
-        else:
-            for i, r in enumerate(results):
-                if isinstance(r, _Failed):
-                    err = RemoteException(r.pid, r.captured)
-                    results[i] = self.recover(batch[i], err)
-        self.progress.update(len(batch))
-        return results
-
-    def recover(self, item: Any, err: BaseException) -> Any:
-        args = item if self.star else (item,)
-        return self.handled(lambda: self.call(self.f, args), first_error=err)
-
-    def close(self) -> None:
-        if self.own_cache:
-            try:
-                self.cache.clear()
-            except Exception:
-                log.exception("pmap: dropping the function on the workers failed")
+__all__ = ["INTERRUPT_GRACE", "ExponentialBackOff", "asyncmap", "imap", "pmap"]
 
 
 def pmap(
@@ -352,7 +65,9 @@ def pmap(
     ``pmap(f, xs)`` uses the default worker pool; ``pmap(f, pool, xs)`` or ``pool=pool`` another
     one. Several iterables are zipped, as in ``map``. Any iterable works, generators of unknown
     length too: the input is read lazily, a few elements per worker ahead. Each worker of the
-    pool runs one element at a time; ``f`` goes to each worker once per call of pmap.
+    pool runs one element at a time, in the order they reach it; quick elements are pipelined
+    (several in flight per worker, several to a message, see ``docs/pmap.md``), slow ones go
+    one at a time. ``f`` goes to each worker once per call of pmap.
 
     Args:
         f: the function; it must be picklable (lambdas and closures are, by value).
@@ -384,29 +99,116 @@ def pmap(
     Raises:
         RemoteException: ``f`` raised on a worker (without ``on_error``): the first error stops
             the map once the elements already started have finished.
-        ProcessExitedException: a worker died while running an element (without retries).
+        ProcessExitedException: a worker died with elements of the map on it (without
+            retries).
         ValueError: ``batch_size`` is 0, negative or not an int or ``"auto"``.
         RuntimeError: every worker of the pool has exited (a pool given empty, and the
             default pool without workers, map on this process, as in Julia).
-        KeyboardInterrupt: Ctrl-C; the calls in flight were interrupted.
+        KeyboardInterrupt: Ctrl-C; the elements in flight were dropped or interrupted.
     """
+    results: list[Any] = []
+    for runs in _start_map(
+        f,
+        iterables,
+        pool,
+        distributed,
+        batch_size,
+        on_error,
+        retry_delays,
+        retry_check,
+        progress,
+        "pmap",
+    ):
+        for start, values in runs:
+            end = start + len(values)
+            if end > len(results):
+                results.extend([None] * (end - len(results)))
+            results[start:end] = values
+    return results
+
+
+def imap(
+    f: Callable[..., Any],
+    *iterables: Any,
+    pool: AbstractWorkerPool | None = None,
+    ordered: bool = True,
+    distributed: bool = True,
+    batch_size: int | str = 1,
+    on_error: Callable[[BaseException], Any] | None = None,
+    retry_delays: Iterable[float] = (),
+    retry_check: Callable[[Any, BaseException], Any] | None = None,
+    progress: bool = False,
+) -> Iterator[Any]:
+    """``pmap`` as an iterator: the results as they come (``multiprocessing``'s ``imap`` and,
+    with ``ordered=False``, ``imap_unordered``).
+
+    The arguments are checked at once; the map starts at the first ``next()`` and runs while
+    the iterator is read: a few elements per worker are in flight ahead of the reader, so a
+    reader that stops reading stops the map soon (backpressure). Every keyword means what it
+    means for :func:`pmap`.
+
+    Args:
+        ordered: True: the results in input order (a result waits for those before it);
+            False: each result as soon as it is in, in completion order.
+
+    Raises:
+        (from ``next()``) what :func:`pmap` raises: the first error stops the map once the
+        elements running have finished, and is raised after the results that came before it
+        stopped (in order: those before the first one missing).
+        ValueError, TypeError: bad arguments (from the call itself).
+
+    Closing the iterator early (``close()``, ``break`` out of a ``for`` loop and dropping it)
+    drops the elements queued on the workers, waits a few seconds at most for those running,
+    and gives the workers back.
+    """
+    outcomes = _start_map(
+        f,
+        iterables,
+        pool,
+        distributed,
+        batch_size,
+        on_error,
+        retry_delays,
+        retry_check,
+        progress,
+        "imap",
+    )
+    if not ordered:
+        return _as_they_come(outcomes)
+    return _in_order(outcomes)
+
+
+def _start_map(
+    f: Callable[..., Any],
+    iterables: tuple[Any, ...],
+    pool: AbstractWorkerPool | None,
+    distributed: bool,
+    batch_size: Any,
+    on_error: Callable[[BaseException], Any] | None,
+    retry_delays: Iterable[float],
+    retry_check: Callable[[Any, BaseException], Any] | None,
+    progress: bool,
+    name: str,
+) -> Iterator[list[Run]]:
+    """Check a map's arguments (now) and return the map, which runs as it is iterated: lists
+    of runs ``(index of the first element, [values])``, as the elements finish. ``pmap``'s
+    arguments; a pool may come first in ``iterables``."""
     if iterables and isinstance(iterables[0], AbstractWorkerPool):
         if pool is not None:
-            raise TypeError("pmap() got a pool both as an argument and as pool=")
+            raise TypeError(f"{name}() got a pool both as an argument and as pool=")
         pool, iterables = iterables[0], iterables[1:]
     if pool is None:
         pool = default_worker_pool()
     elif not isinstance(pool, AbstractWorkerPool):
-        raise TypeError(f"pmap(): pool must be a worker pool, not {type(pool).__name__}")
-    size = _check_batch_size(batch_size)
+        raise TypeError(f"{name}(): pool must be a worker pool, not {type(pool).__name__}")
+    size = check_batch_size(batch_size)
     if not callable(f):
-        raise TypeError(f"pmap(): f must be callable, not {type(f).__name__}")
+        raise TypeError(f"{name}(): f must be callable, not {type(f).__name__}")
     if on_error is not None and not callable(on_error):
-        raise TypeError("pmap(): on_error must be callable")
-    delays = _reiterable_delays(retry_delays)
+        raise TypeError(f"{name}(): on_error must be callable")
+    delays = reiterable_delays(retry_delays)
     total = known_length(iterables) if iterables else None
     items, star = elements(iterables)
-
     c = current_cluster()
     members = pool.workers
     if distributed and not members and isinstance(pool, WorkerPool) and pool._lost_all():
@@ -414,39 +216,99 @@ def pmap(
         raise RuntimeError("No active worker available in pool")
     if not members or members == [c.myid]:
         distributed = False
-    bar = _Progress(progress, total)
-    run = _PMap(c, f, pool, star, on_error, delays, retry_check, bar)
-    stop = run.stopping.set
+    return _run(
+        c,
+        f,
+        pool,
+        star,
+        on_error,
+        delays,
+        retry_check,
+        progress,
+        total,
+        items,
+        size,
+        distributed,
+        len(members),
+        name == "imap",
+    )
+
+
+def _run(
+    c: Cluster,
+    f: Callable[..., Any],
+    pool: AbstractWorkerPool,
+    star: bool,
+    on_error: Callable[[BaseException], Any] | None,
+    delays: Iterable[float],
+    retry_check: Callable[[Any, BaseException], Any] | None,
+    progress: bool,
+    total: int | None,
+    items: Iterator[Any],
+    size: int | str,
+    distributed: bool,
+    nmembers: int,
+    streaming: bool,
+) -> Iterator[list[Run]]:
+    bar = Progress(progress, total)
+    run = MapPolicy(c, f, pool, star, on_error, delays, retry_check, bar)
     try:
         if not distributed:
-            ntasks = max(1, len(members))
-            job = Job(c, run.local_element, items, ntasks, adaptive=True, name="pmap", on_stop=stop)
-            return job.run()
-
-        def nworkers() -> int:
-            return len(pool)
-
+            ntasks = max(1, nmembers)
+            job = Job(
+                c,
+                run.local_element,
+                items,
+                ntasks,
+                adaptive=True,
+                name="pmap",
+                on_stop=run.stopping.set,
+            )
+            yield [(0, job.run())]
+            return
         if size == 1:
-            job = Job(c, run.element, items, nworkers, adaptive=False, name="pmap", on_stop=stop)
-            return job.run(on_interrupt=run.interrupt_busy)
-        if size == "auto":
-            head, sizes = _auto_sizes(items, total, len(members))
+            source = run.elements(items)
         else:
-            head, sizes = [], itertools.repeat(int(size))
-        runner = _BatchCall(f, star, capture=on_error is not None or run.retry)
-        batches = _batches(head, items, sizes)
-        job = Job(
-            c,
-            lambda b: run.batch(runner, b),
-            batches,
-            nworkers,
-            adaptive=False,
-            name="pmap",
-            on_stop=stop,
-        )
-        parts = job.run(on_interrupt=run.interrupt_busy)
-        return list(itertools.chain.from_iterable(parts))
+            if size == "auto":
+                head, sizes = auto_sizes(items, total, nmembers)
+            else:
+                head, sizes = [], itertools.repeat(int(size))
+            runner = BatchCall(f, star, capture=run.handles)
+            source = run.batches(runner, make_batches(head, items, sizes))
+        window = 1 if size == 1 else 2  # a batch's elements are known to be several
+        # imap's reader and a progress bar want each result as it comes; pmap alone only
+        # needs to refill the windows
+        eager = streaming or progress
+        # the map's own copy of f leaves each worker as soon as it has its last elements
+        # (they hold f already: the worker looked it up while reading them)
+        sent_all = run.cache.drop_from if run.own_cache else None
+        engine = Pipeline(c, pool, lambda: len(pool), run.cache, source, window, eager, sent_all)
+        yield from run.run(engine)
     finally:
         run.stopping.set()
         bar.close()
         run.close()
+
+
+def _as_they_come(outcomes: Iterator[list[Run]]) -> Iterator[Any]:
+    try:
+        for runs in outcomes:
+            for _, values in runs:
+                yield from values
+    finally:
+        outcomes.close()  # type: ignore[attr-defined]
+
+
+def _in_order(outcomes: Iterator[list[Run]]) -> Iterator[Any]:
+    waiting: dict[int, list[Any]] = {}
+    nxt = 0
+    try:
+        for runs in outcomes:
+            for start, values in runs:
+                waiting[start] = values
+            while nxt in waiting:
+                values = waiting.pop(nxt)
+                nxt += len(values)
+                yield from values
+    finally:
+        outcomes.close()  # type: ignore[attr-defined]

@@ -295,7 +295,8 @@ def test_a_batch_runs_as_a_local_asyncmap_on_a_worker(shared: list[int]) -> None
 
 
 def test_auto_batch_sizes() -> None:
-    from pydistributed.pmap import _auto_size, _auto_sizes
+    from pydistributed.mapping import auto_size as _auto_size
+    from pydistributed.mapping import auto_sizes as _auto_sizes
 
     assert _auto_size(20_000, 2) == 2500  # about 4 batches per worker
     assert _auto_size(10, 2) == 2

@@ -20,6 +20,9 @@ from pydistributed.messages import (
     Interrupt,
     JoinComplete,
     JoinPGRP,
+    MapCalls,
+    MapCancel,
+    MapResults,
     PeerUpdate,
     Ping,
     Pong,
@@ -44,6 +47,9 @@ SAMPLES = [
     Ping(7),
     Pong(7),
     DialMe(3),
+    MapCalls(-3, 10, 2, abs, [(-1,), (-2,)]),
+    MapResults(-3, 10, 2, b"\x01\x00", [1, "error"], 0.25),
+    MapCancel(-3),
 ]
 
 

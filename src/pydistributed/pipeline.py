@@ -1,0 +1,511 @@
+"""The pipelined map engine: several elements in flight per worker, their outcomes streamed back.
+
+``pmap`` and ``imap`` (``pmap.py``) decide what an element is and what its failure means; this
+module runs the elements on the workers of a pool::
+
+    hub: the caller's thread                             a lane per worker taken from the pool
+    ------------------------                             --------------------------------------
+    take free workers from the pool, a lane each
+    fill each lane's window: the elements to retry       MapCalls(stream, first, count, f, ...)
+      first, then the input, read lazily; one message      --> run one after another, in order
+      per lane and function                                    (pipecalls.SerialQueues)
+    wait on the inbox, which the reading threads fill    <-- MapResults(stream, ...), several
+      (they wake the hub when a window is half empty,        outcomes to a message
+      an element failed, a lane is done; or always, for
+      imap and a progress bar: see Pipeline.post)
+    hand the outcomes to the caller, in completion order
+
+A lane's *window* is how many of its elements may be in flight. It starts at 1 (2 for
+batches) and follows ``1 + ceil(2 * rtt / t)``, ``t`` the time an element runs on the worker
+(as the worker reports) and ``rtt`` the rest of an element's round trip (measured on elements
+that found their lane empty, except a lane's first, which also carried the function; it falls
+at once and rises slowly), at most doubling per answer and at most ``MAX_WINDOW``. It stays 1
+when the elements take twenty round trips or more, so that no element waits behind another on
+a busy worker while an idle one could run it. Quick elements thus travel dozens to a message
+each way, and slow ones one at a time as before.
+
+A lane holds its worker for ``ROTATE`` seconds at most: then it stops sending, and once its
+elements are back it gives the worker back to the pool and the hub takes a free one again
+(another map on the same pool gets its turn). The hub takes more workers as the pool grows.
+
+A worker that dies fails the elements in flight on it with ``ProcessExitedException`` (the
+caller retries them, or not). A stop (:meth:`Pipeline.fail`) sends nothing more and drops the
+elements that have not started (``MapCancel``); Ctrl-C (:meth:`Pipeline.interrupt`) also
+interrupts the ones running, and waits a few seconds at most for them.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import itertools
+import logging
+import math
+import pickle
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .cluster import Cluster
+from .codec import describe_unpicklable
+from .errors import ProcessExitedException, RemoteException
+from .execution import hold_sigint, release_sigint
+from .funccache import FunctionCache
+from .messages import MapCalls, MapCancel
+from .pipecalls import DROPPED, StreamSlot, new_stream_id
+from .remotecall import WorkerSource
+
+__all__ = ["MAX_WINDOW", "Dropped", "Outcome", "Pipeline", "next_window"]
+
+log = logging.getLogger("pydistributed.pmap")
+
+MAX_WINDOW = 256  # elements in flight per worker, at most
+ROTATE = 0.5  # seconds a lane holds its worker at most before giving it back
+_FIRST_RTT = 300e-6  # the round trip assumed until one is measured (s)
+_LOOK = 0.1  # how often the hub looks for more workers while it waits (s)
+
+Outcome = tuple[Any, Any, tuple[Any, ...], bool, Any]
+"""``(token, f, args, ok, value)``: an element's outcome; ``value`` is the exception when not
+``ok`` (a RemoteException, a ProcessExitedException, :class:`Dropped`)."""
+
+
+class Dropped(Exception):
+    """An element dropped before it ran, because the map stopped."""
+
+
+class _Lane:
+    """One worker taken from the pool, and the elements in flight on it."""
+
+    __slots__ = (
+        "answered",
+        "dead",
+        "local",
+        "next_seq",
+        "peer",
+        "pid",
+        "sent",
+        "since",
+        "slot",
+        "stopping",
+        "stream",
+        "t_item",
+        "window",
+    )
+
+    def __init__(self, pid: int, window: int) -> None:
+        self.pid = pid
+        self.peer: Any = None
+        self.slot: StreamSlot | None = None
+        self.stream = new_stream_id()
+        self.local = False
+        self.next_seq = 0  # the number of the next element sent, and how many went
+        self.answered = 0  # how many came back (counted by the reading thread)
+        # seq -> (token, f, args, when sent, sent into an empty lane)
+        self.sent: dict[int, tuple[Any, Any, tuple[Any, ...], float, bool]] = {}
+        self.window = window
+        self.since = time.monotonic()
+        self.stopping = False  # sends nothing more; closes once its elements are back
+        self.dead = False
+        self.t_item = 0.0  # how long an element runs on the worker (a moving average)
+
+
+class Pipeline:
+    """One map's elements over the workers of ``pool``.
+
+    Args:
+        cluster: this process's cluster.
+        pool: where workers come from (``take``/``put``).
+        nworkers: how many workers the pool has now (asked every ``_LOOK`` seconds).
+        cache: ships each function to each worker once.
+        source: the elements, ``(token, f, args)``, read lazily.
+        window: a new lane's window (the elements it sends before the first answer).
+        eager: wake up for every outcome (a reader of imap, a progress bar), not only when a
+            window is half empty, an element failed or a lane is done.
+        sent_all: called with a worker's id once the map has sent it its last element (the
+            input is used up, no retry is due): its copy of the function can go.
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        pool: WorkerSource,
+        nworkers: Callable[[], int],
+        cache: FunctionCache,
+        source: Iterator[tuple[Any, Any, tuple[Any, ...]]],
+        window: int = 1,
+        eager: bool = False,
+        sent_all: Callable[[int], None] | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.first_window = window
+        self.pool = pool
+        self.nworkers = nworkers
+        self.cache = cache
+        self.source = source
+        self.eager = eager
+        self.sent_all = sent_all
+        # outcomes, from the reading threads; the bell wakes the hub when it has work (see
+        # post): a map that only collects its results sleeps while its windows are well filled
+        self.inbox: deque[tuple[Any, ...]] = deque()
+        self._bell: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self.lanes: list[_Lane] = []
+        self.retries: deque[tuple[Any, Any, tuple[Any, ...]]] = deque()
+        self._later: list[tuple[float, int, Any, Any, tuple[Any, ...]]] = []
+        self._order = itertools.count()
+        self.exhausted = False
+        self.stopped = False
+        self.error: BaseException | None = None
+        self.rtt = _FIRST_RTT
+        self._windows: dict[int, int] = {}  # a worker's last window, for its next lane
+        self._target = max(1, nworkers())
+        self._looked = time.monotonic()
+        self._main = threading.current_thread() is threading.main_thread()
+
+    # -- what the caller asks ----------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """Nothing in flight, nothing to retry, and no input left (or the map stopped)."""
+        if any(lane.sent for lane in self.lanes):
+            return False
+        if self.stopped:
+            return True
+        return self.exhausted and not self.retries and not self._later
+
+    def retry(self, token: Any, f: Any, args: tuple[Any, ...], delay: float) -> None:
+        """Run an element again after ``delay`` seconds, on whichever worker has room first."""
+        if delay <= 0:
+            self.retries.append((token, f, args))
+        else:
+            when = time.monotonic() + delay
+            heapq.heappush(self._later, (when, next(self._order), token, f, args))
+
+    def fail(self, error: BaseException) -> None:
+        """Stop the map with ``error`` (the first one is kept): nothing more is sent, the
+        elements not started are dropped; those running finish."""
+        if self.error is None and not self.stopped:
+            self.error = error
+        self._stop()
+
+    def step(self) -> list[Outcome]:
+        """Send what the windows allow, wait for outcomes, return those that came (maybe
+        none: the hub also wakes up to look for workers and retries that are due)."""
+        now = time.monotonic()
+        while self._later and self._later[0][0] <= now:
+            _, _, token, f, args = heapq.heappop(self._later)
+            self.retries.append((token, f, args))
+        if not self.stopped:
+            self._take_workers(now)
+            self._fill()
+        out: list[Outcome] = []
+        self._close_finished()
+        if self.done:
+            return out
+        timeout = _LOOK
+        if self._later:
+            timeout = max(0.0, min(timeout, self._later[0][0] - now))
+        if not self.inbox:
+            try:
+                self._bell.get(timeout=timeout)
+            except queue.Empty:
+                pass
+        self._take_inbox(out)
+        self._close_finished()
+        return out
+
+    def _take_inbox(self, out: list[Outcome]) -> None:
+        while True:
+            try:
+                self._bell.get_nowait()
+            except queue.Empty:
+                break
+        inbox = self.inbox
+        while inbox:
+            self._handle(inbox.popleft(), out)
+
+    def post(self, event: tuple[Any, ...]) -> None:
+        """From a reading thread (must not block): an event for the hub, ``(lane, first,
+        count, oks, values, seconds)`` (``first`` -1: the connection closed). The hub is woken
+        when it has something to do: refill a window half empty, handle a failure, close a
+        lane whose elements are all back, stop; or for every outcome when ``eager``."""
+        self.inbox.append(event)
+        lane = event[0]
+        lane.answered += event[2]
+        if (
+            self.eager
+            or self.stopped
+            or event[1] < 0
+            or lane.next_seq - lane.answered <= lane.window // 2
+            or b"\0" in event[3]
+            or DROPPED in event[3]
+        ):
+            self._bell.put(None)
+
+    def interrupt(self, grace: float) -> None:
+        """Ctrl-C: drop the elements not started, interrupt those running (``interrupt`` of
+        their workers), and wait ``grace`` seconds at most for them; a second Ctrl-C ends the
+        wait at once."""
+        self._stop()
+        pids = [lane.pid for lane in self.lanes if lane.sent and not lane.local]
+        if pids:
+            self.cluster.lifecycle.interrupt(pids)
+        self.drain(grace)
+
+    def drain(self, grace: float) -> None:
+        """Wait ``grace`` seconds at most for the elements in flight (their outcomes are
+        dropped); a Ctrl-C ends the wait."""
+        deadline = time.monotonic() + grace
+        try:
+            while any(lane.sent for lane in self.lanes):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    n = sum(len(lane.sent) for lane in self.lanes)
+                    log.warning("map: %d elements still out %g s after it stopped", n, grace)
+                    return
+                if not self.inbox:
+                    try:
+                        self._bell.get(timeout=min(left, _LOOK))
+                    except queue.Empty:
+                        continue
+                self._take_inbox([])
+        except KeyboardInterrupt:
+            return
+
+    def close(self) -> None:
+        """Give every worker back to the pool (a stream with elements still out is forgotten)."""
+        for lane in list(self.lanes):
+            self._release(lane)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def _take_workers(self, now: float) -> None:
+        if not self.retries and self.exhausted:
+            return
+        if now - self._looked >= _LOOK:
+            self._looked = now
+            try:
+                self._target = max(1, self.nworkers())
+            except Exception:
+                pass
+        while len(self.lanes) < self._target:
+            if self.lanes:
+                try:
+                    pid = self.pool.take(0)
+                except (TimeoutError, RuntimeError):
+                    return
+            else:
+                try:
+                    pid = self.pool.take(_LOOK)  # nothing in flight: wait for a worker
+                except TimeoutError:
+                    return
+            self._open(pid)
+
+    def _open(self, pid: int) -> None:
+        lane = _Lane(pid, self._windows.get(pid, self.first_window))
+        if pid == self.cluster.myid:
+            lane.local = True
+            lane.window = 1
+            self.lanes.append(lane)
+            return
+        try:
+            peer = self.cluster.connections.get(pid)
+        except (ProcessExitedException, ValueError):
+            self.pool.put(pid)  # gone: the pool forgets it
+            return
+        lane.peer = peer
+        lane.slot = StreamSlot(self.post, lane)
+        peer.pending[lane.stream] = lane.slot
+        self.lanes.append(lane)
+        if peer.closed and peer.pending.pop(lane.stream, None) is not None:
+            lane.slot.set(False, ProcessExitedException(pid, peer.close_reason))
+
+    def _release(self, lane: _Lane) -> None:
+        self.lanes.remove(lane)
+        if lane.peer is not None:
+            lane.peer.pending.pop(lane.stream, None)
+        self._windows[lane.pid] = lane.window
+        try:
+            self.pool.put(lane.pid)
+        except Exception:
+            log.exception("map: giving worker %d back to its pool failed", lane.pid)
+
+    def _close_finished(self) -> None:
+        now = time.monotonic()
+        for lane in list(self.lanes):
+            if not lane.stopping:
+                if self.exhausted and not self.retries and not self._later:
+                    lane.stopping = True  # its last elements went out
+                    if self.sent_all is not None and not lane.local and not self.stopped:
+                        self.sent_all(lane.pid)
+                elif now - lane.since >= ROTATE:
+                    lane.stopping = True
+            if lane.dead or (lane.stopping and not lane.sent):
+                self._release(lane)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _next(self) -> tuple[Any, Any, tuple[Any, ...]] | None:
+        if self.retries:
+            return self.retries.popleft()
+        if self.exhausted:
+            return None
+        try:
+            return next(self.source)
+        except StopIteration:
+            self.exhausted = True
+        except Exception as e:  # the input's own error stops the map
+            self.exhausted = True
+            self.fail(e)
+        return None
+
+    def _fill(self) -> None:
+        """Send each lane what its window allows, dealing the elements out one lane at a time
+        (a few elements go to as many workers, not all to the first)."""
+        wants: list[list[Any]] = []
+        for lane in self.lanes:
+            room = lane.window - len(lane.sent)
+            if room > 0 and not lane.stopping and not lane.dead:
+                wants.append([lane, room, []])
+        dealing = wants
+        while dealing:
+            for want in dealing:
+                item = self._next()
+                if item is None:
+                    dealing = []
+                    break
+                want[2].append(item)
+                want[1] -= 1
+            dealing = [want for want in dealing if want[1] > 0]
+        held = hold_sigint() if self._main else None  # a message is never half written
+        try:
+            for lane, _, batch in wants:
+                if batch and not lane.dead and not self.stopped:
+                    self._send(lane, batch)
+        finally:
+            if held is not None:
+                release_sigint(held)
+
+    def _send(self, lane: _Lane, batch: list[tuple[Any, Any, tuple[Any, ...]]]) -> None:
+        now = time.monotonic()
+        alone = not lane.sent
+        for f, run in itertools.groupby(batch, key=lambda item: item[1]):
+            part = list(run)
+            first = lane.next_seq
+            lane.next_seq += len(part)
+            for i, (token, _, args) in enumerate(part):
+                lane.sent[first + i] = (token, f, args, now, alone and i == 0)
+            alone = False
+            if lane.local:
+                for seq, (_, _, args) in enumerate(part, first):
+                    job = functools.partial(self._run_here, lane, seq, f, args)
+                    self.cluster.executor.submit(job, main_ok=False)
+                continue
+            sent, token = self.cache.wrap(lane.pid, f)
+            msg = MapCalls(lane.stream, first, len(part), sent, [a for _, _, a in part])
+            try:
+                lane.peer.send(msg)
+                went = True
+            except ProcessExitedException as e:
+                lane.slot.set(False, e)  # type: ignore[union-attr]
+                return
+            except Exception:  # something cannot be pickled: find what, element by element
+                went = self._send_each(lane, first, f, sent, part)
+            if token is not None and went:
+                self.cache.shipped(lane.pid, token)
+
+    def _send_each(
+        self, lane: _Lane, first: int, f: Any, sent: Any, part: list[tuple[Any, Any, Any]]
+    ) -> bool:
+        """Send each element alone; one that cannot be pickled fails here with the error that
+        says what. Whether any went out."""
+        went = False
+        for seq, (_, _, args) in enumerate(part, first):
+            try:
+                lane.peer.send(MapCalls(lane.stream, seq, 1, sent, [args]))
+                went = True
+            except ProcessExitedException as e:
+                lane.slot.set(False, e)  # type: ignore[union-attr]
+                break
+            except Exception as e:
+                values = {"the function": f}
+                values.update({f"argument {i + 1}": a for i, a in enumerate(args)})
+                why = describe_unpicklable("cannot send the call", values, e)
+                failure = _Failure(pickle.PicklingError(why))
+                self.post((lane, seq, 1, b"\0", [failure], 0.0))
+        return went
+
+    def _run_here(self, lane: _Lane, seq: int, f: Any, args: tuple[Any, ...]) -> None:
+        t0 = time.perf_counter()
+        ok, value = self.cluster.dispatch.execute(f, args, {})
+        self.post((lane, seq, 1, bytes([ok]), [value], time.perf_counter() - t0))
+
+    def _stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        self.retries.clear()
+        self._later.clear()
+        for lane in self.lanes:
+            lane.stopping = True
+            if lane.sent and not lane.local and not lane.dead:
+                try:
+                    lane.peer.send(MapCancel(lane.stream))
+                except Exception:
+                    pass
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def _handle(self, event: tuple[Any, ...], out: list[Outcome]) -> None:
+        lane, first, count, oks, values, seconds = event
+        if first < 0:  # the connection closed: everything in flight there failed
+            lane.dead = True
+            for token, f, args, _, _ in lane.sent.values():
+                out.append((token, f, args, False, values))
+            lane.sent.clear()
+            return
+        now = time.monotonic()
+        sent = lane.sent
+        pid = lane.pid
+        for i in range(count):
+            entry = sent.pop(first + i, None)
+            if entry is None:
+                continue
+            token, f, args, when, alone = entry
+            ok = oks[i]
+            if ok == 1:
+                out.append((token, f, args, True, values[i]))
+            elif ok == DROPPED:
+                out.append((token, f, args, False, Dropped()))
+            else:
+                value = values[i]
+                err = value.error if isinstance(value, _Failure) else RemoteException(pid, value)
+                out.append((token, f, args, False, err))
+            if alone and first + i:  # (a lane's first element also carried the function)
+                sample = now - when - seconds / count
+                if sample > 0:
+                    # down at once, up slowly: a slow spell of the machine is not a round trip
+                    self.rtt = min(sample, 0.8 * self.rtt + 0.2 * sample)
+        if count and not lane.local:
+            t = seconds / count
+            lane.t_item = t if not lane.t_item else 0.7 * lane.t_item + 0.3 * t
+            lane.window = next_window(lane.window, self.rtt, lane.t_item)
+
+
+class _Failure:
+    """An element that failed here, before it was sent (its arguments cannot be pickled)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def next_window(now: int, rtt: float, t_item: float) -> int:
+    """The next window of a lane: enough elements to keep the worker busy over a round trip
+    (twice over), one when an element takes 20 round trips or more; at most doubling."""
+    ratio = 2 * rtt / max(t_item, 1e-7)
+    want = 1 if ratio < 0.1 else min(MAX_WINDOW, 1 + math.ceil(ratio))
+    return min(want, 2 * now)
