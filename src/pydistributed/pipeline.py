@@ -40,7 +40,6 @@ import functools
 import heapq
 import itertools
 import logging
-import math
 import pickle
 import queue
 import threading
@@ -55,14 +54,14 @@ from .errors import ProcessExitedException, RemoteException
 from .execution import hold_sigint, release_sigint
 from .funccache import FunctionCache
 from .messages import MapCalls, MapCancel
-from .pipecalls import DROPPED, StreamSlot, new_stream_id
+from .pipecalls import DROPPED, StreamSlot
+from .pipelanes import MAX_WINDOW, Dropped, Failure, Lane, next_window
 from .remotecall import WorkerSource
 
 __all__ = ["MAX_WINDOW", "Dropped", "Outcome", "Pipeline", "next_window"]
 
 log = logging.getLogger("pydistributed.pmap")
 
-MAX_WINDOW = 256  # elements in flight per worker, at most
 ROTATE = 0.5  # seconds a lane holds its worker at most before giving it back
 _FIRST_RTT = 300e-6  # the round trip assumed until one is measured (s)
 _LOOK = 0.1  # how often the hub looks for more workers while it waits (s)
@@ -70,46 +69,6 @@ _LOOK = 0.1  # how often the hub looks for more workers while it waits (s)
 Outcome = tuple[Any, Any, tuple[Any, ...], bool, Any]
 """``(token, f, args, ok, value)``: an element's outcome; ``value`` is the exception when not
 ``ok`` (a RemoteException, a ProcessExitedException, :class:`Dropped`)."""
-
-
-class Dropped(Exception):
-    """An element dropped before it ran, because the map stopped."""
-
-
-class _Lane:
-    """One worker taken from the pool, and the elements in flight on it."""
-
-    __slots__ = (
-        "answered",
-        "dead",
-        "local",
-        "next_seq",
-        "peer",
-        "pid",
-        "sent",
-        "since",
-        "slot",
-        "stopping",
-        "stream",
-        "t_item",
-        "window",
-    )
-
-    def __init__(self, pid: int, window: int) -> None:
-        self.pid = pid
-        self.peer: Any = None
-        self.slot: StreamSlot | None = None
-        self.stream = new_stream_id()
-        self.local = False
-        self.next_seq = 0  # the number of the next element sent, and how many went
-        self.answered = 0  # how many came back (counted by the reading thread)
-        # seq -> (token, f, args, when sent, sent into an empty lane)
-        self.sent: dict[int, tuple[Any, Any, tuple[Any, ...], float, bool]] = {}
-        self.window = window
-        self.since = time.monotonic()
-        self.stopping = False  # sends nothing more; closes once its elements are back
-        self.dead = False
-        self.t_item = 0.0  # how long an element runs on the worker (a moving average)
 
 
 class Pipeline:
@@ -151,7 +110,7 @@ class Pipeline:
         # post): a map that only collects its results sleeps while its windows are well filled
         self.inbox: deque[tuple[Any, ...]] = deque()
         self._bell: queue.SimpleQueue[None] = queue.SimpleQueue()
-        self.lanes: list[_Lane] = []
+        self.lanes: list[Lane] = []
         self.retries: deque[tuple[Any, Any, tuple[Any, ...]]] = deque()
         self._later: list[tuple[float, int, Any, Any, tuple[Any, ...]]] = []
         self._order = itertools.count()
@@ -304,7 +263,7 @@ class Pipeline:
             self._open(pid)
 
     def _open(self, pid: int) -> None:
-        lane = _Lane(pid, self._windows.get(pid, self.first_window))
+        lane = Lane(pid, self._windows.get(pid, self.first_window))
         if pid == self.cluster.myid:
             lane.local = True
             lane.window = 1
@@ -322,7 +281,7 @@ class Pipeline:
         if peer.closed and peer.pending.pop(lane.stream, None) is not None:
             lane.slot.set(False, ProcessExitedException(pid, peer.close_reason))
 
-    def _release(self, lane: _Lane) -> None:
+    def _release(self, lane: Lane) -> None:
         self.lanes.remove(lane)
         if lane.peer is not None:
             lane.peer.pending.pop(lane.stream, None)
@@ -388,7 +347,7 @@ class Pipeline:
             if held is not None:
                 release_sigint(held)
 
-    def _send(self, lane: _Lane, batch: list[tuple[Any, Any, tuple[Any, ...]]]) -> None:
+    def _send(self, lane: Lane, batch: list[tuple[Any, Any, tuple[Any, ...]]]) -> None:
         now = time.monotonic()
         alone = not lane.sent
         for f, run in itertools.groupby(batch, key=lambda item: item[1]):
@@ -417,7 +376,7 @@ class Pipeline:
                 self.cache.shipped(lane.pid, token)
 
     def _send_each(
-        self, lane: _Lane, first: int, f: Any, sent: Any, part: list[tuple[Any, Any, Any]]
+        self, lane: Lane, first: int, f: Any, sent: Any, part: list[tuple[Any, Any, Any]]
     ) -> bool:
         """Send each element alone; one that cannot be pickled fails here with the error that
         says what. Whether any went out."""
@@ -433,11 +392,11 @@ class Pipeline:
                 values = {"the function": f}
                 values.update({f"argument {i + 1}": a for i, a in enumerate(args)})
                 why = describe_unpicklable("cannot send the call", values, e)
-                failure = _Failure(pickle.PicklingError(why))
+                failure = Failure(pickle.PicklingError(why))
                 self.post((lane, seq, 1, b"\0", [failure], 0.0))
         return went
 
-    def _run_here(self, lane: _Lane, seq: int, f: Any, args: tuple[Any, ...]) -> None:
+    def _run_here(self, lane: Lane, seq: int, f: Any, args: tuple[Any, ...]) -> None:
         t0 = time.perf_counter()
         ok, value = self.cluster.dispatch.execute(f, args, {})
         self.post((lane, seq, 1, bytes([ok]), [value], time.perf_counter() - t0))
@@ -481,7 +440,7 @@ class Pipeline:
                 out.append((token, f, args, False, Dropped()))
             else:
                 value = values[i]
-                err = value.error if isinstance(value, _Failure) else RemoteException(pid, value)
+                err = value.error if isinstance(value, Failure) else RemoteException(pid, value)
                 out.append((token, f, args, False, err))
             if alone and first + i:  # (a lane's first element also carried the function)
                 sample = now - when - seconds / count
@@ -492,20 +451,3 @@ class Pipeline:
             t = seconds / count
             lane.t_item = t if not lane.t_item else 0.7 * lane.t_item + 0.3 * t
             lane.window = next_window(lane.window, self.rtt, lane.t_item)
-
-
-class _Failure:
-    """An element that failed here, before it was sent (its arguments cannot be pickled)."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-def next_window(now: int, rtt: float, t_item: float) -> int:
-    """The next window of a lane: enough elements to keep the worker busy over a round trip
-    (twice over), one when an element takes 20 round trips or more; at most doubling."""
-    ratio = 2 * rtt / max(t_item, 1e-7)
-    want = 1 if ratio < 0.1 else min(MAX_WINDOW, 1 + math.ceil(ratio))
-    return min(want, 2 * now)
