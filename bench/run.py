@@ -2,7 +2,7 @@
 
 Run from the repository root (``bench/README.md`` says more)::
 
-    python bench/run.py [--only W1,W3,W4,CH] [--quick] [--json FILE] [--placement free]
+    python bench/run.py [--only W1,W2,W3,W4,CH] [--quick] [--json FILE] [--placement free]
 
 What it measures (DESIGN.md, "Figures to reach"):
 
@@ -20,6 +20,9 @@ What it measures (DESIGN.md, "Figures to reach"):
   workers, makes one call on each and shuts down (median of several runs, interleaved). Raw
   floor: ``python -c pass``. Peers: ``multiprocessing`` Pool(2) with ``fork`` and with
   ``spawn``, ``ProcessPoolExecutor(2)``, loky when installed.
+- **W2 pmap** (``bench_pmap.py``, which says more): W2a tiny tasks with ``batch_size=1``
+  against ``Pool.map(chunksize=1)``, W2b with ``batch_size="auto"`` against ``Pool.map``, and
+  W5 CPU scaling over 2 workers against ``Pool(2).map``, in the same run.
 - **CH channels** (``bench_streaming.py``, which says more): worker-to-master streaming through
   a ``RemoteChannel`` (plain ``put`` and ``rc.stream()``) against a ``multiprocessing.Queue``,
   and the manual's jobs/results pattern (2,000 jobs of 1 ms, 2 workers) against two
@@ -726,8 +729,23 @@ def channel_rows(quick: bool) -> dict[str, Any]:
     return bench_streaming.summary(rows)
 
 
+def pmap_rows(quick: bool) -> dict[str, Any]:
+    """W2: pmap's rows (bench_pmap.py: W2a, W2b and W5), each beside its multiprocessing peer."""
+    import bench_pmap
+
+    rows = bench_pmap.run(quick)
+    print()
+    print(bench_pmap.report(rows).rstrip())
+    verdicts = [r["verdict"] for r in rows if "verdict" in r]
+    verdict = "PASS" if verdicts and all(v == "PASS" for v in verdicts) else "MISS"
+    if any(v == "n/a" for v in verdicts):
+        verdict = "n/a"
+    titles = "; ".join(bench_pmap.TITLES.values())
+    return {"title": titles, "rows": rows, "target": {"verdict": verdict}}
+
+
 # Workloads measured by a module of their own, after the table's: name -> run(quick).
-EXTRA: dict[str, Callable[[bool], dict[str, Any]]] = {"CH": channel_rows}
+EXTRA: dict[str, Callable[[bool], dict[str, Any]]] = {"W2": pmap_rows, "CH": channel_rows}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
