@@ -188,3 +188,28 @@ def test_idle_forked_worker_memory(add_workers: Callable[..., list[int]], capsys
     with capsys.disabled():
         print(f"\nidle forked worker: RSS {rss / 1024:.1f} MB, PSS {pss / 1024:.1f} MB")
     assert pss <= 25 * 1024, f"idle worker PSS {pss} kB"
+
+
+def test_concurrent_addprocs_share_the_forkserver(add_workers: Callable[..., list[int]]) -> None:
+    import threading
+
+    results: list[list[int]] = []
+    errors: list[BaseException] = []
+
+    def add() -> None:
+        try:
+            results.append(add_workers(3))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=add) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and not any(t.is_alive() for t in threads)
+    ws = sorted(w for r in results for w in r)
+    assert len(ws) == 6
+    server = _forkserver_pid()
+    assert {remotecall_fetch(os.getppid, w) for w in ws} == {server}
+    assert len({worker_ospid(w) for w in ws}) == 6
