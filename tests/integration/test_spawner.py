@@ -213,3 +213,24 @@ def test_concurrent_addprocs_share_the_forkserver(add_workers: Callable[..., lis
     server = _forkserver_pid()
     assert {remotecall_fetch(os.getppid, w) for w in ws} == {server}
     assert len({worker_ospid(w) for w in ws}) == 6
+
+
+def test_a_forked_worker_that_fails_to_start_is_a_launch_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydistributed import LaunchError
+    from pydistributed.managers.forkspawn import ForkServerClient
+
+    spawn = ForkServerClient.spawn
+
+    def bad_address(self: ForkServerClient, cwd: str, env: Any, bind_to: str, cookie: str) -> Any:
+        # the injected fault: an address no worker can listen at (addprocs cannot ask for one)
+        return spawn(self, cwd, env, "256.0.0.1", cookie)
+
+    monkeypatch.setattr(ForkServerClient, "spawn", bad_address)
+    with pytest.raises(LaunchError) as info:
+        addprocs(1)
+    err = info.value
+    assert "exited with code 1 before reporting its address" in str(err), str(err)
+    assert "socket.gaierror" in err.output, err.output
+    assert err.ospid is not None and not is_alive(err.ospid)
