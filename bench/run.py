@@ -218,6 +218,12 @@ def workloads() -> dict[str, Workload]:
             ),
             Contender("ppe", f"ProcessPoolExecutor(2) [{dm}]", "peer", code=COLD_PPE),
             Contender("loky", "loky reusable executor(2)", "peer", ("loky",), code=COLD_LOKY),
+            Contender(
+                "pydist_exec",
+                "pydistributed addprocs(2) [PYDIST_SPAWN=exec]",
+                "ref",
+                code="import os\nos.environ['PYDIST_SPAWN'] = 'exec'\n" + COLD_PYDIST,
+            ),
             Contender("pydist", "pydistributed addprocs(2)", "pydist", code=COLD_PYDIST),
         ),
         "pydistributed <= multiprocessing Pool(2) [spawn]",

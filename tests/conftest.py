@@ -75,7 +75,15 @@ def two_workers(add_workers: Callable[..., list[int]]) -> list[int]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Nothing survives the run: end every worker still known, by its OS pid."""
+    """Nothing survives the run: end every worker still known, by its OS pid, and the
+    forkserver that forked the local ones (it would die with this process anyway)."""
+    try:
+        from pydistributed.managers import local
+
+        if local._forkserver is not None:
+            local._forkserver.close()
+    except Exception:
+        pass
     try:
         leftovers = _worker_processes()
     except Exception:

@@ -4,6 +4,8 @@ A master process (id 1) and worker processes; remote calls and Futures, RemoteCh
 pools and ``pmap``. The public API is re-exported here; see ``docs/julia-to-python.md``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .asyncmap import asyncmap
 from .backoff import ExponentialBackOff
 from .channels import AbstractChannel, Channel
@@ -25,7 +27,6 @@ from .ids import RRID
 from .macros import distributed, everywhere, fetchfrom, spawn, spawnat
 from .managers.base import ClusterManager, DefaultClusterManager, WorkerConfig
 from .managers.local import LocalManager
-from .managers.ssh import SSHManager
 from .membership import wait_for_workers
 from .pmap import imap, pmap
 from .processes import (
@@ -54,7 +55,29 @@ from .workerpool import (
     remote,
 )
 
+if TYPE_CHECKING:
+    from .managers.ssh import SSHManager
+
 __version__ = "0.1.0"
+
+# imported on first use, as attributes of the package (PEP 562): not needed to serve calls
+_LAZY = {"SSHManager": ".managers.ssh"}
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "RRID",

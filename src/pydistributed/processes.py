@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, NoReturn, overload
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeGuard, overload
 
 from . import codec, handshake
 from .cluster import Cluster, current_cluster, set_current_cluster
@@ -19,8 +19,10 @@ from .errors import LaunchError, ProcessExitedException
 from .ids import check_pid
 from .managers.base import ClusterManager
 from .managers.local import LocalManager
-from .managers.ssh import SSHLaunchError, SSHManager, launch_error
 from .tasks import Task
+
+if TYPE_CHECKING:
+    from .managers.ssh import SSHManager
 
 __all__ = [
     "MachineSpec",
@@ -183,6 +185,8 @@ def addprocs(
     elif isinstance(arg, int):
         manager = LocalManager(arg, restrict=kw.pop("restrict", True))
     elif isinstance(arg, (list, tuple)):
+        from .managers.ssh import SSHManager
+
         manager = SSHManager(list(arg))
     else:
         raise TypeError(
@@ -192,18 +196,31 @@ def addprocs(
     try:
         pids = c.lifecycle.add_workers(manager, kw, c.cookie)
     except LaunchError as e:
-        if not isinstance(manager, SSHManager) or isinstance(e, SSHLaunchError):
+        if not _over_ssh(manager):
+            raise
+        from .managers.ssh import SSHLaunchError
+
+        if isinstance(e, SSHLaunchError):
             raise
         manager.take_failures()
         # a worker that failed after its first line (while reporting or joining): name the
         # hosts, since which one it was is not known here
         hosts = ", ".join(m.spec for m, _ in manager.machines)
         raise type(e)(f"over ssh to {hosts}: {e}", e.output, e.ospid) from None
-    if isinstance(manager, SSHManager):
+    if _over_ssh(manager):
+        from .managers.ssh import launch_error
+
         error = launch_error(manager, pids)
         if error is not None:
             raise error
     return pids
+
+
+def _over_ssh(manager: ClusterManager) -> TypeGuard[SSHManager]:
+    """Whether ``manager`` is an SSHManager (``managers.ssh`` is imported on first use: until
+    then, there is none)."""
+    ssh = sys.modules.get("pydistributed.managers.ssh")
+    return ssh is not None and isinstance(manager, ssh.SSHManager)
 
 
 # the keywords of addprocs that only some managers take, and their defaults
@@ -225,6 +242,8 @@ def _keywords(arg: Any, extra: dict[str, Any], **named: Any) -> dict[str, Any]:
     if isinstance(arg, ClusterManager):
         takes = arg.extra_params
     elif isinstance(arg, (list, tuple)):
+        from .managers.ssh import SSHManager
+
         takes = SSHManager.extra_params
     elif arg is None or (isinstance(arg, int) and not isinstance(arg, bool)):
         takes = LocalManager.extra_params

@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import ssl
-import subprocess
-import tempfile
 import threading
 
 from .errors import AuthenticationError
@@ -90,6 +87,10 @@ def server_context() -> tuple[ssl.SSLContext, bytes]:
 
 
 def _make_server_context() -> tuple[ssl.SSLContext, bytes]:
+    import shutil  # here, not at the top: only a TLS server makes a certificate
+    import subprocess
+    import tempfile
+
     openssl = shutil.which("openssl")
     if openssl is None:
         raise AuthenticationError("TLS needs the openssl command to make a certificate")

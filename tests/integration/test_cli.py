@@ -31,8 +31,12 @@ T = 120  # seconds: the bound of every blocking call
 _SITECUSTOMIZE = """\
 import os, sys
 marks = os.environ.get("PYDIST_CLI_TEST_MARKS")
-if marks and "pydistributed.worker" in getattr(sys, "orig_argv", ()):
+def mark():
     open(os.path.join(marks, str(os.getpid())), "w").close()
+if marks and "pydistributed.worker" in getattr(sys, "orig_argv", ()):
+    mark()
+if marks and "pydistributed.forkserver" in getattr(sys, "orig_argv", ()):
+    os.register_at_fork(after_in_child=mark)  # its every child is a worker
 """
 
 

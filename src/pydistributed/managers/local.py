@@ -1,7 +1,10 @@
-"""LocalManager: workers on this host, started as new interpreters (never forked)."""
+"""LocalManager: workers on this host, forked by the forkserver (``forkspawn.py``), or started
+as new interpreters (``PYDIST_SPAWN=exec``, ``exename``, ``exeflags``). The master never forks.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -10,6 +13,7 @@ import threading
 from typing import Any
 
 from .base import ClusterManager, WorkerConfig
+from .forkspawn import ForkServerClient, ForkServerError, spawn_mode
 
 __all__ = ["LocalManager", "worker_command", "worker_environment"]
 
@@ -70,6 +74,47 @@ def spawner() -> _Spawner:
         return _spawner
 
 
+_forkserver: ForkServerClient | None = None
+_forkserver_lock = threading.Lock()
+
+
+# what the interpreter or the dynamic loader read as a process starts: a worker whose
+# environment differs from the forkserver's in one of these needs an interpreter of its own
+_STARTUP_PREFIXES = ("PYTHON", "LD_", "MALLOC_", "GLIBC_TUNABLES")
+
+
+def startup_environment(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith(_STARTUP_PREFIXES)}
+
+
+def _forkserver_environment() -> dict[str, str]:
+    return worker_environment({"enable_threaded_blas": True}, os.getcwd())
+
+
+def forkserver(env: dict[str, str]) -> ForkServerClient | None:
+    """This master's forkserver (started on first use, and again if it has ended), if a worker
+    with environment ``env`` can be forked from it; None if it needs a fresh interpreter."""
+    global _forkserver
+    wanted = startup_environment(env)
+    with _forkserver_lock:
+        if _forkserver is not None and _forkserver.alive:
+            return _forkserver if startup_environment(_forkserver.env) == wanted else None
+        server_env = _forkserver_environment()
+        if startup_environment(server_env) != wanted:
+            return None
+        _forkserver = ForkServerClient(spawner().popen, server_env)
+        return _forkserver
+
+
+def forked(params: dict[str, Any]) -> bool:
+    """Whether this launch's workers come from the forkserver: not with ``PYDIST_SPAWN=exec``,
+    nor with an ``exename`` or ``exeflags`` (they need an interpreter started for the worker)."""
+    if spawn_mode() != "forkserver":
+        return False
+    exename = params.get("exename")
+    return (not exename or str(exename) == sys.executable) and not params.get("exeflags")
+
+
 def worker_environment(params: dict[str, Any], cwd: str) -> dict[str, str]:
     """The environment of a local worker: ours, the master's sys.path, unbuffered output."""
     env = dict(os.environ)
@@ -117,24 +162,24 @@ class LocalManager(ClusterManager):
         cookie = params["cookie"]
         cwd = os.path.abspath(params.get("dir") or os.getcwd())
         env = worker_environment(params, cwd)
-        cmd = worker_command(params, "127.0.0.1" if self.restrict else "0.0.0.0")
+        bind_to = "127.0.0.1" if self.restrict else "0.0.0.0"
+        cmd = worker_command(params, bind_to)
+        server = forkserver(env) if self.np and forked(params) else None
+        if server is not None and not os.path.isdir(cwd):  # as Popen would say, before a fork
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), cwd)
         for _ in range(self.np):
-            proc = spawner().popen(
-                cmd,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,  # a Ctrl-C in the terminal is the master's to relay
-            )
-            assert proc.stdin is not None
-            try:
-                # the cookie goes on stdin, never on the command line
-                proc.stdin.write((cookie + "\n").encode("ascii"))
-                proc.stdin.close()
-            except OSError:
-                pass  # it died at once; the master reports its stderr
+            if server is not None:
+                try:
+                    proc: Any = server.spawn(cwd, env, bind_to, cookie)
+                except ForkServerError:
+                    if server.alive:
+                        raise
+                    server = forkserver(env)  # it died meanwhile: once more, from a new one
+                    if server is None:
+                        raise
+                    proc = server.spawn(cwd, env, bind_to, cookie)
+            else:
+                proc = self._exec(cmd, cwd, env, cookie)
             config = WorkerConfig(
                 exename=cmd[0],
                 exeflags=tuple(cmd[1:-4]),
@@ -147,3 +192,24 @@ class LocalManager(ClusterManager):
             with launch_ntfy:
                 launched.append(config)
                 launch_ntfy.notify_all()
+
+    @staticmethod
+    def _exec(cmd: list[str], cwd: str, env: dict[str, str], cookie: str) -> Any:
+        """A worker started as a new interpreter."""
+        proc = spawner().popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,  # a Ctrl-C in the terminal is the master's to relay
+        )
+        assert proc.stdin is not None
+        try:
+            # the cookie goes on stdin, never on the command line
+            proc.stdin.write((cookie + "\n").encode("ascii"))
+            proc.stdin.close()
+        except OSError:
+            pass  # it died at once; the master reports its stderr
+        return proc
