@@ -12,12 +12,12 @@ import math
 import operator
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from .errors import ChannelClosedError
 
-__all__ = ["AbstractChannel", "check_size", "wait_on"]
+__all__ = ["AbstractChannel", "check_size", "take_until_closed", "wait_on"]
 
 T = TypeVar("T")
 
@@ -91,12 +91,18 @@ class AbstractChannel(abc.ABC, Generic[T]):
 
         Each step blocks in :meth:`take` (without timeout) while the channel is open and empty.
         """
-        while True:
-            try:
-                value = self.take()
-            except ChannelClosedError:
-                return
-            yield value
+        return take_until_closed(self.take)
+
+
+def take_until_closed(take: Callable[[], T]) -> Iterator[T]:
+    """``take()`` again and again, until it raises ChannelClosedError (closed and empty): the
+    iteration of every kind of channel and consumer."""
+    while True:
+        try:
+            value = take()
+        except ChannelClosedError:
+            return
+        yield value
 
 
 def check_size(size: Any) -> int | float:

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import refops
-from .errors import ChannelClosedError
+from .channelbase import take_until_closed
 from .messages import RemoteDo
 from .peer import ResponseSlot
 
@@ -128,12 +128,7 @@ class ChannelConsumer(Generic[T]):
 
     def __iter__(self) -> Iterator[T]:
         """Take values until the channel is closed and empty."""
-        while True:
-            try:
-                value = self.take()
-            except ChannelClosedError:
-                return
-            yield value
+        return take_until_closed(self.take)
 
     def __enter__(self) -> ChannelConsumer[T]:
         return self

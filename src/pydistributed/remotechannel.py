@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from . import aio, codec, refops
+from .channelbase import take_until_closed
 from .channelconsumer import ChannelConsumer
 from .channelstream import ChannelStream
 from .cluster import current_cluster
-from .errors import ChannelClosedError
 from .ids import RRID, check_pid
 from .refhandle import _RemoteRef
 from .refops import raise_marker
@@ -168,9 +168,4 @@ class RemoteChannel(_RemoteRef, Generic[T]):
 
     def __iter__(self) -> Iterator[Any]:
         """Take values until the channel is closed and empty."""
-        while True:
-            try:
-                value = self.take()
-            except ChannelClosedError:
-                return
-            yield value
+        return take_until_closed(self.take)
