@@ -72,6 +72,8 @@ def addprocs(
     sshflags: str | Sequence[str] = (),
     max_parallel: int = 10,
     shell: str = "posix",
+    ssh: str = "ssh",
+    bootstrap: bool = False,
     dir: str | os.PathLike[str] | None = None,
     exename: str | os.PathLike[str] | None = None,
     exeflags: str | Sequence[str] = (),

@@ -57,6 +57,7 @@ def check_processes() -> None:
     assert_type(addprocs(2, restrict=True, dir="/tmp", exeflags=("-X", "dev")), list[int])
     assert_type(addprocs(2, topology="master_worker", lazy=False, env={"A": "1"}), list[int])
     assert_type(addprocs(["host1", ("host2", 2)], tunnel=True, max_parallel=4), list[int])
+    assert_type(addprocs(["host1"], shell="csh", ssh="ssh", bootstrap=True), list[int])
     addprocs(2, topology="ring")  # type: ignore[call-overload]
     addprocs(2, tunnel=True)  # type: ignore[call-overload]
     assert_type(workers(), list[int])
