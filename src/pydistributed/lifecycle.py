@@ -121,14 +121,11 @@ class Lifecycle:
         known = COMMON_PARAMS | manager.extra_params
         for key in kw:
             if key not in known:
-                hint = ""
-                if key == "restrict":
-                    hint = (
-                        f": {type(manager).__name__} does not take it (LocalManager's keyword, "
-                        "as in Julia); an SSH worker listens at its machine spec's bind_addr, "
-                        "or on its host's loopback with tunnel=True"
-                    )
-                raise TypeError(f"addprocs() got an unexpected keyword argument {key!r}{hint}")
+                hint = manager.keyword_hints.get(key)
+                raise TypeError(
+                    f"addprocs() got an unexpected keyword argument {key!r}"
+                    + (f": {type(manager).__name__} does not take it ({hint})" if hint else "")
+                )
         params: dict[str, Any] = {
             "dir": None,
             "exename": None,

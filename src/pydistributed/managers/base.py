@@ -74,6 +74,8 @@ class ClusterManager(abc.ABC):
     """Base class of the ways to start workers (Julia's ``ClusterManager``)."""
 
     extra_params: ClassVar[frozenset[str]] = frozenset()
+    # why a keyword this manager does not take is not needed: added to addprocs' TypeError
+    keyword_hints: ClassVar[dict[str, str]] = {}
 
     @abc.abstractmethod
     def launch(

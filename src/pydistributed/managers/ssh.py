@@ -97,6 +97,10 @@ class SSHManager(ClusterManager):
     extra_params = frozenset(
         {"tunnel", "multiplex", "sshflags", "max_parallel", "shell", "ssh", "bootstrap"}
     )
+    keyword_hints = {
+        "restrict": "LocalManager's keyword, as in Julia; an SSH worker listens at its machine "
+        "spec's bind_addr, or on its host's loopback with tunnel=True",
+    }
 
     def __init__(self, machines: Sequence[Any]) -> None:
         if isinstance(machines, (str, bytes)):
