@@ -178,3 +178,33 @@ def in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]
     t = threading.Thread(target=run, daemon=True)
     t.start()
     return t, out
+
+
+def open_sockets() -> list[Any]:
+    """This process's open sockets, each a duplicate to inspect (closed by the caller; use
+    ``with``). Runs on workers too (tests is importable there)."""
+    import socket
+
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                out.append(socket.socket(fileno=os.dup(int(fd))))
+        except OSError:
+            continue
+    return out
+
+
+def cpu_seconds(ospid: int) -> float:
+    """The CPU time (user + system) process ``ospid`` has used so far."""
+    with open(f"/proc/{ospid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_spinning(ospid: int, timeout: float = 30.0) -> None:
+    """Wait until process ``ospid`` has spent 0.1 s of CPU from now: a worker that created a
+    marker file and then entered a GIL-holding C call is inside that call (a loaded machine
+    may pause it in between, and a message read there would change the test)."""
+    spent = cpu_seconds(ospid)
+    wait_until(lambda: cpu_seconds(ospid) > spent + 0.1, timeout, what=f"process {ospid} to spin")

@@ -23,7 +23,7 @@ from pydistributed import (
 )
 from pydistributed.managers import ElasticManager
 from pydistributed.managers import wait_for_workers as wait_for_workers_m
-from tests.conftest import wait_until
+from tests.conftest import wait_spinning, wait_until
 from tests.elastic.conftest import Joiner, address
 
 pytestmark = pytest.mark.timeout(120)
@@ -31,12 +31,6 @@ pytestmark = pytest.mark.timeout(120)
 
 def _other() -> int:
     return myid()
-
-
-def _cpu_seconds(ospid: int) -> float:
-    with open(f"/proc/{ospid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _hold_the_gil(path: str) -> int:
@@ -156,10 +150,7 @@ def test_rmprocs_of_a_worker_stuck_holding_the_gil(elastic: ElasticManager, join
     started = joiner.tmp / "started"
     remotecall(_hold_the_gil, pid, str(started))
     wait_until(started.exists, 30, what="the call to start")
-    # inside the C call for sure (a loaded machine may pause the worker between the file and
-    # the call, and an Exit read then would end it normally): it has spent CPU time since
-    spent = _cpu_seconds(proc.pid)
-    wait_until(lambda: _cpu_seconds(proc.pid) > spent + 0.1, 30, what="the worker to hold the GIL")
+    wait_spinning(proc.pid)  # inside the C call for sure (an Exit read before ends it normally)
     rmprocs(pid, waitfor=2)  # exit message, interrupt, then its connection closed
     assert pid not in workers()
     assert proc.wait(timeout=30) == -signal.SIGKILL

@@ -27,7 +27,7 @@ from pydistributed import (
     rmprocs,
     workers,
 )
-from tests.conftest import in_thread, is_alive, readline, wait_until
+from tests.conftest import in_thread, is_alive, readline, wait_spinning, wait_until
 from tests.conftest import worker_ospid as _ospid
 from tests.integration import _helpers as h
 
@@ -225,22 +225,13 @@ def test_rmprocs_escalates_to_kill(add_workers, tmp_path) -> None:  # type: igno
     assert w not in workers() and not is_alive(ospid)
 
 
-def _cpu_seconds(ospid: int) -> float:
-    with open(f"/proc/{ospid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_rmprocs_timeout(add_workers, tmp_path) -> None:  # type: ignore[no-untyped-def]
     (w,) = add_workers(1)
     running = str(tmp_path / "running")
     ospid = _ospid(w)
     remotecall(h.touch_then, w, running, h.hold_gil, 10**11)
     _wait_file(running)
-    # inside the C call for sure (a loaded machine may pause it between the file and the
-    # call): it has spent CPU time since, and only that call spends any
-    spent = _cpu_seconds(ospid)
-    wait_until(lambda: _cpu_seconds(ospid) > spent + 0.1, what="the worker to hold the GIL")
+    wait_spinning(ospid)  # inside the C call for sure
     with pytest.raises(TimeoutError, match="killed"):
         rmprocs(w, waitfor=0.01)
     assert w not in workers() and not is_alive(ospid)  # killed all the same

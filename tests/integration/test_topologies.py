@@ -30,23 +30,18 @@ def _links_to(pid: int) -> int:
     import socket
     import struct
 
+    from tests.conftest import open_sockets
+
     ospid = remotecall_fetch(os.getpid, pid)
     count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                continue
-            s = socket.socket(fileno=os.dup(int(fd)))
-        except OSError:
-            continue
+    for s in open_sockets():
         with s:
-            if s.family != socket.AF_UNIX:
-                continue
-            try:
-                raw = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-            except OSError:
-                continue
-            count += struct.unpack("3i", raw)[0] == ospid
+            if s.family == socket.AF_UNIX:
+                try:
+                    raw = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+                except OSError:
+                    continue
+                count += struct.unpack("3i", raw)[0] == ospid
     return count
 
 

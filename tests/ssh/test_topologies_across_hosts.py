@@ -18,20 +18,13 @@ from .conftest import NetnsHosts, Sshd
 
 def _tcp_links_to(address: str) -> int:
     """On a worker: its open TCP connections to ``address`` (another host)."""
-    import os
+    from tests.conftest import open_sockets
 
     count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                continue
-            s = socket.socket(fileno=os.dup(int(fd)))
-        except OSError:
-            continue
+    for s in open_sockets():
         with s:
             try:
-                if s.type == socket.SOCK_STREAM and s.getpeername()[0] == address:
-                    count += 1
+                count += s.type == socket.SOCK_STREAM and s.getpeername()[0] == address
             except (OSError, IndexError, TypeError):
                 pass
     return count
