@@ -44,7 +44,12 @@ def _raw_peer(
             ["ip", "netns", "exec", netns.names[index], sys.executable,
              str(BENCH / "_rawpeer.py"), "tcp", f"{bridge_ip}:{port}", mode, str(size)],
         )  # fmt: skip
-        conn, _ = server.accept()
+        try:
+            conn, _ = server.accept()
+        except BaseException:
+            proc.kill()
+            proc.wait(10)
+            raise
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     conn.settimeout(60)
     return conn, proc
@@ -74,9 +79,11 @@ def _end(sock: socket.socket, proc: subprocess.Popen[bytes]) -> None:
 def test_w1_w3_to_a_namespace_host(sshd: Sshd, netns_hosts: NetnsHosts) -> None:  # noqa: F811
     h1 = netns_hosts.addresses[0]
     (w,) = addprocs([f"root@{h1}"], **sshd.kw)
-    echo, echo_proc = _raw_peer(netns_hosts, 0, "echo", 8)
-    sink, sink_proc = _raw_peer(netns_hosts, 0, "sink", W3_BYTES)
+    peers: list[tuple[socket.socket, subprocess.Popen[bytes]]] = []
     try:
+        peers.append(_raw_peer(netns_hosts, 0, "echo", 8))
+        peers.append(_raw_peer(netns_hosts, 0, "sink", W3_BYTES))
+        (echo, _), (sink, _) = peers
         ours_w1, raw_w1, ours_w3, raw_w3 = [], [], [], []
         arr = np.ones(W3_BYTES // 8)
         data = arr.tobytes()
@@ -108,6 +115,6 @@ def test_w1_w3_to_a_namespace_host(sshd: Sshd, netns_hosts: NetnsHosts) -> None:
             f" (medians of {ROUNDS} rounds; cpus {os.cpu_count()})"
         )
     finally:
-        _end(echo, echo_proc)
-        _end(sink, sink_proc)
+        for sock, proc in peers:
+            _end(sock, proc)
         rmprocs(w, waitfor=10)
