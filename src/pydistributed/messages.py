@@ -1,4 +1,4 @@
-"""One frozen dataclass per message type.
+"""One class per message type: plain classes with ``__slots__``, built on the hot path.
 
 Every message has a ``TAG`` (its type on the wire) and up to three integer header fields
 (``HEADER`` names them), which travel in the fixed-size header frame so that they can be read
@@ -35,7 +35,6 @@ be unpickled can still be answered element by element.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 __all__ = [
@@ -63,204 +62,356 @@ __all__ = [
 
 
 class Message:
-    """Base class of the message records."""
+    """Base class of the message records.
+
+    A message is a plain object with ``__slots__`` (no dataclass: a ``CallFetch`` is built for
+    every call, and a frozen dataclass's ``__init__`` costs several times more). Its fields are
+    its ``HEADER`` then its ``BODY`` fields, in that order, for positional construction too.
+    Messages are treated as immutable by convention (nothing assigns to one after building it);
+    it is not enforced, which would cost on construction.
+    """
+
+    __slots__ = ()
 
     TAG: ClassVar[int] = 0
     HEADER: ClassVar[tuple[str, ...]] = ()
     BODY: ClassVar[tuple[str, ...]] = ()
 
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.HEADER + self.BODY)
 
-@dataclass(frozen=True, slots=True)
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Message)
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash((self.__class__, self._values()))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.HEADER + self.BODY)
+        return f"{self.__class__.__name__}({fields})"
+
+
 class Call(Message):
+    __slots__ = ("args", "f", "id", "kwargs", "whence")
+    __match_args__ = ("whence", "id", "f", "args", "kwargs")
+
     TAG: ClassVar[int] = 1
     HEADER: ClassVar[tuple[str, ...]] = ("whence", "id")
     BODY: ClassVar[tuple[str, ...]] = ("f", "args", "kwargs")
-    whence: int
-    id: int
-    f: Any
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        whence: int,
+        id: int,
+        f: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.whence = whence
+        self.id = id
+        self.f = f
+        self.args = args
+        self.kwargs = {} if kwargs is None else kwargs
 
 
-@dataclass(frozen=True, slots=True)
 class CallFetch(Message):
+    __slots__ = ("args", "f", "kwargs", "response_id")
+    __match_args__ = ("response_id", "f", "args", "kwargs")
+
     TAG: ClassVar[int] = 2
     HEADER: ClassVar[tuple[str, ...]] = ("response_id",)
     BODY: ClassVar[tuple[str, ...]] = ("f", "args", "kwargs")
-    response_id: int
-    f: Any
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        response_id: int,
+        f: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.response_id = response_id
+        self.f = f
+        self.args = args
+        self.kwargs = {} if kwargs is None else kwargs
 
 
-@dataclass(frozen=True, slots=True)
 class CallWait(Message):
+    __slots__ = ("args", "f", "id", "kwargs", "response_id", "whence")
+    __match_args__ = ("response_id", "whence", "id", "f", "args", "kwargs")
+
     TAG: ClassVar[int] = 3
     HEADER: ClassVar[tuple[str, ...]] = ("response_id", "whence", "id")
     BODY: ClassVar[tuple[str, ...]] = ("f", "args", "kwargs")
-    response_id: int
-    whence: int
-    id: int
-    f: Any
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        response_id: int,
+        whence: int,
+        id: int,
+        f: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.response_id = response_id
+        self.whence = whence
+        self.id = id
+        self.f = f
+        self.args = args
+        self.kwargs = {} if kwargs is None else kwargs
 
 
-@dataclass(frozen=True, slots=True)
 class RemoteDo(Message):
+    __slots__ = ("args", "f", "kwargs")
+    __match_args__ = ("f", "args", "kwargs")
+
     TAG: ClassVar[int] = 4
     BODY: ClassVar[tuple[str, ...]] = ("f", "args", "kwargs")
-    f: Any
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        f: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.f = f
+        self.args = args
+        self.kwargs = {} if kwargs is None else kwargs
 
 
-@dataclass(frozen=True, slots=True)
 class Result(Message):
     """``ok`` is False when ``value`` is a ``CapturedException`` raised by the call."""
+
+    __slots__ = ("ok", "response_id", "value")
+    __match_args__ = ("response_id", "ok", "value")
 
     TAG: ClassVar[int] = 5
     HEADER: ClassVar[tuple[str, ...]] = ("response_id",)
     BODY: ClassVar[tuple[str, ...]] = ("ok", "value")
-    response_id: int
-    ok: bool
-    value: Any
+
+    def __init__(self, response_id: int, ok: bool, value: Any) -> None:
+        self.response_id = response_id
+        self.ok = ok
+        self.value = value
 
 
-@dataclass(frozen=True, slots=True)
 class RefCount(Message):
     """``adds``/``dels``: tuples ``(whence, id, client_pid)``; adds are applied first."""
 
+    __slots__ = ("adds", "dels")
+    __match_args__ = ("adds", "dels")
+
     TAG: ClassVar[int] = 6
     BODY: ClassVar[tuple[str, ...]] = ("adds", "dels")
-    adds: tuple[tuple[int, int, int], ...] = ()
-    dels: tuple[tuple[int, int, int], ...] = ()
+
+    def __init__(
+        self,
+        adds: tuple[tuple[int, int, int], ...] = (),
+        dels: tuple[tuple[int, int, int], ...] = (),
+    ) -> None:
+        self.adds = adds
+        self.dels = dels
 
 
-@dataclass(frozen=True, slots=True)
 class JoinPGRP(Message):
     """``peers``: ``(pid, host, port)`` of the workers the new one may connect to; ``keys``:
     ``(pid, key)``, the secret it shares with each of them alone (see ``Identify``)."""
 
+    __slots__ = ("keys", "lazy", "master_host", "peers", "pid", "response_id", "topology")
+    __match_args__ = ("response_id", "pid", "topology", "lazy", "peers", "master_host", "keys")
+
     TAG: ClassVar[int] = 7
     HEADER: ClassVar[tuple[str, ...]] = ("response_id",)
     BODY: ClassVar[tuple[str, ...]] = ("pid", "topology", "lazy", "peers", "master_host", "keys")
-    response_id: int
-    pid: int
-    topology: str = "all_to_all"
-    lazy: bool = True
-    peers: tuple[tuple[int, str, int], ...] = ()
-    master_host: str = ""
-    keys: tuple[tuple[int, bytes], ...] = ()
+
+    def __init__(
+        self,
+        response_id: int,
+        pid: int,
+        topology: str = "all_to_all",
+        lazy: bool = True,
+        peers: tuple[tuple[int, str, int], ...] = (),
+        master_host: str = "",
+        keys: tuple[tuple[int, bytes], ...] = (),
+    ) -> None:
+        self.response_id = response_id
+        self.pid = pid
+        self.topology = topology
+        self.lazy = lazy
+        self.peers = peers
+        self.master_host = master_host
+        self.keys = keys
 
 
-@dataclass(frozen=True, slots=True)
 class JoinComplete(Message):
+    __slots__ = ("hostname", "ospid", "response_id")
+    __match_args__ = ("response_id", "ospid", "hostname")
+
     TAG: ClassVar[int] = 8
     HEADER: ClassVar[tuple[str, ...]] = ("response_id",)
     BODY: ClassVar[tuple[str, ...]] = ("ospid", "hostname")
-    response_id: int
-    ospid: int
-    hostname: str = ""
+
+    def __init__(self, response_id: int, ospid: int, hostname: str = "") -> None:
+        self.response_id = response_id
+        self.ospid = ospid
+        self.hostname = hostname
 
 
-@dataclass(frozen=True, slots=True)
 class Identify(Message):
     """``proof``: ``HMAC(key, "identify" | transcript)``, the key shared by the two workers (from
     the master) and the transcript of this connection's handshake."""
 
+    __slots__ = ("pid", "proof")
+    __match_args__ = ("pid", "proof")
+
     TAG: ClassVar[int] = 9
     HEADER: ClassVar[tuple[str, ...]] = ("pid",)
     BODY: ClassVar[tuple[str, ...]] = ("proof",)
-    pid: int
-    proof: bytes = b""
+
+    def __init__(self, pid: int, proof: bytes = b"") -> None:
+        self.pid = pid
+        self.proof = proof
 
 
-@dataclass(frozen=True, slots=True)
 class PeerUpdate(Message):
     """``added``: ``(pid, host, port)`` of workers that joined; ``keys``: ``(pid, key)`` as in
     ``JoinPGRP``, for the worker this update goes to."""
 
+    __slots__ = ("added", "keys", "removed")
+    __match_args__ = ("added", "removed", "keys")
+
     TAG: ClassVar[int] = 10
     BODY: ClassVar[tuple[str, ...]] = ("added", "removed", "keys")
-    added: tuple[tuple[int, str, int], ...] = ()
-    removed: tuple[int, ...] = ()
-    keys: tuple[tuple[int, bytes], ...] = ()
+
+    def __init__(
+        self,
+        added: tuple[tuple[int, str, int], ...] = (),
+        removed: tuple[int, ...] = (),
+        keys: tuple[tuple[int, bytes], ...] = (),
+    ) -> None:
+        self.added = added
+        self.removed = removed
+        self.keys = keys
 
 
-@dataclass(frozen=True, slots=True)
 class Interrupt(Message):
+    __slots__ = ()
+    __match_args__ = ()
+
     TAG: ClassVar[int] = 11
 
 
-@dataclass(frozen=True, slots=True)
 class Exit(Message):
+    __slots__ = ()
+    __match_args__ = ()
+
     TAG: ClassVar[int] = 12
 
 
-@dataclass(frozen=True, slots=True)
 class Ping(Message):
     """Are you there? Answered at once with ``Pong(nonce)`` by the reading thread."""
 
+    __slots__ = ("nonce",)
+    __match_args__ = ("nonce",)
+
     TAG: ClassVar[int] = 13
     HEADER: ClassVar[tuple[str, ...]] = ("nonce",)
-    nonce: int
+
+    def __init__(self, nonce: int) -> None:
+        self.nonce = nonce
 
 
-@dataclass(frozen=True, slots=True)
 class Pong(Message):
+    __slots__ = ("nonce",)
+    __match_args__ = ("nonce",)
+
     TAG: ClassVar[int] = 14
     HEADER: ClassVar[tuple[str, ...]] = ("nonce",)
-    nonce: int
+
+    def __init__(self, nonce: int) -> None:
+        self.nonce = nonce
 
 
-@dataclass(frozen=True, slots=True)
 class DialMe(Message):
     """A worker to the master: have worker ``pid`` (a higher id) connect to me; the master to
     that worker: connect to worker ``pid`` (``peerlinks.py``)."""
 
+    __slots__ = ("pid",)
+    __match_args__ = ("pid",)
+
     TAG: ClassVar[int] = 15
     HEADER: ClassVar[tuple[str, ...]] = ("pid",)
-    pid: int
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
 
 
-@dataclass(frozen=True, slots=True)
 class MapCalls(Message):
     """Run ``f(*args)`` for each ``args`` of ``items``, one after another in arrival order, after
     the elements sent before on ``stream`` by the same process."""
 
+    __slots__ = ("count", "f", "first", "items", "stream")
+    __match_args__ = ("stream", "first", "count", "f", "items")
+
     TAG: ClassVar[int] = 16
     HEADER: ClassVar[tuple[str, ...]] = ("stream", "first", "count")
     BODY: ClassVar[tuple[str, ...]] = ("f", "items")
-    stream: int
-    first: int
-    count: int
-    f: Any
-    items: list[tuple[Any, ...]]
+
+    def __init__(
+        self,
+        stream: int,
+        first: int,
+        count: int,
+        f: Any,
+        items: list[tuple[Any, ...]],
+    ) -> None:
+        self.stream = stream
+        self.first = first
+        self.count = count
+        self.f = f
+        self.items = items
 
 
-@dataclass(frozen=True, slots=True)
 class MapResults(Message):
     """The outcomes of elements ``first .. first + count - 1`` of ``stream``. ``oks[i]``: 1 for
     a value, 0 for a ``CapturedException``, 2 for an element dropped by ``MapCancel``;
     ``seconds``: how long the elements ran, together."""
 
+    __slots__ = ("count", "first", "oks", "seconds", "stream", "values")
+    __match_args__ = ("stream", "first", "count", "oks", "values", "seconds")
+
     TAG: ClassVar[int] = 17
     HEADER: ClassVar[tuple[str, ...]] = ("stream", "first", "count")
     BODY: ClassVar[tuple[str, ...]] = ("oks", "values", "seconds")
-    stream: int
-    first: int
-    count: int
-    oks: bytes
-    values: list[Any]
-    seconds: float
+
+    def __init__(
+        self,
+        stream: int,
+        first: int,
+        count: int,
+        oks: bytes,
+        values: list[Any],
+        seconds: float,
+    ) -> None:
+        self.stream = stream
+        self.first = first
+        self.count = count
+        self.oks = oks
+        self.values = values
+        self.seconds = seconds
 
 
-@dataclass(frozen=True, slots=True)
 class MapCancel(Message):
+    __slots__ = ("stream",)
+    __match_args__ = ("stream",)
+
     TAG: ClassVar[int] = 18
     HEADER: ClassVar[tuple[str, ...]] = ("stream",)
-    stream: int
+
+    def __init__(self, stream: int) -> None:
+        self.stream = stream
 
 
 MESSAGE_TYPES: dict[int, type[Message]] = {
