@@ -191,7 +191,7 @@ def _child(
         main_module = types.ModuleType("__main__")  # not the forkserver's names
         sys.modules["__main__"] = main_module
         sys.argv = [worker.__file__ or "pydistributed.worker", "--bind-to", str(req["bind_to"])]
-        worker.main(sys.argv[1:])
+        worker.forked_main(str(req["bind_to"]))
         code = 0
     except SystemExit as e:
         code = e.code

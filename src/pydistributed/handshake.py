@@ -47,7 +47,6 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from typing import Any
 
 from .errors import AuthenticationError, LaunchError
@@ -93,22 +92,57 @@ class VersionMismatchError(LaunchError, AuthenticationError):
     raises it for a worker that runs other versions than the master."""
 
 
-@dataclass(frozen=True)
-class Read:
+class _Record:
+    """A small record: equal to another of its class with equal fields (plain classes, not
+    dataclasses: building dataclasses costs at import, on every worker's start)."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        names = self.__slots__
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__} takes {len(names)} fields")
+        values = dict(zip(names, args, strict=False))
+        for name, value in kwargs.items():
+            if name not in names or name in values:
+                raise TypeError(f"{type(self).__name__}: bad or repeated field {name!r}")
+            values[name] = value
+        if len(values) != len(names):
+            raise TypeError(f"{type(self).__name__} needs the fields {', '.join(names)}")
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, n) for n in self.__slots__))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+class Read(_Record):
     """A step needs exactly ``n`` bytes from the peer."""
 
+    __slots__ = ("n",)
     n: int
 
 
-@dataclass(frozen=True)
-class Write:
+class Write(_Record):
     """A step sends ``data`` to the peer."""
 
+    __slots__ = ("data",)
     data: bytes
 
 
-@dataclass(frozen=True)
-class Session:
+class Session(_Record):
     """What a finished handshake gives: the keys of this connection's frames.
 
     Attributes:
@@ -119,6 +153,7 @@ class Session:
         info: the peer's versions.
     """
 
+    __slots__ = ("key_out", "key_in", "transcript", "info")  # noqa: RUF023 (field order)
     key_out: bytes
     key_in: bytes
     transcript: bytes

@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -240,6 +239,8 @@ def _start_watchdog(sock: socket.socket) -> None:
     """
     if not sys.platform.startswith("linux"):
         return
+    import subprocess
+
     try:
         subprocess.Popen(
             [sys.executable, "-S", "-c", _WATCHDOG, str(sock.fileno()), str(os.getpid())],

@@ -14,10 +14,13 @@ itself (``joinworker.py``); it exits with code 1 and a message when it cannot.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def _apply_sys_path() -> None:
@@ -88,7 +91,26 @@ def _cookie(args: argparse.Namespace) -> str | None:
     return env if env else None
 
 
+def forked_main(bind_to: str) -> None:
+    """A worker forked by the forkserver (``forkserver.py``): what :func:`main` does for
+    ``--bind-to BIND_TO`` with the cookie on stdin, without parsing a command line (and so
+    without importing ``argparse`` in the forkserver)."""
+    tied = _die_with_parent()
+    _apply_sys_path()
+    _raise_fd_limit()
+    from pydistributed.processes import start_worker
+
+    cookie = os.environ.pop("PYDIST_COOKIE", None) or None  # as _cookie: else stdin
+    try:
+        start_worker(sys.stdout, cookie, bind_to=bind_to, watchdog=not tied)
+    except ValueError as e:  # the cookie read from stdin is not a valid one
+        print(f"python -m pydistributed.worker: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
+    import argparse
+
     parser = argparse.ArgumentParser(prog="python -m pydistributed.worker")
     parser.add_argument(
         "--cookie-file", default=None, metavar="FILE", help="read the cluster cookie from FILE"

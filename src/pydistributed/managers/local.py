@@ -7,13 +7,16 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import ClusterManager, WorkerConfig
-from .forkspawn import ForkServerClient, ForkServerError, spawn_mode
+
+if TYPE_CHECKING:  # imported where used: a worker imports this module, and needs neither
+    import subprocess
+
+    from .forkspawn import ForkServerClient
 
 __all__ = ["LocalManager", "worker_command", "worker_environment"]
 
@@ -46,6 +49,8 @@ class _Spawner:
         while True:
             args, kwargs, done, out = self._q.get()
             try:
+                import subprocess
+
                 out.append(subprocess.Popen(*args, **kwargs))
             except BaseException as e:
                 out.append(e)
@@ -99,6 +104,8 @@ def forkserver(env: dict[str, str]) -> ForkServerClient | None:
     with _forkserver_lock:
         if _forkserver is not None and _forkserver.alive:
             return _forkserver if startup_environment(_forkserver.env) == wanted else None
+        from .forkspawn import ForkServerClient
+
         server_env = _forkserver_environment()
         if startup_environment(server_env) != wanted:
             return None
@@ -109,6 +116,8 @@ def forkserver(env: dict[str, str]) -> ForkServerClient | None:
 def forked(params: dict[str, Any]) -> bool:
     """Whether this launch's workers come from the forkserver: not with ``PYDIST_SPAWN=exec``,
     nor with an ``exename`` or ``exeflags`` (they need an interpreter started for the worker)."""
+    from .forkspawn import spawn_mode
+
     if spawn_mode() != "forkserver":
         return False
     exename = params.get("exename")
@@ -164,6 +173,8 @@ class LocalManager(ClusterManager):
         env = worker_environment(params, cwd)
         bind_to = "127.0.0.1" if self.restrict else "0.0.0.0"
         cmd = worker_command(params, bind_to)
+        from .forkspawn import ForkServerError
+
         server = forkserver(env) if self.np and forked(params) else None
         if server is not None and not os.path.isdir(cwd):  # as Popen would say, before a fork
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), cwd)
@@ -196,6 +207,8 @@ class LocalManager(ClusterManager):
     @staticmethod
     def _exec(cmd: list[str], cwd: str, env: dict[str, str], cookie: str) -> Any:
         """A worker started as a new interpreter."""
+        import subprocess
+
         proc = spawner().popen(
             cmd,
             stdin=subprocess.PIPE,
