@@ -37,7 +37,7 @@ import logging
 import secrets
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import timeouts
 from .calls import Calls
@@ -49,12 +49,14 @@ from .messages import Exit, Interrupt, JoinPGRP, PeerUpdate
 from .peer import Peer
 from .refstore import RefStore
 from .registry import TOPOLOGIES, Registry, WorkerInfo
-from .relay import OutputRelay, RelayedStream
 from .timeouts import worker_timeout
 from .workerexit import KILL_WAIT, end_process
 from .workerexit import describe_tail as _describe_tail
 from .workerexit import exit_code as _exit_code
 from .workerexit import output_tail as _output_tail
+
+if TYPE_CHECKING:  # imported by add_workers: a worker relays nothing
+    from .relay import OutputRelay, RelayedStream
 
 __all__ = ["COMMON_PARAMS", "Lifecycle", "end_process"]
 
@@ -146,6 +148,10 @@ class Lifecycle:
         self._check_like_the_others(params["topology"], bool(params["lazy"]))
         params["cookie"] = cookie
         self.registry.topology = params["topology"]
+        # relay registers its atexit handler as it is imported, so that it runs after this
+        # cluster's shutdown (atexit runs in reverse): import it before registering ours
+        from . import relay  # noqa: F401
+
         if not self._atexit:
             self._atexit = True
             atexit.register(self.shutdown)
@@ -215,6 +221,8 @@ class Lifecycle:
         self._lazy = lazy
 
     def _relay_stream(self, file: Any, kind: str, banner: bool) -> RelayedStream:
+        from .relay import OutputRelay
+
         with self._relay_lock:
             if self._relay is None:
                 self._relay = OutputRelay()

@@ -4,9 +4,10 @@ lines it wrote (for the errors of a launch that failed). No I/O beyond waiting o
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .relay import RelayedStream
+if TYPE_CHECKING:  # a worker imports this module, and relays nothing
+    from .relay import RelayedStream
 
 __all__ = ["KILL_WAIT", "describe_tail", "end_process", "exit_code", "output_tail"]
 

@@ -132,7 +132,8 @@ def test_the_forkserver_and_a_forked_worker_import_only_the_runtime() -> None:
     new = preload - base
     assert sorted(m for m in OPTIONAL if m in new) == []
     assert sorted(m for m in HEAVY if m in new) == []
-    assert "pydistributed.managers.forkspawn" not in new
+    master_only = ("pydistributed.managers.forkspawn", "pydistributed.relay")
+    assert sorted(m for m in master_only if m in new) == []
     assert "pydistributed.serve" in new and "cloudpickle" in new  # what serving needs
     assert sorted(m for m in HEAVY + OPTIONAL if m in started - base) == []
     assert sorted(called - started) == ["_funcs"]
