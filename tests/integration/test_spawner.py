@@ -221,13 +221,15 @@ def test_a_forked_worker_that_fails_to_start_is_a_launch_error(
     from pydistributed import LaunchError
     from pydistributed.managers.forkspawn import ForkServerClient
 
-    spawn = ForkServerClient.spawn
+    spawn_many = ForkServerClient.spawn_many
 
-    def bad_address(self: ForkServerClient, cwd: str, env: Any, bind_to: str, cookie: str) -> Any:
+    def bad_address(
+        self: ForkServerClient, count: int, cwd: str, env: Any, bind_to: str, cookie: str
+    ) -> Any:
         # the injected fault: an address no worker can listen at (addprocs cannot ask for one)
-        return spawn(self, cwd, env, "256.0.0.1", cookie)
+        return spawn_many(self, count, cwd, env, "256.0.0.1", cookie)
 
-    monkeypatch.setattr(ForkServerClient, "spawn", bad_address)
+    monkeypatch.setattr(ForkServerClient, "spawn_many", bad_address)
     with pytest.raises(LaunchError) as info:
         addprocs(1)
     err = info.value

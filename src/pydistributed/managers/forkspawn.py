@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = ["ForkServerClient", "ForkServerError", "ForkedProcess", "spawn_mode"]
@@ -156,6 +156,25 @@ class ForkServerClient:
 
     def spawn(self, cwd: str, env: dict[str, str], bind_to: str, cookie: str) -> ForkedProcess:
         """Fork a worker; its cookie goes on its stdin, as for a worker started by exec."""
+        return self._finish(self._request(cwd, env, bind_to), cookie)
+
+    def spawn_many(
+        self, count: int, cwd: str, env: dict[str, str], bind_to: str, cookie: str
+    ) -> Iterator[ForkedProcess]:
+        """Fork ``count`` workers, the requests sent all at once (the forkserver forks the next
+        while this process sets up the one before); each is yielded as its answer comes."""
+        sent: deque[tuple[_Pending, list[int]]] = deque()
+        try:
+            for _ in range(count):
+                sent.append(self._request(cwd, env, bind_to))
+            while sent:
+                yield self._finish(sent.popleft(), cookie)
+        finally:
+            for pending, ours in sent:  # an error or an abandoned generator: not started
+                self._abandon(pending, ours)
+
+    def _request(self, cwd: str, env: dict[str, str], bind_to: str) -> tuple[_Pending, list[int]]:
+        """Send one fork request; the answer comes to the returned handle."""
         fds = [os.pipe() for _ in range(3)]  # stdin, stdout, stderr
         theirs = [fds[0][0], fds[1][1], fds[2][1]]
         ours = [fds[0][1], fds[1][0], fds[2][0]]
@@ -177,6 +196,11 @@ class ForkServerClient:
             raise
         for fd in theirs:
             os.close(fd)
+        return pending, ours
+
+    def _finish(self, sent: tuple[_Pending, list[int]], cookie: str) -> ForkedProcess:
+        """Wait for the answer to a request; give the worker its cookie; its handle."""
+        pending, ours = sent
         stdin_w, stdout_r, stderr_r = ours
         if not pending.done.wait(ANSWER_TIMEOUT) or pending.pid is None:
             for fd in ours:
@@ -198,6 +222,18 @@ class ForkServerClient:
         if code is not None:
             proc._exited(code)
         return proc
+
+    def _abandon(self, pending: _Pending, ours: list[int]) -> None:
+        """A request whose worker is not wanted after all (an earlier one failed): killed if it
+        was forked (without its cookie it would exit anyway)."""
+        for fd in ours:
+            os.close(fd)
+        if pending.done.wait(ANSWER_TIMEOUT) and pending.pidfd is not None:
+            try:
+                signal.pidfd_send_signal(pending.pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+            os.close(pending.pidfd)
 
     def _read(self) -> None:
         try:

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .base import ClusterManager, WorkerConfig
@@ -173,24 +174,15 @@ class LocalManager(ClusterManager):
         env = worker_environment(params, cwd)
         bind_to = "127.0.0.1" if self.restrict else "0.0.0.0"
         cmd = worker_command(params, bind_to)
-        from .forkspawn import ForkServerError
-
         server = forkserver(env) if self.np and forked(params) else None
         if server is not None and not os.path.isdir(cwd):  # as Popen would say, before a fork
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), cwd)
-        for _ in range(self.np):
-            if server is not None:
-                try:
-                    proc: Any = server.spawn(cwd, env, bind_to, cookie)
-                except ForkServerError:
-                    if server.alive:
-                        raise
-                    server = forkserver(env)  # it died meanwhile: once more, from a new one
-                    if server is None:
-                        raise
-                    proc = server.spawn(cwd, env, bind_to, cookie)
-            else:
-                proc = self._exec(cmd, cwd, env, cookie)
+        procs: Iterator[Any] = (
+            self._forked(server, env, cwd, bind_to, cookie)
+            if server is not None
+            else (self._exec(cmd, cwd, env, cookie) for _ in range(self.np))
+        )
+        for proc in procs:
             config = WorkerConfig(
                 exename=cmd[0],
                 exeflags=tuple(cmd[1:-4]),
@@ -203,6 +195,25 @@ class LocalManager(ClusterManager):
             with launch_ntfy:
                 launched.append(config)
                 launch_ntfy.notify_all()
+
+    def _forked(
+        self, server: ForkServerClient, env: dict[str, str], cwd: str, bind_to: str, cookie: str
+    ) -> Iterator[Any]:
+        """The workers from the forkserver, requested all at once (``spawn_many``)."""
+        from .forkspawn import ForkServerError
+
+        done = 0
+        try:
+            for proc in server.spawn_many(self.np, cwd, env, bind_to, cookie):
+                done += 1
+                yield proc
+        except ForkServerError:
+            if server.alive:
+                raise
+            again = forkserver(env)  # it died meanwhile: once more, from a new one
+            if again is None:
+                raise
+            yield from again.spawn_many(self.np - done, cwd, env, bind_to, cookie)
 
     @staticmethod
     def _exec(cmd: list[str], cwd: str, env: dict[str, str], cookie: str) -> Any:
