@@ -5,6 +5,7 @@ pools and ``pmap``. The public API is re-exported here; see ``docs/julia-to-pyth
 """
 
 import importlib
+import importlib.util
 import sys
 import types
 from typing import TYPE_CHECKING, Any
@@ -151,6 +152,10 @@ _WHERE = {
 def __getattr__(name: str) -> Any:
     where = _WHERE.get(name)
     if where is None:
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
+            # A submodule (``pydistributed.managers``, ``pydistributed.cluster``...), as when
+            # this file imported them all.
+            return importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(where, __name__), name)
     globals()[name] = value

@@ -288,6 +288,3 @@ def _at_exit() -> None:
 
 
 atexit.register(_at_exit)
-
-
-atexit.register(_at_exit)

@@ -8,6 +8,7 @@ API.md gains or loses a name, change REQUIRED with it.
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -157,3 +158,21 @@ def test_pydist_console_script_target_exists() -> None:
     from pydistributed import cli
 
     assert callable(cli.main)
+
+
+def test_submodules_are_attributes_of_the_package_on_first_use() -> None:
+    """The package imports its names lazily; a submodule is still reached as an attribute
+    (``pydistributed.managers.SlurmManager``), and an unknown name is an AttributeError."""
+    code = (
+        "import pydistributed as pd\n"
+        "print(pd.managers.SlurmManager.__name__, pd.cluster.__name__, callable(pd.pmap))\n"
+        "try:\n"
+        "    pd.no_such_name\n"
+        "except AttributeError as e:\n"
+        "    print('AttributeError', e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+    assert out[0] == "SlurmManager pydistributed.cluster True"
+    assert out[1] == "AttributeError module 'pydistributed' has no attribute 'no_such_name'"
