@@ -104,11 +104,15 @@ def supported() -> bool:
 
 
 def enabled() -> bool:
-    """Whether large buffers are sent as shared memory on local links (``PYDIST_SHM=1``;
-    off by default: on this project's machine it measured level with the socket, because a
-    sealed memfd's pages are always fresh and filling them costs as much as the socket copy;
-    see docs/design.md). A reader accepts shared memory either way."""
-    return _SUPPORTED and os.environ.get("PYDIST_SHM", "0").strip().lower() in ("1", "yes", "on")
+    """Whether large buffers are sent as shared memory on local links: on by default,
+    ``PYDIST_SHM=0`` turns it off (the socket then carries them). A reader accepts shared
+    memory either way."""
+    return _SUPPORTED and os.environ.get("PYDIST_SHM", "1").strip().lower() not in (
+        "0",
+        "no",
+        "off",
+        "false",
+    )
 
 
 def min_bytes() -> int:
