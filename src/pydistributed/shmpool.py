@@ -266,11 +266,14 @@ def _check_memfd(fd: int, least: int, most: int) -> int:
     try:
         st = os.fstat(fd)
         target = os.readlink(f"/proc/self/fd/{fd}")
-        seals = fcntl.fcntl(fd, shm._GET_SEALS)
     except OSError as e:
         raise shm.ShmRefused(f"the descriptor cannot be inspected: {e}") from e
     if not stat.S_ISREG(st.st_mode) or not target.startswith("/memfd:"):
         raise shm.ShmRefused(f"the descriptor is not a memfd ({target})")
+    try:
+        seals = fcntl.fcntl(fd, shm._GET_SEALS)
+    except OSError as e:
+        raise shm.ShmRefused(f"the memfd's seals cannot be read: {e}") from e
     if seals & _RESIZE_SEALS != _RESIZE_SEALS:
         raise shm.ShmRefused("the memfd is not sealed against resizing")
     if not least <= st.st_size <= most:
@@ -386,6 +389,8 @@ class InPool:
         return len(self._slots)
 
     def close(self) -> None:
-        """Forget every slot (arrays still in use keep their mappings)."""
+        """Forget every slot and the control page (arrays still in use keep their mappings,
+        and their releases still reach the page)."""
         for slot in list(self._slots):
             self._drop(slot)
+        self._ctrl = None
