@@ -2,9 +2,10 @@
 
 The sealed path (a fresh sealed memfd per large buffer, mapped on the receiving side and freed
 with it: what a buffer takes when the link's pool cannot take it; forced here by a pool that
-takes nothing, the pool itself is ``test_shm_pool.py``), the fallbacks, and a hostile peer of the same user that sends descriptors by hand with
-``sendmsg``: unexpected, unsealed, of the wrong size or kind, missing, or in the middle of a
-frame. Descriptors are counted in ``/proc/self/fd``: none may be left behind.
+takes nothing, the pool itself is ``test_shm_pool.py``), the fallbacks, and a hostile peer of
+the same user that sends descriptors by hand with ``sendmsg``: unexpected, unsealed, of the
+wrong size or kind, missing, or in the middle of a frame. Descriptors are counted in
+``/proc/self/fd``: none may be left behind.
 """
 
 from __future__ import annotations
