@@ -41,6 +41,7 @@ import os
 import stat
 import struct
 import sys
+import threading
 import time
 import weakref
 from typing import Any
@@ -121,9 +122,12 @@ class _Out:
 
 
 class OutPool:
-    """The sending side's pool of one link (used under the connection's write lock)."""
+    """The sending side's pool of one link (sends come one at a time, under the connection's
+    write lock; a lock of its own keeps :meth:`close`, which may come from any thread, from
+    running in the middle of one)."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._slots: list[_Out | None] = [None] * SLOTS
         self._ctrl_fd = -1
         self._ctrl: mmap.mmap | None = None
@@ -143,8 +147,13 @@ class OutPool:
 
     def place(self, buf: Any, fds: list[int]) -> int | None:
         """Copy ``buf`` into a free memfd of the pool: the frame's length word, with the
-        descriptors to attach appended to ``fds`` (the control page first, on the link's first
-        pool frame). None when the pool cannot take it (too large, every slot in use)."""
+        descriptors to attach added to ``fds`` (the control page first, on the link's first
+        pool frame). None when the pool cannot take it (too large, every slot in use, closed).
+        """
+        with self._lock:
+            return self._place(buf, fds)
+
+    def _place(self, buf: Any, fds: list[int]) -> int | None:
         view = memoryview(buf).cast("B")
         n = view.nbytes
         if self.closed or n > MAX_BUFFER:
@@ -233,6 +242,10 @@ class OutPool:
 
     def close(self) -> None:
         """Close every memfd (the receiver's mappings stay valid while it uses them)."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         self.closed = True
         for i, s in enumerate(self._slots):
             if s is not None:
@@ -294,6 +307,7 @@ class InPool:
         self._ctrl: mmap.mmap | None = None
         self._slots: dict[int, _In] = {}
         self._refs: dict[int, Any] = {}  # the weak references, kept alive by their id
+        self._lock = threading.Lock()  # the reader's frames, and close from another thread
 
     def expects_control(self) -> bool:
         return self._ctrl is None
@@ -301,6 +315,8 @@ class InPool:
     def take_control(self, fd: int) -> None:
         """Map the sender's control page (``fd`` is closed in every case)."""
         try:
+            if self._ctrl is not None:
+                raise shm.ShmRefused("a second control page")
             _check_memfd(fd, CTRL_SIZE, CTRL_SIZE)
             try:
                 self._ctrl = mmap.mmap(fd, CTRL_SIZE, flags=mmap.MAP_SHARED)
@@ -315,12 +331,16 @@ class InPool:
         Raises:
             shm.ShmRefused: see the module's doc; nothing of this frame is kept.
         """
+        with self._lock:
+            return self._frame(word, fds, limit)
+
+    def _frame(self, word: int, fds: list[int], limit: int) -> Any:
         slot, size, attached = decode(word)
         fd = fds.pop(0) if attached else -1
         ctrl = self._ctrl
         try:
             if ctrl is None:
-                raise shm.ShmRefused("a pool frame before the pool's control page")
+                raise shm.ShmRefused("a pool frame before the pool's control page (or closed)")
             self._forget_retired(ctrl)
             known = self._slots.get(slot)
             if known is not None and known.given != known.released:
@@ -391,6 +411,7 @@ class InPool:
     def close(self) -> None:
         """Forget every slot and the control page (arrays still in use keep their mappings,
         and their releases still reach the page)."""
-        for slot in list(self._slots):
-            self._drop(slot)
-        self._ctrl = None
+        with self._lock:
+            for slot in list(self._slots):
+                self._drop(slot)
+            self._ctrl = None
