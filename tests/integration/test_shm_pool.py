@@ -90,9 +90,15 @@ def test_a_worker_killed_while_holding_arrays(add_workers: Callable[..., list[in
     a = _arrays(1, 4)[0]
     for _ in range(3):
         _call(h.keep, doomed, a)
+    # calls in flight both ways (arguments going, results coming) when it dies
+    futs = [pd.remotecall(np.copy, doomed, a) for _ in range(20)]
     fut = pd.remotecall(h.keep_and_sleep, doomed, a, 60.0)
-    time.sleep(0.5)
     os.kill(worker_ospid(doomed), signal.SIGKILL)
+    for f in futs:
+        try:
+            assert h.digest(f.fetch(timeout=TIMEOUT)) == h.digest(a)
+        except ProcessExitedException:
+            pass
     with pytest.raises(ProcessExitedException):
         fut.fetch(timeout=TIMEOUT)
     # the other link is unaffected

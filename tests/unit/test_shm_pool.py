@@ -332,3 +332,29 @@ def test_forged_release_counts_do_not_free_a_slot_in_use(link: Link) -> None:
     assert bytes(held[:4]) == b"pppp"
     del held
     page.close()
+
+
+def test_a_refused_message_releases_the_pool_frames_it_took(link: Link) -> None:
+    import mmap
+
+    ctrl = _memfd(shmpool.CTRL_SIZE)
+    page = mmap.mmap(ctrl, shmpool.CTRL_SIZE)
+    words = [shmpool.encode(2, 8192, True), shmpool.encode(9, 8192, False)]  # 9: unknown
+    _pool_msg(link, words, [ctrl, _memfd(8192)])
+    _expect_refused(link, "slot 9 is not known here")
+    gc.collect()
+    assert struct.unpack_from("=I", page, 4 * 2)[0] == 1  # slot 2 taken, then released
+    _send_raw(link.a, [3, 4, shmpool.encode(2, 8192, False)], b"hdrbody", [])
+    assert len(transport.read_message(link.reader)[2]) == 8192
+    page.close()
+
+
+def test_idle_free_memfds_are_closed_at_the_next_send(
+    link: Link, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = [link.send(np.ones(MiB // 8)) for _ in range(3)]
+    del held
+    gc.collect()
+    monkeypatch.setattr(shmpool, "IDLE", 0.0)
+    link.send(np.ones(MiB // 8))
+    assert link.writer.pool.memfds() == 1
