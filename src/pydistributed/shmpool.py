@@ -20,8 +20,10 @@ pool frame the sender also passes its *control page*, a small memfd of its own:
   counts agree. No message is needed, and nothing waits for one.
 - ``retired[s]`` (``u32``, written by the sender): bumped when the sender closes the memfd of
   slot ``s`` (its pool holds more free memory than :data:`FREE_BYTES`, more than
-  :data:`FREE_COUNT` free memfds, one idle for :data:`IDLE` seconds, or a larger buffer needs
-  the slot); the receiver drops its mapping when it sees the change (at its next pool frame).
+  :data:`FREE_COUNT` free memfds, one idle for :data:`IDLE` seconds, seen at any message the
+  link sends, or a larger buffer needs the slot); the receiver drops its mapping when it sees
+  the change (it looks at every message the link brings, at most once a second, and at every
+  pool frame; until then the pages live on in its mapping).
 
 The pages are shared for writing both ways (``MAP_SHARED``) and not sealed against writes:
 the peer is the same user (``SO_PEERCRED`` on the Unix socket), who could write to this
@@ -133,6 +135,8 @@ class OutPool:
         self._ctrl: mmap.mmap | None = None
         self._ctrl_sent = False
         self.closed = False
+        self.holding = False  # any memfd: tick() has something to look at
+        self._ticked = 0.0
 
     def _control(self) -> mmap.mmap:
         if self._ctrl is None:
@@ -189,6 +193,7 @@ class OutPool:
                 os.close(fd)
                 return None
             self._slots[empty] = _Out(fd, mm, cap)
+            self.holding = True
             stats["created"] += 1
             pick = empty
         else:
@@ -208,6 +213,23 @@ class OutPool:
             fds.append(out.fd)
             out.announced = True
         return encode(pick, n, attached)
+
+    def tick(self) -> None:
+        """Close the free memfds idle for :data:`IDLE` seconds (looks at most once a second;
+        called at every message the link sends, the heartbeat's included, so an idle link
+        gives its memory back)."""
+        now = time.monotonic()
+        if now - self._ticked < 1.0:
+            return
+        self._ticked = now
+        with self._lock:
+            if self.closed or self._ctrl is None:
+                return
+            released = _U32S.unpack_from(self._ctrl, 0)
+            for i, s in enumerate(self._slots):
+                if s is not None and released[i] == s.sent & 0xFFFFFFFF and now - s.last > IDLE:
+                    self._retire(i)
+            self.holding = self.memfds() > 0
 
     def _cap(self, i: int) -> int:
         s = self._slots[i]
@@ -308,6 +330,8 @@ class InPool:
         self._slots: dict[int, _In] = {}
         self._refs: dict[int, Any] = {}  # the weak references, kept alive by their id
         self._lock = threading.Lock()  # the reader's frames, and close from another thread
+        self.holding = False  # any mapping: tick() has something to look at
+        self._ticked = 0.0
 
     def expects_control(self) -> bool:
         return self._ctrl is None
@@ -355,6 +379,7 @@ class InPool:
                     self._drop(slot)
                 (retired,) = _U32.unpack_from(ctrl, _RETIRED + 4 * slot)
                 known = self._slots[slot] = _In(fd, mm, cap, retired)
+                self.holding = True
                 fd = -1
             elif known is None:
                 raise shm.ShmRefused(f"slot {slot} is not known here and came without its memfd")
@@ -387,6 +412,19 @@ class InPool:
         refs[id(ref)] = ref
         return obj
 
+    def tick(self) -> None:
+        """Drop the mappings of retired slots (looks at most once a second; called at every
+        message the link brings, the heartbeat's included, so that the pages of memfds the
+        sender closed are freed)."""
+        now = time.monotonic()
+        if now - self._ticked < 1.0:
+            return
+        self._ticked = now
+        with self._lock:
+            if self._ctrl is not None:
+                self._forget_retired(self._ctrl)
+            self.holding = bool(self._slots)
+
     def _forget_retired(self, ctrl: mmap.mmap) -> None:
         """Drop the mappings of slots that the sender retired (and that nobody here uses)."""
         if not self._slots:
@@ -415,3 +453,4 @@ class InPool:
             for slot in list(self._slots):
                 self._drop(slot)
             self._ctrl = None
+            self.holding = False

@@ -300,6 +300,9 @@ class SocketReader:
     ) -> list[Any]:
         """``transport.read_message`` for this reader: small messages come out of the buffer
         with one ``recv`` and no copies beyond the frames themselves."""
+        pool = self.pool
+        if pool is not None and pool.holding:
+            pool.tick()  # mappings of memfds the sender closed are dropped
         if self._end - self._start < 4 and not self._fill(4):
             if self._end == self._start:
                 raise EOFError("connection closed")

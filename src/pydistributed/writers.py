@@ -65,8 +65,11 @@ class SocketWriter:
         mac = self.mac
         fds: list[int] = []
         owned: list[int] = []
+        pool = self.pool
+        if pool is not None and pool.holding:
+            pool.tick()  # idle memfds given back, even on a link that only sends small messages
         if self.shm_min and mac is None and len(frames) > 2 and total >= self.shm_min:
-            head, frames, fds, owned = _to_shm(frames, lens, self.shm_min, self.pool)
+            head, frames, fds, owned = _to_shm(frames, lens, self.shm_min, pool)
         self.partial = True  # stays True if an exception leaves the message half written
         try:
             if not fds and total < 65536:

@@ -31,9 +31,11 @@ def _fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def _pool_maps() -> int:
+def _pool_maps(data_only: bool = False) -> int:
+    """Mappings of pool memfds (and of control pages, unless ``data_only``)."""
+    name = "memfd:pydist-pool (" if data_only else "memfd:pydist-pool"
     with open("/proc/self/maps") as f:
-        return sum("memfd:pydist-pool" in line for line in f)
+        return sum(name in line for line in f)
 
 
 def _digest(a: Any) -> str:
@@ -358,3 +360,24 @@ def test_idle_free_memfds_are_closed_at_the_next_send(
     monkeypatch.setattr(shmpool, "IDLE", 0.0)
     link.send(np.ones(MiB // 8))
     assert link.writer.pool.memfds() == 1
+
+
+def test_an_idle_link_gives_its_free_memfds_back_at_any_message(
+    link: Link, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = link.send(np.ones(MiB // 8))
+    monkeypatch.setattr(shmpool, "IDLE", 0.0)
+    link.writer.write_frames([b"ping"])  # the memfd is in use: kept
+    assert transport.read_message(link.reader) == [b"ping"]
+    assert link.writer.pool.memfds() == 1
+    del held
+    gc.collect()
+    link.writer.pool._ticked = 0.0  # (it looks at most once a second)
+    link.writer.write_frames([b"ping"])  # a small message, as the heartbeat's
+    assert transport.read_message(link.reader) == [b"ping"]
+    assert link.writer.pool.memfds() == 0
+    # the receiver drops its mapping at the next message it reads (the heartbeat's, say)
+    link.writer.write_frames([b"ping"])
+    link.reader.pool._ticked = 0.0
+    assert transport.read_message(link.reader) == [b"ping"]
+    assert link.reader.pool.mapped() == 0 and _pool_maps(data_only=True) == 0
