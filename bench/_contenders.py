@@ -403,9 +403,9 @@ def w3_pydist(params: Params) -> Result:
         return {"samples": repeated(call, params), "info": {"addprocs_1_s": startup}}
 
 
-def w3_pydist_shm(params: Params) -> Result:
-    """W3 with large buffers as shared memory (``PYDIST_SHM=1``; the default is the socket)."""
-    os.environ["PYDIST_SHM"] = "1"
+def w3_pydist_socket(params: Params) -> Result:
+    """W3 through the Unix socket (``PYDIST_SHM=0``; the default is shared memory)."""
+    os.environ["PYDIST_SHM"] = "0"
     return w3_pydist(params)
 
 
@@ -445,7 +445,7 @@ CONTENDERS: dict[str, Callable[[Params], Result]] = {
     "w3_numpy_sum": w3_numpy_sum,
     "w3_mp_fork": w3_mp_fork,
     "w3_loky": w3_loky,
-    "w3_pydist_shm": w3_pydist_shm,
+    "w3_pydist_socket": w3_pydist_socket,
     "w3_pydist_tcp": w3_pydist_tcp,
     "w3_pydist": w3_pydist,
 }

@@ -2,15 +2,23 @@
 
 On a Unix-socket link (a local worker, whose peer the kernel has checked with
 ``SO_PEERCRED``), a frame of at least :func:`min_bytes` that is an out-of-band buffer of pickle
-protocol 5 does not go through the socket. The sender copies it once into a fresh ``memfd``
-(:func:`sealed_copy`: one ``pwrite``, the cheapest way into new shared pages here), seals it
-(``F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL``: nobody can change it any more)
-and passes its descriptor with the message (``SCM_RIGHTS``); the frame's length says so
-(:data:`FD_FRAME`, the top bit). The receiver checks the descriptor (:func:`map_frame`: a
-sealed ``memfd`` of the declared size, or the message is refused) and maps it privately:
-reads share the sender's pages, a write by the receiving user copies the page it touches
-(copy on write), so the array it gets is an ordinary writable numpy array and the sender's
-data cannot change under it. The mapping is freed with the last object that uses it.
+protocol 5 does not go through the socket; the frame's length says so (:data:`FD_FRAME`, the
+top bit). On by default; ``PYDIST_SHM=0`` turns it off for the sender (a reader on a Unix link
+accepts shared memory either way). Two ways:
+
+- **The link's pool** (``shmpool.py``, the usual way): one ``memcpy`` into a memfd that the
+  sender has used before and the receiver still maps, so neither side pays for fresh pages;
+  the receiver's user gets an ordinary writable numpy array over the shared pages, and the
+  memfd is used again once that array is freed.
+- **A fresh sealed memfd** (this module), for a buffer the pool cannot take (larger than
+  ``shmpool.MAX_BUFFER``, or every slot of the pool still in use by the receiver): the sender
+  copies it once into a new ``memfd`` (:func:`sealed_copy`), seals it (``F_SEAL_WRITE |
+  F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL``: nobody can change it any more) and passes its
+  descriptor with the message (``SCM_RIGHTS``). The receiver checks the descriptor
+  (:func:`map_frame`: a sealed ``memfd`` of the declared size, or the message is refused) and
+  maps it privately: reads share the sender's pages, a write by the receiving user copies the
+  page it touches (copy on write). The mapping is freed with the last object that uses it. A
+  received sealed frame sent on unchanged goes as the same memfd (:func:`forwardable`).
 
 Everything else takes the socket: another host (TCP), TLS, a link with frame tags, small
 buffers, exact ``bytes`` (they are read straight into a ``bytes`` object anyway), a system
@@ -104,11 +112,15 @@ def supported() -> bool:
 
 
 def enabled() -> bool:
-    """Whether large buffers are sent as shared memory on local links (``PYDIST_SHM=1``;
-    off by default: on this project's machine it measured level with the socket, because a
-    sealed memfd's pages are always fresh and filling them costs as much as the socket copy;
-    see docs/design.md). A reader accepts shared memory either way."""
-    return _SUPPORTED and os.environ.get("PYDIST_SHM", "0").strip().lower() in ("1", "yes", "on")
+    """Whether large buffers are sent as shared memory on local links: on by default,
+    ``PYDIST_SHM=0`` turns it off (the socket then carries them). A reader accepts shared
+    memory either way."""
+    return _SUPPORTED and os.environ.get("PYDIST_SHM", "1").strip().lower() not in (
+        "0",
+        "no",
+        "off",
+        "false",
+    )
 
 
 def min_bytes() -> int:

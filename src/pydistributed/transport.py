@@ -36,7 +36,7 @@ import struct
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, BinaryIO
 
-from . import shm
+from . import shm, shmpool
 from .buffers import new_bytes
 from .errors import ProtocolError
 from .framemac import MAC_SIZE, BackgroundHash, FrameMac
@@ -183,22 +183,31 @@ def _read_shm_frames(
     fds: list[int],
     alloc: Any,
     bytes_frames: Callable[[Any], Collection[int]] | None,
+    limit: int,
 ) -> list[Any]:
     """The frames of a message with shared-memory frames (lengths marked ``shm.FD_FRAME``;
-    the prefix has been read): stream frames from the socket, the others mapped from ``fds``.
+    the prefix has been read): stream frames from the socket, the others mapped from ``fds``
+    (a sealed memfd each) or taken from the link's pool (``shmpool.py``).
 
     The whole message is read even when a descriptor is refused, so the stream stays in step;
     every descriptor is mapped or closed.
 
     Raises:
-        shm.ShmRefused: a descriptor is missing, extra, or not a sealed memfd of its size.
+        shm.ShmRefused: a descriptor is missing, extra, or not what its frame declares.
     """
+    pool = reader.pool
+    assert pool is not None
     marked = [i for i, n in enumerate(lens) if n & shm.FD_FRAME]
+    pooled = [i for i in marked if lens[i] & shmpool.POOL]
+    control = bool(pooled) and pool.expects_control()
+    wanted = control + sum(
+        1 for i in marked if not lens[i] & shmpool.POOL or lens[i] & shmpool.ATTACHED
+    )
     error = None
     if marked and marked[0] < 2:
         error = "only out-of-band buffers (frames 2..) may come as shared memory"
-    elif len(fds) != len(marked):
-        error = f"the message declares {len(marked)} descriptors and {len(fds)} came with it"
+    elif len(fds) != wanted:
+        error = f"the message declares {wanted} descriptors and {len(fds)} came with it"
     if error is not None:
         shm.close_all(fds)
         fds = []
@@ -206,14 +215,23 @@ def _read_shm_frames(
     frames: list[Any] = []
     as_bytes: Collection[int] = ()
     try:
+        if control and error is None:
+            try:
+                pool.take_control(fds.pop(0))
+            except shm.ShmRefused as e:
+                error = str(e).removeprefix("shared-memory frame refused: ")
         for i, n in enumerate(lens):
             if n & shm.FD_FRAME:
                 frames.append(b"")
-                if error is None and fds:
-                    try:
-                        frames[-1] = shm.map_frame(fds.pop(0), n & ~shm.FD_FRAME)
-                    except shm.ShmRefused as e:
-                        error = str(e).removeprefix("shared-memory frame refused: ")
+                if error is not None:
+                    continue
+                try:
+                    if n & shmpool.POOL:
+                        frames[-1] = pool.frame(n, fds, limit)
+                    else:
+                        frames[-1] = shm.map_frame(fds.pop(0), n & shmpool.SIZE_MASK)
+                except shm.ShmRefused as e:
+                    error = str(e).removeprefix("shared-memory frame refused: ")
             elif n < _BIG_FRAME:
                 frames.append(_read_exact(reader, n) if n else b"")  # type: ignore[arg-type]
             else:
@@ -242,6 +260,7 @@ class SocketReader:
         # ``fds``: a Unix socket that may carry shared-memory frames (``shm.py``): every read
         # takes ancillary data, and ``_pos`` counts the stream's bytes to place descriptors
         self.inbox = shm.FdInbox() if fds else None
+        self.pool = shmpool.InPool() if fds else None  # the peer's pool as mapped here
         self._pos = 0
         self._buf = bytearray(size)
         self._view = memoryview(self._buf)
@@ -281,6 +300,9 @@ class SocketReader:
     ) -> list[Any]:
         """``transport.read_message`` for this reader: small messages come out of the buffer
         with one ``recv`` and no copies beyond the frames themselves."""
+        pool = self.pool
+        if pool is not None and pool.holding:
+            pool.tick()  # mappings of memfds the sender closed are dropped
         if self._end - self._start < 4 and not self._fill(4):
             if self._end == self._start:
                 raise EOFError("connection closed")
@@ -352,7 +374,7 @@ class SocketReader:
         self._start += 4
         raw_lens = _read_exact(self, 8 * n)  # type: ignore[arg-type]
         lens = struct.unpack(f"!{n}Q", raw_lens)
-        sizes = [size & ~shm.FD_FRAME for size in lens]
+        sizes = [size & shmpool.SIZE_MASK if size & shm.FD_FRAME else size for size in lens]
         _check_size(n, sum(sizes), limit)
         stream = 4 + 8 * n + sum(a for a, b in zip(lens, sizes, strict=True) if a == b)
         fds = inbox.take(p, stream)
@@ -368,7 +390,7 @@ class SocketReader:
         if mac is not None:
             shm.close_all(fds)
             raise ProtocolError("shared-memory frames on a link with frame tags")
-        return _read_shm_frames(self, lens, fds, alloc, bytes_frames)
+        return _read_shm_frames(self, lens, fds, alloc, bytes_frames, limit)
 
     def read(self, n: int) -> bytes:
         """Exactly ``n`` bytes, or fewer at EOF."""
@@ -424,3 +446,5 @@ class SocketReader:
         self.closed = True
         if self.inbox is not None:
             self.inbox.close()
+        if self.pool is not None:
+            self.pool.close()

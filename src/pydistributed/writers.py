@@ -16,7 +16,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any, BinaryIO, Protocol
 
-from . import shm
+from . import shm, shmpool
 from .framemac import BackgroundHash, FrameMac
 from .frames import COUNT, max_message_bytes, prefix
 
@@ -56,6 +56,7 @@ class SocketWriter:
         self.mac: FrameMac | None = None
         self._tls = isinstance(sock, ssl.SSLSocket)  # no sendmsg: a sendall per piece
         self.shm_min = _shm_min() if shm and not self._tls else 0  # 0: never
+        self.pool = shmpool.OutPool() if self.shm_min else None
 
     def write_frames(self, frames: Sequence[Any]) -> None:
         head, lens, total = prefix(frames, self._limit)
@@ -63,8 +64,12 @@ class SocketWriter:
         sock = self.sock
         mac = self.mac
         fds: list[int] = []
+        owned: list[int] = []
+        pool = self.pool
+        if pool is not None and pool.holding:
+            pool.tick()  # idle memfds given back, even on a link that only sends small messages
         if self.shm_min and mac is None and len(frames) > 2 and total >= self.shm_min:
-            head, frames, fds = _to_shm(frames, lens, self.shm_min)
+            head, frames, fds, owned = _to_shm(frames, lens, self.shm_min, pool)
         self.partial = True  # stays True if an exception leaves the message half written
         try:
             if not fds and total < 65536:
@@ -85,8 +90,8 @@ class SocketWriter:
                 sock.sendall(bg.digest())
             self.partial = False
         finally:
-            # the kernel holds its own references to descriptors in flight
-            shm.close_all(fds)
+            # the kernel holds its own references to descriptors in flight; the pool's stay
+            shm.close_all(owned)
 
     def _send_pieces(self, pieces: list[memoryview], fds: list[int] | None = None) -> None:
         sock = self.sock
@@ -121,6 +126,8 @@ class SocketWriter:
         except OSError:
             pass
         self.sock.close()
+        if self.pool is not None:
+            self.pool.close()
 
 
 def _shm_min() -> int:
@@ -128,44 +135,54 @@ def _shm_min() -> int:
 
 
 def _to_shm(
-    frames: Sequence[Any], lens: list[int], least: int
-) -> tuple[bytes, list[Any], list[int]]:
-    """Move the large out-of-band buffers of a message (frames 2..) to sealed memfds: the new
-    prefix (their lengths marked ``shm.FD_FRAME``), the frames left for the stream, and the
-    descriptors in frame order. A buffer whose memfd cannot be made stays in the stream; so do
-    exact ``bytes`` (the receiver reads them straight into a ``bytes``)."""
+    frames: Sequence[Any], lens: list[int], least: int, pool: shmpool.OutPool | None
+) -> tuple[bytes, list[Any], list[int], list[int]]:
+    """Move the large out-of-band buffers of a message (frames 2..) to shared memory: the new
+    prefix (their lengths marked ``shm.FD_FRAME``), the frames left for the stream, the
+    descriptors to attach (in the receiver's order) and those of them to close once sent.
+
+    A buffer goes into the link's pool (``shmpool.py``: a memcpy into reused pages); one that
+    the pool cannot take, into a fresh sealed memfd (or, a received sealed frame sent on, its
+    own memfd); one whose memfd cannot be made stays in the stream, and so do exact ``bytes``
+    (the receiver reads them straight into a ``bytes``)."""
     fds: list[int] = []
+    owned: list[int] = []
     out: list[Any] = list(frames[:2])
     marked = list(lens)
     try:
         for i in range(2, len(frames)):
             f = frames[i]
             if (
-                lens[i] >= least
-                and len(fds) < shm.MAX_FDS
-                and type(f) is not bytes
-                and type(getattr(f, "obj", None)) is not bytes
+                lens[i] < least
+                or len(fds) >= shm.MAX_FDS - 2
+                or type(f) is bytes
+                or type(getattr(f, "obj", None)) is bytes
             ):
-                fd = shm.forwardable(f)  # a received frame sent on: no copy
-                if fd is not None:
-                    shm.stats["forwarded"] += 1
-                else:
-                    try:
-                        fd = shm.sealed_copy(f)
-                    except OSError:
-                        out.append(f)
-                        continue
-                    shm.stats["copied"] += 1
-                fds.append(fd)
-                marked[i] = lens[i] | shm.FD_FRAME
-            else:
                 out.append(f)
+                continue
+            fd = shm.forwardable(f)  # a received sealed frame sent on: no copy
+            if fd is not None:
+                shm.stats["forwarded"] += 1
+            else:
+                word = pool.place(f, fds) if pool is not None else None
+                if word is not None:
+                    marked[i] = word
+                    continue
+                try:
+                    fd = shm.sealed_copy(f)
+                except OSError:
+                    out.append(f)
+                    continue
+                shm.stats["copied"] += 1
+            fds.append(fd)
+            owned.append(fd)
+            marked[i] = lens[i] | shm.FD_FRAME
     except BaseException:
-        shm.close_all(fds)
+        shm.close_all(owned)
         raise
-    if not fds:
-        return COUNT.pack(len(lens)) + struct.pack(f"!{len(lens)}Q", *lens), list(frames), []
-    return COUNT.pack(len(marked)) + struct.pack(f"!{len(marked)}Q", *marked), out, fds
+    if marked == lens:
+        return COUNT.pack(len(lens)) + struct.pack(f"!{len(lens)}Q", *lens), list(frames), [], []
+    return COUNT.pack(len(marked)) + struct.pack(f"!{len(marked)}Q", *marked), out, fds, owned
 
 
 class StreamWriter:

@@ -10,11 +10,14 @@ from typing import Any
 _kept: list[Any] = []
 
 
+_NAMES = ("memfd:pydist-shm", "memfd:pydist-pool ")  # sealed frames, and a link's pool
+
+
 def memfd_backed(address: int) -> bool:
     """Whether ``address`` lies in a mapping of one of pydistributed's shared-memory frames."""
     with open("/proc/self/maps") as f:
         for line in f:
-            if "memfd:pydist-shm" not in line:
+            if not any(name in line for name in _NAMES):
                 continue
             lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
             if lo <= address < hi:
@@ -60,7 +63,7 @@ def fd_count() -> int:
 
 def mapping_count() -> int:
     with open("/proc/self/maps") as f:
-        return sum("memfd:pydist-shm" in line for line in f)
+        return sum(any(name in line for name in _NAMES) for line in f)
 
 
 def identity(a: Any) -> Any:
@@ -68,6 +71,26 @@ def identity(a: Any) -> Any:
 
 
 def shm_stats() -> dict[str, int]:
-    from pydistributed import shm
+    from pydistributed import shm, shmpool
 
-    return dict(shm.stats)
+    return {**shm.stats, **shmpool.stats}
+
+
+def digests_of_kept() -> list[str]:
+    return [digest(a) for a in _kept]
+
+
+def write_kept(i: int, value: float) -> str:
+    _kept[i][:] = value
+    return digest(_kept[i])
+
+
+def keep_and_sleep(a: Any, seconds: float) -> None:
+    import time
+
+    _kept.append(a)
+    time.sleep(seconds)
+
+
+def sum_of(a: Any) -> float:
+    return float(a.sum())

@@ -1,9 +1,11 @@
 """Shared-memory frames (``shm.py``) over real Unix socket pairs: no processes.
 
-The honest path (a sealed memfd per large buffer, mapped on the receiving side and freed with
-it), the fallbacks, and a hostile peer of the same user that sends descriptors by hand with
-``sendmsg``: unexpected, unsealed, of the wrong size or kind, missing, or in the middle of a
-frame. Descriptors are counted in ``/proc/self/fd``: none may be left behind.
+The sealed path (a fresh sealed memfd per large buffer, mapped on the receiving side and freed
+with it: what a buffer takes when the link's pool cannot take it; forced here by a pool that
+takes nothing, the pool itself is ``test_shm_pool.py``), the fallbacks, and a hostile peer of
+the same user that sends descriptors by hand with ``sendmsg``: unexpected, unsealed, of the
+wrong size or kind, missing, or in the middle of a frame. Descriptors are counted in
+``/proc/self/fd``: none may be left behind.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from pydistributed import shm, sockets, transport
+from pydistributed import shm, shmpool, sockets, transport
 from pydistributed.errors import ProtocolError
 
 pytestmark = pytest.mark.skipif(not shm.supported(), reason="memfd and SCM_RIGHTS (Linux)")
@@ -47,14 +49,16 @@ class Link:
 
     def close(self) -> None:
         self.reader.close()
-        self.a.close()
+        self.writer.close()
         self.b.close()
 
 
 @pytest.fixture(autouse=True)
 def shm_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Shared memory is opt-in (``PYDIST_SHM=1``): on for these tests."""
+    """Shared memory on (``PYDIST_SHM=1``, the default), through sealed memfds: the link's
+    pool takes no buffer."""
     monkeypatch.setenv("PYDIST_SHM", "1")
+    monkeypatch.setattr(shmpool, "MAX_BUFFER", 0)
 
 
 @pytest.fixture
