@@ -7,7 +7,6 @@ a connection passes :meth:`BufferPool.get` of its cluster's pool. See :class:`Bu
 from __future__ import annotations
 
 import collections
-import ctypes
 import mmap
 import os
 import sys
@@ -124,9 +123,14 @@ def new_bytes(n: int) -> tuple[bytes, Any]:
     and filled before anyone else sees it (``PyBytes_FromStringAndSize(NULL, n)``); its
     characters start at ``bytes.__basicsize__ - 1``. Elsewhere: a ``bytearray`` (copied later).
     """
+    global _PyBytes_FromStringAndSize
+    if _PyBytes_FromStringAndSize is _UNSET:
+        _PyBytes_FromStringAndSize = _bytes_maker()
     if _PyBytes_FromStringAndSize is None:
         buf = bytearray(n)
         return buf, buf  # type: ignore[return-value]
+    import ctypes
+
     obj = _PyBytes_FromStringAndSize(None, n)
     view = (ctypes.c_char * n).from_address(id(obj) + bytes.__basicsize__ - 1)
     return obj, view
@@ -135,6 +139,8 @@ def new_bytes(n: int) -> tuple[bytes, Any]:
 def _bytes_maker() -> Any:
     if sys.implementation.name != "cpython":
         return None
+    import ctypes  # 2 ms: only once a large bytes object is received
+
     try:
         f = ctypes.pythonapi.PyBytes_FromStringAndSize
     except AttributeError:
@@ -144,4 +150,5 @@ def _bytes_maker() -> Any:
     return f
 
 
-_PyBytes_FromStringAndSize = _bytes_maker()
+_UNSET: Any = object()
+_PyBytes_FromStringAndSize: Any = _UNSET  # made on first use (_bytes_maker)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hmac
 import json
 import socket
-import ssl
 import struct
 import time
 from typing import Any
@@ -93,7 +92,7 @@ def _handshake(sock: socket.socket, host: str, port: int, cookie: str) -> Link:
     if tls.wanted(host):
         try:
             raw = tls.client_context().wrap_socket(sock)
-        except (ssl.SSLError, OSError) as e:
+        except OSError as e:  # ssl.SSLError too
             raise JoinError(f"TLS with the master at {host}:{port} failed: {e}") from e
         binding = tls.binding(raw.getpeercert(binary_form=True) or b"")
         secure = True

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
-import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +47,15 @@ DEADLINE = 5.0  # seconds from accept to the end of the handshake
 MAX_PENDING = 128  # unauthenticated connections at once; beyond, the oldest is closed
 _BACKOFF = 0.05  # after an unexpected error of the loop
 _ACCEPTS_PER_WAKE = 64
+
+
+def _would_block() -> tuple[type[BaseException], ...]:
+    """The errors of a non-blocking send or receive that has to wait: evaluated only when one
+    is raised, so that a process without TLS never imports ``ssl`` for them."""
+    ssl = sys.modules.get("ssl")
+    if ssl is None:
+        return (BlockingIOError,)
+    return (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 class _Pending:
@@ -252,6 +261,8 @@ class Listener:
 
     def _tls(self, p: _Pending) -> None:
         """One step of the TLS handshake, then the cookie handshake bound to its certificate."""
+        import ssl  # imported already: this connection is in TLS
+
         sock: Any = p.sock
         try:
             sock.do_handshake()
@@ -297,7 +308,7 @@ class Listener:
         while p.session is None and p.fd in self._pending:
             try:
                 data = p.sock.recv(p.need - len(p.inbuf))
-            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            except _would_block():
                 return
             if not data:
                 raise EOFError("closed during the handshake")
@@ -310,7 +321,7 @@ class Listener:
         if p.outbuf:
             try:
                 sent = p.sock.send(p.outbuf)
-            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            except _would_block():
                 sent = 0
             p.outbuf = p.outbuf[sent:]
         if final:

@@ -31,7 +31,6 @@ Descriptors the receiver did not ask for are closed at once (:class:`FdInbox`); 
 from __future__ import annotations
 
 import array
-import ctypes
 import mmap
 import os
 import socket
@@ -176,6 +175,8 @@ def forwardable(buf: Any) -> int | None:
         view = memoryview(buf).cast("B")
         if view.readonly or view.nbytes != len(owner):
             return None
+        import ctypes
+
         start = ctypes.addressof(ctypes.c_char.from_buffer(view))
         if start != ctypes.addressof(ctypes.c_char.from_buffer(owner)):
             return None

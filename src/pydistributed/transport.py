@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import mmap
 import socket
-import ssl
 import struct
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, BinaryIO
@@ -41,7 +40,7 @@ from .buffers import new_bytes
 from .errors import ProtocolError
 from .framemac import MAC_SIZE, BackgroundHash, FrameMac
 from .frames import BIG_FRAME, COUNT, MAX_FRAMES, check_size, max_message_bytes, prefix
-from .writers import FrameWriter, SocketWriter, StreamWriter, as_frame_writer
+from .writers import FrameWriter, SocketWriter, StreamWriter, as_frame_writer, is_tls_socket
 
 __all__ = [
     "MAC_SIZE",
@@ -267,7 +266,7 @@ class SocketReader:
         self._start = 0
         self._end = 0
         self.closed = False
-        self._tls = isinstance(sock, ssl.SSLSocket)
+        self._tls = is_tls_socket(sock)
 
     def fileno(self) -> int:
         return self.sock.fileno()

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import array
 import socket
-import ssl
 import struct
+import sys
 from collections.abc import Sequence
 from typing import Any, BinaryIO, Protocol
 
@@ -20,10 +20,17 @@ from . import shm, shmpool
 from .framemac import BackgroundHash, FrameMac
 from .frames import COUNT, max_message_bytes, prefix
 
-__all__ = ["FrameWriter", "SocketWriter", "StreamWriter", "as_frame_writer"]
+__all__ = ["FrameWriter", "SocketWriter", "StreamWriter", "as_frame_writer", "is_tls_socket"]
 
 # Linux caps one sendmsg at IOV_MAX (1024) pieces.
 _IOV_MAX = 1024
+
+
+def is_tls_socket(sock: Any) -> bool:
+    """Whether ``sock`` is an ``ssl.SSLSocket``, without importing ``ssl`` (3 ms at startup)
+    in a process that never uses TLS: a TLS socket exists only once ``ssl`` is imported."""
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(sock, ssl.SSLSocket)
 
 
 class FrameWriter(Protocol):
@@ -54,7 +61,7 @@ class SocketWriter:
         self.bytes_sent = 0
         self.partial = False
         self.mac: FrameMac | None = None
-        self._tls = isinstance(sock, ssl.SSLSocket)  # no sendmsg: a sendall per piece
+        self._tls = is_tls_socket(sock)  # no sendmsg: a sendall per piece
         self.shm_min = _shm_min() if shm and not self._tls else 0  # 0: never
         self.pool = shmpool.OutPool() if self.shm_min else None
 
