@@ -48,6 +48,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from . import codec
 from .cluster import Cluster
 from .codec import describe_unpicklable
 from .errors import ProcessExitedException, RemoteException
@@ -65,6 +66,7 @@ log = logging.getLogger("pydistributed.pmap")
 ROTATE = 0.5  # seconds a lane holds its worker at most before giving it back
 _FIRST_RTT = 300e-6  # the round trip assumed until one is measured (s)
 _LOOK = 0.1  # how often the hub looks for more workers while it waits (s)
+_BY_NAME_BYTES = 512  # a function pickled by name alone takes fewer bytes than this
 
 Outcome = tuple[Any, Any, tuple[Any, ...], bool, Any]
 """``(token, f, args, ok, value)``: an element's outcome; ``value`` is the exception when not
@@ -85,6 +87,10 @@ class Pipeline:
             window is half empty, an element failed or a lane is done.
         sent_all: called with a worker's id once the map has sent it its last element (the
             input is used up, no retry is due): its copy of the function can go.
+        by_name: a function that pickles by name alone (an importable function, or a small
+            object of such, as a batch's ``BatchCall``) goes as itself in each message
+            instead of through ``cache``: it costs no more than a key, and leaves nothing on
+            the workers to drop (a map's own cache; a ``CachingPool``'s keeps its functions).
     """
 
     def __init__(
@@ -97,6 +103,7 @@ class Pipeline:
         window: int = 1,
         eager: bool = False,
         sent_all: Callable[[int], None] | None = None,
+        by_name: bool = False,
     ) -> None:
         self.cluster = cluster
         self.first_window = window
@@ -106,6 +113,8 @@ class Pipeline:
         self.source = source
         self.eager = eager
         self.sent_all = sent_all
+        self.by_name = by_name
+        self._plain: dict[int, tuple[Any, bool]] = {}  # id(f) -> (f, goes by name)
         # outcomes, from the reading threads; the bell wakes the hub when it has work (see
         # post): a map that only collects its results sleeps while its windows are well filled
         self.inbox: deque[tuple[Any, ...]] = deque()
@@ -338,9 +347,17 @@ class Pipeline:
                 want[2].append(item)
                 want[1] -= 1
             dealing = [want for want in dealing if want[1] > 0]
+        # an idle lane gets its first element alone first, so that every worker starts while
+        # the others are pickled
+        sends: list[tuple[Lane, list[Any]]] = []
+        for lane, _, batch in wants:
+            if batch and not lane.sent and len(batch) > 1:
+                sends.append((lane, batch[:1]))
+                del batch[:1]
+        sends += [(lane, batch) for lane, _, batch in wants]
         held = hold_sigint() if self._main else None  # a message is never half written
         try:
-            for lane, _, batch in wants:
+            for lane, batch in sends:
                 if batch and not lane.dead and not self.stopped:
                     self._send(lane, batch)
         finally:
@@ -362,7 +379,10 @@ class Pipeline:
                     job = functools.partial(self._run_here, lane, seq, f, args)
                     self.cluster.executor.submit(job, main_ok=False)
                 continue
-            sent, token = self.cache.wrap(lane.pid, f)
+            if self.by_name and self._goes_by_name(f):
+                sent, token = f, None
+            else:
+                sent, token = self.cache.wrap(lane.pid, f)
             msg = MapCalls(lane.stream, first, len(part), sent, [a for _, _, a in part])
             try:
                 lane.peer.send(msg)
@@ -374,6 +394,20 @@ class Pipeline:
                 went = self._send_each(lane, first, f, sent, part)
             if token is not None and went:
                 self.cache.shipped(lane.pid, token)
+
+    def _goes_by_name(self, f: Any) -> bool:
+        """Whether ``f`` pickles by name alone: the same as plain pickle (cloudpickle sends a
+        function of ``__main__`` or a closure by value) and short."""
+        known = self._plain.get(id(f))
+        if known is not None and known[0] is f:
+            return known[1]
+        try:
+            data = codec.dumps(f)
+            plain = len(data) <= _BY_NAME_BYTES and data == pickle.dumps(f, 5)
+        except Exception:
+            plain = False
+        self._plain[id(f)] = (f, plain)
+        return plain
 
     def _send_each(
         self, lane: Lane, first: int, f: Any, sent: Any, part: list[tuple[Any, Any, Any]]

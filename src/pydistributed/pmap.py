@@ -30,9 +30,10 @@ from typing import Any
 
 from .asyncmap import INTERRUPT_GRACE, Job, asyncmap, elements, known_length
 from .backoff import ExponentialBackOff
+from .batchcall import BatchCall
 from .cluster import Cluster, current_cluster
 from .mapping import (
-    BatchCall,
+    AUTO_BATCHES_PER_WORKER,
     MapPolicy,
     Progress,
     Run,
@@ -209,6 +210,8 @@ def _start_map(
     delays = reiterable_delays(retry_delays)
     total = known_length(iterables) if iterables else None
     items, star = elements(iterables)
+    # a list's batches are slices of it (cheaper than reading its iterator)
+    seq = iterables[0] if len(iterables) == 1 and type(iterables[0]) is list else None
     c = current_cluster()
     members = pool.workers
     if distributed and not members and isinstance(pool, WorkerPool) and pool._lost_all():
@@ -227,6 +230,7 @@ def _start_map(
         progress,
         total,
         items,
+        seq,
         size,
         distributed,
         len(members),
@@ -245,6 +249,7 @@ def _run(
     progress: bool,
     total: int | None,
     items: Iterator[Any],
+    seq: list[Any] | None,
     size: int | str,
     distributed: bool,
     nmembers: int,
@@ -274,15 +279,25 @@ def _run(
             else:
                 head, sizes = [], itertools.repeat(int(size))
             runner = BatchCall(f, star, capture=run.handles)
-            source = run.batches(runner, make_batches(head, items, sizes))
-        window = 1 if size == 1 else 2  # a batch's elements are known to be several
+            source = run.batches(runner, make_batches(head, items, sizes, seq))
+        if size == 1:
+            window = 1
+        elif size == "auto" and total is not None:
+            # the batches were cut for these workers, a few each: they all go out at once (as
+            # multiprocessing queues all of its chunks), which saves a map of quick elements
+            # the round trips of refilling the windows
+            window = AUTO_BATCHES_PER_WORKER
+        else:
+            window = 2  # a batch's elements are known to be several
         # imap's reader and a progress bar want each result as it comes; pmap alone only
         # needs to refill the windows
         eager = streaming or progress
         # the map's own copy of f leaves each worker as soon as it has its last elements
         # (they hold f already: the worker looked it up while reading them)
         sent_all = run.cache.drop_from if run.own_cache else None
-        engine = Pipeline(c, pool, lambda: len(pool), run.cache, source, window, eager, sent_all)
+        engine = Pipeline(
+            c, pool, lambda: len(pool), run.cache, source, window, eager, sent_all, run.own_cache
+        )
         yield from run.run(engine)
     finally:
         run.stopping.set()
