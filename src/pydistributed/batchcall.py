@@ -6,8 +6,9 @@ take microseconds (most of a batch's cost was the asyncmap's own bookkeeping), a
 from __future__ import annotations
 
 import itertools
+import threading
 import time
-import weakref
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -15,12 +16,14 @@ from .asyncmap import DEFAULT_NTASKS, FAST_ITEM, MAX_CHUNK, Job
 from .cluster import current_cluster
 from .errors import CapturedException, capture
 
-__all__ = ["QUICK_START", "BatchCall", "Failed"]
+__all__ = ["PROBE", "BatchCall", "Failed"]
 
-# On a worker: the functions whose elements ran quick in pmap's last batch of them (a hint: a
-# batch of them starts in chunks of QUICK_START, not with a thread for its first element).
-_QUICK: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
-QUICK_START = 16
+# On a worker: how quick the last batch of each recent map was (its key -> the chunk size its
+# elements went in, 1: not quick), so that a batch after another of the same map starts in chunks.
+_CHUNKS: dict[int, int] = {}
+_CHUNKS_LOCK = threading.Lock()
+REMEMBERED_MAPS = 64
+PROBE = 16  # a batch of a map not known quick: its first elements as an asyncmap, to find out
 
 
 class Failed:
@@ -44,17 +47,17 @@ class BatchCall:
 
     Quick elements (under ``FAST_ITEM`` each) run in chunks that double, on this thread,
     without the asyncmap's lock and bookkeeping, until a chunk is not quick: the rest then runs
-    as an asyncmap (a thread for each element that waits). This object remembers how quick its
-    last batch's elements were, and the worker remembers it of ``f`` for the next map (weakly):
-    a batch of quick elements after another starts in chunks, instead of starting a second
-    thread for its first element.
+    as an asyncmap (a thread for each element that waits). The first batch of a map on a
+    worker starts as an asyncmap of its first ``PROBE`` elements (a thread for an element
+    that waits, as always); the worker remembers how quick the elements were, by the map's
+    ``key``, so that a later batch of quick elements starts in chunks at once.
     """
 
     def __init__(self, f: Callable[..., Any], star: bool, capture: bool) -> None:
         self.f = f
         self.star = star
         self.capture = capture
-        self.chunk = 1
+        self.key = uuid.uuid4().int >> 64  # the map's (each message may carry a copy)
 
     def __call__(self, batch: list[Any]) -> list[Any]:
         c = current_cluster()  # the worker's cluster, running this batch (see scope)
@@ -70,28 +73,33 @@ class BatchCall:
                 except Exception as e:
                     return Failed(pid, capture(e))
 
-        chunk = self.chunk
-        if chunk == 1 and _was_quick(f):
-            chunk = QUICK_START
+        chunk = _CHUNKS.get(self.key, 1)
         results: list[Any] = []
-        if chunk > 1:
-            chunk = _run_quick(fn, batch, chunk, results)
-        if len(results) < len(batch):
-            rest = iter(batch[len(results) :])
-            job = Job(c, fn, rest, DEFAULT_NTASKS, adaptive=True, max_chunk=MAX_CHUNK, chunk=chunk)
+        while len(results) < len(batch):
+            if chunk > 1:
+                chunk = _run_quick(fn, batch, len(results), chunk, results)
+                continue
+            # not known quick: as an asyncmap (the first PROBE elements only, for a batch not
+            # known slow either: the rest may go quicker)
+            end = len(batch) if self.key in _CHUNKS else len(results) + PROBE
+            rest = iter(batch[len(results) : end])
+            job = Job(c, fn, rest, DEFAULT_NTASKS, adaptive=True, max_chunk=MAX_CHUNK)
             results += job.run()
             chunk = job.chunk
-        self.chunk = chunk
-        _remember(f, chunk)
+            _remember(self.key, chunk)
+        _remember(self.key, chunk)
         return results
 
 
-def _run_quick(fn: Callable[[Any], Any], batch: list[Any], chunk: int, out: list[Any]) -> int:
-    """Run the elements of ``batch`` into ``out`` on this thread, in chunks that double while
-    the elements stay quick (under ``FAST_ITEM`` each), as a runner of ``Job`` would, without
-    its lock and bookkeeping; stop after a chunk that was not quick (the rest is for a
-    ``Job``, which starts threads for elements that wait). The chunk size to go on with."""
-    it = iter(batch)
+def _run_quick(
+    fn: Callable[[Any], Any], batch: list[Any], start: int, chunk: int, out: list[Any]
+) -> int:
+    """Run the elements of ``batch`` from ``start`` on, into ``out``, on this thread, in chunks
+    that double while the elements stay quick (under ``FAST_ITEM`` each), as a runner of
+    ``Job`` would without its lock and bookkeeping; stop after a chunk that was not quick (the
+    rest is for a ``Job``, which starts a thread for each element that waits). The chunk size
+    to go on with (1: not quick)."""
+    it = itertools.islice(batch, start, None)
     clock = time.perf_counter
     n = len(batch)
     while len(out) < n:
@@ -104,18 +112,9 @@ def _run_quick(fn: Callable[[Any], Any], batch: list[Any], chunk: int, out: list
     return chunk
 
 
-def _was_quick(f: Any) -> bool:
-    try:
-        return _QUICK.get(f, False)
-    except TypeError:  # not hashable, or no weak reference to it
-        return False
-
-
-def _remember(f: Any, chunk: int) -> None:
-    try:
-        if chunk >= MAX_CHUNK:
-            _QUICK[f] = True
-        elif chunk == 1:
-            _QUICK.pop(f, None)
-    except TypeError:
-        pass
+def _remember(key: int, chunk: int) -> None:
+    with _CHUNKS_LOCK:
+        _CHUNKS.pop(key, None)
+        _CHUNKS[key] = chunk  # (the newest last)
+        while len(_CHUNKS) > REMEMBERED_MAPS:
+            del _CHUNKS[next(iter(_CHUNKS))]

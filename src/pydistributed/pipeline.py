@@ -55,7 +55,7 @@ from .errors import ProcessExitedException, RemoteException
 from .execution import hold_sigint, release_sigint
 from .funccache import FunctionCache
 from .messages import MapCalls, MapCancel
-from .pipecalls import DROPPED, StreamSlot
+from .pipecalls import DROPPED, Last, StreamSlot
 from .pipelanes import MAX_WINDOW, Dropped, Failure, Lane, next_window
 from .remotecall import WorkerSource
 
@@ -91,6 +91,9 @@ class Pipeline:
             object of such, as a batch's ``BatchCall``) goes as itself in each message
             instead of through ``cache``: it costs no more than a key, and leaves nothing on
             the workers to drop (a map's own cache; a ``CachingPool``'s keeps its functions).
+        length: how many elements ``source`` has, when that is known: the messages that carry
+            the last of them are marked ``Last`` (their outcomes need not come back early for
+            a refill). Only a hint: the source is still read to its end.
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class Pipeline:
         eager: bool = False,
         sent_all: Callable[[int], None] | None = None,
         by_name: bool = False,
+        length: int | None = None,
     ) -> None:
         self.cluster = cluster
         self.first_window = window
@@ -114,6 +118,8 @@ class Pipeline:
         self.eager = eager
         self.sent_all = sent_all
         self.by_name = by_name
+        self.length = length
+        self._taken = 0  # elements read from source
         self._plain: dict[int, tuple[Any, bool]] = {}  # id(f) -> (f, goes by name)
         # outcomes, from the reading threads; the bell wakes the hub when it has work (see
         # post): a map that only collects its results sleeps while its windows are well filled
@@ -321,7 +327,9 @@ class Pipeline:
         if self.exhausted:
             return None
         try:
-            return next(self.source)
+            item = next(self.source)
+            self._taken += 1
+            return item
         except StopIteration:
             self.exhausted = True
         except Exception as e:  # the input's own error stops the map
@@ -347,17 +355,9 @@ class Pipeline:
                 want[2].append(item)
                 want[1] -= 1
             dealing = [want for want in dealing if want[1] > 0]
-        # an idle lane gets its first element alone first, so that every worker starts while
-        # the others are pickled
-        sends: list[tuple[Lane, list[Any]]] = []
-        for lane, _, batch in wants:
-            if batch and not lane.sent and len(batch) > 1:
-                sends.append((lane, batch[:1]))
-                del batch[:1]
-        sends += [(lane, batch) for lane, _, batch in wants]
         held = hold_sigint() if self._main else None  # a message is never half written
         try:
-            for lane, batch in sends:
+            for lane, _, batch in wants:
                 if batch and not lane.dead and not self.stopped:
                     self._send(lane, batch)
         finally:
@@ -366,6 +366,12 @@ class Pipeline:
 
     def _send(self, lane: Lane, batch: list[tuple[Any, Any, tuple[Any, ...]]]) -> None:
         now = time.monotonic()
+        last = (
+            self.length is not None
+            and self._taken >= self.length
+            and not self.retries
+            and not self._later
+        )
         alone = not lane.sent
         for f, run in itertools.groupby(batch, key=lambda item: item[1]):
             part = list(run)
@@ -383,6 +389,8 @@ class Pipeline:
                 sent, token = f, None
             else:
                 sent, token = self.cache.wrap(lane.pid, f)
+            if last and not __import__("os").environ.get("XL"):
+                sent = Last(sent)
             msg = MapCalls(lane.stream, first, len(part), sent, [a for _, _, a in part])
             try:
                 lane.peer.send(msg)

@@ -37,6 +37,7 @@ from .mapping import (
     MapPolicy,
     Progress,
     Run,
+    auto_size,
     auto_sizes,
     check_batch_size,
     make_batches,
@@ -271,13 +272,16 @@ def _run(
             )
             yield [(0, job.run())]
             return
+        per = 1  # elements per batch, when all batches have that many
         if size == 1:
             source = run.elements(items)
         else:
             if size == "auto":
                 head, sizes = auto_sizes(items, total, nmembers)
+                per = auto_size(total, nmembers) if total is not None else 0
             else:
                 head, sizes = [], itertools.repeat(int(size))
+                per = int(size)
             runner = BatchCall(f, star, capture=run.handles)
             source = run.batches(runner, make_batches(head, items, sizes, seq))
         if size == 1:
@@ -295,8 +299,18 @@ def _run(
         # the map's own copy of f leaves each worker as soon as it has its last elements
         # (they hold f already: the worker looked it up while reading them)
         sent_all = run.cache.drop_from if run.own_cache else None
+        length = -(-total // per) if total is not None and per else None
         engine = Pipeline(
-            c, pool, lambda: len(pool), run.cache, source, window, eager, sent_all, run.own_cache
+            c,
+            pool,
+            lambda: len(pool),
+            run.cache,
+            source,
+            window,
+            eager,
+            sent_all,
+            by_name=run.own_cache,
+            length=length,
         )
         yield from run.run(engine)
     finally:
