@@ -355,16 +355,27 @@ class Pipeline:
                 want[2].append(item)
                 want[1] -= 1
             dealing = [want for want in dealing if want[1] > 0]
+        # every message is pickled before any is written: writing wakes a worker, which may
+        # take this thread's processor for a while (a local socket hands it over)
+        ready: list[tuple[Lane, list[Any], list[Any], int | None]] = []
         held = hold_sigint() if self._main else None  # a message is never half written
         try:
             for lane, _, batch in wants:
                 if batch and not lane.dead and not self.stopped:
-                    self._send(lane, batch)
+                    self._send(lane, batch, ready)
+            self._write(ready)
         finally:
             if held is not None:
                 release_sigint(held)
 
-    def _send(self, lane: Lane, batch: list[tuple[Any, Any, tuple[Any, ...]]]) -> None:
+    def _send(
+        self,
+        lane: Lane,
+        batch: list[tuple[Any, Any, tuple[Any, ...]]],
+        ready: list[tuple[Lane, list[Any], list[Any], int | None]],
+    ) -> None:
+        """Note ``batch`` as sent on ``lane`` and pickle its messages into ``ready`` (see
+        :meth:`_write`)."""
         now = time.monotonic()
         last = (
             self.length is not None
@@ -389,18 +400,34 @@ class Pipeline:
                 sent, token = f, None
             else:
                 sent, token = self.cache.wrap(lane.pid, f)
-            if last and not __import__("os").environ.get("XL"):
+            if last:
                 sent = Last(sent)
             msg = MapCalls(lane.stream, first, len(part), sent, [a for _, _, a in part])
             try:
-                lane.peer.send(msg)
-                went = True
-            except ProcessExitedException as e:
-                lane.slot.set(False, e)  # type: ignore[union-attr]
-                return
+                frames, refs = codec.encode(msg, lane.pid)
             except Exception:  # something cannot be pickled: find what, element by element
-                went = self._send_each(lane, first, f, sent, part)
-            if token is not None and went:
+                if self._send_each(lane, first, f, sent, part) and token is not None:
+                    self.cache.shipped(lane.pid, token)
+                continue
+            ready.append((lane, frames, refs, token))
+
+    def _write(self, ready: list[tuple[Lane, list[Any], list[Any], int | None]]) -> None:
+        """Write the messages that :meth:`_send` pickled (a lane whose connection is closed
+        fails the elements in flight on it)."""
+        broken: set[int] = set()
+        for lane, frames, refs, token in ready:
+            if lane.dead or id(lane) in broken:
+                continue
+            peer = lane.peer
+            try:
+                if refs and peer.announce is not None:
+                    peer.announce(peer, refs)
+                peer.send_frames(frames)
+            except ProcessExitedException as e:
+                broken.add(id(lane))
+                lane.slot.set(False, e)  # type: ignore[union-attr]
+                continue
+            if token is not None:
                 self.cache.shipped(lane.pid, token)
 
     def _goes_by_name(self, f: Any) -> bool:
