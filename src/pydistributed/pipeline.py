@@ -120,6 +120,7 @@ class Pipeline:
         self.by_name = by_name
         self.length = length
         self._taken = 0  # elements read from source
+        self._all_sent = False  # the last elements went out (as far as ``length`` tells)
         self._plain: dict[int, tuple[Any, bool]] = {}  # id(f) -> (f, goes by name)
         # outcomes, from the reading threads; the bell wakes the hub when it has work (see
         # post): a map that only collects its results sleeps while its windows are well filled
@@ -204,7 +205,10 @@ class Pipeline:
         """From a reading thread (must not block): an event for the hub, ``(lane, first,
         count, oks, values, seconds)`` (``first`` -1: the connection closed). The hub is woken
         when it has something to do: refill a window half empty, handle a failure, close a
-        lane whose elements are all back, stop; or for every outcome when ``eager``."""
+        lane whose elements are all back, stop; or for every outcome when ``eager``. Once the
+        last elements have gone out, a lane whose elements are all back waits for the others
+        (or the hub's next look, ``_LOOK``): the hub's work would only hold up the reading of
+        their outcomes (one interpreter lock), and the map's end is when the last comes."""
         self.inbox.append(event)
         lane = event[0]
         lane.answered += event[2]
@@ -212,11 +216,13 @@ class Pipeline:
             self.eager
             or self.stopped
             or event[1] < 0
-            or lane.next_seq - lane.answered <= lane.window // 2
             or b"\0" in event[3]
             or DROPPED in event[3]
         ):
             self._bell.put(None)
+        elif lane.next_seq - lane.answered <= lane.window // 2:
+            if not self._all_sent or all(o.next_seq == o.answered for o in list(self.lanes)):
+                self._bell.put(None)
 
     def interrupt(self, grace: float) -> None:
         """Ctrl-C: drop the elements not started, interrupt those running (``interrupt`` of
@@ -402,6 +408,7 @@ class Pipeline:
                 sent, token = self.cache.wrap(lane.pid, f)
             if last:
                 sent = Last(sent)
+                self._all_sent = True
             msg = MapCalls(lane.stream, first, len(part), sent, [a for _, _, a in part])
             try:
                 frames, refs = codec.encode(msg, lane.pid)
