@@ -13,8 +13,10 @@
 
 A lane's window (elements in flight on its worker) adapts: one for elements that take much
 longer than a round trip, up to ``pipeline.MAX_WINDOW`` for quick ones. With ``batch_size > 1``
-an element is a batch, run on the worker by a local ``asyncmap``. The function goes to each
-worker once per map (a ``FunctionCache``, as ``CachingPool`` does), not once per element.
+an element is a batch, run on the worker by a local ``asyncmap`` (``batchcall.py``); with
+``batch_size="auto"`` and a known length, all the batches go out at once. The function goes to
+each worker once per map (a ``FunctionCache``, as ``CachingPool`` does), not once per element;
+one that pickles by name alone goes by name in each message (see ``Pipeline``).
 
 Ctrl-C: a ``KeyboardInterrupt`` in the caller stops the map from sending more, drops the
 elements queued on the workers, interrupts (``interrupt(pid)``) every worker running one of
