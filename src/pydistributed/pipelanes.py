@@ -1,18 +1,21 @@
 """The parts of the pipelined map engine (``pipeline.py``) that hold no I/O: a lane (one worker
-taken from the pool and the elements in flight on it), the window rule, and the markers of
-elements that did not run."""
+taken from the pool and the elements in flight on it), the window rule, the markers of
+elements that did not run, and which functions go by name."""
 
 from __future__ import annotations
 
 import math
+import pickle
 import time
 from typing import Any
 
+from . import codec
 from .pipecalls import StreamSlot, new_stream_id
 
-__all__ = ["MAX_WINDOW", "Dropped", "Failure", "Lane", "next_window"]
+__all__ = ["MAX_WINDOW", "ByName", "Dropped", "Failure", "Lane", "next_window"]
 
 MAX_WINDOW = 256  # elements in flight per worker, at most
+BY_NAME_BYTES = 512  # a function pickled by name alone takes fewer bytes than this
 
 
 class Dropped(Exception):
@@ -70,3 +73,23 @@ def next_window(now: int, rtt: float, t_item: float) -> int:
     ratio = 2 * rtt / max(t_item, 1e-7)
     want = 1 if ratio < 0.1 else min(MAX_WINDOW, 1 + math.ceil(ratio))
     return min(want, 2 * now)
+
+
+class ByName:
+    """Which functions pickle by name alone: as plain pickle does (cloudpickle sends a function
+    of ``__main__`` or a closure by value), in few bytes. The answers of one map."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[Any, bool]] = {}  # id(f) -> (f, by name)
+
+    def check(self, f: Any) -> bool:
+        known = self._known.get(id(f))
+        if known is not None and known[0] is f:
+            return known[1]
+        try:
+            data = codec.dumps(f)
+            plain = len(data) <= BY_NAME_BYTES and data == pickle.dumps(f, 5)
+        except Exception:
+            plain = False
+        self._known[id(f)] = (f, plain)
+        return plain

@@ -15,7 +15,7 @@ module runs the elements on the workers of a pool::
       imap and a progress bar: see Pipeline.post)
     hand the outcomes to the caller, in completion order
 
-A lane's *window* is how many of its elements may be in flight. It starts at 1 (2 for
+A lane's *window* is how many of its elements may be in flight. It starts at 1 (2 or 4 for
 batches) and follows ``1 + ceil(2 * rtt / t)``, ``t`` the time an element runs on the worker
 (as the worker reports) and ``rtt`` the rest of an element's round trip (measured on elements
 that found their lane empty, except a lane's first, which also carried the function; it falls
@@ -56,7 +56,7 @@ from .execution import hold_sigint, release_sigint
 from .funccache import FunctionCache
 from .messages import MapCalls, MapCancel
 from .pipecalls import DROPPED, Last, StreamSlot
-from .pipelanes import MAX_WINDOW, Dropped, Failure, Lane, next_window
+from .pipelanes import MAX_WINDOW, ByName, Dropped, Failure, Lane, next_window
 from .remotecall import WorkerSource
 
 __all__ = ["MAX_WINDOW", "Dropped", "Outcome", "Pipeline", "next_window"]
@@ -66,7 +66,6 @@ log = logging.getLogger("pydistributed.pmap")
 ROTATE = 0.5  # seconds a lane holds its worker at most before giving it back
 _FIRST_RTT = 300e-6  # the round trip assumed until one is measured (s)
 _LOOK = 0.1  # how often the hub looks for more workers while it waits (s)
-_BY_NAME_BYTES = 512  # a function pickled by name alone takes fewer bytes than this
 
 Outcome = tuple[Any, Any, tuple[Any, ...], bool, Any]
 """``(token, f, args, ok, value)``: an element's outcome; ``value`` is the exception when not
@@ -87,13 +86,10 @@ class Pipeline:
             window is half empty, an element failed or a lane is done.
         sent_all: called with a worker's id once the map has sent it its last element (the
             input is used up, no retry is due): its copy of the function can go.
-        by_name: a function that pickles by name alone (an importable function, or a small
-            object of such, as a batch's ``BatchCall``) goes as itself in each message
-            instead of through ``cache``: it costs no more than a key, and leaves nothing on
-            the workers to drop (a map's own cache; a ``CachingPool``'s keeps its functions).
-        length: how many elements ``source`` has, when that is known: the messages that carry
-            the last of them are marked ``Last`` (their outcomes need not come back early for
-            a refill). Only a hint: the source is still read to its end.
+        by_name: a function that pickles by name alone goes as itself in each message, not
+            through ``cache`` (no more bytes than a key, and nothing left to drop).
+        length: how many elements ``source`` has, if known (a hint): the messages that carry
+            the last ones are marked ``Last`` (no early answers for a refill).
     """
 
     def __init__(
@@ -121,7 +117,7 @@ class Pipeline:
         self.length = length
         self._taken = 0  # elements read from source
         self._all_sent = False  # the last elements went out (as far as ``length`` tells)
-        self._plain: dict[int, tuple[Any, bool]] = {}  # id(f) -> (f, goes by name)
+        self._by_name = ByName()
         # outcomes, from the reading threads; the bell wakes the hub when it has work (see
         # post): a map that only collects its results sleeps while its windows are well filled
         self.inbox: deque[tuple[Any, ...]] = deque()
@@ -206,19 +202,12 @@ class Pipeline:
         count, oks, values, seconds)`` (``first`` -1: the connection closed). The hub is woken
         when it has something to do: refill a window half empty, handle a failure, close a
         lane whose elements are all back, stop; or for every outcome when ``eager``. Once the
-        last elements have gone out, a lane whose elements are all back waits for the others
-        (or the hub's next look, ``_LOOK``): the hub's work would only hold up the reading of
-        their outcomes (one interpreter lock), and the map's end is when the last comes."""
+        last elements went out, a lane all back waits for the others (or the hub's next look):
+        the hub would only compete with the reading of their outcomes for the GIL."""
         self.inbox.append(event)
         lane = event[0]
         lane.answered += event[2]
-        if (
-            self.eager
-            or self.stopped
-            or event[1] < 0
-            or b"\0" in event[3]
-            or DROPPED in event[3]
-        ):
+        if self.eager or self.stopped or event[1] < 0 or b"\0" in event[3] or DROPPED in event[3]:
             self._bell.put(None)
         elif lane.next_seq - lane.answered <= lane.window // 2:
             if not self._all_sent or all(o.next_seq == o.answered for o in list(self.lanes)):
@@ -380,15 +369,10 @@ class Pipeline:
         batch: list[tuple[Any, Any, tuple[Any, ...]]],
         ready: list[tuple[Lane, list[Any], list[Any], int | None]],
     ) -> None:
-        """Note ``batch`` as sent on ``lane`` and pickle its messages into ``ready`` (see
-        :meth:`_write`)."""
+        """Note ``batch`` as sent on ``lane``; its messages, pickled, go to ``ready``."""
         now = time.monotonic()
-        last = (
-            self.length is not None
-            and self._taken >= self.length
-            and not self.retries
-            and not self._later
-        )
+        last = self.length is not None and self._taken >= self.length
+        last = last and not self.retries and not self._later
         alone = not lane.sent
         for f, run in itertools.groupby(batch, key=lambda item: item[1]):
             part = list(run)
@@ -402,7 +386,7 @@ class Pipeline:
                     job = functools.partial(self._run_here, lane, seq, f, args)
                     self.cluster.executor.submit(job, main_ok=False)
                 continue
-            if self.by_name and self._goes_by_name(f):
+            if self.by_name and self._by_name.check(f):
                 sent, token = f, None
             else:
                 sent, token = self.cache.wrap(lane.pid, f)
@@ -419,8 +403,7 @@ class Pipeline:
             ready.append((lane, frames, refs, token))
 
     def _write(self, ready: list[tuple[Lane, list[Any], list[Any], int | None]]) -> None:
-        """Write the messages that :meth:`_send` pickled (a lane whose connection is closed
-        fails the elements in flight on it)."""
+        """Write the messages that :meth:`_send` pickled."""
         broken: set[int] = set()
         for lane, frames, refs, token in ready:
             if lane.dead or id(lane) in broken:
@@ -436,20 +419,6 @@ class Pipeline:
                 continue
             if token is not None:
                 self.cache.shipped(lane.pid, token)
-
-    def _goes_by_name(self, f: Any) -> bool:
-        """Whether ``f`` pickles by name alone: the same as plain pickle (cloudpickle sends a
-        function of ``__main__`` or a closure by value) and short."""
-        known = self._plain.get(id(f))
-        if known is not None and known[0] is f:
-            return known[1]
-        try:
-            data = codec.dumps(f)
-            plain = len(data) <= _BY_NAME_BYTES and data == pickle.dumps(f, 5)
-        except Exception:
-            plain = False
-        self._plain[id(f)] = (f, plain)
-        return plain
 
     def _send_each(
         self, lane: Lane, first: int, f: Any, sent: Any, part: list[tuple[Any, Any, Any]]
