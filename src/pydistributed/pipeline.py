@@ -67,6 +67,7 @@ ROTATE = 0.5  # seconds a lane holds its worker at most before giving it back
 _FIRST_RTT = 300e-6  # the round trip assumed until one is measured (s)
 _LOOK = 0.1  # how often the hub looks for more workers while it waits (s)
 
+_Ready = tuple[Lane, list[Any], list[Any], int | None]  # a message pickled: frames, refs, token
 Outcome = tuple[Any, Any, tuple[Any, ...], bool, Any]
 """``(token, f, args, ok, value)``: an element's outcome; ``value`` is the exception when not
 ``ok`` (a RemoteException, a ProcessExitedException, :class:`Dropped`)."""
@@ -352,7 +353,7 @@ class Pipeline:
             dealing = [want for want in dealing if want[1] > 0]
         # every message is pickled before any is written: writing wakes a worker, which may
         # take this thread's processor for a while (a local socket hands it over)
-        ready: list[tuple[Lane, list[Any], list[Any], int | None]] = []
+        ready: list[_Ready] = []
         held = hold_sigint() if self._main else None  # a message is never half written
         try:
             for lane, _, batch in wants:
@@ -362,13 +363,13 @@ class Pipeline:
         finally:
             if held is not None:
                 release_sigint(held)
+        if self.length is not None and self._taken >= self.length and not self.retries:
+            # a source of known length is seen to its end now, not in a step at the map's end
+            more = self._next() if not self.exhausted and not self.stopped else None
+            if more is not None:
+                self.retries.append(more)
 
-    def _send(
-        self,
-        lane: Lane,
-        batch: list[tuple[Any, Any, tuple[Any, ...]]],
-        ready: list[tuple[Lane, list[Any], list[Any], int | None]],
-    ) -> None:
+    def _send(self, lane: Lane, batch: list[Any], ready: list[_Ready]) -> None:
         """Note ``batch`` as sent on ``lane``; its messages, pickled, go to ``ready``."""
         now = time.monotonic()
         last = self.length is not None and self._taken >= self.length
@@ -402,7 +403,7 @@ class Pipeline:
                 continue
             ready.append((lane, frames, refs, token))
 
-    def _write(self, ready: list[tuple[Lane, list[Any], list[Any], int | None]]) -> None:
+    def _write(self, ready: list[_Ready]) -> None:
         """Write the messages that :meth:`_send` pickled."""
         broken: set[int] = set()
         for lane, frames, refs, token in ready:

@@ -110,8 +110,7 @@ def pmap(
             default pool without workers, map on this process, as in Julia).
         KeyboardInterrupt: Ctrl-C; the elements in flight were dropped or interrupted.
     """
-    results: list[Any] = []
-    for runs in _start_map(
+    outcomes = _start_map(
         f,
         iterables,
         pool,
@@ -122,12 +121,21 @@ def pmap(
         retry_check,
         progress,
         "pmap",
-    ):
+    )
+    inputs = (
+        iterables[1:] if iterables and isinstance(iterables[0], AbstractWorkerPool) else iterables
+    )
+    results: list[Any] = [None] * (known_length(inputs) or 0)  # (the runs come in any order)
+    n = 0
+    for runs in outcomes:
         for start, values in runs:
             end = start + len(values)
             if end > len(results):
                 results.extend([None] * (end - len(results)))
             results[start:end] = values
+            if end > n:
+                n = end
+    del results[n:]
     return results
 
 
