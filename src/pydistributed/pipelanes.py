@@ -7,15 +7,20 @@ from __future__ import annotations
 import math
 import pickle
 import time
+import types
 from typing import Any
 
-from . import codec
 from .pipecalls import StreamSlot, new_stream_id
 
-__all__ = ["MAX_WINDOW", "ByName", "Dropped", "Failure", "Lane", "next_window"]
+try:  # cloudpickle's own rule (codec.py uses it too)
+    from cloudpickle.cloudpickle import _should_pickle_by_reference
+except ImportError:  # pragma: no cover - another cloudpickle layout
+    _should_pickle_by_reference = None
+
+__all__ = ["MAX_WINDOW", "Dropped", "Failure", "Lane", "next_window", "pickles_by_name"]
 
 MAX_WINDOW = 256  # elements in flight per worker, at most
-BY_NAME_BYTES = 512  # a function pickled by name alone takes fewer bytes than this
+BY_NAME_BYTES = 512  # a builtin pickled by name takes fewer bytes than this
 
 
 class Dropped(Exception):
@@ -75,21 +80,20 @@ def next_window(now: int, rtt: float, t_item: float) -> int:
     return min(want, 2 * now)
 
 
-class ByName:
-    """Which functions pickle by name alone: as plain pickle does (cloudpickle sends a function
-    of ``__main__`` or a closure by value), in few bytes. The answers of one map."""
-
-    def __init__(self) -> None:
-        self._known: dict[int, tuple[Any, bool]] = {}  # id(f) -> (f, by name)
-
-    def check(self, f: Any) -> bool:
-        known = self._known.get(id(f))
-        if known is not None and known[0] is f:
-            return known[1]
+def pickles_by_name(f: Any) -> bool:
+    """Whether ``f`` pickles by name alone, in a few bytes: a function that cloudpickle sends
+    by reference (of an importable module other than ``__main__``), or a builtin. Asked
+    without pickling ``f`` (a closure may hold much)."""
+    if type(f) is types.FunctionType:
+        if _should_pickle_by_reference is None:  # pragma: no cover - another cloudpickle
+            return False
         try:
-            data = codec.dumps(f)
-            plain = len(data) <= BY_NAME_BYTES and data == pickle.dumps(f, 5)
+            return bool(_should_pickle_by_reference(f))
         except Exception:
-            plain = False
-        self._known[id(f)] = (f, plain)
-        return plain
+            return False
+    if type(f) is types.BuiltinFunctionType:
+        try:
+            return len(pickle.dumps(f, 5)) <= BY_NAME_BYTES
+        except Exception:
+            return False
+    return False

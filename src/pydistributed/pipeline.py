@@ -56,7 +56,7 @@ from .execution import hold_sigint, release_sigint
 from .funccache import FunctionCache
 from .messages import MapCalls, MapCancel
 from .pipecalls import DROPPED, Last, StreamSlot
-from .pipelanes import MAX_WINDOW, ByName, Dropped, Failure, Lane, next_window
+from .pipelanes import MAX_WINDOW, Dropped, Failure, Lane, next_window
 from .remotecall import WorkerSource
 
 __all__ = ["MAX_WINDOW", "Dropped", "Outcome", "Pipeline", "next_window"]
@@ -87,8 +87,8 @@ class Pipeline:
             window is half empty, an element failed or a lane is done.
         sent_all: called with a worker's id once the map has sent it its last element (the
             input is used up, no retry is due): its copy of the function can go.
-        by_name: a function that pickles by name alone goes as itself in each message, not
-            through ``cache`` (no more bytes than a key, and nothing left to drop).
+        by_name: the functions pickle by name alone (``pipelanes.pickles_by_name``): each
+            goes as itself in each message, not through ``cache`` (nothing left to drop).
         length: how many elements ``source`` has, if known (a hint): the messages that carry
             the last ones are marked ``Last`` (no early answers for a refill).
     """
@@ -118,7 +118,6 @@ class Pipeline:
         self.length = length
         self._taken = 0  # elements read from source
         self._all_sent = False  # the last elements went out (as far as ``length`` tells)
-        self._by_name = ByName()
         # outcomes, from the reading threads; the bell wakes the hub when it has work (see
         # post): a map that only collects its results sleeps while its windows are well filled
         self.inbox: deque[tuple[Any, ...]] = deque()
@@ -387,7 +386,7 @@ class Pipeline:
                     job = functools.partial(self._run_here, lane, seq, f, args)
                     self.cluster.executor.submit(job, main_ok=False)
                 continue
-            if self.by_name and self._by_name.check(f):
+            if self.by_name:
                 sent, token = f, None
             else:
                 sent, token = self.cache.wrap(lane.pid, f)

@@ -45,6 +45,7 @@ from .mapping import (
     make_batches,
     reiterable_delays,
 )
+from .pipelanes import pickles_by_name
 from .pipeline import Pipeline
 from .workerpool import AbstractWorkerPool, WorkerPool, default_worker_pool
 
@@ -319,7 +320,7 @@ def _run(
             window,
             eager,
             sent_all,
-            by_name=run.own_cache,
+            by_name=run.own_cache and pickles_by_name(f),
             length=length,
         )
         yield from run.run(engine)
