@@ -67,7 +67,7 @@ ROTATE = 0.5  # seconds a lane holds its worker at most before giving it back
 _FIRST_RTT = 300e-6  # the round trip assumed until one is measured (s)
 _LOOK = 0.1  # how often the hub looks for more workers while it waits (s)
 
-_Ready = tuple[Lane, list[Any], list[Any], int | None]  # a message pickled: frames, refs, token
+_Ready = tuple[Lane, list[Any], list[Any], int | None, Callable[[], bool]]  # see _send
 Outcome = tuple[Any, Any, tuple[Any, ...], bool, Any]
 """``(token, f, args, ok, value)``: an element's outcome; ``value`` is the exception when not
 ``ok`` (a RemoteException, a ProcessExitedException, :class:`Dropped`)."""
@@ -350,8 +350,7 @@ class Pipeline:
                 want[2].append(item)
                 want[1] -= 1
             dealing = [want for want in dealing if want[1] > 0]
-        # every message is pickled before any is written: writing wakes a worker, which may
-        # take this thread's processor for a while (a local socket hands it over)
+        # all pickled before any is written: a write may hand this thread's CPU to a worker
         ready: list[_Ready] = []
         held = hold_sigint() if self._main else None  # a message is never half written
         try:
@@ -369,7 +368,8 @@ class Pipeline:
                 self.retries.append(more)
 
     def _send(self, lane: Lane, batch: list[Any], ready: list[_Ready]) -> None:
-        """Note ``batch`` as sent on ``lane``; its messages, pickled, go to ``ready``."""
+        """Note ``batch`` as sent on ``lane``; its messages go to ``ready``, pickled: ``(lane,
+        frames, refs, function token, a fallback that sends the elements one by one)``."""
         now = time.monotonic()
         last = self.length is not None and self._taken >= self.length
         last = last and not self.retries and not self._later
@@ -400,12 +400,13 @@ class Pipeline:
                 if self._send_each(lane, first, f, sent, part) and token is not None:
                     self.cache.shipped(lane.pid, token)
                 continue
-            ready.append((lane, frames, refs, token))
+            each = functools.partial(self._send_each, lane, first, f, sent, part)
+            ready.append((lane, frames, refs, token, each))
 
     def _write(self, ready: list[_Ready]) -> None:
         """Write the messages that :meth:`_send` pickled."""
         broken: set[int] = set()
-        for lane, frames, refs, token in ready:
+        for lane, frames, refs, token, each in ready:
             if lane.dead or id(lane) in broken:
                 continue
             peer = lane.peer
@@ -417,12 +418,13 @@ class Pipeline:
                 broken.add(id(lane))
                 lane.slot.set(False, e)  # type: ignore[union-attr]
                 continue
+            except Exception:  # (too large, say): element by element, to find which
+                if not each():
+                    continue
             if token is not None:
                 self.cache.shipped(lane.pid, token)
 
-    def _send_each(
-        self, lane: Lane, first: int, f: Any, sent: Any, part: list[tuple[Any, Any, Any]]
-    ) -> bool:
+    def _send_each(self, lane: Lane, first: int, f: Any, sent: Any, part: list[Any]) -> bool:
         """Send each element alone; one that cannot be pickled fails here with the error that
         says what. Whether any went out."""
         went = False

@@ -211,3 +211,22 @@ def test_ctrl_c_in_a_batched_map_sent_all_at_once(shared: list[int], tmp_path: P
     assert elapsed < INTERRUPT_GRACE - 0.5, elapsed  # the interrupted ones came back
     assert [remotecall_fetch(myid, w) for w in shared] == shared
     assert pmap(lambda x: x * 2, list(range(100)), batch_size="auto") == [x * 2 for x in range(100)]
+
+
+def _length(b: bytes) -> int:
+    return len(b)
+
+
+def test_messages_over_the_size_guard_go_element_by_element(
+    add_workers: Callable[..., list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the guard is read when a connection opens: set it for the master and the workers
+    monkeypatch.setenv("PYDIST_MAX_MESSAGE_BYTES", "100000")
+    pool = WorkerPool(add_workers(2))
+    # 8 batches of one element, 4 to a worker's message at once: 120 kB, over the guard
+    xs = [bytes(30_000)] * 8
+    assert pmap(_length, pool, xs, batch_size="auto") == [30_000] * 8
+    # an element over the guard by itself fails alone, in its place
+    ys = [bytes(10)] * 7 + [bytes(150_000)]
+    out = pmap(_length, pool, ys, batch_size="auto", on_error=lambda e: type(e).__name__)
+    assert out == [10] * 7 + ["PicklingError"]
