@@ -30,6 +30,7 @@ from .errors import strip_internal
 
 __all__ = [
     "DEFAULT_NTASKS",
+    "FAST_ITEM",
     "INTERRUPT_GRACE",
     "MAX_CHUNK",
     "Job",
@@ -42,7 +43,7 @@ log = logging.getLogger("pydistributed.pmap")
 
 DEFAULT_NTASKS = 100  # Julia's asyncmap default
 INTERRUPT_GRACE = 5.0  # after Ctrl-C, how long pmap waits for the interrupted items
-_FAST_ITEM = 20e-6  # items quicker than this are taken in growing chunks...
+FAST_ITEM = 20e-6  # items quicker than this are taken in growing chunks...
 MAX_CHUNK = 256  # ...of at most this many
 _NTASKS_EVERY = 0.25  # how often a job asks a callable ntasks for its value
 
@@ -203,7 +204,7 @@ class Job:
                 else:
                     results[start : start + len(batch)] = [fn(item) for item in batch]
                 if self.max_chunk > 1:
-                    fast = time.perf_counter() - t0 < _FAST_ITEM * len(batch)
+                    fast = time.perf_counter() - t0 < FAST_ITEM * len(batch)
                     chunk = self.chunk = min(2 * chunk, self.max_chunk) if fast else 1
         except BaseException as e:
             with self.lock:

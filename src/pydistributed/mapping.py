@@ -9,7 +9,7 @@ delays remain and ``retry_check`` agrees, the element is sent again after the ne
 whichever worker has room first; else the map stops with the error. With ``batch_size > 1`` an
 element of the pipeline is a batch, run on the worker by a local ``asyncmap``
 (:class:`BatchCall`); when errors are handled, a batch's failed elements come back as
-:class:`_Failed` and are retried alone, and a batch that failed as a whole (a dead worker) has
+:class:`Failed` and are retried alone, and a batch that failed as a whole (a dead worker) has
 each of its elements retried.
 """
 
@@ -22,9 +22,10 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from .asyncmap import DEFAULT_NTASKS, INTERRUPT_GRACE, MAX_CHUNK, Job
-from .cluster import Cluster, current_cluster
-from .errors import CapturedException, RemoteException, capture, strip_internal
+from .asyncmap import INTERRUPT_GRACE
+from .batchcall import BatchCall, Failed
+from .cluster import Cluster
+from .errors import RemoteException, strip_internal
 from .funccache import FunctionCache
 from .pipeline import Dropped, Pipeline
 from .workerpool import AbstractWorkerPool, CachingPool
@@ -57,57 +58,6 @@ _END: Any = object()
 
 Run = tuple[int, list[Any]]
 """Results of consecutive elements: the index of the first, and the values."""
-
-
-class _Failed:
-    """An element of a batch that raised on worker ``pid`` (when pmap handles errors)."""
-
-    __slots__ = ("captured", "pid")
-
-    def __init__(self, pid: int, captured: CapturedException) -> None:
-        self.pid = pid
-        self.captured = captured
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_Failed, (self.pid, self.captured))
-
-
-class BatchCall:
-    """What runs a batch on a worker: a local asyncmap of ``f`` over the batch's elements.
-
-    With ``capture``, an element that raises gives a :class:`_Failed` in its place and the
-    others go on (pmap then handles it); without, the first error fails the whole batch. The
-    worker keeps one copy of this object for the map (the function cache), which remembers how
-    quick the last batch's elements were: a batch of quick elements after another starts in
-    chunks, on one thread, instead of starting a second thread for its first element.
-    """
-
-    def __init__(self, f: Callable[..., Any], star: bool, capture: bool) -> None:
-        self.f = f
-        self.star = star
-        self.capture = capture
-        self.chunk = 1
-
-    def __call__(self, batch: list[Any]) -> list[Any]:
-        c = current_cluster()  # the worker's cluster, running this batch (see scope)
-        f = self.f
-        fn: Callable[[Any], Any] = (lambda args: f(*args)) if self.star else f
-        if self.capture:
-            inner = fn
-            pid = c.myid
-
-            def fn(item: Any) -> Any:
-                try:
-                    return inner(item)
-                except Exception as e:
-                    return _Failed(pid, capture(e))
-
-        job = Job(
-            c, fn, iter(batch), DEFAULT_NTASKS, adaptive=True, max_chunk=MAX_CHUNK, chunk=self.chunk
-        )
-        results = job.run()
-        self.chunk = job.chunk
-        return results
 
 
 def _unwrap(e: BaseException) -> BaseException:
@@ -169,7 +119,19 @@ def auto_sizes(
     return head, growing
 
 
-def make_batches(head: list[Any], rest: Iterator[Any], sizes: Iterator[int]) -> Iterator[list[Any]]:
+def make_batches(
+    head: list[Any], rest: Iterator[Any], sizes: Iterator[int], seq: list[Any] | None = None
+) -> Iterator[list[Any]]:
+    """The batches: lists of ``sizes`` elements of ``head`` then ``rest``; or slices of
+    ``seq``, the list that ``rest`` iterates, when it is given (and ``head`` is empty)."""
+    if seq is not None and not head:
+        start = 0
+        for size in sizes:
+            if start >= len(seq):
+                return
+            yield seq[start : start + size]
+            start += size
+        return
     it = itertools.chain(head, rest)
     for size in sizes:
         batch = list(itertools.islice(it, size))
@@ -309,8 +271,8 @@ class MapPolicy:
         batch = args[0]
         start = self._starts.pop(token)
         if ok:
-            # (_Failed only comes back when errors are handled: the batch captures them)
-            failed = [k for k, r in enumerate(value) if type(r) is _Failed] if self.handles else []
+            # (Failed only comes back when errors are handled: the batch captures them)
+            failed = [k for k, r in enumerate(value) if type(r) is Failed] if self.handles else []
             if not failed:
                 self.progress.update(len(batch))
                 return [(start, value)]

@@ -23,9 +23,13 @@ elements go where, windows, errors) is ``pipeline.py``'s.
 
 The caller numbers the elements of a stream ``0, 1, 2...`` and the worker runs them in that
 order, so the outcomes come back in runs of consecutive numbers (``first``, ``count``). A
-stream's queue on the worker lives while it holds elements; a message that finds none makes a
-new one. A runner that has run for ``SLICE`` seconds goes to the back of the executor's queue,
-so that a call waiting for the main thread is not held up by a long map.
+``MapCalls`` whose function comes wrapped in :class:`Last` says that the caller has no more
+elements for the stream: its outcomes then go back when none is queued (or by FLUSH_COUNT and
+FLUSH_AGE), not early for a refill, which saves a map that sent everything at once a message
+or two per worker. A stream's queue on the worker lives while it holds elements; a message
+that finds none makes a new one. A runner that has run for ``SLICE`` seconds goes to the back
+of the executor's queue, so that a call waiting for the main thread is not held up by a long
+map.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ __all__ = [
     "DROPPED",
     "FLUSH_AGE",
     "FLUSH_COUNT",
+    "Last",
     "SerialQueues",
     "StreamSlot",
     "new_stream_id",
@@ -74,10 +79,27 @@ def new_stream_id() -> int:
 Execute = Callable[[Any, tuple[Any, ...], dict[str, Any]], tuple[bool, Any]]
 
 
+class Last:
+    """In place of a ``MapCalls``'s function: the caller has no more elements for the stream
+    (as far as it knows), so its outcomes need not go back early for it to send more."""
+
+    __slots__ = ("f",)
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Last, (self.f,))
+
+    @property
+    def _pydist_internal(self) -> bool:
+        return bool(getattr(self.f, "_pydist_internal", False))
+
+
 class _Queue:
     """The elements of one stream from one connection, waiting to run."""
 
-    __slots__ = ("cancelled", "items", "main_ok", "peer", "running", "stream")
+    __slots__ = ("cancelled", "items", "last", "main_ok", "peer", "running", "stream")
 
     def __init__(self, peer: Peer, stream: int, main_ok: bool) -> None:
         self.peer = peer
@@ -85,6 +107,7 @@ class _Queue:
         self.items: collections.deque[tuple[int, Any, Any]] = collections.deque()  # seq, f, args
         self.running = False
         self.cancelled = False
+        self.last = False  # the elements queued are the last ones the caller means to send
         self.main_ok = main_ok
 
 
@@ -106,8 +129,11 @@ class SerialQueues:
 
     def on_calls(self, peer: Peer, msg: MapCalls, main_ok: bool) -> None:
         f = msg.f
+        last = type(f) is Last
+        if last:
+            f = f.f
         items = [(seq, f, args) for seq, args in enumerate(msg.items, msg.first)]
-        self._append(peer, msg.stream, items, main_ok)
+        self._append(peer, msg.stream, items, main_ok, last)
 
     def on_undecodable(self, peer: Peer, stream: int, first: int, count: int, err: Any) -> None:
         """A ``MapCalls`` whose body cannot be unpickled: each of its elements fails with
@@ -116,7 +142,12 @@ class SerialQueues:
         self._append(peer, stream, items, False)
 
     def _append(
-        self, peer: Peer, stream: int, items: list[tuple[int, Any, Any]], main_ok: bool
+        self,
+        peer: Peer,
+        stream: int,
+        items: list[tuple[int, Any, Any]],
+        main_ok: bool,
+        last: bool = False,
     ) -> None:
         key = (peer, stream)
         with self._lock:
@@ -124,6 +155,7 @@ class SerialQueues:
             if q is None:
                 q = self._queues[key] = _Queue(peer, stream, main_ok)
             q.items.extend(items)
+            q.last = last
             if q.running:
                 return
             q.running = True
@@ -197,7 +229,7 @@ class SerialQueues:
             values.append(codec.oob(value) if ok else value)
             if (
                 len(oks) >= FLUSH_COUNT
-                or len(items) <= len(oks)
+                or (len(items) <= len(oks) and not q.last)
                 or t1 - oldest + (t1 - t0) >= FLUSH_AGE
             ):
                 if not self._flush(q, first, oks, values, busy):

@@ -1,18 +1,26 @@
 """The parts of the pipelined map engine (``pipeline.py``) that hold no I/O: a lane (one worker
-taken from the pool and the elements in flight on it), the window rule, and the markers of
-elements that did not run."""
+taken from the pool and the elements in flight on it), the window rule, the markers of
+elements that did not run, and which functions go by name."""
 
 from __future__ import annotations
 
 import math
+import pickle
 import time
+import types
 from typing import Any
 
 from .pipecalls import StreamSlot, new_stream_id
 
-__all__ = ["MAX_WINDOW", "Dropped", "Failure", "Lane", "next_window"]
+try:  # cloudpickle's own rule (codec.py uses it too)
+    from cloudpickle.cloudpickle import _should_pickle_by_reference
+except ImportError:  # pragma: no cover - another cloudpickle layout
+    _should_pickle_by_reference = None
+
+__all__ = ["MAX_WINDOW", "Dropped", "Failure", "Lane", "next_window", "pickles_by_name"]
 
 MAX_WINDOW = 256  # elements in flight per worker, at most
+BY_NAME_BYTES = 512  # a builtin pickled by name takes fewer bytes than this
 
 
 class Dropped(Exception):
@@ -70,3 +78,22 @@ def next_window(now: int, rtt: float, t_item: float) -> int:
     ratio = 2 * rtt / max(t_item, 1e-7)
     want = 1 if ratio < 0.1 else min(MAX_WINDOW, 1 + math.ceil(ratio))
     return min(want, 2 * now)
+
+
+def pickles_by_name(f: Any) -> bool:
+    """Whether ``f`` pickles by name alone, in a few bytes: a function that cloudpickle sends
+    by reference (of an importable module other than ``__main__``), or a builtin. Asked
+    without pickling ``f`` (a closure may hold much)."""
+    if type(f) is types.FunctionType:
+        if _should_pickle_by_reference is None:  # pragma: no cover - another cloudpickle
+            return False
+        try:
+            return bool(_should_pickle_by_reference(f))
+        except Exception:
+            return False
+    if type(f) is types.BuiltinFunctionType:
+        try:
+            return len(pickle.dumps(f, 5)) <= BY_NAME_BYTES
+        except Exception:
+            return False
+    return False

@@ -15,7 +15,7 @@ module runs the elements on the workers of a pool::
       imap and a progress bar: see Pipeline.post)
     hand the outcomes to the caller, in completion order
 
-A lane's *window* is how many of its elements may be in flight. It starts at 1 (2 for
+A lane's *window* is how many of its elements may be in flight. It starts at 1 (2 or 4 for
 batches) and follows ``1 + ceil(2 * rtt / t)``, ``t`` the time an element runs on the worker
 (as the worker reports) and ``rtt`` the rest of an element's round trip (measured on elements
 that found their lane empty, except a lane's first, which also carried the function; it falls
@@ -48,13 +48,14 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from . import codec
 from .cluster import Cluster
 from .codec import describe_unpicklable
 from .errors import ProcessExitedException, RemoteException
 from .execution import hold_sigint, release_sigint
 from .funccache import FunctionCache
 from .messages import MapCalls, MapCancel
-from .pipecalls import DROPPED, StreamSlot
+from .pipecalls import DROPPED, Last, StreamSlot
 from .pipelanes import MAX_WINDOW, Dropped, Failure, Lane, next_window
 from .remotecall import WorkerSource
 
@@ -66,6 +67,7 @@ ROTATE = 0.5  # seconds a lane holds its worker at most before giving it back
 _FIRST_RTT = 300e-6  # the round trip assumed until one is measured (s)
 _LOOK = 0.1  # how often the hub looks for more workers while it waits (s)
 
+_Ready = tuple[Lane, list[Any], list[Any], int | None, Callable[[], bool]]  # see _send
 Outcome = tuple[Any, Any, tuple[Any, ...], bool, Any]
 """``(token, f, args, ok, value)``: an element's outcome; ``value`` is the exception when not
 ``ok`` (a RemoteException, a ProcessExitedException, :class:`Dropped`)."""
@@ -85,6 +87,10 @@ class Pipeline:
             window is half empty, an element failed or a lane is done.
         sent_all: called with a worker's id once the map has sent it its last element (the
             input is used up, no retry is due): its copy of the function can go.
+        by_name: the functions pickle by name alone (``pipelanes.pickles_by_name``): each
+            goes as itself in each message, not through ``cache`` (nothing left to drop).
+        length: how many elements ``source`` has, if known (a hint): the messages that carry
+            the last ones are marked ``Last`` (no early answers for a refill).
     """
 
     def __init__(
@@ -97,6 +103,8 @@ class Pipeline:
         window: int = 1,
         eager: bool = False,
         sent_all: Callable[[int], None] | None = None,
+        by_name: bool = False,
+        length: int | None = None,
     ) -> None:
         self.cluster = cluster
         self.first_window = window
@@ -106,6 +114,10 @@ class Pipeline:
         self.source = source
         self.eager = eager
         self.sent_all = sent_all
+        self.by_name = by_name
+        self.length = length
+        self._taken = 0  # elements read from source
+        self._all_sent = False  # the last elements went out (as far as ``length`` tells)
         # outcomes, from the reading threads; the bell wakes the hub when it has work (see
         # post): a map that only collects its results sleeps while its windows are well filled
         self.inbox: deque[tuple[Any, ...]] = deque()
@@ -189,19 +201,17 @@ class Pipeline:
         """From a reading thread (must not block): an event for the hub, ``(lane, first,
         count, oks, values, seconds)`` (``first`` -1: the connection closed). The hub is woken
         when it has something to do: refill a window half empty, handle a failure, close a
-        lane whose elements are all back, stop; or for every outcome when ``eager``."""
+        lane whose elements are all back, stop; or for every outcome when ``eager``. Once the
+        last elements went out, a lane all back waits for the others (or the hub's next look):
+        the hub would only compete with the reading of their outcomes for the GIL."""
         self.inbox.append(event)
         lane = event[0]
         lane.answered += event[2]
-        if (
-            self.eager
-            or self.stopped
-            or event[1] < 0
-            or lane.next_seq - lane.answered <= lane.window // 2
-            or b"\0" in event[3]
-            or DROPPED in event[3]
-        ):
+        if self.eager or self.stopped or event[1] < 0 or b"\0" in event[3] or DROPPED in event[3]:
             self._bell.put(None)
+        elif lane.next_seq - lane.answered <= lane.window // 2:
+            if not self._all_sent or all(o.next_seq == o.answered for o in list(self.lanes)):
+                self._bell.put(None)
 
     def interrupt(self, grace: float) -> None:
         """Ctrl-C: drop the elements not started, interrupt those running (``interrupt`` of
@@ -312,7 +322,9 @@ class Pipeline:
         if self.exhausted:
             return None
         try:
-            return next(self.source)
+            item = next(self.source)
+            self._taken += 1
+            return item
         except StopIteration:
             self.exhausted = True
         except Exception as e:  # the input's own error stops the map
@@ -338,17 +350,29 @@ class Pipeline:
                 want[2].append(item)
                 want[1] -= 1
             dealing = [want for want in dealing if want[1] > 0]
+        # all pickled before any is written: a write may hand this thread's CPU to a worker
+        ready: list[_Ready] = []
         held = hold_sigint() if self._main else None  # a message is never half written
         try:
             for lane, _, batch in wants:
                 if batch and not lane.dead and not self.stopped:
-                    self._send(lane, batch)
+                    self._send(lane, batch, ready)
+            self._write(ready)
         finally:
             if held is not None:
                 release_sigint(held)
+        if self.length is not None and self._taken >= self.length and not self.retries:
+            # a source of known length is seen to its end now, not in a step at the map's end
+            more = self._next() if not self.exhausted and not self.stopped else None
+            if more is not None:
+                self.retries.append(more)
 
-    def _send(self, lane: Lane, batch: list[tuple[Any, Any, tuple[Any, ...]]]) -> None:
+    def _send(self, lane: Lane, batch: list[Any], ready: list[_Ready]) -> None:
+        """Note ``batch`` as sent on ``lane``; its messages go to ``ready``, pickled: ``(lane,
+        frames, refs, function token, a fallback that sends the elements one by one)``."""
         now = time.monotonic()
+        last = self.length is not None and self._taken >= self.length
+        last = last and not self.retries and not self._later
         alone = not lane.sent
         for f, run in itertools.groupby(batch, key=lambda item: item[1]):
             part = list(run)
@@ -362,22 +386,45 @@ class Pipeline:
                     job = functools.partial(self._run_here, lane, seq, f, args)
                     self.cluster.executor.submit(job, main_ok=False)
                 continue
-            sent, token = self.cache.wrap(lane.pid, f)
+            if self.by_name:
+                sent, token = f, None
+            else:
+                sent, token = self.cache.wrap(lane.pid, f)
+            if last:
+                sent = Last(sent)
+                self._all_sent = True
             msg = MapCalls(lane.stream, first, len(part), sent, [a for _, _, a in part])
             try:
-                lane.peer.send(msg)
-                went = True
-            except ProcessExitedException as e:
-                lane.slot.set(False, e)  # type: ignore[union-attr]
-                return
+                frames, refs = codec.encode(msg, lane.pid)
             except Exception:  # something cannot be pickled: find what, element by element
-                went = self._send_each(lane, first, f, sent, part)
-            if token is not None and went:
+                if self._send_each(lane, first, f, sent, part) and token is not None:
+                    self.cache.shipped(lane.pid, token)
+                continue
+            each = functools.partial(self._send_each, lane, first, f, sent, part)
+            ready.append((lane, frames, refs, token, each))
+
+    def _write(self, ready: list[_Ready]) -> None:
+        """Write the messages that :meth:`_send` pickled."""
+        broken: set[int] = set()
+        for lane, frames, refs, token, each in ready:
+            if lane.dead or id(lane) in broken:
+                continue
+            peer = lane.peer
+            try:
+                if refs and peer.announce is not None:
+                    peer.announce(peer, refs)
+                peer.send_frames(frames)
+            except ProcessExitedException as e:
+                broken.add(id(lane))
+                lane.slot.set(False, e)  # type: ignore[union-attr]
+                continue
+            except Exception:  # (too large, say): element by element, to find which
+                if not each():
+                    continue
+            if token is not None:
                 self.cache.shipped(lane.pid, token)
 
-    def _send_each(
-        self, lane: Lane, first: int, f: Any, sent: Any, part: list[tuple[Any, Any, Any]]
-    ) -> bool:
+    def _send_each(self, lane: Lane, first: int, f: Any, sent: Any, part: list[Any]) -> bool:
         """Send each element alone; one that cannot be pickled fails here with the error that
         says what. Whether any went out."""
         went = False

@@ -13,8 +13,10 @@
 
 A lane's window (elements in flight on its worker) adapts: one for elements that take much
 longer than a round trip, up to ``pipeline.MAX_WINDOW`` for quick ones. With ``batch_size > 1``
-an element is a batch, run on the worker by a local ``asyncmap``. The function goes to each
-worker once per map (a ``FunctionCache``, as ``CachingPool`` does), not once per element.
+an element is a batch, run on the worker by a local ``asyncmap`` (``batchcall.py``); with
+``batch_size="auto"`` and a known length, all the batches go out at once. The function goes to
+each worker once per map (a ``FunctionCache``, as ``CachingPool`` does), not once per element;
+one that pickles by name alone goes by name in each message (see ``Pipeline``).
 
 Ctrl-C: a ``KeyboardInterrupt`` in the caller stops the map from sending more, drops the
 elements queued on the workers, interrupts (``interrupt(pid)``) every worker running one of
@@ -30,17 +32,20 @@ from typing import Any
 
 from .asyncmap import INTERRUPT_GRACE, Job, asyncmap, elements, known_length
 from .backoff import ExponentialBackOff
+from .batchcall import BatchCall
 from .cluster import Cluster, current_cluster
 from .mapping import (
-    BatchCall,
+    AUTO_BATCHES_PER_WORKER,
     MapPolicy,
     Progress,
     Run,
+    auto_size,
     auto_sizes,
     check_batch_size,
     make_batches,
     reiterable_delays,
 )
+from .pipelanes import pickles_by_name
 from .pipeline import Pipeline
 from .workerpool import AbstractWorkerPool, WorkerPool, default_worker_pool
 
@@ -106,8 +111,7 @@ def pmap(
             default pool without workers, map on this process, as in Julia).
         KeyboardInterrupt: Ctrl-C; the elements in flight were dropped or interrupted.
     """
-    results: list[Any] = []
-    for runs in _start_map(
+    outcomes = _start_map(
         f,
         iterables,
         pool,
@@ -118,12 +122,21 @@ def pmap(
         retry_check,
         progress,
         "pmap",
-    ):
+    )
+    inputs = (
+        iterables[1:] if iterables and isinstance(iterables[0], AbstractWorkerPool) else iterables
+    )
+    results: list[Any] = [None] * (known_length(inputs) or 0)  # (the runs come in any order)
+    n = 0
+    for runs in outcomes:
         for start, values in runs:
             end = start + len(values)
             if end > len(results):
                 results.extend([None] * (end - len(results)))
             results[start:end] = values
+            if end > n:
+                n = end
+    del results[n:]
     return results
 
 
@@ -209,6 +222,8 @@ def _start_map(
     delays = reiterable_delays(retry_delays)
     total = known_length(iterables) if iterables else None
     items, star = elements(iterables)
+    # a list's batches are slices of it (cheaper than reading its iterator)
+    seq = iterables[0] if len(iterables) == 1 and type(iterables[0]) is list else None
     c = current_cluster()
     members = pool.workers
     if distributed and not members and isinstance(pool, WorkerPool) and pool._lost_all():
@@ -227,6 +242,7 @@ def _start_map(
         progress,
         total,
         items,
+        seq,
         size,
         distributed,
         len(members),
@@ -245,6 +261,7 @@ def _run(
     progress: bool,
     total: int | None,
     items: Iterator[Any],
+    seq: list[Any] | None,
     size: int | str,
     distributed: bool,
     nmembers: int,
@@ -266,23 +283,46 @@ def _run(
             )
             yield [(0, job.run())]
             return
+        per = 1  # elements per batch, when all batches have that many
         if size == 1:
             source = run.elements(items)
         else:
             if size == "auto":
                 head, sizes = auto_sizes(items, total, nmembers)
+                per = auto_size(total, nmembers) if total is not None else 0
             else:
                 head, sizes = [], itertools.repeat(int(size))
+                per = int(size)
             runner = BatchCall(f, star, capture=run.handles)
-            source = run.batches(runner, make_batches(head, items, sizes))
-        window = 1 if size == 1 else 2  # a batch's elements are known to be several
+            source = run.batches(runner, make_batches(head, items, sizes, seq))
+        if size == 1:
+            window = 1
+        elif size == "auto" and total is not None:
+            # the batches were cut for these workers, a few each: they all go out at once (as
+            # multiprocessing queues all of its chunks), which saves a map of quick elements
+            # the round trips of refilling the windows
+            window = AUTO_BATCHES_PER_WORKER
+        else:
+            window = 2  # a batch's elements are known to be several
         # imap's reader and a progress bar want each result as it comes; pmap alone only
         # needs to refill the windows
         eager = streaming or progress
         # the map's own copy of f leaves each worker as soon as it has its last elements
         # (they hold f already: the worker looked it up while reading them)
         sent_all = run.cache.drop_from if run.own_cache else None
-        engine = Pipeline(c, pool, lambda: len(pool), run.cache, source, window, eager, sent_all)
+        length = -(-total // per) if total is not None and per else None
+        engine = Pipeline(
+            c,
+            pool,
+            lambda: len(pool),
+            run.cache,
+            source,
+            window,
+            eager,
+            sent_all,
+            by_name=run.own_cache and pickles_by_name(f),
+            length=length,
+        )
         yield from run.run(engine)
     finally:
         run.stopping.set()

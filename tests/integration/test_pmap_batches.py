@@ -1,0 +1,232 @@
+"""pmap's batches against real workers, on the paths that make a small batched map quick: a
+``batch_size="auto"`` map of known length sent all at once (its messages marked as the last),
+a function sent by name instead of through the map's function cache, a list batched by
+slicing, and the quick path of a batch on the worker (``batchcall.py``). Every option keeps its
+meaning there: retries and on_error when a worker dies with every batch of the map on it, errors
+of single elements, Ctrl-C, order, imap."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pydistributed import ProcessExitedException, Task, addprocs, imap, myid, remotecall_fetch
+from pydistributed.cluster import current_cluster
+from pydistributed.funccache import _STORED
+from pydistributed.mapping import auto_size
+from pydistributed.pmap import INTERRUPT_GRACE, pmap
+from pydistributed.workerpool import WorkerPool
+from tests.conftest import end_workers, in_thread, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+T = 60.0  # the timeout of blocking calls expected to succeed
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[list[int]]:
+    """Two workers shared by the tests of this module that neither kill nor remove them."""
+    pids = addprocs(2)
+    yield pids
+    end_workers(pids)
+
+
+def _die_on(victim: int, x: int) -> int:
+    """Worker ``victim`` dies at the first element it runs; the others double ``x``."""
+    if myid() == victim:
+        os._exit(1)
+    return 2 * x
+
+
+def test_a_small_auto_map_whose_worker_dies_is_retried_elsewhere(
+    add_workers: Callable[..., list[int]],
+) -> None:
+    pids = add_workers(2)
+    victim = pids[0]
+    n = 2000  # 8 batches, all sent at once: 4 of them on the victim
+    out = Task(
+        pmap,
+        _die_on,
+        WorkerPool(pids),
+        [victim] * n,
+        list(range(n)),
+        batch_size="auto",
+        retry_delays=[0],
+    ).start()
+    assert out.fetch(timeout=T) == [2 * x for x in range(n)]  # none lost, each in its place
+    assert current_cluster().registry.is_dead(victim)
+
+
+def test_a_small_auto_map_whose_worker_dies_with_on_error(
+    add_workers: Callable[..., list[int]],
+) -> None:
+    pids = add_workers(2)
+    victim = pids[0]
+    n = 2000
+    with pytest.raises(ProcessExitedException):
+        Task(
+            pmap, _die_on, WorkerPool(pids), [victim] * n, range(n), batch_size="auto"
+        ).start().fetch(timeout=T)
+    more = add_workers(1)
+    pool = WorkerPool([pids[1], more[0]])
+    out = Task(
+        pmap,
+        _die_on,
+        pool,
+        [more[0]] * n,
+        list(range(n)),
+        batch_size="auto",
+        on_error=lambda e: type(e).__name__,
+    ).start()
+    got = out.fetch(timeout=T)
+    lost = [i for i, v in enumerate(got) if v == "ProcessExitedException"]
+    # every element of the dead worker's batches got on_error's value, in its place
+    assert len(lost) >= auto_size(n, 2), len(lost)
+    assert all(got[i] == 2 * i for i in range(n) if i not in lost)
+    assert pmap(lambda x: x + 1, WorkerPool([pids[1]]), range(5)) == [1, 2, 3, 4, 5]
+
+
+def _odd_or_error(x: int) -> int:
+    if x % 7 == 0:
+        raise ValueError(f"no {x}")
+    return x
+
+
+def test_errors_in_a_small_batched_map(shared: list[int]) -> None:
+    xs = list(range(2000))
+    want = [f"no {x}" if x % 7 == 0 else x for x in xs]
+    assert pmap(_odd_or_error, xs, batch_size="auto", on_error=str) == want
+    with pytest.raises(Exception, match=r"ValueError: no \d+"):  # the first to come back
+        pmap(_odd_or_error, xs, batch_size="auto")
+    # retries that still fail end in on_error, each element in its place
+    out = pmap(_odd_or_error, xs, batch_size="auto", on_error=lambda e: -1, retry_delays=[0, 0])
+    assert out == [-1 if x % 7 == 0 else x for x in xs]
+    assert sorted(imap(_odd_or_error, xs, batch_size="auto", on_error=str, ordered=False), key=str)
+    assert list(imap(_odd_or_error, xs, batch_size=33, on_error=str)) == want
+
+
+def _inc(x: int) -> int:
+    return x + 1
+
+
+def test_batches_of_a_list_in_order(shared: list[int]) -> None:
+    for n in (0, 1, 7, 100, 1001):
+        xs = list(range(n))
+        want = [x + 1 for x in xs]
+        assert pmap(_inc, xs, batch_size="auto") == want
+        assert pmap(_inc, xs, batch_size=7) == want
+        assert pmap(_inc, tuple(xs), batch_size="auto") == want
+        assert list(imap(_inc, xs, batch_size="auto")) == want
+        assert sorted(imap(_inc, xs, batch_size=3, ordered=False)) == want
+    assert pmap(lambda a, b: a * b, [1, 2, 3], [4, 5], batch_size="auto") == [4, 10]
+
+
+_WAITERS = 8
+_barrier: dict[str, threading.Barrier] = {}
+_barrier_lock = threading.Lock()
+
+
+def _quick_then_waiting(x: int) -> int:
+    """Quick for ``x < 300``; the others wait for each other (on this worker, _WAITERS at a
+    time): they only get through if they run at once, on threads of their own."""
+    if x >= 300:
+        with _barrier_lock:
+            b = _barrier.setdefault("b", threading.Barrier(_WAITERS))
+        b.wait(timeout=30)
+    return x
+
+
+def test_a_map_that_starts_with_waiting_elements(shared: list[int]) -> None:
+    # a map's first batch on a worker starts as an asyncmap (a thread for an element that
+    # waits), even when the same function ran quick in the map before: what a worker learns of
+    # the elements' speed is kept by map, not by function
+    pool = WorkerPool(shared[:1])
+    quick = list(range(300))
+    assert pmap(_quick_then_waiting, pool, quick, batch_size="auto") == quick
+    ys = list(range(300, 300 + _WAITERS)) + quick
+    assert pmap(_quick_then_waiting, pool, ys, batch_size=len(ys)) == ys
+    assert pmap(_quick_then_waiting, pool, ys, batch_size="auto") == ys
+
+
+def _cached_here(_: Any) -> int:
+    """How many functions of function caches this worker holds (while it runs a map)."""
+    return len(_STORED.get(current_cluster()))
+
+
+def test_a_function_importable_by_name_is_not_cached_on_the_workers(shared: list[int]) -> None:
+    assert set(pmap(_cached_here, range(40), batch_size="auto")) == {0}
+    assert set(pmap(_cached_here, range(40))) == {0}
+    # a function sent by value goes through the map's cache (once per worker; it leaves once
+    # the worker has its last elements)
+    with_value = 0
+    got = pmap(lambda x: _cached_here(x) + with_value, WorkerPool(shared[:1]), range(40))
+    assert got[0] == 1
+    assert [remotecall_fetch(_cached_here, w, None) for w in shared] == [0, 0]
+
+
+def test_ctrl_c_in_a_batched_map_sent_all_at_once(shared: list[int], tmp_path: Path) -> None:
+    main = threading.main_thread()
+    assert threading.current_thread() is main
+    marks = str(tmp_path)
+    n = 800
+    size = auto_size(n, len(shared))
+
+    def element(x: int) -> int:
+        if x % size == 0 and x < 2 * size:  # the first element of each worker's first batch
+            open(os.path.join(marks, f"sleep-{x}"), "w").close()
+            time.sleep(60)
+        return x
+
+    sent: list[float] = []
+
+    def ctrl_c_once_every_worker_sleeps() -> None:
+        try:
+            wait_until(
+                lambda: len(os.listdir(marks)) >= len(shared),
+                timeout=T,
+                what="every worker to run a long element",
+            )
+        finally:
+            sent.append(time.monotonic())
+            signal.pthread_kill(main.ident, signal.SIGINT)  # type: ignore[arg-type]
+
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    ctrl_c, outcome = in_thread(ctrl_c_once_every_worker_sleeps)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pmap(element, list(range(n)), batch_size="auto")
+    finally:
+        ctrl_c.join(T)
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+    elapsed = time.monotonic() - sent[0]
+    assert outcome == [None], outcome
+    assert elapsed < INTERRUPT_GRACE - 0.5, elapsed  # the interrupted ones came back
+    assert [remotecall_fetch(myid, w) for w in shared] == shared
+    assert pmap(lambda x: x * 2, list(range(100)), batch_size="auto") == [x * 2 for x in range(100)]
+
+
+def _length(b: bytes) -> int:
+    return len(b)
+
+
+def test_messages_over_the_size_guard_go_element_by_element(
+    add_workers: Callable[..., list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the guard is read when a connection opens: set it for the master and the workers
+    monkeypatch.setenv("PYDIST_MAX_MESSAGE_BYTES", "100000")
+    pool = WorkerPool(add_workers(2))
+    # 8 batches of one element, 4 to a worker's message at once: 120 kB, over the guard
+    xs = [bytes(30_000)] * 8
+    assert pmap(_length, pool, xs, batch_size="auto") == [30_000] * 8
+    # an element over the guard by itself fails alone, in its place
+    ys = [bytes(10)] * 7 + [bytes(150_000)]
+    out = pmap(_length, pool, ys, batch_size="auto", on_error=lambda e: type(e).__name__)
+    assert out == [10] * 7 + ["PicklingError"]
