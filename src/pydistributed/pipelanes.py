@@ -17,7 +17,15 @@ try:  # cloudpickle's own rule (codec.py uses it too)
 except ImportError:  # pragma: no cover - another cloudpickle layout
     _should_pickle_by_reference = None
 
-__all__ = ["MAX_WINDOW", "Dropped", "Failure", "Lane", "next_window", "pickles_by_name"]
+__all__ = [
+    "MAX_WINDOW",
+    "Dropped",
+    "Failure",
+    "Lane",
+    "next_window",
+    "pickles_by_name",
+    "victim",
+]
 
 MAX_WINDOW = 256  # elements in flight per worker, at most
 BY_NAME_BYTES = 512  # a builtin pickled by name takes fewer bytes than this
@@ -40,6 +48,7 @@ class Lane:
         "sent",
         "since",
         "slot",
+        "steal_pending",
         "stopping",
         "stream",
         "t_item",
@@ -60,6 +69,7 @@ class Lane:
         self.since = time.monotonic()
         self.stopping = False  # sends nothing more; closes once its elements are back
         self.dead = False
+        self.steal_pending = False  # asked to give back its elements not started (MapCancel)
         self.t_item = 0.0  # how long an element runs on the worker (a moving average)
 
 
@@ -70,6 +80,21 @@ class Failure:
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
+
+
+def victim(lanes: list[Lane], thief: Lane) -> Lane | None:
+    """The lane to take elements back from for ``thief``, which has none in flight once the
+    input is all sent: the one with the most in flight, if two or more (one runs on its
+    worker, the others wait there behind it), not one asked already. Without this, batches
+    dealt out ahead (``batch_size="auto"`` sends them all at once) would stay on a worker
+    whose share turned out slow while another worker idles."""
+    best = None
+    for lane in lanes:
+        if lane is thief or lane.local or lane.dead or lane.steal_pending:
+            continue
+        if len(lane.sent) >= 2 and (best is None or len(lane.sent) > len(best.sent)):
+            best = lane
+    return best
 
 
 def next_window(now: int, rtt: float, t_item: float) -> int:

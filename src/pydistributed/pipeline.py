@@ -40,7 +40,6 @@ import functools
 import heapq
 import itertools
 import logging
-import pickle
 import queue
 import threading
 import time
@@ -50,13 +49,13 @@ from typing import Any
 
 from . import codec
 from .cluster import Cluster
-from .codec import describe_unpicklable
 from .errors import ProcessExitedException, RemoteException
 from .execution import hold_sigint, release_sigint
 from .funccache import FunctionCache
 from .messages import MapCalls, MapCancel
 from .pipecalls import DROPPED, Last, StreamSlot
-from .pipelanes import MAX_WINDOW, Dropped, Failure, Lane, next_window
+from .pipelanes import MAX_WINDOW, Dropped, Failure, Lane, next_window, victim
+from .pipesend import Ready, send_each, write
 from .remotecall import WorkerSource
 
 __all__ = ["MAX_WINDOW", "Dropped", "Outcome", "Pipeline", "next_window"]
@@ -67,7 +66,6 @@ ROTATE = 0.5  # seconds a lane holds its worker at most before giving it back
 _FIRST_RTT = 300e-6  # the round trip assumed until one is measured (s)
 _LOOK = 0.1  # how often the hub looks for more workers while it waits (s)
 
-_Ready = tuple[Lane, list[Any], list[Any], int | None, Callable[[], bool]]  # see _send
 Outcome = tuple[Any, Any, tuple[Any, ...], bool, Any]
 """``(token, f, args, ok, value)``: an element's outcome; ``value`` is the exception when not
 ``ok`` (a RemoteException, a ProcessExitedException, :class:`Dropped`)."""
@@ -210,8 +208,13 @@ class Pipeline:
         if self.eager or self.stopped or event[1] < 0 or b"\0" in event[3] or DROPPED in event[3]:
             self._bell.put(None)
         elif lane.next_seq - lane.answered <= lane.window // 2:
-            if not self._all_sent or all(o.next_seq == o.answered for o in list(self.lanes)):
+            lanes = list(self.lanes)
+            if not self._all_sent or all(o.next_seq == o.answered for o in lanes):
                 self._bell.put(None)
+            elif lane.next_seq == lane.answered and any(
+                o.next_seq - o.answered >= 2 for o in lanes
+            ):
+                self._bell.put(None)  # idle while another has elements waiting: _steal_for
 
     def interrupt(self, grace: float) -> None:
         """Ctrl-C: drop the elements not started, interrupt those running (``interrupt`` of
@@ -312,7 +315,28 @@ class Pipeline:
                 elif now - lane.since >= ROTATE:
                     lane.stopping = True
             if lane.dead or (lane.stopping and not lane.sent):
+                if not lane.dead and self._steal_for(lane):
+                    continue  # keeps its worker for the elements it takes back
                 self._release(lane)
+
+    def _steal_for(self, thief: Lane) -> bool:
+        """Once the input is all sent, an idle lane asks the busiest one's worker to give back
+        the elements it has not started (``MapCancel``: they come back dropped, and go out
+        again to whichever lanes have room). Whether ``thief`` should wait for them."""
+        if self.stopped or not self.exhausted or self.retries or self._later:
+            return False
+        if any(lane.steal_pending for lane in self.lanes):
+            return True
+        busy = victim(self.lanes, thief)
+        if busy is None:
+            return False
+        busy.steal_pending = True
+        try:
+            busy.peer.send(MapCancel(busy.stream))
+        except Exception:  # its connection closed: its elements fail and are retried
+            busy.steal_pending = False
+            return False
+        return True
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -351,13 +375,13 @@ class Pipeline:
                 want[1] -= 1
             dealing = [want for want in dealing if want[1] > 0]
         # all pickled before any is written: a write may hand this thread's CPU to a worker
-        ready: list[_Ready] = []
+        ready: list[Ready] = []
         held = hold_sigint() if self._main else None  # a message is never half written
         try:
             for lane, _, batch in wants:
                 if batch and not lane.dead and not self.stopped:
                     self._send(lane, batch, ready)
-            self._write(ready)
+            write(ready, self.cache)
         finally:
             if held is not None:
                 release_sigint(held)
@@ -367,7 +391,7 @@ class Pipeline:
             if more is not None:
                 self.retries.append(more)
 
-    def _send(self, lane: Lane, batch: list[Any], ready: list[_Ready]) -> None:
+    def _send(self, lane: Lane, batch: list[Any], ready: list[Ready]) -> None:
         """Note ``batch`` as sent on ``lane``; its messages go to ``ready``, pickled: ``(lane,
         frames, refs, function token, a fallback that sends the elements one by one)``."""
         now = time.monotonic()
@@ -397,51 +421,11 @@ class Pipeline:
             try:
                 frames, refs = codec.encode(msg, lane.pid)
             except Exception:  # something cannot be pickled: find what, element by element
-                if self._send_each(lane, first, f, sent, part) and token is not None:
+                if send_each(self.post, lane, first, f, sent, part) and token is not None:
                     self.cache.shipped(lane.pid, token)
                 continue
-            each = functools.partial(self._send_each, lane, first, f, sent, part)
+            each = functools.partial(send_each, self.post, lane, first, f, sent, part)
             ready.append((lane, frames, refs, token, each))
-
-    def _write(self, ready: list[_Ready]) -> None:
-        """Write the messages that :meth:`_send` pickled."""
-        broken: set[int] = set()
-        for lane, frames, refs, token, each in ready:
-            if lane.dead or id(lane) in broken:
-                continue
-            peer = lane.peer
-            try:
-                if refs and peer.announce is not None:
-                    peer.announce(peer, refs)
-                peer.send_frames(frames)
-            except ProcessExitedException as e:
-                broken.add(id(lane))
-                lane.slot.set(False, e)  # type: ignore[union-attr]
-                continue
-            except Exception:  # (too large, say): element by element, to find which
-                if not each():
-                    continue
-            if token is not None:
-                self.cache.shipped(lane.pid, token)
-
-    def _send_each(self, lane: Lane, first: int, f: Any, sent: Any, part: list[Any]) -> bool:
-        """Send each element alone; one that cannot be pickled fails here with the error that
-        says what. Whether any went out."""
-        went = False
-        for seq, (_, _, args) in enumerate(part, first):
-            try:
-                lane.peer.send(MapCalls(lane.stream, seq, 1, sent, [args]))
-                went = True
-            except ProcessExitedException as e:
-                lane.slot.set(False, e)  # type: ignore[union-attr]
-                break
-            except Exception as e:
-                values = {"the function": f}
-                values.update({f"argument {i + 1}": a for i, a in enumerate(args)})
-                why = describe_unpicklable("cannot send the call", values, e)
-                failure = Failure(pickle.PicklingError(why))
-                self.post((lane, seq, 1, b"\0", [failure], 0.0))
-        return went
 
     def _run_here(self, lane: Lane, seq: int, f: Any, args: tuple[Any, ...]) -> None:
         t0 = time.perf_counter()
@@ -475,6 +459,8 @@ class Pipeline:
         now = time.monotonic()
         sent = lane.sent
         pid = lane.pid
+        lane.steal_pending = False
+        back = 0  # elements given back (see _steal_for)
         for i in range(count):
             entry = sent.pop(first + i, None)
             if entry is None:
@@ -483,6 +469,9 @@ class Pipeline:
             ok = oks[i]
             if ok == 1:
                 out.append((token, f, args, True, values[i]))
+            elif ok == DROPPED and not self.stopped:
+                self.retries.append((token, f, args))
+                back += 1
             elif ok == DROPPED:
                 out.append((token, f, args, False, Dropped()))
             else:
@@ -494,7 +483,10 @@ class Pipeline:
                 if sample > 0:
                     # down at once, up slowly: a slow spell of the machine is not a round trip
                     self.rtt = min(sample, 0.8 * self.rtt + 0.2 * sample)
-        if count and not lane.local:
+        if back:
+            for other in self.lanes:
+                other.stopping = other.dead  # they take the elements given back
+        elif count and not lane.local:
             t = seconds / count
             lane.t_item = t if not lane.t_item else 0.7 * lane.t_item + 0.3 * t
             lane.window = next_window(lane.window, self.rtt, lane.t_item)

@@ -230,3 +230,29 @@ def test_messages_over_the_size_guard_go_element_by_element(
     ys = [bytes(10)] * 7 + [bytes(150_000)]
     out = pmap(_length, pool, ys, batch_size="auto", on_error=lambda e: type(e).__name__)
     assert out == [10] * 7 + ["PicklingError"]
+
+
+def _slow_on(slow: int, x: int) -> tuple[int, int]:
+    """CPU work (about 20 ms, not a sleep: a batch's waiting elements may share threads) on
+    worker ``slow``; nothing elsewhere. Returns (who ran it, x)."""
+    if myid() == slow:
+        s = 0
+        for i in range(400_000):
+            s += i
+    return myid(), x
+
+
+def test_batches_dealt_ahead_to_a_slow_worker_are_taken_back_by_an_idle_one(
+    shared: list[int],
+) -> None:
+    """batch_size="auto" deals every batch out at once, 4 per worker; once the quick worker
+    is idle it takes back the slow one's batches that have not started (MapCancel, then sent
+    again): it runs more than its dealt half, and every result is there, in order."""
+    slow, quick = shared
+    n = 40  # 8 batches of 5: 20 elements dealt to each worker
+    assert auto_size(n, 2) == 5
+    out = pmap(_slow_on, [slow] * n, range(n), pool=WorkerPool(shared), batch_size="auto")
+    assert [x for _, x in out] == list(range(n))
+    ran = [who for who, _ in out]
+    assert set(ran) <= {slow, quick}
+    assert ran.count(quick) > n // 2, ran  # static dealing would give it exactly 20
