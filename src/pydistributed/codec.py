@@ -33,7 +33,7 @@ import struct
 import sys
 import threading
 import weakref
-from types import CodeType, FunctionType
+from types import BuiltinFunctionType, CodeType, FunctionType
 from typing import Any
 
 import cloudpickle
@@ -259,6 +259,43 @@ def loads(data: Any, buffers: list[Any] | None = None) -> Any:
     return pickle.loads(data, buffers=buffers or ())
 
 
+# -- the plain fast path ---------------------------------------------------------------------
+#
+# Most messages of fine-grained work carry only builtins (ints, strings, small tuples) and a
+# function of an importable module: the C pickler alone writes those exactly as our cloudpickle
+# Pickler would (pickle never asks ``reducer_override`` about the builtin types, and a function
+# that goes by reference is saved by name either way), several times faster, and such a body
+# carries no remote reference (nothing to note) and no out-of-band buffer.
+
+_ATOMS = frozenset({int, float, str, bool, type(None), bytes, complex})
+_NAMED = frozenset({BuiltinFunctionType})  # saved by name by both picklers
+_PLAIN_MAX = 16  # items looked at in one container; a longer one takes the general path
+
+
+def _plain(x: Any, depth: int = 0) -> bool:
+    """Whether ``x`` pickles the same with the plain C pickler (see above)."""
+    t = type(x)
+    if t in _ATOMS:
+        return True
+    if t is tuple or t is list:
+        if depth > 2 or len(x) > _PLAIN_MAX:
+            return False
+        for v in x:
+            if type(v) not in _ATOMS and not _plain(v, depth + 1):
+                return False
+        return True
+    if t is dict:
+        if depth > 2 or len(x) > _PLAIN_MAX:
+            return False
+        for k, v in x.items():
+            if type(k) is not str or (type(v) not in _ATOMS and not _plain(v, depth + 1)):
+                return False
+        return True
+    if t is FunctionType:
+        return _BY_REFERENCE.get(x) is True  # known to go by reference (cached by _Pickler)
+    return t in _NAMED
+
+
 def encode(msg: Message, target: int | None = None) -> tuple[list[Any], list[Any]]:
     """Encode ``msg`` for process ``target``.
 
@@ -269,12 +306,18 @@ def encode(msg: Message, target: int | None = None) -> tuple[list[Any], list[Any
         Whatever pickling raises (``PicklingError``, ``TypeError``...): nothing was sent.
     """
     cls = type(msg)
-    h = [getattr(msg, name) for name in cls.HEADER]
-    h += [0] * (3 - len(h))
-    header = _HEADER.pack(cls.TAG, *h)
+    names = cls.HEADER
+    if len(names) == 1:
+        header = _HEADER.pack(cls.TAG, getattr(msg, names[0]), 0, 0)
+    else:
+        h = [getattr(msg, name) for name in names]
+        h += [0] * (3 - len(h))
+        header = _HEADER.pack(cls.TAG, *h)
     if not cls.BODY:
         return [header, b""], []
-    body = tuple(getattr(msg, name) for name in cls.BODY)
+    body = tuple([getattr(msg, name) for name in cls.BODY])
+    if _plain(body):
+        return [header, pickle.dumps(body, 5)], []
     buffers: list[Any] = []
     refs: list[Any] = []
     saved = (_ctx.target, _ctx.refs)
@@ -330,6 +373,23 @@ def decode(frames: list[Any]) -> Message:
     """
     if len(frames) < 2:
         raise ProtocolError("a message has a header and a body")
+    head = frames[0]
+    if len(head) == _HEADER.size:  # no out-of-band buffers: the common case, in short
+        tag, a, b, c = _HEADER.unpack_from(head)
+        cls = MESSAGE_TYPES.get(tag)
+        if cls is not None:
+            n = len(cls.HEADER)
+            if not cls.BODY:
+                return cls(*(a, b, c)[:n])
+            try:
+                body = pickle.loads(frames[1], buffers=frames[2:])
+                if not isinstance(body, tuple) or len(body) != len(cls.BODY):
+                    raise ProtocolError(f"a {cls.__name__} body has {len(cls.BODY)} fields")
+                if n == 1:
+                    return cls(a, *body)
+                return cls(*(a, b, c)[:n], *body)
+            except BaseException as e:
+                raise DecodeError(tag, decode_header(frames)[1], e) from e
     tag, header = decode_header(frames)
     cls = MESSAGE_TYPES[tag]
     if not cls.BODY:
