@@ -54,6 +54,7 @@ __all__ = [
     "loads",
     "note_ref",
     "oob",
+    "small",
 ]
 
 OOB_THRESHOLD = 64 * 1024
@@ -220,6 +221,8 @@ _reusable = _Reusable()
 
 def dumps(obj: Any, buffers: list[Any] | None = None) -> bytes:
     """Pickle ``obj`` with cloudpickle; large buffers go to ``buffers`` when it is given."""
+    if _plain(obj):
+        return pickle.dumps(obj, 5)
     r = _reusable
     if r.busy:  # a __reduce__ pickling something itself, while we pickle
         return _dumps_fresh(obj, buffers)
@@ -294,6 +297,28 @@ def _plain(x: Any, depth: int = 0) -> bool:
     if t is FunctionType:
         return _BY_REFERENCE.get(x) is True  # known to go by reference (cached by _Pickler)
     return t in _NAMED
+
+
+_SMALL_ATOM = 1024  # the longest str or bytes that :func:`small` lets through
+
+
+def small(x: Any, depth: int = 0) -> bool:
+    """Whether ``x`` is a small value of builtins (no function, no object of a class of the
+    user's): pickling it runs no code of the user's and makes a message of a few KiB at most.
+    """
+    t = type(x)
+    if t is str or t is bytes:
+        return len(x) <= _SMALL_ATOM
+    if t in _ATOMS:
+        return True
+    if t is tuple or t is list:
+        if depth > 2 or len(x) > _PLAIN_MAX:
+            return False
+        for v in x:
+            if not small(v, depth + 1):
+                return False
+        return True
+    return False
 
 
 def encode(msg: Message, target: int | None = None) -> tuple[list[Any], list[Any]]:
@@ -386,7 +411,7 @@ def decode(frames: list[Any]) -> Message:
                 if not isinstance(body, tuple) or len(body) != len(cls.BODY):
                     raise ProtocolError(f"a {cls.__name__} body has {len(cls.BODY)} fields")
                 if n == 1:
-                    return cls(a, *body)
+                    return cls(*(a, *body))
                 return cls(*(a, b, c)[:n], *body)
             except BaseException as e:
                 raise DecodeError(tag, decode_header(frames)[1], e) from e

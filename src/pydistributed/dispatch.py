@@ -63,13 +63,25 @@ from .pipecalls import SerialQueues, StreamSlot
 from .refstore import Failure, RefStore
 from .registry import Registry
 
-__all__ = ["Dispatcher", "is_internal"]
+__all__ = ["LATER", "Dispatcher", "is_internal"]
 
 log = logging.getLogger("pydistributed")
 
 
 def _ignore(peer: Peer, msg: Message) -> None:
     pass
+
+
+class _Later:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "LATER"
+
+
+LATER: Any = _Later()
+"""What the at-once form of a runtime operation (``f._pydist_now``, see ``refops``) answers
+when it cannot finish at once: the operation then runs the usual way."""
 
 
 def _undecodable_answer(err: codec.DecodeError, sender: int | None, me: int) -> CapturedException:
@@ -203,6 +215,10 @@ class Dispatcher:
         self.start_call(rrid, msg.whence, msg.f, msg.args, msg.kwargs, not is_internal(msg.f))
 
     def _on_call_fetch(self, peer: Peer, msg: CallFetch) -> None:
+        now = getattr(msg.f, "_pydist_now", None)
+        if now is not None and self._answer_now(peer, msg, now):
+            return
+
         def run() -> None:
             ok, value = self.execute(msg.f, msg.args, msg.kwargs)
             self.reply(peer, msg.response_id, ok, value)
@@ -218,6 +234,19 @@ class Dispatcher:
                     self.requests.end(key)
 
         self.executor.submit(run, not is_internal(msg.f))
+
+    def _answer_now(self, peer: Peer, msg: CallFetch, now: Callable[..., Any]) -> bool:
+        """Run a runtime operation that can finish at once here, on the reading thread, and
+        answer it (no hand-off to a pool thread: ``refops._at_once``); False when it cannot,
+        having done nothing."""
+        try:
+            value = now(*msg.args, **msg.kwargs)
+        except Exception:
+            return False  # the usual way runs it again and reports the error
+        if value is LATER:
+            return False
+        self.reply(peer, msg.response_id, True, value)
+        return True
 
     def _on_call_wait(self, peer: Peer, msg: CallWait) -> None:
         slot = self.refs.add(RRID(msg.whence, msg.id), msg.whence)
