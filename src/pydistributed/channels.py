@@ -322,12 +322,14 @@ class Channel(AbstractChannel[T]):
                 self._room_waiters[0].notify()
             return value
 
-    def _take_now(self, small: Callable[[Any], bool], copy: Callable[[Any], Any]) -> Any:
+    def _take_now(
+        self, small: Callable[[Any], bool], copy: Callable[[Any], Any], none: Any = None
+    ) -> Any:
         """Take the first value if there is one now and ``small(value)``, as ``copy(value)``;
-        else take nothing and return ``None`` (never blocks, like :meth:`_put_now`)."""
+        else take nothing and return ``none`` (never blocks, like :meth:`_put_now`)."""
         with self._lock:
             if self._size == 0 or not self._buffer or not small(self._buffer[0]):
-                return None
+                return none
             value = copy(self._buffer[0])
             self._buffer.popleft()
             if self._room_waiters:

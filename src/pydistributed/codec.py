@@ -303,15 +303,15 @@ _SMALL_ATOM = 1024  # the longest str or bytes that :func:`small` lets through
 
 
 def small(x: Any, depth: int = 0) -> bool:
-    """Whether ``x`` is a small value of builtins (no function, no object of a class of the
-    user's): pickling it runs no code of the user's and makes a message of a few KiB at most.
-    """
+    """Whether ``x`` is a small immutable value of builtins (no list, no function, no object
+    of a class of the user's): it cannot change, pickling it runs no code of the user's, and
+    it makes a message of a few KiB at most."""
     t = type(x)
     if t is str or t is bytes:
         return len(x) <= _SMALL_ATOM
     if t in _ATOMS:
         return True
-    if t is tuple or t is list:
+    if t is tuple:
         if depth > 2 or len(x) > _PLAIN_MAX:
             return False
         for v in x:

@@ -255,10 +255,15 @@ def _put_now(key: tuple[int, int], value: Any, timeout: float | None, caller: in
     return None  # stored (as put_ch answers)
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 def _take_now(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
+    # a small value is immutable (codec.small): it needs no copy made at the take (_Encoded)
     ch = _our_channel(key)
-    value = None if ch is None else ch._take_now(codec.small, _Encoded)
-    return LATER if value is None else value
+    value = LATER if ch is None else ch._take_now(codec.small, _same, LATER)
+    return value
 
 
 def _lease_take_now(key: tuple[int, int], cid: int, seq: int, used: int, caller: int) -> Any:
@@ -266,11 +271,11 @@ def _lease_take_now(key: tuple[int, int], cid: int, seq: int, used: int, caller:
     ch = _our_channel(key)
     if ch is None:
         return LATER
-    value = ch._take_now(codec.small, _Encoded)
-    if value is None:
+    value = ch._take_now(codec.small, _same, LATER)
+    if value is LATER:
         return LATER
-    if not c.refs.leases.hold(caller, cid, ch, seq, codec.loads(value.data), used):
-        c.refs.give_back(ch, [codec.loads(value.data)])
+    if not c.refs.leases.hold(caller, cid, ch, seq, value, used):
+        c.refs.give_back(ch, [value])
         return Marker(_CANCELLED, "the consumer has ended")
     return value
 
