@@ -215,7 +215,17 @@ class Dispatcher:
         self.start_call(rrid, msg.whence, msg.f, msg.args, msg.kwargs, not is_internal(msg.f))
 
     def _on_call_fetch(self, peer: Peer, msg: CallFetch) -> None:
-        now = getattr(msg.f, "_pydist_now", None)
+        internal = is_internal(msg.f)
+        if not internal and getattr(msg.f, "cancel_with", None) is None:
+            # a function of the user's: the path of most calls, in short
+
+            def run_user() -> None:
+                ok, value = self._execute_user(msg.f, msg.args, msg.kwargs)
+                self.reply(peer, msg.response_id, ok, value)
+
+            self.executor.submit(run_user, True)
+            return
+        now = getattr(msg.f, "_pydist_now", None) if internal else None
         if now is not None and self._answer_now(peer, msg, now):
             return
 
@@ -233,7 +243,7 @@ class Dispatcher:
                 finally:
                     self.requests.end(key)
 
-        self.executor.submit(run, not is_internal(msg.f))
+        self.executor.submit(run, not internal)
 
     def _answer_now(self, peer: Peer, msg: CallFetch, now: Callable[..., Any]) -> bool:
         """Run a runtime operation that can finish at once here, on the reading thread, and
@@ -314,6 +324,12 @@ class Dispatcher:
                 return True, f(*args, **kwargs)
             except BaseException as e:
                 return False, capture(e)
+        return self._execute_user(f, args, kwargs)
+
+    def _execute_user(
+        self, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[bool, Any]:
+        """:meth:`execute` of a function that is not one of the runtime's own."""
         ex = self.executor
         ident = ex.enter_call()
         exited = False
@@ -348,7 +364,9 @@ class Dispatcher:
         """Answer request ``rid`` of ``peer``; a value that cannot be pickled is answered with
         the error that says so."""
         try:
-            peer.send(Result(rid, ok, codec.oob(value) if ok else value))
+            if ok and type(value) is bytes:
+                value = codec.oob(value)
+            peer.send(Result(rid, ok, value))
             return
         except ProcessExitedException:
             return  # the caller is gone
