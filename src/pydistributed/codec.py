@@ -33,7 +33,7 @@ import struct
 import sys
 import threading
 import weakref
-from types import BuiltinFunctionType, CodeType, FunctionType
+from types import BuiltinFunctionType, CodeType, FunctionType, ModuleType
 from typing import Any
 
 import cloudpickle
@@ -271,7 +271,6 @@ def loads(data: Any, buffers: list[Any] | None = None) -> Any:
 # carries no remote reference (nothing to note) and no out-of-band buffer.
 
 _ATOMS = frozenset({int, float, str, bool, type(None), bytes, complex})
-_NAMED = frozenset({BuiltinFunctionType})  # saved by name by both picklers
 _PLAIN_MAX = 16  # items looked at in one container; a longer one takes the general path
 
 
@@ -296,7 +295,9 @@ def _plain(x: Any, depth: int = 0) -> bool:
         return True
     if t is FunctionType:
         return _BY_REFERENCE.get(x) is True  # known to go by reference (cached by _Pickler)
-    return t in _NAMED
+    # a builtin function of a module (``len``, ``time.time``); not a method of an object,
+    # whose object might be of a class that cloudpickle sends by value
+    return t is BuiltinFunctionType and type(x.__self__) is ModuleType
 
 
 _SMALL_ATOM = 1024  # the longest str or bytes that :func:`small` lets through

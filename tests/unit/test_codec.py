@@ -170,3 +170,11 @@ def test_fast_path_leaves_the_rest_to_cloudpickle() -> None:
     frames, _ = codec.encode(CallFetch(1, local, (2,), {}), 2)
     back = codec.decode(frames)
     assert isinstance(back, CallFetch) and back.f(2) == 3
+
+
+def test_a_method_of_an_object_is_never_plain() -> None:
+    class Mine(list):  # type: ignore[type-arg]
+        pass
+
+    # its object's class may travel by value (cloudpickle), which the C pickler cannot do
+    assert codec._plain((len, max)) and not codec._plain((Mine().append,))
