@@ -227,17 +227,20 @@ def dumps(obj: Any, buffers: list[Any] | None = None) -> bytes:
     if r.busy:  # a __reduce__ pickling something itself, while we pickle
         return _dumps_fresh(obj, buffers)
     r.busy = True
+    f = r.file
+    p = r.pickler
     try:
-        f = r.file
-        f.seek(0)
-        f.truncate()
         r.buffers = buffers
-        p = r.pickler
-        p.clear_memo()
-        p.globals_ref = {}
         p.dump(obj)
         return f.getvalue()
     finally:
+        # emptied now, not at the next use: the memo holds every object of the message (remote
+        # references among them, which must be freed when their holder drops them), and the
+        # next message may well take the plain path and never come here
+        p.clear_memo()
+        p.globals_ref = {}
+        f.seek(0)
+        f.truncate()
         r.buffers = None
         r.busy = False
 
