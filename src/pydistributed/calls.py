@@ -173,10 +173,20 @@ class Calls:
             ProcessExitedException: the process has exited.
         """
         args, kwargs = _oob_args(args, kwargs)
+        # (request_on, written out: a consumer's take ahead comes this way, once per value)
+        peer = self.connections.get(pid)
+        rid = self._rids.next()
+        peer.pending[rid] = slot
         try:
-            _, rid, _ = self.request(pid, lambda rid: CallFetch(rid, f, args, kwargs), slot)
-        except _UNPICKLABLE as e:
-            raise _unpicklable(f, args, kwargs, e) from e
+            peer.send(CallFetch(rid, f, args, kwargs))
+        except BaseException as e:
+            peer.pending.pop(rid, None)
+            if isinstance(e, _UNPICKLABLE):
+                raise _unpicklable(f, args, kwargs, e) from e
+            raise
+        if peer.closed and peer.pending.pop(rid, None) is not None:
+            # closed between our check and our registration: nobody else will wake us
+            slot.set(False, ProcessExitedException(peer.pid or 0, peer.close_reason))
         return rid
 
     def call(
