@@ -267,11 +267,10 @@ def loads(data: Any, buffers: list[Any] | None = None) -> Any:
 
 # -- the plain fast path ---------------------------------------------------------------------
 #
-# Most messages of fine-grained work carry only builtins (ints, strings, small tuples) and a
-# function of an importable module: the C pickler alone writes those exactly as our cloudpickle
-# Pickler would (pickle never asks ``reducer_override`` about the builtin types, and a function
-# that goes by reference is saved by name either way), several times faster, and such a body
-# carries no remote reference (nothing to note) and no out-of-band buffer.
+# Most small messages carry only builtins and a function of an importable module: the C pickler
+# alone writes those as our cloudpickle Pickler would (pickle never asks ``reducer_override``
+# about builtin types; a function by reference is saved by name either way), several times
+# faster; such a body carries no remote reference and no out-of-band buffer.
 
 _ATOMS = frozenset({int, float, str, bool, type(None), bytes, complex})
 _PLAIN_MAX = 16  # items looked at in one container; a longer one takes the general path
@@ -282,18 +281,15 @@ def _plain(x: Any, depth: int = 0) -> bool:
     t = type(x)
     if t in _ATOMS:
         return True
-    if t is tuple or t is list:
+    if t is tuple or t is list or t is dict:
         if depth > 2 or len(x) > _PLAIN_MAX:
             return False
+        if t is dict:
+            if any(type(k) is not str for k in x):
+                return False
+            x = x.values()
         for v in x:
             if type(v) not in _ATOMS and not _plain(v, depth + 1):
-                return False
-        return True
-    if t is dict:
-        if depth > 2 or len(x) > _PLAIN_MAX:
-            return False
-        for k, v in x.items():
-            if type(k) is not str or (type(v) not in _ATOMS and not _plain(v, depth + 1)):
                 return False
         return True
     if t is FunctionType:
@@ -316,12 +312,7 @@ def small(x: Any, depth: int = 0) -> bool:
     if t in _ATOMS:
         return True
     if t is tuple:
-        if depth > 2 or len(x) > _PLAIN_MAX:
-            return False
-        for v in x:
-            if not small(v, depth + 1):
-                return False
-        return True
+        return depth <= 2 and len(x) <= _PLAIN_MAX and all(small(v, depth + 1) for v in x)
     return False
 
 
@@ -335,13 +326,8 @@ def encode(msg: Message, target: int | None = None) -> tuple[list[Any], list[Any
         Whatever pickling raises (``PicklingError``, ``TypeError``...): nothing was sent.
     """
     cls = type(msg)
-    names = cls.HEADER
-    if len(names) == 1:
-        header = _HEADER.pack(cls.TAG, getattr(msg, names[0]), 0, 0)
-    else:
-        h = [getattr(msg, name) for name in names]
-        h += [0] * (3 - len(h))
-        header = _HEADER.pack(cls.TAG, *h)
+    h = [getattr(msg, name) for name in cls.HEADER]
+    header = _HEADER.pack(cls.TAG, *h, *(0, 0, 0)[len(h) :])
     if not cls.BODY:
         return [header, b""], []
     body = tuple([getattr(msg, name) for name in cls.BODY])
@@ -402,36 +388,25 @@ def decode(frames: list[Any]) -> Message:
     """
     if len(frames) < 2:
         raise ProtocolError("a message has a header and a body")
-    head = frames[0]
-    if len(head) == _HEADER.size:  # no out-of-band buffers: the common case, in short
-        tag, a, b, c = _HEADER.unpack_from(head)
-        cls = MESSAGE_TYPES.get(tag)
-        if cls is not None:
-            n = len(cls.HEADER)
-            if not cls.BODY:
-                return cls(*(a, b, c)[:n])
-            try:
-                body = pickle.loads(frames[1], buffers=frames[2:])
-                if not isinstance(body, tuple) or len(body) != len(cls.BODY):
-                    raise ProtocolError(f"a {cls.__name__} body has {len(cls.BODY)} fields")
-                if n == 1:
-                    return cls(*(a, *body))
-                return cls(*(a, b, c)[:n], *body)
-            except BaseException as e:
-                raise DecodeError(tag, decode_header(frames)[1], e) from e
-    tag, header = decode_header(frames)
-    cls = MESSAGE_TYPES[tag]
+    header: dict[str, int] | None = None
+    tag, a, b, c = _HEADER.unpack_from(frames[0]) if len(frames[0]) == _HEADER.size else (0,) * 4
+    cls = MESSAGE_TYPES.get(tag)
+    if cls is not None:  # no bitmap and a known tag: the common case, without the dict
+        fields: tuple[int, ...] = (a, b, c)[: len(cls.HEADER)]
+    else:
+        tag, header = decode_header(frames)
+        cls, fields = MESSAGE_TYPES[tag], tuple(header.values())
     if not cls.BODY:
-        return cls(**header)
+        return cls(*fields)
     try:
         body = pickle.loads(frames[1], buffers=frames[2:])
         if not isinstance(body, tuple) or len(body) != len(cls.BODY):
             raise ProtocolError(f"a {cls.__name__} body has {len(cls.BODY)} fields")
-        return cls(*header.values(), *body)
+        return cls(*fields, *body)
     except BaseException as e:
         # anything unpickling raises, SystemExit and KeyboardInterrupt from a __reduce__
         # included, is this message's failure, not the connection's nor the process's
-        raise DecodeError(tag, header, e) from e
+        raise DecodeError(tag, header or decode_header(frames)[1], e) from e
 
 
 # -- what could not be pickled, in words (failures only) -------------------------------------
