@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import pickle
 import threading
+from _thread import get_ident
 from collections.abc import Callable
 from typing import Any
 
@@ -53,7 +54,7 @@ def _hold_on_main() -> Any:
     """On the main thread: hold SIGINT from before a request is sent until
     :meth:`Calls.wait_answer` is ready to handle it (a Ctrl-C in between would leave a request
     running that nobody waits for, nor interrupts). Two system calls."""
-    return hold_sigint() if threading.get_ident() == _MAIN else None
+    return hold_sigint() if get_ident() == _MAIN else None
 
 
 def _release(held: Any) -> None:
@@ -107,6 +108,7 @@ class Calls:
         self.dispatch = dispatch
         self.executor = executor
         self._rids = IdCounter()
+        self._main = threading.main_thread().ident
 
     # -- the call forms --------------------------------------------------------------------
 
@@ -131,10 +133,26 @@ class Calls:
                 return value
             raise RemoteException(pid, value)
         args, kwargs = _oob_args(args, kwargs)
-        held = _hold_on_main()  # a Ctrl-C from here on is handled by wait_answer
-        peer, rid, slot = self._send_call(
-            pid, f, args, kwargs, held, lambda rid: CallFetch(rid, f, args, kwargs)
-        )
+        # (request_on and _send_call, written out: this is the path of every small call)
+        held = hold_sigint() if get_ident() == self._main else None  # see _hold_on_main
+        try:
+            peer = self.connections.get(pid)
+            rid = self._rids.next()
+            slot = ResponseSlot()
+            peer.pending[rid] = slot
+            try:
+                peer.send(CallFetch(rid, f, args, kwargs))
+            except BaseException:
+                peer.pending.pop(rid, None)
+                raise
+        except BaseException as e:
+            _release(held)
+            if isinstance(e, _UNPICKLABLE):
+                raise _unpicklable(f, args, kwargs, e) from e
+            raise
+        if peer.closed and peer.pending.pop(rid, None) is not None:
+            # closed between our check and our registration: nobody else will wake us
+            slot.set(False, ProcessExitedException(peer.pid or 0, peer.close_reason))
         cancel_with = getattr(f, "cancel_with", None)
         return self.wait_answer(peer, rid, slot, timeout, cancel_with, held)
 
@@ -155,10 +173,20 @@ class Calls:
             ProcessExitedException: the process has exited.
         """
         args, kwargs = _oob_args(args, kwargs)
+        # (request_on, written out: a consumer's take ahead comes this way, once per value)
+        peer = self.connections.get(pid)
+        rid = self._rids.next()
+        peer.pending[rid] = slot
         try:
-            _, rid, _ = self.request(pid, lambda rid: CallFetch(rid, f, args, kwargs), slot)
-        except _UNPICKLABLE as e:
-            raise _unpicklable(f, args, kwargs, e) from e
+            peer.send(CallFetch(rid, f, args, kwargs))
+        except BaseException as e:
+            peer.pending.pop(rid, None)
+            if isinstance(e, _UNPICKLABLE):
+                raise _unpicklable(f, args, kwargs, e) from e
+            raise
+        if peer.closed and peer.pending.pop(rid, None) is not None:
+            # closed between our check and our registration: nobody else will wake us
+            slot.set(False, ProcessExitedException(peer.pid or 0, peer.close_reason))
         return rid
 
     def call(
@@ -327,7 +355,7 @@ class Calls:
         once it is whole: a message is never read in part. While the thread waits for the
         next message, Ctrl-C lands at once.
         """
-        if threading.current_thread() is not threading.main_thread():
+        if get_ident() != self._main:
             # an interrupt can land anywhere in a call on a pool thread (an asynchronous
             # exception): such a thread waits on its slot instead of reading the stream
             if not self.executor.in_call():

@@ -239,6 +239,23 @@ class Channel(AbstractChannel[T]):
                 self._wake_putter()  # room left: the next one's turn
             return end - start
 
+    def _put_now(self, values: list[Any]) -> bool:
+        """Put all of ``values`` if there is room for them now and nobody waits for room;
+        else put nothing and return False (never blocks: the owner's reading thread uses it,
+        ``refops``)."""
+        with self._lock:
+            if (
+                not self._open
+                or self._size == 0
+                or self._room_waiters
+                or len(self._buffer) + len(values) > self._size
+            ):
+                return False
+            self._buffer.extend(values)
+            self._not_empty.notify(len(values))
+            self._readable.notify_all()
+            return True
+
     def _put_rendezvous(self, value: Any, deadline: float | None, timeout: float | None) -> None:
         # Lock held, channel open.
         if self._requests:
@@ -300,6 +317,20 @@ class Channel(AbstractChannel[T]):
             value = self._buffer[0]
             if copy is not None:
                 value = copy(value)  # raises: the value stays first in the channel
+            self._buffer.popleft()
+            if self._room_waiters:
+                self._room_waiters[0].notify()
+            return value
+
+    def _take_now(
+        self, small: Callable[[Any], bool], copy: Callable[[Any], Any], none: Any = None
+    ) -> Any:
+        """Take the first value if there is one now and ``small(value)``, as ``copy(value)``;
+        else take nothing and return ``none`` (never blocks, like :meth:`_put_now`)."""
+        with self._lock:
+            if self._size == 0 or not self._buffer or not small(self._buffer[0]):
+                return none
+            value = copy(self._buffer[0])
             self._buffer.popleft()
             if self._room_waiters:
                 self._room_waiters[0].notify()

@@ -33,7 +33,7 @@ import struct
 import sys
 import threading
 import weakref
-from types import CodeType, FunctionType
+from types import BuiltinFunctionType, CodeType, FunctionType, ModuleType
 from typing import Any
 
 import cloudpickle
@@ -54,6 +54,7 @@ __all__ = [
     "loads",
     "note_ref",
     "oob",
+    "small",
 ]
 
 OOB_THRESHOLD = 64 * 1024
@@ -220,21 +221,26 @@ _reusable = _Reusable()
 
 def dumps(obj: Any, buffers: list[Any] | None = None) -> bytes:
     """Pickle ``obj`` with cloudpickle; large buffers go to ``buffers`` when it is given."""
+    if _plain(obj):
+        return pickle.dumps(obj, 5)
     r = _reusable
     if r.busy:  # a __reduce__ pickling something itself, while we pickle
         return _dumps_fresh(obj, buffers)
     r.busy = True
+    f = r.file
+    p = r.pickler
     try:
-        f = r.file
-        f.seek(0)
-        f.truncate()
         r.buffers = buffers
-        p = r.pickler
-        p.clear_memo()
-        p.globals_ref = {}
         p.dump(obj)
         return f.getvalue()
     finally:
+        # emptied now, not at the next use: the memo holds every object of the message (remote
+        # references among them, which must be freed when their holder drops them), and the
+        # next message may well take the plain path and never come here
+        p.clear_memo()
+        p.globals_ref = {}
+        f.seek(0)
+        f.truncate()
         r.buffers = None
         r.busy = False
 
@@ -259,6 +265,57 @@ def loads(data: Any, buffers: list[Any] | None = None) -> Any:
     return pickle.loads(data, buffers=buffers or ())
 
 
+# -- the plain fast path ---------------------------------------------------------------------
+#
+# Most small messages carry only builtins and a function of an importable module: the C pickler
+# alone writes those as our cloudpickle Pickler would (pickle never asks ``reducer_override``
+# about builtin types; a function by reference is saved by name either way), several times
+# faster; such a body carries no remote reference and no out-of-band buffer.
+
+_ATOMS = frozenset({int, float, str, bool, type(None), bytes, complex})
+_PLAIN_MAX = 16  # items looked at in one container; a longer one takes the general path
+
+
+def _plain(x: Any, depth: int = 0) -> bool:
+    """Whether ``x`` pickles the same with the plain C pickler (see above)."""
+    t = type(x)
+    if t in _ATOMS:
+        return True
+    if t is tuple or t is list or t is dict:
+        if depth > 2 or len(x) > _PLAIN_MAX:
+            return False
+        if t is dict:
+            if any(type(k) is not str for k in x):
+                return False
+            x = x.values()
+        for v in x:
+            if type(v) not in _ATOMS and not _plain(v, depth + 1):
+                return False
+        return True
+    if t is FunctionType:
+        return _BY_REFERENCE.get(x) is True  # known to go by reference (cached by _Pickler)
+    # a builtin function of a module (``len``, ``time.time``); not a method of an object,
+    # whose object might be of a class that cloudpickle sends by value
+    return t is BuiltinFunctionType and type(x.__self__) is ModuleType
+
+
+_SMALL_ATOM = 1024  # the longest str or bytes that :func:`small` lets through
+
+
+def small(x: Any, depth: int = 0) -> bool:
+    """Whether ``x`` is a small immutable value of builtins (no list, no function, no object
+    of a class of the user's): it cannot change, pickling it runs no code of the user's, and
+    it makes a message of a few KiB at most."""
+    t = type(x)
+    if t is str or t is bytes:
+        return len(x) <= _SMALL_ATOM
+    if t in _ATOMS:
+        return True
+    if t is tuple:
+        return depth <= 2 and len(x) <= _PLAIN_MAX and all(small(v, depth + 1) for v in x)
+    return False
+
+
 def encode(msg: Message, target: int | None = None) -> tuple[list[Any], list[Any]]:
     """Encode ``msg`` for process ``target``.
 
@@ -270,11 +327,12 @@ def encode(msg: Message, target: int | None = None) -> tuple[list[Any], list[Any
     """
     cls = type(msg)
     h = [getattr(msg, name) for name in cls.HEADER]
-    h += [0] * (3 - len(h))
-    header = _HEADER.pack(cls.TAG, *h)
+    header = _HEADER.pack(cls.TAG, *h, *(0, 0, 0)[len(h) :])
     if not cls.BODY:
         return [header, b""], []
-    body = tuple(getattr(msg, name) for name in cls.BODY)
+    body = tuple([getattr(msg, name) for name in cls.BODY])
+    if _plain(body):
+        return [header, pickle.dumps(body, 5)], []
     buffers: list[Any] = []
     refs: list[Any] = []
     saved = (_ctx.target, _ctx.refs)
@@ -330,19 +388,25 @@ def decode(frames: list[Any]) -> Message:
     """
     if len(frames) < 2:
         raise ProtocolError("a message has a header and a body")
-    tag, header = decode_header(frames)
-    cls = MESSAGE_TYPES[tag]
+    header: dict[str, int] | None = None
+    tag, a, b, c = _HEADER.unpack_from(frames[0]) if len(frames[0]) == _HEADER.size else (0,) * 4
+    cls = MESSAGE_TYPES.get(tag)
+    if cls is not None:  # no bitmap and a known tag: the common case, without the dict
+        fields: tuple[int, ...] = (a, b, c)[: len(cls.HEADER)]
+    else:
+        tag, header = decode_header(frames)
+        cls, fields = MESSAGE_TYPES[tag], tuple(header.values())
     if not cls.BODY:
-        return cls(**header)
+        return cls(*fields)
     try:
         body = pickle.loads(frames[1], buffers=frames[2:])
         if not isinstance(body, tuple) or len(body) != len(cls.BODY):
             raise ProtocolError(f"a {cls.__name__} body has {len(cls.BODY)} fields")
-        return cls(*header.values(), *body)
+        return cls(*fields, *body)
     except BaseException as e:
         # anything unpickling raises, SystemExit and KeyboardInterrupt from a __reduce__
         # included, is this message's failure, not the connection's nor the process's
-        raise DecodeError(tag, header, e) from e
+        raise DecodeError(tag, header or decode_header(frames)[1], e) from e
 
 
 # -- what could not be pickled, in words (failures only) -------------------------------------

@@ -63,13 +63,25 @@ from .pipecalls import SerialQueues, StreamSlot
 from .refstore import Failure, RefStore
 from .registry import Registry
 
-__all__ = ["Dispatcher", "is_internal"]
+__all__ = ["LATER", "Dispatcher", "is_internal"]
 
 log = logging.getLogger("pydistributed")
 
 
 def _ignore(peer: Peer, msg: Message) -> None:
     pass
+
+
+class _Later:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "LATER"
+
+
+LATER: Any = _Later()
+"""What the at-once form of a runtime operation (``f._pydist_now``, see ``refops``) answers
+when it cannot finish at once: the operation then runs the usual way."""
 
 
 def _undecodable_answer(err: codec.DecodeError, sender: int | None, me: int) -> CapturedException:
@@ -203,6 +215,20 @@ class Dispatcher:
         self.start_call(rrid, msg.whence, msg.f, msg.args, msg.kwargs, not is_internal(msg.f))
 
     def _on_call_fetch(self, peer: Peer, msg: CallFetch) -> None:
+        internal = is_internal(msg.f)
+        if not internal and getattr(msg.f, "cancel_with", None) is None:
+            # a function of the user's: the path of most calls, in short
+
+            def run_user() -> None:
+                ok, value = self._execute_user(msg.f, msg.args, msg.kwargs)
+                self.reply(peer, msg.response_id, ok, value)
+
+            self.executor.submit(run_user, True)
+            return
+        now = getattr(msg.f, "_pydist_now", None) if internal else None
+        if now is not None and self._answer_now(peer, msg, now):
+            return
+
         def run() -> None:
             ok, value = self.execute(msg.f, msg.args, msg.kwargs)
             self.reply(peer, msg.response_id, ok, value)
@@ -217,7 +243,20 @@ class Dispatcher:
                 finally:
                     self.requests.end(key)
 
-        self.executor.submit(run, not is_internal(msg.f))
+        self.executor.submit(run, not internal)
+
+    def _answer_now(self, peer: Peer, msg: CallFetch, now: Callable[..., Any]) -> bool:
+        """Run a runtime operation that can finish at once here, on the reading thread, and
+        answer it (no hand-off to a pool thread: ``refops._at_once``); False when it cannot,
+        having done nothing."""
+        try:
+            value = now(*msg.args, **msg.kwargs)
+        except Exception:
+            return False  # the usual way runs it again and reports the error
+        if value is LATER:
+            return False
+        self.reply(peer, msg.response_id, True, value)
+        return True
 
     def _on_call_wait(self, peer: Peer, msg: CallWait) -> None:
         slot = self.refs.add(RRID(msg.whence, msg.id), msg.whence)
@@ -285,6 +324,12 @@ class Dispatcher:
                 return True, f(*args, **kwargs)
             except BaseException as e:
                 return False, capture(e)
+        return self._execute_user(f, args, kwargs)
+
+    def _execute_user(
+        self, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[bool, Any]:
+        """:meth:`execute` of a function that is not one of the runtime's own."""
         ex = self.executor
         ident = ex.enter_call()
         exited = False
@@ -319,7 +364,9 @@ class Dispatcher:
         """Answer request ``rid`` of ``peer``; a value that cannot be pickled is answered with
         the error that says so."""
         try:
-            peer.send(Result(rid, ok, codec.oob(value) if ok else value))
+            if ok and type(value) is bytes:
+                value = codec.oob(value)
+            peer.send(Result(rid, ok, value))
             return
         except ProcessExitedException:
             return  # the caller is gone

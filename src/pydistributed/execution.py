@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import _signal
 import ctypes
-import functools
 import logging
 import os
 import queue
@@ -35,6 +34,8 @@ __all__ = ["Executor", "exit_process", "hold_sigint", "release_sigint"]
 log = logging.getLogger("pydistributed.execution")
 
 _IDLE_RETIRE = 30.0
+
+_Item = tuple[int, Callable[[], None]]
 
 
 def _async_raise(ident: int, exc: type[BaseException] | None) -> None:
@@ -87,10 +88,11 @@ class Executor:
         self._use_main = use_main_thread
         self._owner = owner
         self._lock = threading.Lock()
-        self._main_q: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        # each item: (how many interrupts had come when it was submitted, the callable)
+        self._main_q: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._main_idle = False
         self._main_ident = threading.main_thread().ident
-        self._pool_q: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._pool_q: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._pool_idle = 0
         self._in_call: dict[int, int] = {}
         # how many interrupts have come: a call submitted before the last one, and started
@@ -102,59 +104,56 @@ class Executor:
 
     def submit(self, fn: Callable[[], None], main_ok: bool = True) -> None:
         """Run ``fn()`` soon, concurrently with everything else. Never blocks."""
-        fn = functools.partial(self._started, self._interrupts, fn)
+        item = (self._interrupts, fn)
         with self._lock:
             if main_ok and self._main_idle:
                 self._main_idle = False
-                self._main_q.put(fn)
+                self._main_q.put(item)
                 return
             if self._pool_idle:
                 self._pool_idle -= 1
-                self._pool_q.put(fn)
+                self._pool_q.put(item)
                 return
-        # a Thread keeps its args as long as it runs: pass ``fn`` in a box that the loop
+        # a Thread keeps its args as long as it runs: pass the item in a box that the loop
         # empties, so that a finished call (and the arguments its closure holds, remote
         # references among them) does not outlive itself
-        box = [fn]
+        box = [item]
         t = threading.Thread(target=self._pool_loop, args=(box,), name="pydist-call", daemon=True)
         t.start()
 
-    def _pool_loop(self, box: list[Callable[[], None]]) -> None:
+    def _pool_loop(self, box: list[_Item]) -> None:
         scope.bind(self._owner)
-        fn = box.pop()
+        item = box.pop()
         while True:
-            self._run(fn)
-            del fn  # see submit: nothing of a finished call stays referenced
+            self._run(item)
+            del item  # see submit: nothing of a finished call stays referenced
             with self._lock:
                 self._pool_idle += 1
             try:
-                fn = self._pool_q.get(timeout=_IDLE_RETIRE)
+                item = self._pool_q.get(timeout=_IDLE_RETIRE)
             except InterruptException:
                 log.warning("an interrupt reached an idle pool thread; ignored")
-                fn = self._pool_q.get()
+                item = self._pool_q.get()
             except queue.Empty:
                 with self._lock:
                     if self._pool_idle:
                         # nobody claimed this thread while it timed out: retire
                         self._pool_idle -= 1
                         return
-                fn = self._pool_q.get()  # a submitter claimed us just now; its item is coming
+                item = self._pool_q.get()  # a submitter claimed us just now; its item is coming
 
     def run_main(self) -> None:
         """Serve calls on the calling (main) thread forever. Used by workers."""
         with self._lock:
             self._main_idle = True
+        get, run, lock, empty = self._main_q.get, self._run, self._lock, self._main_q.empty
         while True:
-            fn = self._main_q.get()
-            self._run(fn)
-            del fn  # see submit
-            with self._lock:
-                if self._main_q.empty():
+            item = get()
+            run(item)
+            del item  # see submit
+            with lock:
+                if empty():
                     self._main_idle = True
-
-    def _started(self, interrupts: int, fn: Callable[[], None]) -> None:
-        self._local.interrupts = interrupts  # as many as had come when fn was submitted
-        fn()
 
     def check_interrupted(self) -> None:
         """At the start of a call: raise InterruptException if an interrupt came after the
@@ -165,9 +164,11 @@ class Executor:
             raise InterruptException()
         self._local.interrupts = None  # a call nested in this one is not meant
 
-    @staticmethod
-    def _run(fn: Callable[[], None]) -> None:
+    def _run(self, item: _Item) -> None:
         try:
+            # as many interrupts as had come when it was submitted (see check_interrupted)
+            self._local.interrupts, fn = item
+            del item
             fn()
         except BaseException:  # a call wrapper must not raise; if it does, keep serving
             log.exception("internal error while running a call")

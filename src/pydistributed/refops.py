@@ -27,6 +27,7 @@ from typing import Any
 from . import codec
 from .channels import AbstractChannel, Channel
 from .cluster import Cluster, current_cluster
+from .dispatch import LATER
 from .errors import ChannelClosedError
 from .ids import RRID
 from .refstore import Failure, FutureSlot
@@ -228,12 +229,71 @@ def cancel_request(caller: int, rid: int) -> None:
     current_cluster().dispatch.requests.cancel((caller, rid))
 
 
+def _at_once(now: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a channel operation a form that runs on the owner's reading thread when it can
+    finish at once (``dispatch``: ``f._pydist_now``), without the hand-off to a pool thread:
+    ``now(*args)`` does the whole operation and returns its answer, or does nothing and
+    returns ``dispatch.LATER`` (it would wait, the channel is not one of ours, the value is not
+    small), and the operation then runs as usual. It never blocks, nor runs user code."""
+
+    def mark(f: Callable[..., Any]) -> Callable[..., Any]:
+        f._pydist_now = now  # type: ignore[attr-defined]
+        return f
+
+    return mark
+
+
+def _our_channel(key: tuple[int, int]) -> Channel | None:
+    ch = current_cluster().refs.lookup(key)
+    return ch if type(ch) is Channel else None
+
+
+def _put_now(key: tuple[int, int], value: Any, timeout: float | None, caller: int) -> Any:
+    ch = _our_channel(key)
+    if ch is None or not ch._put_now([value]):
+        return LATER
+    return None  # stored (as put_ch answers)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _take_now(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
+    # a small value is immutable (codec.small): it needs no copy made at the take (_Encoded)
+    ch = _our_channel(key)
+    value = LATER if ch is None else ch._take_now(codec.small, _same, LATER)
+    return value
+
+
+def _lease_take_now(key: tuple[int, int], cid: int, seq: int, used: int, caller: int) -> Any:
+    c = current_cluster()
+    ch = _our_channel(key)
+    if ch is None:
+        return LATER
+    value = ch._take_now(codec.small, _same, LATER)
+    if value is LATER:
+        return LATER
+    if not c.refs.leases.hold(caller, cid, ch, seq, value, used):
+        c.refs.give_back(ch, [value])
+        return Marker(_CANCELLED, "the consumer has ended")
+    return value
+
+
+def _stream_put_now(key: tuple[int, int], values: list[Any], caller: int) -> Any:
+    ch = _our_channel(key)
+    if ch is None or not ch._put_now(values):
+        return LATER
+    return (len(values), None)
+
+
 def _cancellable(f: Callable[..., Any]) -> Callable[..., Any]:
     """A channel operation: the caller's Ctrl-C cancels it (see ``calls.wait_answer``)."""
     f.cancel_with = cancel_request  # type: ignore[attr-defined]
     return f
 
 
+@_at_once(_put_now)
 @_cancellable
 @_internal
 def put_ch(key: tuple[int, int], value: Any, timeout: float | None, caller: int) -> Any:
@@ -254,6 +314,7 @@ class _Encoded:
         return (codec.loads, (self.data,))
 
 
+@_at_once(_take_now)
 @_cancellable
 @_internal
 def take_ch(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
@@ -301,6 +362,7 @@ def stream_open(key: tuple[int, int]) -> Any:
     return 1
 
 
+@_at_once(_stream_put_now)
 @_internal
 def stream_put(key: tuple[int, int], values: list[Any], caller: int) -> tuple[int, Any]:
     """Store a stream's batch ``values`` in order, each waiting its turn for room as a ``put``
@@ -340,6 +402,7 @@ def _put_one(ch: Any) -> Callable[..., int]:
 # -- consumers that take one value ahead (channelconsumer.py) ------------------------------------
 
 
+@_at_once(_lease_take_now)
 @_cancellable
 @_internal
 def lease_take(key: tuple[int, int], cid: int, seq: int, used: int, caller: int) -> Any:

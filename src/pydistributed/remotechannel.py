@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar
 from . import aio, codec, refops
 from .channelbase import take_until_closed
 from .channelconsumer import ChannelConsumer
+from .channels import Channel
 from .channelstream import ChannelStream
 from .cluster import current_cluster
 from .ids import RRID, check_pid
@@ -73,8 +74,15 @@ class RemoteChannel(_RemoteRef, Generic[T]):
             TimeoutError: ``timeout`` seconds passed first; the value was not added.
             ProcessExitedException: the owner has exited (also while this call waits).
         """
-        v = value if self.where == self._cluster.myid else codec.oob(value)
-        self._op(refops.put_ch, v, timeout)
+        c = self._cluster
+        if self.where == c.myid:
+            ch = c.refs.lookup(self._key)
+            if type(ch) is Channel:  # ours, here: directly (it raises what put_ch's marker says)
+                ch.put(value, timeout)
+                return self
+            self._op(refops.put_ch, value, timeout)
+            return self
+        self._op(refops.put_ch, codec.oob(value), timeout)
         return self
 
     def stream(self, linger: float = 0.0) -> ChannelStream[T]:
@@ -113,6 +121,11 @@ class RemoteChannel(_RemoteRef, Generic[T]):
             TimeoutError: ``timeout`` seconds passed first; nothing was taken.
             ProcessExitedException: the owner has exited (also while this call waits).
         """
+        c = self._cluster
+        if self.where == c.myid:
+            ch = c.refs.lookup(self._key)
+            if type(ch) is Channel:  # ours, here: directly (it raises what take_ch's marker says)
+                return ch.take(timeout)  # type: ignore[no-any-return]
         return self._op(refops.take_ch, timeout)
 
     def fetch(self, timeout: float | None = None) -> T:

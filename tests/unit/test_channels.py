@@ -626,3 +626,34 @@ def test_concurrent_timeouts_never_lose_or_duplicate() -> None:
         c.join()
     assert sorted(taken) == sorted(delivered)
     assert len(set(taken)) == len(taken)
+
+
+def test_put_now_and_take_now_never_wait() -> None:
+    # the owner's reading thread runs these (refops._at_once): all or nothing, at once
+    ch: Channel[Any] = Channel(2)
+    assert ch._put_now([1, 2])
+    assert not ch._put_now([3])  # full: nothing put
+    assert ch._take_now(lambda v: v != 1, lambda v: v) is None  # not "small": stays
+    assert ch._take_now(lambda v: True, lambda v: ("copy", v)) == ("copy", 1)
+    assert not ch._put_now([3, 4])  # room for one only: nothing put
+    assert ch.take(timeout=1) == 2
+    assert ch._take_now(lambda v: True, lambda v: v) is None  # empty
+    ch.close()
+    assert not ch._put_now([5])  # closed: the usual way raises
+    rendezvous: Channel[Any] = Channel(0)
+    assert not rendezvous._put_now([1])
+    assert rendezvous._take_now(lambda v: True, lambda v: v) is None
+
+
+def test_put_now_does_not_overtake_a_waiting_putter() -> None:
+    ch: Channel[Any] = Channel(1)
+    ch.put(0)
+    t = threading.Thread(target=ch.put, args=(1,), kwargs={"timeout": 10})
+    t.start()
+    deadline = time.monotonic() + 10
+    while not ch._room_waiters and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert ch.take(timeout=1) == 0
+    assert not ch._put_now([2])  # the room is the waiting putter's
+    t.join(10)
+    assert ch.take(timeout=1) == 1

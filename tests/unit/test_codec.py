@@ -142,3 +142,39 @@ def test_note_ref_collects_during_encode_only() -> None:
     _, refs = codec.encode(Result(1, True, [r]), 5)
     assert refs == [r]
     assert codec.encoding_target() is None
+
+
+def _by_reference(x: int) -> int:
+    return x
+
+
+def test_plain_fast_path_matches_the_general_path() -> None:
+    # builtins and a function of an importable module: the C pickler alone (codec._plain);
+    # the body decodes to what the general path gives
+    codec.dumps(_by_reference)  # cloudpickle's answer for it is cached: by reference
+    msg = CallFetch(5, _by_reference, (1, "a", b"b", None, 2.5, [2, 3]), {"k": {"x": 1}})
+    assert codec._plain((msg.f, msg.args, msg.kwargs))
+    frames, refs = codec.encode(msg, 2)
+    assert refs == [] and len(frames) == 2
+    assert codec.decode(frames) == msg
+    general = codec.dumps((msg.f, msg.args, msg.kwargs))
+    assert pickle.loads(frames[1]) == pickle.loads(general)
+
+
+def test_fast_path_leaves_the_rest_to_cloudpickle() -> None:
+    local = lambda x: x + 1  # noqa: E731 - by value: never the plain path
+    assert not codec._plain((local,))
+    assert not codec._plain(([1] * 100,))  # too long to look through
+    assert not codec._plain(({1: 2},))  # a dict with a key that is not a str
+    assert not codec._plain((bytearray(b"x"),))  # may travel out of band
+    frames, _ = codec.encode(CallFetch(1, local, (2,), {}), 2)
+    back = codec.decode(frames)
+    assert isinstance(back, CallFetch) and back.f(2) == 3
+
+
+def test_a_method_of_an_object_is_never_plain() -> None:
+    class Mine(list):  # type: ignore[type-arg]
+        pass
+
+    # its object's class may travel by value (cloudpickle), which the C pickler cannot do
+    assert codec._plain((len, max)) and not codec._plain((Mine().append,))

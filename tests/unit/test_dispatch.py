@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from pydistributed import scope, sockets
-from pydistributed.dispatch import Dispatcher, is_internal
+from pydistributed.dispatch import LATER, Dispatcher, is_internal
 from pydistributed.errors import CapturedException, RemoteException
 from pydistributed.execution import Executor
 from pydistributed.ids import RRID
@@ -158,6 +158,27 @@ def _refuse_to_load() -> Any:
 class Unloadable:
     def __reduce__(self) -> tuple[Any, ...]:
         return (_refuse_to_load, ())
+
+
+_RAN_ON: list[str] = []
+
+
+def _op_now(x: int) -> Any:
+    _RAN_ON.append("now:" + threading.current_thread().name)
+    if x < 0:
+        raise ValueError("now refuses")
+    return LATER if x == 0 else ("now", x)
+
+
+def at_once_op(x: int) -> Any:
+    _RAN_ON.append("full:" + threading.current_thread().name)
+    if x < 0:
+        raise ValueError(f"full refuses {x}")
+    return ("full", x)
+
+
+at_once_op._pydist_internal = True  # type: ignore[attr-defined]
+at_once_op._pydist_now = _op_now  # type: ignore[attr-defined]
 
 
 # -- CallFetch -----------------------------------------------------------------------------
@@ -419,3 +440,19 @@ def test_a_remote_do_message_runs_and_answers_nobody(
     assert "failed on 'by message'" in _logged_failures(caplog)[0].getMessage()
     link.barrier()
     assert link.answers.take_all() == {}  # nobody was answered but the barrier
+
+
+def test_an_operation_that_can_finish_at_once_is_answered_by_the_reader(link: Link) -> None:
+    _RAN_ON.clear()
+    assert link.fetch(at_once_op, 5) == Result(link.rid, True, ("now", 5))
+    assert _RAN_ON == [f"now:pydist-reader-{CALLER}"]  # the reading thread, no hand-off
+
+
+def test_an_operation_that_cannot_finish_at_once_runs_the_usual_way(link: Link) -> None:
+    _RAN_ON.clear()
+    assert link.fetch(at_once_op, 0) == Result(link.rid, True, ("full", 0))  # LATER
+    got = link.fetch(at_once_op, -1)  # the at-once form raised: the usual way reports
+    assert not got.ok and "full refuses -1" in str(got.value)
+    assert [r.split(":")[0] for r in _RAN_ON] == ["now", "full", "now", "full"]
+    assert all(r == f"now:pydist-reader-{CALLER}" for r in _RAN_ON[::2])
+    assert all(r == "full:pydist-call" for r in _RAN_ON[1::2])  # a pool thread
