@@ -148,9 +148,7 @@ class Lifecycle:
         self._check_like_the_others(params["topology"], bool(params["lazy"]))
         params["cookie"] = cookie
         self.registry.topology = params["topology"]
-        # relay registers its atexit handler as it is imported, so that it runs after this
-        # cluster's shutdown (atexit runs in reverse): import it before registering ours
-        from . import relay  # noqa: F401
+        from . import relay  # noqa: F401  (registers its atexit on import: it runs after ours)
 
         if not self._atexit:
             self._atexit = True
