@@ -26,19 +26,15 @@ sender can announce them to their owners first.
 
 from __future__ import annotations
 
-import collections
 import io
 import pickle
 import struct
 import sys
 import threading
-import weakref
 from types import BuiltinFunctionType, CodeType, FunctionType, ModuleType
 from typing import Any
 
-import cloudpickle
-
-from .errors import ProtocolError
+from .errors import FileNotSendable, ProtocolError
 from .messages import MESSAGE_TYPES, Message
 
 __all__ = [
@@ -114,100 +110,20 @@ def oob(value: Any) -> Any:
     return value
 
 
-_FILE_TYPES = (
-    io.TextIOWrapper,
-    io.BufferedReader,
-    io.BufferedWriter,
-    io.BufferedRandom,
-    io.FileIO,
-)
-
-try:  # cloudpickle's own decisions, reused with a cache (see _Pickler)
-    from cloudpickle.cloudpickle import _should_pickle_by_reference
-except ImportError:  # pragma: no cover - another cloudpickle layout
-    _should_pickle_by_reference = None
-
-
-_CP_TABLE = cloudpickle.Pickler.dispatch_table
-_cp_code_reduce = _CP_TABLE[CodeType]
-_cp_file_reduce = _CP_TABLE.get(io.TextIOWrapper)
-
-
-def _code_reduce(co: CodeType) -> Any:
-    """cloudpickle's reduction of a code object, keeping its file name.
-
-    cloudpickle writes ``<dynamic-code>`` instead (for a payload that does not depend on where
-    a function was defined): a traceback on a worker could then name neither the file nor,
-    on the caller that has the file, the source line.
-    """
-    ctor, args = _cp_code_reduce(co)
-    if len(args) > 10 and args[10] == "<dynamic-code>":  # co_filename's place, 3.10 on
-        args = (*args[:10], co.co_filename, *args[11:])
-    return ctor, args
-
-
-class FileNotSendable(TypeError):
-    """An open file was to be pickled: it belongs to the process that opened it."""
-
-
-def _file_reduce(f: Any) -> Any:
-    if _cp_file_reduce is not None and (f is sys.stdout or f is sys.stderr):
-        return _cp_file_reduce(f)  # the receiver's own stream, as cloudpickle does
-    name = getattr(f, "name", None)
-    what = f"the file {name!r}" if isinstance(name, str) else "a file"
-    raise FileNotSendable(
-        f"an open file cannot be sent to another process ({what}, "
-        f"{type(f).__module__}.{type(f).__qualname__}): open it where it is used, or send "
-        "its contents"
-    )
-
-
-# our entries over cloudpickle's own table (one level, as cloudpickle's: no extra lookup)
-_TABLE = collections.ChainMap(
-    {
-        **_CP_TABLE.maps[0],
-        CodeType: _code_reduce,
-        **{t: _file_reduce for t in _FILE_TYPES},
-    },
-    *_CP_TABLE.maps[1:],
-)
-
-
-class _Pickler(cloudpickle.Pickler):
-    """cloudpickle's Pickler, remembering which functions go by reference.
-
-    cloudpickle asks, for every function it meets, whether its module can be imported by
-    name; the answer does not change for a given function object, and asking costs more than
-    the rest of pickling a small call. ``_BY_REFERENCE`` keeps the answers (weakly).
-
-    Its dispatch table keeps the file names of code objects (:func:`_code_reduce`) and
-    refuses open files, which cloudpickle would copy as a snapshot of their contents.
-    """
-
-    dispatch_table = _TABLE
-
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is FunctionType and _should_pickle_by_reference is not None:
-            by_ref = _BY_REFERENCE.get(obj)
-            if by_ref is None:
-                by_ref = _BY_REFERENCE[obj] = bool(_should_pickle_by_reference(obj))
-            if by_ref:
-                return NotImplemented
-            return self._dynamic_function_reduce(obj)
-        return super().reducer_override(obj)
-
-
-_BY_REFERENCE: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
-
-
 class _Reusable(threading.local):
     """One pickler per thread, reused: making a Pickler costs more than a small dump."""
 
     def __init__(self) -> None:
         self.file = io.BytesIO()
         self.buffers: list[Any] | None = None
-        self.pickler = _Pickler(self.file, protocol=5, buffer_callback=self._keep)
+        self.pickler: Any = None  # made on first use: cloudpickle (11 ms) only once needed
         self.busy = False
+
+    def make(self) -> Any:
+        from .cpickler import Pickler
+
+        self.pickler = Pickler(self.file, protocol=5, buffer_callback=self._keep)
+        return self.pickler
 
     def _keep(self, buf: pickle.PickleBuffer) -> bool:
         if self.buffers is None or buf.raw().nbytes < OOB_THRESHOLD:
@@ -228,7 +144,7 @@ def dumps(obj: Any, buffers: list[Any] | None = None) -> bytes:
         return _dumps_fresh(obj, buffers)
     r.busy = True
     f = r.file
-    p = r.pickler
+    p = r.pickler or r.make()
     try:
         r.buffers = buffers
         p.dump(obj)
@@ -255,8 +171,10 @@ def _dumps_fresh(obj: Any, buffers: list[Any] | None) -> bytes:
             buffers.append(buf)
             return False
 
+    from .cpickler import Pickler
+
     f = io.BytesIO()
-    _Pickler(f, protocol=5, buffer_callback=keep_in_band).dump(obj)
+    Pickler(f, protocol=5, buffer_callback=keep_in_band).dump(obj)
     return f.getvalue()
 
 
@@ -293,10 +211,31 @@ def _plain(x: Any, depth: int = 0) -> bool:
                 return False
         return True
     if t is FunctionType:
-        return _BY_REFERENCE.get(x) is True  # known to go by reference (cached by _Pickler)
+        return _by_reference(x)
     # a builtin function of a module (``len``, ``time.time``); not a method of an object,
     # whose object might be of a class that cloudpickle sends by value
     return t is BuiltinFunctionType and type(x.__self__) is ModuleType
+
+
+def _by_reference(f: FunctionType) -> bool:
+    """Whether cloudpickle would send ``f`` by reference (by its module and name). Once
+    cloudpickle is imported, a module may have been registered to go by value: only what the
+    Pickler found (``cpickler.BY_REFERENCE``) counts then. Before, nothing can have been
+    registered, and cloudpickle's rule is: a module of ``sys.modules`` other than
+    ``__main__``, not made at run time, where the qualified name finds ``f`` itself."""
+    if "cloudpickle" in sys.modules:
+        cp = sys.modules.get(f"{__package__}.cpickler")
+        return cp is not None and cp.BY_REFERENCE.get(f) is True
+    name = f.__module__
+    module = sys.modules.get(name) if isinstance(name, str) else None
+    if module is None or name == "__main__":
+        return False
+    if getattr(module, "__file__", None) is None and getattr(module, "__spec__", None) is None:
+        return False  # made at run time
+    obj: Any = module
+    for part in f.__qualname__.split("."):
+        obj = getattr(obj, part, None)
+    return obj is f
 
 
 _SMALL_ATOM = 1024  # the longest str or bytes that :func:`small` lets through

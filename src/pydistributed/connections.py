@@ -27,7 +27,6 @@ from __future__ import annotations
 import hmac
 import logging
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -274,6 +273,8 @@ class Connections:
         raw = getattr(outstream, "sock", None)
         if raw is not None and host is not None and tls.wanted(str(host)):
             raw.settimeout(HANDSHAKE_TIMEOUT)
+            import ssl  # only for a link in TLS
+
             try:
                 secured = tls.client_context().wrap_socket(raw)
             except ssl.SSLError as e:

@@ -48,6 +48,7 @@ __all__ = [
     "CapturedException",
     "ChannelClosedError",
     "CompositeException",
+    "FileNotSendable",
     "InterruptException",
     "LaunchError",
     "LaunchTimeoutError",
@@ -56,6 +57,10 @@ __all__ = [
     "RemoteException",
     "RemoteTraceback",
 ]
+
+
+class FileNotSendable(TypeError):
+    """An open file was to be pickled: it belongs to the process that opened it."""
 
 
 class InterruptException(KeyboardInterrupt):

@@ -16,7 +16,6 @@ that call returns. An idle process ignores an interrupt.
 from __future__ import annotations
 
 import _signal
-import ctypes
 import logging
 import os
 import queue
@@ -39,6 +38,8 @@ _Item = tuple[int, Callable[[], None]]
 
 
 def _async_raise(ident: int, exc: type[BaseException] | None) -> None:
+    import ctypes  # 2 ms at startup: only once a call is interrupted
+
     ctypes.pythonapi.PyThreadState_SetAsyncExc(
         ctypes.c_ulong(ident), ctypes.py_object(exc) if exc is not None else None
     )

@@ -62,6 +62,7 @@ def _preload() -> None:
     """Import what a worker needs to serve calls, so that no child imports it again."""
     import cloudpickle  # noqa: F401
 
+    import pydistributed.cpickler  # the codec's, made on a worker's first such message
     import pydistributed.processes
     import pydistributed.serve  # noqa: F401
 

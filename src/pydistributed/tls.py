@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import ssl
 import threading
+from typing import TYPE_CHECKING
 
 from .errors import AuthenticationError
 from .sockets import is_loopback
+
+if TYPE_CHECKING:  # ssl itself (3 ms) is imported once a TLS link is made
+    import ssl
 
 __all__ = [
     "TLS_RECORD",
@@ -62,6 +65,8 @@ def binding(cert_der: bytes) -> bytes:
 
 def client_context() -> ssl.SSLContext:
     """A context for connecting: TLS 1.2 or newer; certificates not checked (see above)."""
+    import ssl
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False
@@ -88,6 +93,7 @@ def server_context() -> tuple[ssl.SSLContext, bytes]:
 
 def _make_server_context() -> tuple[ssl.SSLContext, bytes]:
     import shutil  # here, not at the top: only a TLS server makes a certificate
+    import ssl
     import subprocess
     import tempfile
 

@@ -102,6 +102,9 @@ def test_the_cold_start_master_imports_only_what_it_uses() -> None:
     needed = ("subprocess", "concurrent.futures")
     assert sorted(m for m in HEAVY if m in new and m not in needed) == []
     assert dataclass_messages == []  # built on the hot path: plain classes (messages.py)
+    # imported where needed: cloudpickle by the first message plain pickle cannot take (or
+    # while the forkserver starts), ssl by a TLS link, ctypes by an interrupt or a large bytes
+    assert sorted(m for m in ("cloudpickle", "ctypes", "ssl") if m in new) == []
 
 
 def test_the_forkserver_and_a_forked_worker_import_only_the_runtime() -> None:
@@ -136,4 +139,5 @@ def test_the_forkserver_and_a_forked_worker_import_only_the_runtime() -> None:
     assert sorted(m for m in master_only if m in new) == []
     assert "pydistributed.serve" in new and "cloudpickle" in new  # what serving needs
     assert sorted(m for m in HEAVY + OPTIONAL if m in started - base) == []
+    assert "ssl" not in called - base  # no TLS here (ctypes it has: prctl, dying with its parent)
     assert sorted(called - started) == ["_funcs"]

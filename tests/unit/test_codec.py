@@ -178,3 +178,62 @@ def test_a_method_of_an_object_is_never_plain() -> None:
 
     # its object's class may travel by value (cloudpickle), which the C pickler cannot do
     assert codec._plain((len, max)) and not codec._plain((Mine().append,))
+
+
+_BEFORE_CLOUDPICKLE = r"""
+import json, os.path, sys
+from pydistributed import codec
+from pydistributed.messages import CallFetch
+
+def here(x):  # __main__: cloudpickle sends it by value
+    return x
+
+def shadowed(x):
+    return x
+other = shadowed
+def shadowed(x):  # the name now finds another function
+    return -x
+
+out = {}
+for name, f in [("join", os.path.join), ("here", here), ("shadowed", other),
+                ("lambda", lambda: 1)]:
+    out[name] = codec._plain((f, (1,), {}))
+out["imported before"] = "cloudpickle" in sys.modules
+frames, _ = codec.encode(CallFetch(1, os.path.join, ("a", "b")))
+out["plain encode imports"] = "cloudpickle" in sys.modules
+out["decoded"] = codec.decode(frames).f is os.path.join
+codec.encode(CallFetch(2, here, ()))
+out["by value imports"] = "cloudpickle" in sys.modules
+out["after: join"] = codec._plain((os.path.join, (1,), {}))
+print(json.dumps(out))
+"""
+
+
+def test_before_cloudpickle_is_imported_an_importable_function_goes_plain() -> None:
+    """Until cloudpickle is needed, the codec decides itself that a function goes by reference
+    (cloudpickle's rule, no module can have been registered to go by value yet); a function of
+    ``__main__``, a lambda or one its name no longer finds is not plain. Once cloudpickle is
+    imported, only what its Pickler found counts."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _BEFORE_CLOUDPICKLE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    got = json.loads(out.splitlines()[-1])
+    assert got == {
+        "join": True,
+        "here": False,
+        "shadowed": False,
+        "lambda": False,
+        "imported before": False,
+        "plain encode imports": False,
+        "decoded": True,
+        "by value imports": True,
+        "after: join": False,  # not yet seen by the Pickler: the general path finds out
+    }

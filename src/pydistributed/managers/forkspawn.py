@@ -115,7 +115,14 @@ class _Pending:
 class ForkServerClient:
     """One running forkserver: :meth:`spawn` forks a worker from it."""
 
-    def __init__(self, popen: Callable[..., subprocess.Popen[bytes]], env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        popen: Callable[..., subprocess.Popen[bytes]],
+        env: dict[str, str],
+        meanwhile: Callable[[], object] | None = None,
+    ) -> None:
+        """Start a forkserver (``popen``, environment ``env``) and wait until it is ready;
+        ``meanwhile`` runs while it starts (tens of ms, on another processor)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = popen(
@@ -144,6 +151,11 @@ class ForkServerClient:
         self._stderr_text = ""
         self._reader = threading.Thread(target=self._read, name="pydist-forkserver", daemon=True)
         self._reader.start()
+        if meanwhile is not None:
+            try:
+                meanwhile()
+            except Exception:  # only a head start: what it does is done again where needed
+                pass
         if not self._ready.wait(READY_TIMEOUT) or not self.alive:
             self.close()  # the reader ends and reads its stderr
             raise ForkServerError(f"the forkserver did not start{self._stderr_tail()}")

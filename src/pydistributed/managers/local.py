@@ -110,7 +110,10 @@ def forkserver(env: dict[str, str]) -> ForkServerClient | None:
         server_env = _forkserver_environment()
         if startup_environment(server_env) != wanted:
             return None
-        _forkserver = ForkServerClient(spawner().popen, server_env)
+        from .. import handshake
+
+        # while it starts: the versions the handshakes send (they import cloudpickle)
+        _forkserver = ForkServerClient(spawner().popen, server_env, handshake.versions)
         return _forkserver
 
 
