@@ -219,9 +219,14 @@ class Dispatcher:
         if not internal and getattr(msg.f, "cancel_with", None) is None:
             # a function of the user's: the path of most calls, in short
 
+            box = [msg]
+
             def run_user() -> None:
-                ok, value = self._execute_user(msg.f, msg.args, msg.kwargs)
-                self.reply(peer, msg.response_id, ok, value)
+                m = box.pop()
+                ok, value = self._execute_user(m.f, m.args, m.kwargs)
+                rid = m.response_id
+                del m  # the arguments go before the answer (a shared-memory one is free again)
+                self.reply(peer, rid, ok, value)
 
             self.executor.submit(run_user, True)
             return
