@@ -15,18 +15,14 @@ module runs the elements on the workers of a pool::
       imap and a progress bar: see Pipeline.post)
     hand the outcomes to the caller, in completion order
 
-A lane's *window* is how many of its elements may be in flight. It starts at 1 (2 or 4 for
-batches) and follows ``1 + ceil(2 * rtt / t)``, ``t`` the time an element runs on the worker
-(as the worker reports) and ``rtt`` the rest of an element's round trip (measured on elements
-that found their lane empty, except a lane's first, which also carried the function; it falls
-at once and rises slowly), at most doubling per answer and at most ``MAX_WINDOW``. It stays 1
-when the elements take twenty round trips or more, so that no element waits behind another on
-a busy worker while an idle one could run it. Quick elements thus travel dozens to a message
-each way, and slow ones one at a time as before.
+A lane's *window* is how many of its elements may be in flight: it starts at 1 (2 or 4 for
+batches) and then follows the ratio of the round trip to an element's time on the worker
+(``pipelanes.next_window``): quick elements travel dozens to a message, slow ones one at a time.
+Once the input is all sent, an idle lane takes back what another has not started
+(:meth:`Pipeline._steal_for`).
 
-A lane holds its worker for ``ROTATE`` seconds at most: then it stops sending, and once its
-elements are back it gives the worker back to the pool and the hub takes a free one again
-(another map on the same pool gets its turn). The hub takes more workers as the pool grows.
+A lane holds its worker for ``ROTATE`` seconds at most, then gives it back to the pool once its
+elements are back (another map gets its turn); the hub takes more workers as the pool grows.
 
 A worker that dies fails the elements in flight on it with ``ProcessExitedException`` (the
 caller retries them, or not). A stop (:meth:`Pipeline.fail`) sends nothing more and drops the
@@ -65,6 +61,8 @@ log = logging.getLogger("pydistributed.pmap")
 ROTATE = 0.5  # seconds a lane holds its worker at most before giving it back
 _FIRST_RTT = 300e-6  # the round trip assumed until one is measured (s)
 _LOOK = 0.1  # how often the hub looks for more workers while it waits (s)
+STEAL_AFTER = 0.02  # an idle lane takes elements back from one whose have been out this long
+stats = {"given back": 0}  # MapCancel sent to take elements back (for tests)
 
 Outcome = tuple[Any, Any, tuple[Any, ...], bool, Any]
 """``(token, f, args, ok, value)``: an element's outcome; ``value`` is the exception when not
@@ -128,6 +126,7 @@ class Pipeline:
         self.stopped = False
         self.error: BaseException | None = None
         self.rtt = _FIRST_RTT
+        self._steal_at = 0.0  # when an idle lane may take elements back (see _steal_for)
         self._windows: dict[int, int] = {}  # a worker's last window, for its next lane
         self._target = max(1, nworkers())
         self._looked = time.monotonic()
@@ -174,6 +173,9 @@ class Pipeline:
         if self.done:
             return out
         timeout = _LOOK
+        if self._steal_at:
+            timeout = max(0.0, min(timeout, self._steal_at - now))
+            self._steal_at = 0.0
         if self._later:
             timeout = max(0.0, min(timeout, self._later[0][0] - now))
         if not self.inbox:
@@ -322,7 +324,8 @@ class Pipeline:
     def _steal_for(self, thief: Lane) -> bool:
         """Once the input is all sent, an idle lane asks the busiest one's worker to give back
         the elements it has not started (``MapCancel``: they come back dropped, and go out
-        again to whichever lanes have room). Whether ``thief`` should wait for them."""
+        again to whichever lanes have room), once they have been out ``STEAL_AFTER`` seconds
+        (or four round trips: no churn at the end of a quick map). Whether ``thief`` waits."""
         if self.stopped or not self.exhausted or self.retries or self._later:
             return False
         if any(lane.steal_pending for lane in self.lanes):
@@ -330,6 +333,11 @@ class Pipeline:
         busy = victim(self.lanes, thief)
         if busy is None:
             return False
+        due = next(iter(busy.sent.values()))[3] + max(STEAL_AFTER, 4 * self.rtt)
+        if time.monotonic() < due:
+            self._steal_at = due  # the hub looks again then
+            return True
+        stats["given back"] += 1
         busy.steal_pending = True
         try:
             busy.peer.send(MapCancel(busy.stream))

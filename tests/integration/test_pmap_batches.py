@@ -17,7 +17,15 @@ from typing import Any
 
 import pytest
 
-from pydistributed import ProcessExitedException, Task, addprocs, imap, myid, remotecall_fetch
+from pydistributed import (
+    ProcessExitedException,
+    Task,
+    addprocs,
+    imap,
+    myid,
+    pipeline,
+    remotecall_fetch,
+)
 from pydistributed.cluster import current_cluster
 from pydistributed.funccache import _STORED
 from pydistributed.mapping import auto_size
@@ -251,8 +259,10 @@ def test_batches_dealt_ahead_to_a_slow_worker_are_taken_back_by_an_idle_one(
     slow, quick = shared
     n = 40  # 8 batches of 5: 20 elements dealt to each worker
     assert auto_size(n, 2) == 5
+    given_back = pipeline.stats["given back"]
     out = pmap(_slow_on, [slow] * n, range(n), pool=WorkerPool(shared), batch_size="auto")
     assert [x for _, x in out] == list(range(n))
     ran = [who for who, _ in out]
     assert set(ran) <= {slow, quick}
     assert ran.count(quick) > n // 2, ran  # static dealing would give it exactly 20
+    assert pipeline.stats["given back"] > given_back

@@ -4,6 +4,7 @@ in order and as they come; Ctrl-C with elements queued; progress."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import signal
@@ -16,7 +17,15 @@ from typing import Any
 
 import pytest
 
-from pydistributed import ProcessExitedException, Task, addprocs, imap, myid, remotecall_fetch
+from pydistributed import (
+    ProcessExitedException,
+    Task,
+    addprocs,
+    imap,
+    myid,
+    pipeline,
+    remotecall_fetch,
+)
 from pydistributed.cluster import current_cluster
 from pydistributed.pmap import INTERRUPT_GRACE, pmap
 from pydistributed.workerpool import WorkerPool
@@ -58,7 +67,9 @@ def _max_overlap(intervals: list[tuple[float, float]]) -> int:
 
 def test_elements_in_flight_run_one_after_another_in_arrival_order(shared: list[int]) -> None:
     n = 20_000
+    given_back = pipeline.stats["given back"]
     out = Task(pmap, _observed, range(n)).start().fetch(timeout=T)
+    given_back = pipeline.stats["given back"] - given_back
     assert [r[0] for r in out] == list(range(n))  # the results in input order
     by_worker: dict[int, list[tuple[int, int, int, float, float, int]]] = {}
     for r in out:
@@ -68,10 +79,13 @@ def test_elements_in_flight_run_one_after_another_in_arrival_order(shared: list[
         if len(runs) >= 2000:
             # several elements were there at once: some waited behind the one running...
             assert max(r[5] for r in runs) > 1, max(r[5] for r in runs)
-        # ...yet they ran one at a time, in the order they arrived (input order per worker)
+        # ...yet they ran one at a time, in the order they arrived: input order per worker,
+        # except that elements an idle worker took back from another (pipeline._steal_for, a
+        # stall of the busy one at the map's end) arrive after its own, in input order again
         assert _max_overlap([(r[3], r[4]) for r in runs]) == 1
-        by_start = sorted(runs, key=lambda r: r[3])
-        assert [r[0] for r in by_start] == sorted(r[0] for r in runs)
+        started = [r[0] for r in sorted(runs, key=lambda r: r[3])]
+        rising_runs = 1 + sum(1 for a, b in itertools.pairwise(started) if b < a)
+        assert rising_runs <= 1 + given_back, (rising_runs, given_back)
 
 
 def test_slow_elements_go_one_at_a_time(shared: list[int]) -> None:
