@@ -237,3 +237,43 @@ def test_before_cloudpickle_is_imported_an_importable_function_goes_plain() -> N
         "by value imports": True,
         "after: join": False,  # not yet seen by the Pickler: the general path finds out
     }
+
+
+_RACE = r"""
+import os.path, sys, threading
+from pydistributed import codec
+from pydistributed.messages import CallFetch
+
+errors = []
+go = threading.Event()
+
+def plain_calls():
+    go.wait()
+    try:
+        for i in range(3000):
+            codec.encode(CallFetch(i, os.path.join, ("a", "b")))
+    except Exception as e:
+        errors.append(repr(e))
+
+threads = [threading.Thread(target=plain_calls) for _ in range(4)]
+for t in threads:
+    t.start()
+go.set()
+codec.encode(CallFetch(0, lambda: 1, ()))  # imports cpickler (and cloudpickle) meanwhile
+for t in threads:
+    t.join(60)
+print(errors[:1])
+"""
+
+
+def test_plain_calls_while_another_thread_imports_cloudpickle() -> None:
+    """The first message that needs cloudpickle imports it on its thread; calls encoded on
+    other threads meanwhile see the codec's pickler module half made, and must not fail."""
+    import subprocess
+    import sys
+
+    for _ in range(3):
+        out = subprocess.run(
+            [sys.executable, "-c", _RACE], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+        assert out.splitlines()[-1] == "[]"
