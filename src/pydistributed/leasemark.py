@@ -71,7 +71,7 @@ class MarkReader:
         name = os.path.basename(path)
         if os.path.dirname(path) != _DIR or not name.startswith("pydist-lease-"):
             raise ValueError(f"not a consumer's mark: {path!r}")
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         try:
             if os.fstat(fd).st_size < _Q.size:
                 raise ValueError(f"not a consumer's mark: {path!r}")

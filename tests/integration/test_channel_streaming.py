@@ -4,6 +4,7 @@ backpressure, errors at the next operation, the death of either side, fairness.
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 import signal
@@ -405,6 +406,27 @@ def test_a_request_takes_at_most_half_the_channel(two_workers: list[int]) -> Non
     assert [rc.take(timeout=10) for _ in range(7)] == list(range(1, 8))
 
 
+def test_a_consumer_without_a_used_mark_keeps_one_value_ahead(
+    two_workers: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydistributed import channelconsumer
+
+    class NoShm:  # a fake, to inject a fault: no /dev/shm here (or a read-only one)
+        def __init__(self) -> None:
+            raise OSError("no /dev/shm (injected)")
+
+    monkeypatch.setattr(channelconsumer, "UsedMark", NoShm)
+    w = two_workers[0]
+    rc = RemoteChannel(lambda: Channel(10), w)
+    for i in range(10):
+        rc.put(i, timeout=10)
+    with rc.consume(ahead=4) as c:
+        assert [c.take(timeout=10) for _ in range(3)] == [0, 1, 2]
+        wait_until(lambda: remotecall_fetch(n_avail, w, remoteref_id(rc)) == 6, timeout=10)
+        assert remotecall_fetch(n_avail, w, remoteref_id(rc)) == 6  # only 3 is ahead
+    assert [rc.take(timeout=10) for _ in range(7)] == list(range(3, 10))
+
+
 def test_consume_rejects_a_bad_ahead() -> None:
     rc = RemoteChannel(lambda: Channel(4))
     for bad in (0, -1, 1.5, True, "2"):
@@ -424,9 +446,11 @@ def test_a_killed_consumer_gives_back_exactly_the_values_it_never_returned(
     remotecall(consume_some_then_hang, doomed, rc, path, 2, 4)
     # 0 (first request), then 1..4 in one request; 0 and 1 returned, 2..4 leased
     wait_until(lambda: _lines(path) == ["0", "1"] and ch.n_avail() == 5, timeout=30)
-    os.kill(ospid(doomed), signal.SIGKILL)
+    pid = ospid(doomed)
+    os.kill(pid, signal.SIGKILL)
     wait_until(lambda: ch.n_avail() == 8, timeout=30, what="2, 3, 4 to come back")
     assert [rc.take(timeout=10) for _ in range(8)] == list(range(2, 10))
+    assert not glob.glob(f"/dev/shm/pydist-lease-{pid}-*")  # the owner removed its mark
 
 
 @pytest.mark.parametrize("ahead", [1, 4, 8])
