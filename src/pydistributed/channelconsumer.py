@@ -137,7 +137,10 @@ class ChannelConsumer(Generic[T]):
             assert self._mark is not None
             self._mark.set(seq)  # before it is returned: see leasemark
         if self._pending is None and self._error is None and len(buf) <= self._ahead // 2:
-            self._ask()  # more, which tells the owner that this one is used
+            try:
+                self._ask()  # more, which tells the owner that this one is used
+            except Exception as e:  # the owner is gone: this value is ours all the same
+                self._error = e
         return value  # type: ignore[no-any-return]
 
     def _ask(self) -> None:
