@@ -18,7 +18,7 @@ What it measures, each side in a fresh process of its own (``--child``), in roun
   ids then closing ``jobs``, 2 workers each looping ``for job in jobs: sleep(1 ms);
   put(results, ...)``, the master taking the 2,000 results; seconds from the first job to the
   last result. With the plain ``take``/``put``, and with the jobs taken ahead
-  (``jobs.consume()``: up to 4 leased to each worker, fetched in one request) and the
+  (``jobs.consume()``: up to 8 leased to each worker, fetched in one request) and the
   results streamed (``results.stream(linger=0.005)``: a result waits up to 5 ms for others
   to share its message).
   Peer: the same with two ``multiprocessing.Queue(32)`` and 2 spawned processes (a ``None``

@@ -64,7 +64,7 @@ T = TypeVar("T")
 
 _ids = itertools.count(1)  # consumer ids, unique in this process
 
-AHEAD = 4
+AHEAD = 8
 """How many values a consumer keeps ahead by default (``RemoteChannel.consume(ahead=...)``)."""
 
 

@@ -105,7 +105,7 @@ class RemoteChannel(_RemoteRef, Generic[T]):
     def consume(self, ahead: int = AHEAD) -> ChannelConsumer[T]:
         """A consumer that takes values ahead: ``with rc.consume() as c: for v in c: ...``.
 
-        It keeps up to ``ahead`` values (default 4) taken at the owner, fetched in one
+        It keeps up to ``ahead`` values (default 8) taken at the owner, fetched in one
         request, and asks for more when half are used, so that the round trips overlap the
         work on the values. A request takes only values that are there at once beyond its
         first, at most half a bounded channel's size, and leaves one for each taker waiting
