@@ -17,9 +17,10 @@ What it measures, each side in a fresh process of its own (``--child``), in roun
   ``RemoteChannel(() -> Channel(32))`` on the master, a feeder thread there putting 2,000 job
   ids then closing ``jobs``, 2 workers each looping ``for job in jobs: sleep(1 ms);
   put(results, ...)``, the master taking the 2,000 results; seconds from the first job to the
-  last result. With the plain ``take``/``put``, and with the jobs taken one ahead
-  (``jobs.consume()``) and the results streamed (``results.stream(linger=0.005)``: a result
-  waits up to 5 ms for others to share its message).
+  last result. With the plain ``take``/``put``, and with the jobs taken ahead
+  (``jobs.consume()``: up to 8 leased to each worker, fetched in one request) and the
+  results streamed (``results.stream(linger=0.005)``: a result waits up to 5 ms for others
+  to share its message).
   Peer: the same with two ``multiprocessing.Queue(32)`` and 2 spawned processes (a ``None``
   per worker ends them). Target: the streamed version <= 1.0 x the peer.
 
@@ -75,7 +76,7 @@ def produce_stream(rc: Any, n: int) -> int:
 
 def do_work(jobs: Any, results: Any, stream: bool) -> int:
     """The manual's ``do_work``: take jobs until ``jobs`` is closed, put one result each.
-    ``stream``: take one job ahead (``jobs.consume()``) and stream the results."""
+    ``stream``: take jobs ahead (``jobs.consume()``) and stream the results."""
     from pydistributed import myid
 
     me, done = myid(), 0

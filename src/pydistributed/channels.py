@@ -119,6 +119,7 @@ class Channel(AbstractChannel[T]):
         self._buffer: deque[Any] = deque()
         self._offers: deque[_Offer] = deque()  # size 0: values of blocked putters, in order
         self._requests: deque[_Request] = deque()  # size 0: blocked takers, in order
+        self._takers = 0  # takers of a buffered channel waiting for a value now
         self._open = True
 
     # -- queries ---------------------------------------------------------------------------
@@ -308,7 +309,11 @@ class Channel(AbstractChannel[T]):
                 while not self._buffer:
                     if not self._open:
                         raise ChannelClosedError("take on a closed, empty channel")
-                    _wait(self._not_empty, deadline, "take", timeout)
+                    self._takers += 1
+                    try:
+                        _wait(self._not_empty, deadline, "take", timeout)
+                    finally:
+                        self._takers -= 1
             except BaseException:
                 # We may have consumed a wakeup meant for "a value arrived": pass it on.
                 if self._buffer:
@@ -335,6 +340,23 @@ class Channel(AbstractChannel[T]):
             if self._room_waiters:
                 self._room_waiters[0].notify()
             return value
+
+    def _take_more(self, n: int, small: Callable[[Any], bool] | None) -> list[Any]:
+        """Up to ``n`` more values that are there now, in order, leaving one for each taker
+        that waits (a consumer's values taken ahead, ``refops.lease_take``: it never drains
+        the channel while other takers wait); with ``small``, only while ``small(value)``.
+        Never blocks; nothing for size 0."""
+        with self._lock:
+            if self._size == 0:
+                return []
+            m = min(n, len(self._buffer) - self._takers)
+            out: list[Any] = []
+            buf = self._buffer
+            while len(out) < m and (small is None or small(buf[0])):
+                out.append(buf.popleft())
+            if out and self._room_waiters:
+                self._wake_putter()
+            return out
 
     def _take_rendezvous(
         self, deadline: float | None, timeout: float | None, copy: Callable[[Any], Any] | None

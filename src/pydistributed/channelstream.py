@@ -47,7 +47,7 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from . import refops, timeouts
+from . import codec, refops, timeouts
 from .peer import ResponseSlot
 
 if TYPE_CHECKING:  # only a type here
@@ -70,7 +70,7 @@ class _Ack(ResponseSlot):
     def set(self, ok: bool, value: Any) -> None:
         super().set(ok, value)
         s = self.stream
-        if s._buf:  # values wait for this answer: send them from a pool thread
+        if s._buf and not s._kick_now():  # values wait for this answer: send them
             try:
                 s._rc._cluster.executor.submit(s._kick, False)
             except Exception:  # shutting down: the next put, flush or close sends them
@@ -306,6 +306,24 @@ class ChannelStream(Generic[T]):
         with self._lock:
             self._lingering = False
         self._kick()
+
+    def _kick_now(self) -> bool:
+        """On the thread that read an answer: send the next batch here if that cannot block
+        on anything but the socket, as the owner's answers made at once are (``refops``):
+        the stream's lock is free now, and the batch is of small values only, whose pickling
+        runs no code of the user's and makes a small message. False: it was not sent (the
+        lock is taken, or a value is not small): a pool thread does it (:meth:`_kick`)."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._error is not None or not all(map(codec.small, self._buf[: self.credit])):
+                return False
+            self._settle()
+            if self._inflight is None and self._buf and self._error is None:
+                self._send()
+            return True
+        finally:
+            self._lock.release()
 
     def _kick(self) -> None:
         """On a pool thread, after an answer: send what waits (errors wait for the producer)."""

@@ -30,6 +30,7 @@ from .cluster import Cluster, current_cluster
 from .dispatch import LATER
 from .errors import ChannelClosedError
 from .ids import RRID
+from .leasemark import MarkReader
 from .refstore import Failure, FutureSlot
 
 __all__ = [
@@ -266,18 +267,43 @@ def _take_now(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
     return value
 
 
-def _lease_take_now(key: tuple[int, int], cid: int, seq: int, used: int, caller: int) -> Any:
-    c = current_cluster()
+def _lease_take_now(
+    key: tuple[int, int], cid: int, seq: int, n: int, used: int, mark: str | None, caller: int
+) -> Any:
     ch = _our_channel(key)
     if ch is None:
         return LATER
     value = ch._take_now(codec.small, _same, LATER)
     if value is LATER:
         return LATER
-    if not c.refs.leases.hold(caller, cid, ch, seq, value, used):
-        c.refs.give_back(ch, [value])
+    values = [value, *ch._take_more(_ahead(ch, n) - 1, codec.small)] if n > 1 else [value]
+    return _lease_hold(ch, (caller, cid, seq, used, mark), values, values)
+
+
+def _ahead(ch: Any, n: int) -> int:
+    """How many values one request of a consumer may take: ``n``, at most half the size of a
+    bounded channel (at least 1)."""
+    size = getattr(ch, "size", 0)
+    if isinstance(size, int) and not isinstance(size, bool):
+        return max(1, min(n, size // 2))
+    return max(1, n)
+
+
+def _lease_hold(ch: Any, who: tuple[Any, ...], plain: list[Any], values: list[Any]) -> Any:
+    """Keep ``plain`` as the consumer's lease; answer ``(values, marked)`` (``marked``: the
+    owner holds the consumer's used mark), or give them back if it has ended."""
+    caller, cid, seq, used, path = who
+    c = current_cluster()
+    mark = None
+    if path is not None:
+        try:
+            mark = MarkReader(path)
+        except (OSError, ValueError):
+            mark = None  # another host, or no /dev/shm: the consumer reports every value
+    if not c.refs.leases.hold(caller, cid, ch, seq, plain, used, mark):
+        c.refs.give_back(ch, plain)
         return Marker(_CANCELLED, "the consumer has ended")
-    return value
+    return values, mark is not None
 
 
 def _stream_put_now(key: tuple[int, int], values: list[Any], caller: int) -> Any:
@@ -399,26 +425,30 @@ def _put_one(ch: Any) -> Callable[..., int]:
     return put
 
 
-# -- consumers that take one value ahead (channelconsumer.py) ------------------------------------
+# -- consumers that take values ahead (channelconsumer.py) ------------------------------------
 
 
 @_at_once(_lease_take_now)
 @_cancellable
 @_internal
-def lease_take(key: tuple[int, int], cid: int, seq: int, used: int, caller: int) -> Any:
-    """Take ``seq`` of ``caller``'s consumer ``cid``: ``take``, and keep the value here (a
-    lease) until the consumer says it used it (``used``, in its next take or its end). A
-    consumer that has ended or exited meanwhile gets nothing: the value goes back."""
+def lease_take(
+    key: tuple[int, int], cid: int, seq: int, n: int, used: int, mark: str | None, caller: int
+) -> Any:
+    """Takes ``seq``, ``seq + 1``... of ``caller``'s consumer ``cid``: waits for one value,
+    then takes up to ``n - 1`` more that are there now (at most half a bounded channel's size,
+    and leaving one for each taker waiting there), and keeps them here (a lease) until the
+    consumer says it used them (``used``, in its next request, its end, or its used mark
+    ``mark``, a path given with its first request: ``leasemark``). Answers ``(values,
+    marked)`` or a marker. A consumer that has ended or exited meanwhile gets nothing: the
+    values go back."""
     c = current_cluster()
     ch = _channel(c, key)
     value = _channel_op("take", key, None, caller)
     if isinstance(value, Marker):
         return value
     plain = codec.loads(value.data) if isinstance(value, _Encoded) else value
-    if not c.refs.leases.hold(caller, cid, ch, seq, plain, used):
-        c.refs.give_back(ch, [plain])
-        return Marker(_CANCELLED, "the consumer has ended")
-    return value
+    more = ch._take_more(_ahead(ch, n) - 1, None) if n > 1 and isinstance(ch, Channel) else []
+    return _lease_hold(ch, (caller, cid, seq, used, mark), [plain, *more], [value, *more])
 
 
 @_internal

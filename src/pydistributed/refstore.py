@@ -295,38 +295,68 @@ class RefStore:
 
 
 class _Lease:
-    __slots__ = ("channel", "ended", "values")
+    __slots__ = ("channel", "ended", "mark", "used", "values")
 
     def __init__(self, channel: Any) -> None:
         self.channel = channel
         self.values: dict[int, Any] = {}  # by the number of the take
         self.ended = False
+        self.used = 0  # the last value the consumer has said it returned
+        self.mark: Any = None  # its used mark (a leasemark.MarkReader), if it has one
+
+    def forget_used(self, used: int) -> None:
+        self.used = max(self.used, used)
+        for n in [n for n in self.values if n <= self.used]:
+            del self.values[n]
+
+    def close_mark(self) -> None:
+        if self.mark is not None:
+            self.mark.close()
+            self.mark = None
 
 
 class Leases:
     """Values that consumers on other processes took ahead (``RemoteChannel.consume``) and
     have not used yet, per ``(client, consumer id)``, so that the values of a consumer that
-    ends or exits go back into their channel (``refops.lease_take``, ``lease_end``)."""
+    ends or exits go back into their channel (``refops.lease_take``, ``lease_end``).
+
+    A consumer that keeps several values ahead says which it returned in its requests, and,
+    for its process's exit, in its used mark (``leasemark``): then only the values after the
+    mark go back."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._held: dict[tuple[int, int], _Lease] = {}
         self._gone: set[int] = set()
 
-    def hold(self, client: int, cid: int, channel: Any, seq: int, value: Any, used: int) -> bool:
-        """Keep ``value``, taken by take ``seq``; forget those up to ``used`` (returned to the
-        consumer's caller). False if the consumer has ended or exited: give it back."""
+    def hold(
+        self,
+        client: int,
+        cid: int,
+        channel: Any,
+        seq: int,
+        values: list[Any],
+        used: int,
+        mark: Any = None,
+    ) -> bool:
+        """Keep ``values``, taken by takes ``seq``, ``seq + 1``...; forget those up to
+        ``used`` (returned to the consumer's caller). ``mark``: the consumer's used mark (a
+        ``leasemark.MarkReader``, given with its first request), kept and closed with the
+        lease. False if the consumer has ended or exited: give the values back."""
         with self._lock:
-            if client in self._gone:
-                return False
-            lease = self._held.get((client, cid))
-            if lease is None:
+            lease = None if client in self._gone else self._held.get((client, cid))
+            if lease is None and client not in self._gone:
                 lease = self._held[(client, cid)] = _Lease(channel)
-            if lease.ended:
+            if lease is None or lease.ended:
+                if mark is not None:
+                    mark.close()
                 return False
-            for n in [n for n in lease.values if n <= used]:
-                del lease.values[n]
-            lease.values[seq] = value
+            if mark is not None:
+                lease.close_mark()
+                lease.mark = mark
+            lease.forget_used(used)
+            for i, value in enumerate(values):
+                lease.values[seq + i] = value
             return True
 
     def end(self, client: int, cid: int, used: int, pending: bool) -> tuple[Any, list[Any]]:
@@ -338,18 +368,23 @@ class Leases:
             if pending:
                 self._held[(client, cid)] = lease
             lease.ended = True
+            lease.close_mark()
             left = [v for n, v in sorted(lease.values.items()) if n > used]
             lease.values.clear()
             return lease.channel, left
 
     def drop_client(self, client: int) -> list[tuple[Any, list[Any]]]:
-        """``client`` has exited: every channel and the values its consumers held, in order."""
+        """``client`` has exited: every channel and the values its consumers held and had not
+        returned (after their used mark), in order."""
         with self._lock:
             self._gone.add(client)
             mine = [k for k in self._held if k[0] == client]
             out = []
             for k in mine:
                 lease = self._held.pop(k)
+                if lease.mark is not None:
+                    lease.forget_used(lease.mark.get())
+                    lease.close_mark()
                 if lease.values:
                     out.append((lease.channel, [v for _, v in sorted(lease.values.items())]))
             return out

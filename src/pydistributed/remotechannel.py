@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 from . import aio, codec, refops
 from .channelbase import take_until_closed
-from .channelconsumer import ChannelConsumer
+from .channelconsumer import AHEAD, ChannelConsumer
 from .channels import Channel
 from .channelstream import ChannelStream
 from .cluster import current_cluster
@@ -102,16 +102,23 @@ class RemoteChannel(_RemoteRef, Generic[T]):
         """
         return ChannelStream(self, linger)
 
-    def consume(self) -> ChannelConsumer[T]:
-        """A consumer that takes one value ahead: ``with rc.consume() as c: for v in c: ...``.
+    def consume(self, ahead: int = AHEAD) -> ChannelConsumer[T]:
+        """A consumer that takes values ahead: ``with rc.consume() as c: for v in c: ...``.
 
-        When its ``take`` returns a value, it has already asked the owner for the next one,
-        so the round trip overlaps the work on this one. The value taken ahead is kept by the
-        owner until it is returned, and goes back to the front of the channel if the consumer
-        is closed first or its process exits. See
-        :class:`~pydistributed.channelconsumer.ChannelConsumer` and ``docs/references.md``.
+        It keeps up to ``ahead`` values (default 8) taken at the owner, fetched in one
+        request, and asks for more when half are used, so that the round trips overlap the
+        work on the values. A request takes only values that are there at once beyond its
+        first, at most half a bounded channel's size, and leaves one for each taker waiting
+        there. The values taken ahead are kept by the owner until they are returned, and go
+        back to the front of the channel, in order, if the consumer is closed first or its
+        process exits (killed included). ``ahead=1``: one value ahead, one request per
+        value. See :class:`~pydistributed.channelconsumer.ChannelConsumer` and
+        ``docs/references.md``.
+
+        Raises:
+            ValueError: ``ahead`` is not an ``int`` >= 1.
         """
-        return ChannelConsumer(self)
+        return ChannelConsumer(self, ahead)
 
     def take(self, timeout: float | None = None) -> T:
         """Remove and return the first value (blocks until there is one).

@@ -4,9 +4,11 @@ backpressure, errors at the next operation, the death of either side, fairness.
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -287,7 +289,7 @@ def test_two_producers_share_a_full_channel_fairly(two_workers: list[int]) -> No
     assert per == {"a": list(range(400)), "b": list(range(400))}
 
 
-# -- a consumer that takes one value ahead ------------------------------------------------------
+# -- a consumer that takes values ahead ------------------------------------------------------
 
 
 def consume_all(rc: RemoteChannel) -> list[Any]:
@@ -296,7 +298,7 @@ def consume_all(rc: RemoteChannel) -> list[Any]:
 
 
 def consume_one_then_hang(rc: RemoteChannel, path: str) -> None:
-    with rc.consume() as c:
+    with rc.consume(ahead=1) as c:
         value = c.take(timeout=30)
         with open(path, "w") as f:
             f.write(repr(value))
@@ -320,7 +322,7 @@ def test_closing_a_consumer_gives_back_the_value_taken_ahead(two_workers: list[i
     rc = RemoteChannel(lambda: Channel(10), w)
     for i in range(5):
         rc.put(i, timeout=10)
-    with rc.consume() as c:
+    with rc.consume(ahead=1) as c:
         assert c.take(timeout=10) == 0
         wait_until(lambda: remotecall_fetch(n_avail, w, remoteref_id(rc)) == 3, timeout=10)
     assert remotecall_fetch(n_avail, w, remoteref_id(rc)) == 4  # 1 is back
@@ -348,6 +350,150 @@ def test_a_killed_consumer_loses_nothing(two_workers: list[int], tmp_path: Any) 
     os.kill(ospid(doomed), signal.SIGKILL)
     wait_until(lambda: ch.n_avail() == 4, timeout=30, what="1 to come back")
     assert [rc.take(timeout=10) for _ in range(4)] == [1, 2, 3, 4]
+
+
+def _lines(path: str) -> list[str]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return f.read().split()
+
+
+def consume_some_then_hang(rc: RemoteChannel, path: str, n: int, ahead: int) -> None:
+    with rc.consume(ahead=ahead) as c:
+        for _ in range(n):
+            value = c.take(timeout=30)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            os.write(fd, f"{value}\n".encode())
+            os.close(fd)
+        time.sleep(120)  # killed meanwhile
+
+
+def consume_slowly(rc: RemoteChannel, ahead: int) -> list[Any]:
+    got = []
+    with rc.consume(ahead=ahead) as c:
+        for v in c:
+            got.append(v)
+            time.sleep(0.002)
+    return got
+
+
+def test_a_consumer_keeps_values_ahead_and_closing_gives_them_back(
+    two_workers: list[int],
+) -> None:
+    w = two_workers[0]
+    rc = RemoteChannel(lambda: Channel(10), w)
+    for i in range(10):
+        rc.put(i, timeout=10)
+    with rc.consume(ahead=4) as c:
+        assert c.take(timeout=10) == 0  # the first request asks for one
+        # the next asks for 4 at once: 1..4 are leased here
+        wait_until(lambda: remotecall_fetch(n_avail, w, remoteref_id(rc)) == 5, timeout=10)
+        assert [c.take(timeout=10) for _ in range(2)] == [1, 2]
+    assert remotecall_fetch(n_avail, w, remoteref_id(rc)) == 7  # 3 and 4 are back
+    assert [rc.take(timeout=10) for _ in range(7)] == list(range(3, 10))  # at the front
+
+
+def test_a_request_takes_at_most_half_the_channel(two_workers: list[int]) -> None:
+    w = two_workers[0]
+    rc = RemoteChannel(lambda: Channel(8), w)
+    for i in range(8):
+        rc.put(i, timeout=10)
+    with rc.consume(ahead=100) as c:
+        assert c.take(timeout=10) == 0
+        wait_until(lambda: remotecall_fetch(n_avail, w, remoteref_id(rc)) == 3, timeout=10)
+        assert remotecall_fetch(n_avail, w, remoteref_id(rc)) == 3  # 4 more, not all 7
+    assert [rc.take(timeout=10) for _ in range(7)] == list(range(1, 8))
+
+
+def test_a_consumer_without_a_used_mark_keeps_one_value_ahead(
+    two_workers: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydistributed import channelconsumer
+
+    class NoShm:  # a fake, to inject a fault: no /dev/shm here (or a read-only one)
+        def __init__(self) -> None:
+            raise OSError("no /dev/shm (injected)")
+
+    monkeypatch.setattr(channelconsumer, "UsedMark", NoShm)
+    w = two_workers[0]
+    rc = RemoteChannel(lambda: Channel(10), w)
+    for i in range(10):
+        rc.put(i, timeout=10)
+    with rc.consume(ahead=4) as c:
+        assert [c.take(timeout=10) for _ in range(3)] == [0, 1, 2]
+        wait_until(lambda: remotecall_fetch(n_avail, w, remoteref_id(rc)) == 6, timeout=10)
+        assert remotecall_fetch(n_avail, w, remoteref_id(rc)) == 6  # only 3 is ahead
+    assert [rc.take(timeout=10) for _ in range(7)] == list(range(3, 10))
+
+
+def test_consume_rejects_a_bad_ahead() -> None:
+    rc = RemoteChannel(lambda: Channel(4))
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="ahead"):
+            rc.consume(ahead=bad)  # type: ignore[arg-type]
+
+
+def test_a_killed_consumer_gives_back_exactly_the_values_it_never_returned(
+    two_workers: list[int], tmp_path: Any
+) -> None:
+    doomed = two_workers[0]
+    rc = RemoteChannel(lambda: Channel(10))  # on the master
+    ch = channel_from_id(remoteref_id(rc))
+    for i in range(10):
+        rc.put(i, timeout=10)
+    path = str(tmp_path / "got")
+    remotecall(consume_some_then_hang, doomed, rc, path, 2, 4)
+    # 0 (first request), then 1..4 in one request; 0 and 1 returned, 2..4 leased
+    wait_until(lambda: _lines(path) == ["0", "1"] and ch.n_avail() == 5, timeout=30)
+    pid = ospid(doomed)
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: ch.n_avail() == 8, timeout=30, what="2, 3, 4 to come back")
+    assert [rc.take(timeout=10) for _ in range(8)] == list(range(2, 10))
+    assert not glob.glob(f"/dev/shm/pydist-lease-{pid}-*")  # the owner removed its mark
+
+
+@pytest.mark.parametrize("ahead", [1, 4, 8])
+def test_every_value_once_across_consumers_with_one_killed_midway(
+    two_workers: list[int], tmp_path: Any, ahead: int
+) -> None:
+    doomed, survivor = two_workers
+    n = 300
+    rc = RemoteChannel(lambda: Channel(16))  # on the master
+    path = str(tmp_path / "doomed")
+    remotecall(consume_some_then_hang, doomed, rc, path, 20, ahead)
+    alive = remotecall(consume_slowly, survivor, rc, ahead)
+    done = threading.Event()
+
+    def feed() -> None:
+        for i in range(n):
+            rc.put(i, timeout=60)
+        done.set()
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    wait_until(lambda: len(_lines(path)) == 20, timeout=60)
+    os.kill(ospid(doomed), signal.SIGKILL)
+    assert done.wait(60)
+    feeder.join(10)
+    rc.close()
+    theirs = [int(v) for v in _lines(path)]
+    ours = alive.fetch(timeout=60)
+    assert sorted(theirs + ours) == list(range(n))  # nothing lost, nothing twice
+    assert theirs == sorted(theirs)  # in channel order (the survivor's has the given back)
+
+
+def test_take_more_leaves_one_value_per_waiting_taker() -> None:
+    ch: Channel[int] = Channel(10)
+    got: list[int] = []
+    t = threading.Thread(target=lambda: got.append(ch.take(timeout=10)), daemon=True)
+    t.start()
+    wait_until(lambda: ch._takers == 1, timeout=10)
+    for i in range(3):
+        ch.put(i, timeout=1)
+    more = ch._take_more(10, None)
+    t.join(10)
+    assert len(more) == 2 and sorted(more + got) == [0, 1, 2]
 
 
 def stream_slowly_with_linger(rc: RemoteChannel, n: int, linger: float) -> int:
