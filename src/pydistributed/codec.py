@@ -224,8 +224,10 @@ def _by_reference(f: FunctionType) -> bool:
     registered, and cloudpickle's rule is: a module of ``sys.modules`` other than
     ``__main__``, not made at run time, where the qualified name finds ``f`` itself."""
     if "cloudpickle" in sys.modules:
-        cp = sys.modules.get(f"{__package__}.cpickler")
-        return cp is not None and cp.BY_REFERENCE.get(f) is True
+        # (another thread may be importing cpickler: partly made, without BY_REFERENCE yet;
+        # the Pickler's path then waits for the import)
+        by_ref = getattr(sys.modules.get(f"{__package__}.cpickler"), "BY_REFERENCE", None)
+        return by_ref is not None and by_ref.get(f) is True
     name = f.__module__
     module = sys.modules.get(name) if isinstance(name, str) else None
     if module is None or name == "__main__":
