@@ -79,6 +79,10 @@ def release_sigint(token: tuple[Any, list[Any]]) -> None:
         old(signal.SIGINT, held[0])
 
 
+def _nothing() -> None:
+    pass
+
+
 class Executor:
     """Runs submitted callables on the main thread when free, else on pool threads.
 
@@ -100,6 +104,10 @@ class Executor:
         # after it, is interrupted as it starts (see check_interrupted)
         self._interrupts = 0
         self._local = threading.local()
+        # set on a worker once it has joined: ``(serve, wake)`` of the master's connection,
+        # whose reading role the idle main thread takes (``Peer.serve``)
+        self.source: tuple[Callable[[Callable[[], bool]], None], Callable[[], None]] | None = None
+        self._serving = False
 
     # -- submitting -----------------------------------------------------------------------
 
@@ -110,6 +118,10 @@ class Executor:
             if main_ok and self._main_idle:
                 self._main_idle = False
                 self._main_q.put(item)
+                if self._serving and threading.get_ident() != self._main_ident:
+                    source = self.source
+                    if source is not None:
+                        source[1]()
                 return
             if self._pool_idle:
                 self._pool_idle -= 1
@@ -143,12 +155,28 @@ class Executor:
                         return
                 item = self._pool_q.get()  # a submitter claimed us just now; its item is coming
 
+    def wake_main(self) -> None:
+        """Make an idle main thread look at :attr:`source` again."""
+        with self._lock:
+            if self._main_idle and self._main_q.empty():
+                self._main_idle = False
+                self._main_q.put((self._interrupts, _nothing))
+
     def run_main(self) -> None:
         """Serve calls on the calling (main) thread forever. Used by workers."""
         with self._lock:
             self._main_idle = True
         get, run, lock, empty = self._main_q.get, self._run, self._lock, self._main_q.empty
         while True:
+            source = self.source
+            if source is not None and empty():
+                # read the master's calls here rather than wait for the reader thread's
+                # hand-off (a thread wake-up each way)
+                self._serving = True
+                try:
+                    source[0](empty)
+                finally:
+                    self._serving = False
             item = get()
             run(item)
             del item  # see submit

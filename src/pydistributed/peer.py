@@ -31,6 +31,7 @@ log = logging.getLogger("pydistributed.peer")
 
 _PARK = 0.002
 _HELD_POLL = 0.005
+_DOZE = 1.0
 
 
 class _Closed(Exception):
@@ -121,6 +122,11 @@ class Peer:
         self._takers = 0
         self._parked_at = 0.0
         self._hurry = False
+        # a worker's main thread holds the role in serve(); messages it has read; the reader
+        # thread waits for it to put the role down without polling
+        self._serving = False
+        self._served = 0
+        self._dozing = False
         self._wake_r = self._wake_w = -1
         if isinstance(reader, transport.SocketReader):
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -273,12 +279,15 @@ class Peer:
     # When the caller has its answer it leaves the role free ("parked") without waking
     # anybody, because the next call usually follows within microseconds; the reader thread
     # takes it back after ``_PARK`` seconds, or at once if other callers are waiting for
-    # answers. A whole message is always read by one thread.
+    # answers. A whole message is always read by one thread. A worker's idle main thread
+    # holds the role so too (``serve``): the calls it reads run there, without a hand-off; the
+    # reader thread does not poll it once nothing comes, and is woken when it parks the role.
 
     def _shared_read_loop(self) -> None:
         reader: Any = self.reader
         fd = reader.fileno()
         cond = self._role_cond
+        seen = -1
         while True:
             with cond:
                 while True:
@@ -289,9 +298,16 @@ class Peer:
                         if idle >= _PARK or self._hurry:
                             break
                         cond.wait(_PARK - idle)
+                    elif self._serving and self._served == seen:
+                        # a worker's idle main thread reads (serve) and nothing came since
+                        # we last looked: doze until it puts the role down (it wakes us then)
+                        self._dozing = True
+                        cond.wait(_DOZE)
+                        self._dozing = False
                     else:
                         # a caller reads; it parks the role without waking us (that is
                         # the point), so look again now and then
+                        seen = self._served
                         cond.wait(_HELD_POLL)
                 self._role = "bg"
                 self._hurry = False
@@ -324,8 +340,36 @@ class Peer:
         interrupts that wait and leaves the stream whole). A stream that is not a socket is
         read under the guard throughout.
         """
+        if guard is None:
+            return self._lead(done, self._read_one, False)
+        return self._lead(done, lambda: self._read_one_guarded(guard), False)
+
+    def serve(self, idle: Callable[[], bool]) -> None:
+        """On a worker's main thread with no call to run: hold the reading role and read and
+        dispatch messages here while ``idle()`` (a call for this thread ends it: the thread
+        runs it without a hand-off from the reader thread); :meth:`wake` makes it look at
+        ``idle()`` again. Returns at once when the role is another caller's (the reader
+        thread reads then, as usual). No guard: the worker's SIGINT handler does nothing
+        while no call runs on this thread. While it runs a call the role is parked, and the
+        reader thread takes it back after ``_PARK`` s (heartbeats, interrupts, calls)."""
+        self._lead(lambda: not idle(), self._read_woken, True)
+
+    def _read_woken(self) -> None:
+        """:meth:`_read_one`, or nothing if :meth:`wake` came first."""
+        reader: Any = self.reader
+        if not reader.buffered():
+            wake = self._wake_r
+            if wake in select.select([reader.fileno(), wake], [], [])[0]:
+                try:
+                    os.read(wake, 4096)
+                except BlockingIOError:
+                    pass
+                return
+        self._served += 1
+        self._read_one()
+
+    def _lead(self, done: Callable[[], bool], read: Callable[[], None], serving: bool) -> bool:
         cond = self._role_cond
-        me = threading.get_ident()
         with cond:
             if self._wake_r < 0 or self.closed or self.thread is None:
                 return False
@@ -344,7 +388,8 @@ class Peer:
                     cond.wait()
                 if self._role is not None or self.closed:
                     return True  # closed, answered, or another caller reads: wait on the slot
-                self._role = me
+                self._role = threading.get_ident()
+                self._serving = serving
             finally:
                 self._takers -= 1
         state = scope.state  # bound to our cluster while this thread reads for it
@@ -352,10 +397,7 @@ class Peer:
         try:
             while not done() and not self.closed:
                 try:
-                    if guard is None:
-                        self._read_one()
-                    else:
-                        self._read_one_guarded(guard)
+                    read()
                 except EOFError as e:
                     self.close(str(e) or "connection closed")
                 except ProtocolError as e:
@@ -367,12 +409,24 @@ class Peer:
             state.owner = outer
             with cond:
                 self._role = None
+                self._serving = False
                 self._parked_at = time.monotonic()
                 if self.pending or self._takers:
                     # others wait for answers: the reader thread must read now
                     self._hurry = True
                     cond.notify_all()
+                elif self._dozing:
+                    cond.notify_all()  # to take the role back if the call runs long
         return True
+
+    def wake(self) -> None:
+        """Make the thread in :meth:`serve` look at its ``idle()`` again."""
+        with self._role_cond:
+            if self._wake_w >= 0:
+                try:
+                    os.write(self._wake_w, b"x")
+                except OSError:
+                    pass
 
     # -- closing --------------------------------------------------------------------------
 

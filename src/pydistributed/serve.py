@@ -160,6 +160,9 @@ class Server:
                 target=_watch_master_link, args=(peer,), name="pydist-linkcheck", daemon=True
             ).start()
         self.joined.set()
+        if threading.current_thread() is not threading.main_thread():
+            self.executor.source = (peer.serve, peer.wake)
+            self.executor.wake_main()
         peer.send(JoinComplete(msg.response_id, os.getpid(), socket.gethostname()))
         if msg.topology in ("all_to_all", "custom") and not msg.lazy:
             for pid, _, _ in msg.peers:
