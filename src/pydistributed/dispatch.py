@@ -31,6 +31,7 @@ go), and the connection stays up.
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 import threading
@@ -260,8 +261,34 @@ class Dispatcher:
             return False  # the usual way runs it again and reports the error
         if value is LATER:
             return False
-        self.reply(peer, msg.response_id, True, value)
+        self._answer_here(peer, Result(msg.response_id, True, value))
         return True
+
+    def _answer_here(self, peer: Peer, answer: Message) -> None:
+        """Send a small answer from the reading thread, or from a pool thread if another
+        thread is writing to ``peer`` now: a reader that waited for the send lock, held by a
+        writer that waits for the other side to read, could wait for ever if the other side's
+        reader did the same."""
+        try:
+            frames, refs = codec.encode(answer, peer.pid)
+            if not refs and peer.send_frames(frames, wait=False):
+                return
+        except ProcessExitedException:
+            return
+        except Exception:  # cannot be pickled: the general path says why
+            pass
+        if isinstance(answer, Result):
+            reply = functools.partial(self.reply, peer, answer.response_id, answer.ok, answer.value)
+            self.executor.submit(reply, False)
+        else:
+            self.executor.submit(functools.partial(self._send_quietly, peer, answer), False)
+
+    @staticmethod
+    def _send_quietly(peer: Peer, msg: Message) -> None:
+        try:
+            peer.send(msg)
+        except ProcessExitedException:
+            pass
 
     def _on_call_wait(self, peer: Peer, msg: CallWait) -> None:
         slot = self.refs.add(RRID(msg.whence, msg.id), msg.whence)
@@ -311,10 +338,7 @@ class Dispatcher:
         self.executor.interrupt()
 
     def _on_ping(self, peer: Peer, msg: Ping) -> None:
-        try:
-            peer.send(Pong(msg.nonce))
-        except ProcessExitedException:
-            pass
+        self._answer_here(peer, Pong(msg.nonce))
 
     # -- running calls (from a message, or a call to this process itself) -----------------
 

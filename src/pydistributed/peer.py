@@ -149,11 +149,17 @@ class Peer:
             self.announce(self, refs)
         self.send_frames(frames)
 
-    def send_frames(self, frames: list[Any]) -> None:
+    def send_frames(self, frames: list[Any], wait: bool = True) -> bool:
+        """Write an encoded message. With ``wait`` False, only if no other thread is writing
+        now (a reading thread must never wait on a writer that waits for the other side to
+        read): False, having sent nothing, if one is."""
         if self.closed:
             raise ProcessExitedException(self.pid or 0, self.close_reason, removed=self.removing)
+        lock = self._send_lock
         try:
-            with self._send_lock:
+            if not lock.acquire(wait):
+                return False
+            try:
                 shield = self.shield
                 token = None
                 if shield is not None:
@@ -163,6 +169,8 @@ class Peer:
                 finally:
                     if token is not None:
                         self.unshield(token)  # type: ignore[misc]
+            finally:
+                lock.release()
         except ProtocolError:
             raise
         except (OSError, ValueError) as e:
@@ -175,6 +183,7 @@ class Peer:
             if getattr(self.writer, "partial", False):
                 self.close("interrupted while sending a message")
             raise
+        return True
 
     # -- reading --------------------------------------------------------------------------
 

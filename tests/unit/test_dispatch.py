@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from pydistributed import scope, sockets
+from pydistributed import codec, scope, sockets
 from pydistributed.dispatch import LATER, Dispatcher, is_internal
 from pydistributed.errors import CapturedException, RemoteException
 from pydistributed.execution import Executor
@@ -30,6 +30,8 @@ from pydistributed.messages import (
     Identify,
     Message,
     PeerUpdate,
+    Ping,
+    Pong,
     RefCount,
     RemoteDo,
     Result,
@@ -49,8 +51,11 @@ class Answers:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._results: dict[int, Result] = {}
+        self.pongs: list[int] = []
 
     def on_message(self, peer: Peer, msg: Message) -> None:
+        if isinstance(msg, Pong):
+            self.pongs.append(msg.nonce)
         if isinstance(msg, Result):
             with self._cond:
                 self._results[msg.response_id] = msg
@@ -456,3 +461,21 @@ def test_an_operation_that_cannot_finish_at_once_runs_the_usual_way(link: Link) 
     assert [r.split(":")[0] for r in _RAN_ON] == ["now", "full", "now", "full"]
     assert all(r == f"now:pydist-reader-{CALLER}" for r in _RAN_ON[::2])
     assert all(r == "full:pydist-call" for r in _RAN_ON[1::2])  # a pool thread
+
+
+def test_the_reading_thread_never_waits_for_a_writer(link: Link) -> None:
+    """An answer the reading thread would send itself (a Pong here) goes from a pool thread
+    when another thread is writing to that peer: the reader goes on reading (a reader that
+    waited for a writer that waits for the other side to read could wait for ever)."""
+    rrid = RRID(CALLER, 11)
+    with link.server._send_lock:  # another thread of the server is writing now
+        link.client.send(Ping(7))
+        link.client.send(RefCount(adds=((CALLER, 11, CALLER),)))
+        wait_for(lambda: link.refs.lookup(rrid) is not None)  # read past the Ping
+        time.sleep(0.05)
+        assert link.answers.pongs == []  # nothing written while the lock is held
+    wait_for(lambda: link.answers.pongs == [7])  # then the pool thread's Pong went out
+    assert link.server.send_frames(codec.encode(Pong(8))[0], wait=False) is True
+    wait_for(lambda: link.answers.pongs == [7, 8])
+    with link.server._send_lock:
+        assert link.server.send_frames(codec.encode(Pong(9))[0], wait=False) is False
