@@ -163,10 +163,13 @@ class Calls:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         slot: ResponseSlot,
+        wait: bool = True,
     ) -> int:
         """Send ``remotecall_fetch``'s request and return its response id at once: the answer
         fills ``slot`` (``slot.set`` runs on the thread that reads it, and must not block).
         For a process other than this one (the caller runs a call to itself its own way).
+        With ``wait`` False (a reading thread), nothing is sent and -1 returned if another
+        thread is writing to that process now (``Peer.send_frames``).
 
         Raises:
             pickle.PicklingError: ``f`` or an argument could not be pickled; nothing was sent.
@@ -178,7 +181,13 @@ class Calls:
         rid = self._rids.next()
         peer.pending[rid] = slot
         try:
-            peer.send(CallFetch(rid, f, args, kwargs))
+            if wait:
+                peer.send(CallFetch(rid, f, args, kwargs))
+            else:
+                frames, refs = codec.encode(CallFetch(rid, f, args, kwargs), pid)
+                if refs or not peer.send_frames(frames, wait=False):
+                    peer.pending.pop(rid, None)
+                    return -1
         except BaseException as e:
             peer.pending.pop(rid, None)
             if isinstance(e, _UNPICKLABLE):

@@ -280,20 +280,28 @@ class ChannelStream(Generic[T]):
         self._not_stored += self._buf
         self._buf = []
 
-    def _send(self) -> None:
-        """Send up to ``credit`` buffered values as the batch in flight (none in flight)."""
+    def _send(self, wait: bool = True) -> bool:
+        """Send up to ``credit`` buffered values as the batch in flight (none in flight).
+        With ``wait`` False (a reading thread), False if another thread is writing to the
+        owner now: nothing was sent, the values are buffered as before."""
         rc = self._rc
         c = rc._cluster
         batch, self._buf = self._buf[: self.credit], self._buf[self.credit :]
         slot = _Ack(self)
         self._inflight, self._slot = batch, slot
         try:
-            c.calls.call_fetch_nowait(
-                rc.where, refops.stream_put, (rc._key, batch, c.myid), {}, slot
+            rid = c.calls.call_fetch_nowait(
+                rc.where, refops.stream_put, (rc._key, batch, c.myid), {}, slot, wait
             )
         except BaseException as e:  # unpicklable, or the owner is gone: nothing was sent
             self._inflight = self._slot = None
             self._fail(e, batch)
+            return True
+        if rid < 0:
+            self._inflight = self._slot = None
+            self._buf[:0] = batch
+            return False
+        return True
 
     def _linger_then_send(self) -> None:
         # Nothing in flight: let more values join this batch for ``linger`` seconds.
@@ -320,7 +328,7 @@ class ChannelStream(Generic[T]):
                 return False
             self._settle()
             if self._inflight is None and self._buf and self._error is None:
-                self._send()
+                return self._send(wait=False)  # never waits for another writer
             return True
         finally:
             self._lock.release()
