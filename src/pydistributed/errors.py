@@ -30,12 +30,10 @@ none (a function shipped by value keeps its file name; the file is on the caller
 
 from __future__ import annotations
 
-import linecache
 import os
 import re
 import signal
 import sys
-import traceback
 import types
 from collections.abc import Sequence
 from typing import Any
@@ -235,6 +233,8 @@ def with_source_lines(text: str) -> str:
         following = lines[i + 1] if i + 1 < len(lines) else ""
         if following.startswith(pre + "    "):
             continue  # the remote process showed the line
+        import linecache
+
         source = linecache.getline(m.group("file"), int(m.group("line"))).strip()
         if source:
             out.append(f"{pre}    {source}\n")
@@ -357,6 +357,8 @@ def capture(exc: BaseException) -> CapturedException:
         tb = tb.tb_next
     if tb is not None and _is_internal(tb):
         tb = exc.__traceback__  # all ours: a fault of pydistributed, show it all
+    import traceback  # (here: importing the package stays light)
+
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     return CapturedException(exc, text)
 

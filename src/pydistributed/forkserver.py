@@ -60,11 +60,21 @@ def thread_count() -> int:
 
 def _preload() -> None:
     """Import what a worker needs to serve calls, so that no child imports it again."""
-    import cloudpickle  # noqa: F401
-
-    import pydistributed.cpickler  # the codec's, made on a worker's first such message
     import pydistributed.processes
     import pydistributed.serve  # noqa: F401
+
+
+def _preload_later() -> None:
+    """What a worker needs for functions sent by value (cloudpickle: ~12 ms), imported once
+    the forkserver has been idle ``LATER_IDLE`` seconds: the first workers, which a cold
+    start waits for, are not held up by it (they import it when a lambda comes); later ones
+    have it."""
+    import cloudpickle  # noqa: F401
+
+    import pydistributed.cpickler  # noqa: F401  (the codec's, on a worker's first such message)
+
+
+LATER_IDLE = 0.2
 
 
 def _send(sock: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -101,8 +111,15 @@ def main(argv: list[str] | None = None) -> None:
 
 def _serve(sock: socket.socket, wake_r: int, wake_w: int) -> None:
     children: set[int] = set()
+    later = True  # _preload_later still to do
     while True:
-        readable, _, _ = select.select([sock.fileno(), wake_r], [], [])
+        readable, _, _ = select.select(
+            [sock.fileno(), wake_r], [], [], LATER_IDLE if later else None
+        )
+        if not readable:
+            later = False
+            _preload_later()
+            continue
         if wake_r in readable:
             try:
                 while os.read(wake_r, 512):

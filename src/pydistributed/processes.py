@@ -13,16 +13,15 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeGuard, overload
 
-from . import codec, handshake
-from .cluster import Cluster, current_cluster, set_current_cluster
+from . import runtime
 from .errors import LaunchError, ProcessExitedException
 from .ids import check_pid
 from .managers.base import ClusterManager
-from .managers.local import LocalManager
-from .tasks import Task
+from .managers.local import LocalManager, prestart
 
 if TYPE_CHECKING:
     from .managers.ssh import SSHManager
+    from .tasks import Task
 
 __all__ = [
     "MachineSpec",
@@ -173,7 +172,11 @@ def addprocs(
         max_parallel=max_parallel,
         shell=shell,
     )
-    c = current_cluster()
+    if isinstance(np_or_machines, int) and not isinstance(np_or_machines, bool):
+        # local workers: their forkserver starts now, and the runtime is imported meanwhile
+        # (on the other processor) instead of before (the import of this module is light)
+        prestart(kw, runtime.load)
+    c = runtime.current_cluster()
     if c.myid != 1:
         raise RuntimeError("Only process 1 can add and remove workers")
     arg = np_or_machines
@@ -287,7 +290,7 @@ def rmprocs(*pids: Any, waitfor: float | None = None) -> Task[None] | None:
         TimeoutError: some workers were still running after ``waitfor`` seconds.
     """
     flat = [check_pid(p, "a worker id") for p in _flatten(pids)]
-    c = current_cluster()
+    c = runtime.current_cluster()
     if c.myid != 1:
         raise RuntimeError("Only process 1 can add and remove workers")
     if waitfor is not None and waitfor < 0:
@@ -299,6 +302,8 @@ def rmprocs(*pids: Any, waitfor: float | None = None) -> Task[None] | None:
             why = "it has exited" if c.registry.is_dead(p) else "there is no such process"
             warnings.warn(f"rmprocs: worker {p} not removed: {why}", stacklevel=2)
     if waitfor == 0:
+        from .tasks import Task
+
         return Task(c.lifecycle.remove_workers, flat, None).start()
     c.lifecycle.remove_workers(flat, waitfor)
     return None
@@ -317,7 +322,7 @@ def interrupt(*pids: Any) -> None:
         ProcessExitedException: that worker has exited; nothing was interrupted (as in Julia).
     """
     flat = [check_pid(p, "a worker id") for p in _flatten(pids)]
-    c = current_cluster()
+    c = runtime.current_cluster()
     for p in flat:
         if p != 1 and not c.registry.is_alive(p):
             if c.registry.is_dead(p):
@@ -331,12 +336,12 @@ def interrupt(*pids: Any) -> None:
 
 def myid() -> int:
     """The id of this process (1 on the master)."""
-    return current_cluster().myid
+    return runtime.current_cluster().myid
 
 
 def nprocs() -> int:
     """The number of processes, the master included."""
-    return len(current_cluster().registry.proc_ids())
+    return len(runtime.current_cluster().registry.proc_ids())
 
 
 def nworkers() -> int:
@@ -347,7 +352,7 @@ def nworkers() -> int:
 
 def procs(pid: int | None = None) -> list[int]:
     """All process ids (``procs()``), or those on the same host as ``pid``."""
-    registry = current_cluster().registry
+    registry = runtime.current_cluster().registry
     if pid is None:
         return registry.proc_ids()
     return registry.procs_on_host(check_pid(pid))
@@ -357,7 +362,7 @@ def workers(pool: Any = None) -> list[int]:
     """The worker ids (``[1]`` when there are none); ``workers(pool)``: the pool's."""
     if pool is not None:
         return list(pool.workers)
-    return current_cluster().registry.worker_ids()
+    return runtime.current_cluster().registry.worker_ids()
 
 
 # -- workers ---------------------------------------------------------------------------
@@ -396,6 +401,9 @@ def start_worker(
             host, port = h.strip("[]"), int(p)
         else:
             host = bind_to.strip("[]")
+    from . import handshake
+    from .cluster import Cluster, set_current_cluster
+
     c = Cluster(0, handshake.check_cookie(cookie), role="worker")
     set_current_cluster(c)
     c.server.watchdog = watchdog
@@ -408,6 +416,9 @@ def init_worker(cookie: str, manager: ClusterManager | None = None) -> None:
     ``manager`` opens this worker's connections to other workers with its ``connect`` (Julia's
     ``init_worker(cookie, manager)``); the default, ``DefaultClusterManager``, uses TCP.
     """
+    from . import handshake
+    from .cluster import Cluster, set_current_cluster
+
     c = Cluster(0, handshake.check_cookie(cookie), role="worker", manager=manager)
     set_current_cluster(c)
 
@@ -424,7 +435,7 @@ def process_messages(r_stream: Any, w_stream: Any, incoming: bool = True) -> Non
             "opens every connection to a worker it launches, so a custom transport serves "
             "the worker's side only (incoming=True)"
         )
-    current_cluster().serve_streams(r_stream, w_stream)
+    runtime.current_cluster().serve_streams(r_stream, w_stream)
 
 
 def worker_id_from_socket(s: Any) -> int:
@@ -434,6 +445,8 @@ def worker_id_from_socket(s: Any) -> int:
     gives the process the message goes to. Returns -1 when ``s`` is not a connection.
     """
     if s is None:
+        from . import codec
+
         target = codec.encoding_target()
         return -1 if target is None else target
-    return current_cluster().connections.pid_of(s)
+    return runtime.current_cluster().connections.pid_of(s)

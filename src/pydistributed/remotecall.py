@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from .cluster import current_cluster
+from . import runtime
 from .errors import RemoteException
 from .ids import RRID, check_pid
-from .remoteref import Future
-from .tasks import Task, register_sync
+
+if TYPE_CHECKING:
+    from .remoteref import Future
 
 __all__ = [
     "CallForm",
@@ -77,21 +78,26 @@ class WorkerSource(abc.ABC):
 
 def fetch_on(pid: int, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``remotecall_fetch`` on ``pid``."""
-    return current_cluster().calls.call_fetch(pid, f, args, kwargs)
+    return runtime.current_cluster().calls.call_fetch(pid, f, args, kwargs)
 
 
 def start_on(pid: int, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future:
     """``remotecall`` on ``pid``."""
-    c = current_cluster()
+    c = runtime.current_cluster()
     rrid = RRID(c.myid, c.refcount.next_id())
     c.calls.call(pid, rrid, f, args, kwargs)
+    from .remoteref import Future
+    from .tasks import register_sync
+
     return register_sync(Future._for_call(c, pid, rrid))
 
 
 def wait_on(pid: int, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future:
     """``remotecall_wait`` on ``pid``."""
-    c = current_cluster()
+    c = runtime.current_cluster()
     rrid = RRID(c.myid, c.refcount.next_id())
+    from .remoteref import Future
+
     fut = Future._for_call(c, pid, rrid)
     try:
         c.calls.call_wait(pid, rrid, f, args, kwargs)
@@ -105,7 +111,7 @@ def wait_on(pid: int, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
 
 def do_on(pid: int, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """``remote_do`` on ``pid``."""
-    current_cluster().calls.remote_do(pid, f, args, kwargs)
+    runtime.current_cluster().calls.remote_do(pid, f, args, kwargs)
 
 
 def _put_back_when_done(source: WorkerSource, pid: int, fut: Future) -> None:
@@ -135,6 +141,8 @@ def _route(
         where.put(pid)
         raise
     # the worker stays busy until the call is done: a local task waits, then gives it back
+    from .tasks import Task
+
     Task(_put_back_when_done, where, pid, fut).start()
     return fut
 
@@ -167,7 +175,7 @@ def remotecall_fetch(
         ProcessExitedException: the process has exited, or exits before answering.
     """
     if type(id_or_pool) is int:
-        return current_cluster().calls.call_fetch(id_or_pool, f, args, kwargs)
+        return runtime.current_cluster().calls.call_fetch(id_or_pool, f, args, kwargs)
     return _route(id_or_pool, fetch_on, f, args, kwargs)
 
 

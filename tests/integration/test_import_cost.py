@@ -105,39 +105,52 @@ def test_the_cold_start_master_imports_only_what_it_uses() -> None:
     # imported where needed: cloudpickle by the first message plain pickle cannot take (or
     # while the forkserver starts), ssl by a TLS link, ctypes by an interrupt or a large bytes
     assert sorted(m for m in ("cloudpickle", "ctypes", "ssl") if m in new) == []
+    # the runtime comes with addprocs, which imports it while the forkserver starts
+    assert sorted(m for m in ("pydistributed.cluster", "pydistributed.transport") if m in new) == []
 
 
 def test_the_forkserver_and_a_forked_worker_import_only_the_runtime() -> None:
     """The forkserver's imports, and a forked worker's: after the fork it imports only the
-    module of the function it is called with, never the runtime again."""
+    module of the function it is called with, never the runtime again. A worker forked at
+    once (a cold start waits for it) has not imported cloudpickle: the forkserver imports it
+    once idle (``LATER_IDLE``), for the workers forked after."""
     base = _baseline()
     got = _run(
-        "import json, sys\n"
+        "import json, sys, time\n"
         "import pydistributed.forkserver as fs\n"
         "fs._preload()\n"
+        "fs._preload_later()\n"
         "preload = sorted(sys.modules)\n"
         "for m in [m for m in sys.modules if m.startswith('pydistributed')]:\n"
         "    del sys.modules[m]\n"
         "from pydistributed import addprocs, remotecall_fetch, rmprocs\n"
         "from _funcs import identity\n"
-        "ws = addprocs(1)\n"
+        "mods = \"list(__import__('sys').modules)\"\n"
+        "early = addprocs(1)\n"
         "try:\n"
-        "    mods = \"list(__import__('sys').modules)\"\n"
-        "    started = remotecall_fetch(eval, ws[0], mods)\n"
-        "    assert remotecall_fetch(identity, ws[0], 7) == 7\n"
-        "    called = remotecall_fetch(eval, ws[0], mods)\n"
+        "    early_started = remotecall_fetch(eval, early[0], mods)\n"
+        "    time.sleep(3 * fs.LATER_IDLE)\n"
+        "    ws = addprocs(1)\n"
+        "    try:\n"
+        "        started = remotecall_fetch(eval, ws[0], mods)\n"
+        "        assert remotecall_fetch(identity, ws[0], 7) == 7\n"
+        "        called = remotecall_fetch(eval, ws[0], mods)\n"
+        "    finally:\n"
+        "        rmprocs(ws)\n"
         "finally:\n"
-        "    rmprocs(ws)\n"
-        "print(json.dumps([preload, sorted(started), sorted(called)]))\n"
+        "    rmprocs(early)\n"
+        "print(json.dumps([preload, sorted(early_started), sorted(started), sorted(called)]))\n"
     )
     assert isinstance(got, list)
-    preload, started, called = (set(x) for x in got)
+    preload, early_started, started, called = (set(x) for x in got)
     new = preload - base
     assert sorted(m for m in OPTIONAL if m in new) == []
     assert sorted(m for m in HEAVY if m in new) == []
     master_only = ("pydistributed.managers.forkspawn", "pydistributed.relay")
     assert sorted(m for m in master_only if m in new) == []
     assert "pydistributed.serve" in new and "cloudpickle" in new  # what serving needs
+    assert "cloudpickle" not in early_started  # (nor did its handshake import it)
+    assert "cloudpickle" in started and "pydistributed.cpickler" in started
     assert sorted(m for m in HEAVY + OPTIONAL if m in started - base) == []
     assert "ssl" not in called - base  # no TLS here (ctypes it has: prctl, dying with its parent)
     assert sorted(called - started) == ["_funcs"]

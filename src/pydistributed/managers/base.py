@@ -41,8 +41,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any, BinaryIO, ClassVar
 
-from .. import sockets
-
 __all__ = ["ClusterManager", "DefaultClusterManager", "WorkerConfig", "overrides"]
 
 
@@ -107,6 +105,8 @@ class ClusterManager(abc.ABC):
             host, port = config.connect_at
         if host is None or port is None:
             raise ValueError(f"worker {pid}: no host and port to connect to")
+        from .. import sockets  # (here: ``from pydistributed import addprocs`` stays light)
+
         sock = sockets.connect_tcp(host, int(port), timeout=30.0)
         return sockets.socket_streams(sock)
 

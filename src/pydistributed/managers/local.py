@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .base import ClusterManager, WorkerConfig
@@ -97,24 +97,38 @@ def _forkserver_environment() -> dict[str, str]:
     return worker_environment({"enable_threaded_blas": True}, os.getcwd())
 
 
-def forkserver(env: dict[str, str]) -> ForkServerClient | None:
+def prestart(params: dict[str, Any], meanwhile: Callable[[], object]) -> None:
+    """Start the forkserver now for a launch of local workers with ``params`` (``addprocs``'
+    keywords), if they will be forked and it is not running: ``meanwhile`` (the master's
+    import of the runtime) then runs while it starts, on the other processor, instead of
+    before. The launch finds it running (or starts it, as it would have)."""
+    if params.get("env") or not forked(params):
+        meanwhile()
+        return
+    forkserver(worker_environment({}, os.getcwd()), meanwhile)
+
+
+def forkserver(
+    env: dict[str, str], meanwhile: Callable[[], object] | None = None
+) -> ForkServerClient | None:
     """This master's forkserver (started on first use, and again if it has ended), if a worker
-    with environment ``env`` can be forked from it; None if it needs a fresh interpreter."""
+    with environment ``env`` can be forked from it; None if it needs a fresh interpreter.
+    ``meanwhile`` runs while a new one starts (or at once, if none is started)."""
     global _forkserver
     wanted = startup_environment(env)
     with _forkserver_lock:
-        if _forkserver is not None and _forkserver.alive:
-            return _forkserver if startup_environment(_forkserver.env) == wanted else None
-        from .forkspawn import ForkServerClient
+        if _forkserver is None or not _forkserver.alive:
+            server_env = _forkserver_environment()
+            if startup_environment(server_env) == wanted:
+                from .forkspawn import ForkServerClient
 
-        server_env = _forkserver_environment()
-        if startup_environment(server_env) != wanted:
-            return None
-        from .. import handshake
-
-        # while it starts: the versions the handshakes send (they import cloudpickle)
-        _forkserver = ForkServerClient(spawner().popen, server_env, handshake.versions)
-        return _forkserver
+                _forkserver = ForkServerClient(spawner().popen, server_env, meanwhile)
+                return _forkserver
+    if meanwhile is not None:
+        meanwhile()
+    if _forkserver is not None and _forkserver.alive:
+        return _forkserver if startup_environment(_forkserver.env) == wanted else None
+    return None
 
 
 def forked(params: dict[str, Any]) -> bool:
