@@ -10,9 +10,11 @@ consumer's first request and reads it only when the consumer's process has exite
 
 The page is a file under ``/dev/shm`` made by the consumer with a random name (mode 0600);
 the owner maps it and unlinks it at once (the consumer unlinks it too when it closes, in case
-the owner never did). A file the owner cannot open (the owner is on another host, or there is
-no ``/dev/shm``) means no mark: the consumer then reports every value in a request of its
-own, one at a time, as with ``ahead=1``. No import above the standard library.
+the owner never did; a consumer killed before its owner mapped the page leaves it behind, and
+the next process of this user that makes a page removes it: :func:`sweep`). A file the owner
+cannot open (the owner is on another host, or there is no ``/dev/shm``) means no mark: the
+consumer then reports every value in a request of its own, one at a time, as with
+``ahead=1``. No import above the standard library.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import os
 import secrets
 import struct
 
-__all__ = ["MarkReader", "UsedMark"]
+__all__ = ["MarkReader", "UsedMark", "sweep"]
 
 _DIR = "/dev/shm"
 _Q = struct.Struct("<q")
@@ -35,6 +37,10 @@ class UsedMark:
 
     def __init__(self) -> None:
         """Raises ``OSError`` if the page cannot be made (then there is no mark)."""
+        global _swept
+        if not _swept:
+            _swept = True
+            sweep()
         self.path = os.path.join(_DIR, f"pydist-lease-{os.getpid()}-{secrets.token_hex(8)}")
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
@@ -58,6 +64,39 @@ class UsedMark:
             self._mm.close()
         except (OSError, ValueError, BufferError):
             pass
+
+
+_swept = False  # this process has looked for pages left behind (sweep)
+
+
+def sweep() -> list[str]:
+    """Remove the pages of consumers that died before their owner mapped (and unlinked) them:
+    ``pydist-lease-PID-*`` files of this user whose process is gone. A page whose process
+    number is in use again is left alone. The paths removed."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(_DIR)
+    except OSError:
+        return removed
+    uid = os.getuid()
+    for name in names:
+        parts = name.split("-")
+        if len(parts) != 4 or not name.startswith("pydist-lease-") or not parts[2].isdigit():
+            continue
+        path = os.path.join(_DIR, name)
+        try:
+            if os.lstat(path).st_uid != uid:
+                continue
+            os.kill(int(parts[2]), 0)  # still there (or its number is in use again)
+        except ProcessLookupError:
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except OSError:
+                pass
+        except OSError:
+            continue
+    return removed
 
 
 class MarkReader:
