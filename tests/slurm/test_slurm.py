@@ -97,11 +97,19 @@ def test_worker_output_is_relayed_with_its_id(
     (pid,) = addprocs(SlurmManager(1, timeout=60))
     remotecall_fetch(print, pid, "hello from a slurm task")
     remotecall_fetch(lambda: print("to stderr", file=__import__("sys").stderr), pid)
-    out, err = wait_until(
-        lambda: (lambda o: o if "to stderr" in o[1] else None)(capfd.readouterr()), timeout=10
-    )
-    assert f"From worker {pid}:\thello from a slurm task" in out
-    assert f"From worker {pid}:\tto stderr" in err
+    said = [f"From worker {pid}:\thello from a slurm task", f"From worker {pid}:\tto stderr"]
+    out: list[str] = []
+    err: list[str] = []
+
+    def both() -> bool:  # each read takes what came since the last: keep it all
+        o, e = capfd.readouterr()
+        out.append(o)
+        err.append(e)
+        return said[0] in "".join(out) and said[1] in "".join(err)
+
+    wait_until(both, timeout=10, what="the worker's two lines to be relayed")
+    assert said[0] in "".join(out)
+    assert said[1] in "".join(err)
 
 
 def test_pending_job_reports_progress_then_times_out_and_is_cancelled(
