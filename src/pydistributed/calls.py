@@ -181,13 +181,9 @@ class Calls:
         rid = self._rids.next()
         peer.pending[rid] = slot
         try:
-            if wait:
-                peer.send(CallFetch(rid, f, args, kwargs))
-            else:
-                frames, refs = codec.encode(CallFetch(rid, f, args, kwargs), pid)
-                if refs or not peer.send_frames(frames, wait=False):
-                    peer.pending.pop(rid, None)
-                    return -1
+            if not peer.send(CallFetch(rid, f, args, kwargs), wait):
+                peer.pending.pop(rid, None)
+                return -1
         except BaseException as e:
             peer.pending.pop(rid, None)
             if isinstance(e, _UNPICKLABLE):

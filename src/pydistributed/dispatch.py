@@ -270,8 +270,7 @@ class Dispatcher:
         writer that waits for the other side to read, could wait for ever if the other side's
         reader did the same."""
         try:
-            frames, refs = codec.encode(answer, peer.pid)
-            if not refs and peer.send_frames(frames, wait=False):
+            if peer.send(answer, wait=False):
                 return
         except ProcessExitedException:
             return
@@ -281,14 +280,7 @@ class Dispatcher:
             reply = functools.partial(self.reply, peer, answer.response_id, answer.ok, answer.value)
             self.executor.submit(reply, False)
         else:
-            self.executor.submit(functools.partial(self._send_quietly, peer, answer), False)
-
-    @staticmethod
-    def _send_quietly(peer: Peer, msg: Message) -> None:
-        try:
-            peer.send(msg)
-        except ProcessExitedException:
-            pass
+            self.executor.submit(functools.partial(_send_quietly, peer, answer), False)
 
     def _on_call_wait(self, peer: Peer, msg: CallWait) -> None:
         slot = self.refs.add(RRID(msg.whence, msg.id), msg.whence)
@@ -450,3 +442,10 @@ class Dispatcher:
                 log.error("remote_do from process %s failed:\n%s", origin, value)
 
         self.executor.submit(run, main_ok)
+
+
+def _send_quietly(peer: Peer, msg: Message) -> None:
+    try:
+        peer.send(msg)
+    except ProcessExitedException:
+        pass

@@ -136,8 +136,10 @@ class Peer:
 
     # -- sending --------------------------------------------------------------------------
 
-    def send(self, msg: Message) -> None:
-        """Encode and write ``msg``.
+    def send(self, msg: Message, wait: bool = True) -> bool:
+        """Encode and write ``msg``. With ``wait`` False (a reading thread), only if that
+        cannot wait for another writer (see :meth:`send_frames`) nor announce references:
+        False, having sent nothing, otherwise.
 
         Raises:
             pickle.PicklingError: the message could not be pickled; nothing was sent and the
@@ -146,8 +148,10 @@ class Peer:
         """
         frames, refs = codec.encode(msg, self.pid)
         if refs and self.announce is not None:
+            if not wait:
+                return False
             self.announce(self, refs)
-        self.send_frames(frames)
+        return self.send_frames(frames, wait)
 
     def send_frames(self, frames: list[Any], wait: bool = True) -> bool:
         """Write an encoded message. With ``wait`` False, only if no other thread is writing
