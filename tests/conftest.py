@@ -68,6 +68,16 @@ def add_workers() -> Iterator[Callable[..., list[int]]]:
     end_workers(added)
 
 
+@pytest.fixture(scope="module")
+def shared() -> Iterator[list[int]]:
+    """Two workers shared by the tests of a module that neither kill nor remove them."""
+    from pydistributed import addprocs
+
+    pids = addprocs(2)
+    yield pids
+    end_workers(pids)
+
+
 @pytest.fixture
 def two_workers(add_workers: Callable[..., list[int]]) -> list[int]:
     """Two fresh local workers."""

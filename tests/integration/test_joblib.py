@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -25,7 +25,6 @@ from pydistributed import (  # noqa: E402
     myid,
     nworkers,
 )
-from tests.conftest import end_workers  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -49,16 +48,6 @@ def _fail_on(x: int, bad: int) -> int:
 def _sleep_then(seconds: float, x: int) -> int:
     time.sleep(seconds)
     return x
-
-
-@pytest.fixture(scope="module")
-def shared() -> Iterator[list[int]]:
-    """Two workers shared by the tests of this module that do not kill them."""
-    from pydistributed import addprocs
-
-    pids = addprocs(2)
-    yield pids
-    end_workers(pids)
 
 
 # -- registration and n_jobs -------------------------------------------------------------------

@@ -24,7 +24,6 @@ from pydistributed import (
     RemoteChannel,
     RemoteException,
     Task,
-    addprocs,
     myid,
     remotecall_fetch,
 )
@@ -33,19 +32,11 @@ from pydistributed.backoff import ExponentialBackOff
 from pydistributed.cluster import current_cluster
 from pydistributed.pmap import INTERRUPT_GRACE, pmap
 from pydistributed.workerpool import CachingPool, WorkerPool
-from tests.conftest import end_workers, in_thread, wait_until, worker_table
+from tests.conftest import in_thread, wait_until, worker_table
 
 pytestmark = pytest.mark.timeout(120)
 
 T = 30.0  # the timeout of blocking calls expected to succeed
-
-
-@pytest.fixture(scope="module")
-def shared() -> Iterator[list[int]]:
-    """Two workers shared by the tests of this module that neither kill nor remove them."""
-    pids = addprocs(2)
-    yield pids
-    end_workers(pids)
 
 
 def _iseven_error(x: int) -> int:

@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ import pytest
 from pydistributed import (
     ProcessExitedException,
     Task,
-    addprocs,
     imap,
     myid,
     pipeline,
@@ -31,19 +30,11 @@ from pydistributed.funccache import _STORED
 from pydistributed.mapping import auto_size
 from pydistributed.pmap import INTERRUPT_GRACE, pmap
 from pydistributed.workerpool import WorkerPool
-from tests.conftest import end_workers, in_thread, wait_until
+from tests.conftest import in_thread, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
 T = 60.0  # the timeout of blocking calls expected to succeed
-
-
-@pytest.fixture(scope="module")
-def shared() -> Iterator[list[int]]:
-    """Two workers shared by the tests of this module that neither kill nor remove them."""
-    pids = addprocs(2)
-    yield pids
-    end_workers(pids)
 
 
 def _die_on(victim: int, x: int) -> int:

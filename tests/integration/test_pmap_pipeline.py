@@ -20,7 +20,6 @@ import pytest
 from pydistributed import (
     ProcessExitedException,
     Task,
-    addprocs,
     imap,
     myid,
     pipeline,
@@ -29,19 +28,11 @@ from pydistributed import (
 from pydistributed.cluster import current_cluster
 from pydistributed.pmap import INTERRUPT_GRACE, pmap
 from pydistributed.workerpool import WorkerPool
-from tests.conftest import end_workers, in_thread, wait_until
+from tests.conftest import in_thread, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
 T = 60.0  # the timeout of blocking calls expected to succeed
-
-
-@pytest.fixture(scope="module")
-def shared() -> Iterator[list[int]]:
-    """Two workers shared by the tests of this module that neither kill nor remove them."""
-    pids = addprocs(2)
-    yield pids
-    end_workers(pids)
 
 
 def _observed(x: int) -> tuple[int, int, int, float, float, int]:

@@ -6,7 +6,7 @@ import gc
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -34,7 +34,7 @@ from pydistributed.workerpool import (
     default_worker_pool,
     remote,
 )
-from tests.conftest import end_workers, worker_table
+from tests.conftest import worker_table
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,16 +44,6 @@ T = 30.0  # the timeout of blocking calls expected to succeed
 def _sleep_then_myid(seconds: float) -> int:
     time.sleep(seconds)
     return myid()
-
-
-@pytest.fixture(scope="module")
-def shared() -> Iterator[list[int]]:
-    """Two workers shared by the tests of this module that neither kill nor remove them."""
-    from pydistributed import addprocs
-
-    pids = addprocs(2)
-    yield pids
-    end_workers(pids)
 
 
 # -- no workers: the master works (these run before `shared` exists) -------------------------
