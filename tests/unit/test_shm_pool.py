@@ -19,16 +19,14 @@ from typing import Any
 import pytest
 
 from pydistributed import shm, shmpool, sockets, transport
+from tests.unit import test_shm
+from tests.unit.test_shm import _fd_count
 
 np = pytest.importorskip("numpy")
 
 pytestmark = pytest.mark.skipif(not shm.supported(), reason="memfd and SCM_RIGHTS (Linux)")
 
 MiB = 1 << 20
-
-
-def _fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def _pool_maps(data_only: bool = False) -> int:
@@ -42,26 +40,14 @@ def _digest(a: Any) -> str:
     return hashlib.sha256(memoryview(a).cast("B")).hexdigest()
 
 
-class Link:
-    """Both ends of a Unix socket pair as a local connection has them."""
-
-    def __init__(self) -> None:
-        self.a, self.b = socket.socketpair()
-        self.a.settimeout(10)
-        self.b.settimeout(10)
-        self.reader, _ = sockets.socket_streams(self.b)
-        _, self.writer = sockets.socket_streams(self.a)
+class Link(test_shm.Link):
+    """test_shm's link, sending arrays."""
 
     def send(self, arr: Any) -> Any:
         """Send ``arr`` as a message's out-of-band buffer; the array the receiver gets."""
         self.writer.write_frames([b"h", b"b", memoryview(arr).cast("B")])
         frames = transport.read_message(self.reader)
         return np.frombuffer(frames[2], dtype=arr.dtype)
-
-    def close(self) -> None:
-        self.reader.close()
-        self.writer.close()
-        self.b.close()
 
 
 @pytest.fixture(autouse=True)
