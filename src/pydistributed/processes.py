@@ -172,9 +172,13 @@ def addprocs(
         max_parallel=max_parallel,
         shell=shell,
     )
-    if isinstance(np_or_machines, int) and not isinstance(np_or_machines, bool):
-        # local workers: their forkserver starts now, and the runtime is imported meanwhile
-        # (on the other processor) instead of before (the import of this module is light)
+    if (
+        isinstance(np_or_machines, int)
+        and not isinstance(np_or_machines, bool)
+        and "pydistributed.cluster" not in sys.modules
+    ):
+        # local workers, the runtime not imported yet (a cold master: a worker has it): their
+        # forkserver starts now, and the runtime is imported meanwhile, on the other processor
         prestart(kw, runtime.load)
     c = runtime.current_cluster()
     if c.myid != 1:

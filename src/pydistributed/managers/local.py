@@ -124,11 +124,12 @@ def forkserver(
 
                 _forkserver = ForkServerClient(spawner().popen, server_env, meanwhile)
                 return _forkserver
+        server = _forkserver if _forkserver is not None and _forkserver.alive else None
     if meanwhile is not None:
         meanwhile()
-    if _forkserver is not None and _forkserver.alive:
-        return _forkserver if startup_environment(_forkserver.env) == wanted else None
-    return None
+    if server is None or startup_environment(server.env) != wanted:
+        return None
+    return server
 
 
 def forked(params: dict[str, Any]) -> bool:
