@@ -333,12 +333,13 @@ class Channel(AbstractChannel[T]):
         """Take the first value if there is one now and ``small(value)``, as ``copy(value)``;
         else take nothing and return ``none`` (never blocks, like :meth:`_put_now`)."""
         with self._lock:
-            if self._size == 0 or not self._buffer or not small(self._buffer[0]):
+            # a value there for a taker that waits (woken for it) is that taker's
+            if self._size == 0 or len(self._buffer) <= self._takers or not small(self._buffer[0]):
                 return none
             value = copy(self._buffer[0])
             self._buffer.popleft()
             if self._room_waiters:
-                self._room_waiters[0].notify()
+                self._wake_putter()
             return value
 
     def _take_more(self, n: int, small: Callable[[Any], bool] | None) -> list[Any]:

@@ -657,3 +657,26 @@ def test_put_now_does_not_overtake_a_waiting_putter() -> None:
     assert not ch._put_now([2])  # the room is the waiting putter's
     t.join(10)
     assert ch.take(timeout=1) == 1
+
+
+def test_take_now_leaves_a_value_to_a_taker_that_waits() -> None:
+    """The at-once take (the owner's reading thread) does not take the value a blocked
+    take was woken for: that taker gets it, and the at-once take answers 'not now'."""
+    import threading
+    import time
+
+    from pydistributed.channels import Channel
+
+    ch: Channel[int] = Channel(4)
+    got: list[int] = []
+    t = threading.Thread(target=lambda: got.append(ch.take(timeout=10)), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while ch._takers == 0:  # the taker waits
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    ch.put(7)
+    none = object()
+    assert ch._take_now(lambda v: True, lambda v: v, none) is none
+    t.join(10)
+    assert got == [7]
