@@ -75,9 +75,11 @@ class SocketWriter:
         pool = self.pool
         if pool is not None and pool.holding:
             pool.tick()  # idle memfds given back, even on a link that only sends small messages
+        # stays True if an exception leaves the message half written, or leaves the pool
+        # counting a slot or its control page as sent (_to_shm) when nothing went out
+        self.partial = True
         if self.shm_min and mac is None and len(frames) > 2 and total >= self.shm_min:
             head, frames, fds, owned = _to_shm(frames, lens, self.shm_min, pool)
-        self.partial = True  # stays True if an exception leaves the message half written
         try:
             if not fds and total < 65536:
                 # small: one buffer, one send (cheaper than building an iovec list)
