@@ -38,6 +38,7 @@ or a small bound.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import os
@@ -208,6 +209,7 @@ def _package_version() -> str:
     return str(getattr(package, "__version__", "unknown"))
 
 
+@functools.cache
 def _cloudpickle_version() -> str:
     # read from its source, not imported, unless it is already (importing it costs ~12 ms,
     # which a worker that is only sent importable functions never needs): its __init__.py
