@@ -12,7 +12,7 @@ from typing import Any
 
 from .pipecalls import StreamSlot, new_stream_id
 
-try:  # cloudpickle's own rule (codec.py uses it too)
+try:  # cloudpickle's own rule (codec._by_reference applies it before cloudpickle is imported)
     from cloudpickle.cloudpickle import _should_pickle_by_reference
 except ImportError:  # pragma: no cover - another cloudpickle layout
     _should_pickle_by_reference = None
