@@ -94,3 +94,10 @@ def keep_and_sleep(a: Any, seconds: float) -> None:
 
 def sum_of(a: Any) -> float:
     return float(a.sum())
+
+
+def split_copies() -> int:
+    """How many copies this process made on two CPUs (``parcopy``)."""
+    from pydistributed import parcopy
+
+    return parcopy.stats["split"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import pydistributed as pd
-from pydistributed import ProcessExitedException, shm, shmpool
+from pydistributed import ProcessExitedException, parcopy, shm, shmpool
 from tests.conftest import worker_ospid
 
 from . import _shm_helpers as h
@@ -109,3 +109,22 @@ def test_a_worker_killed_while_holding_arrays(add_workers: Callable[..., list[in
         gc.collect()
         time.sleep(0.2)
     assert h.fd_count() <= fds  # both links' pools were closed with them
+
+
+@pytest.mark.skipif(parcopy._CPUS < 2, reason="one CPU: copies never split")
+def test_large_arrays_are_copied_on_two_cpus_both_ways(
+    add_workers: Callable[..., list[int]],
+) -> None:
+    (w,) = add_workers(1)
+    rng = np.random.default_rng(7)
+    big = rng.random(3 * parcopy.SPLIT_MIN // 8 + 5)  # not a multiple of a page
+    ro = big.copy()
+    ro.flags.writeable = False  # a read-only source splits too
+    here = parcopy.stats["split"]
+    there = _call(h.split_copies, w)
+    for a in (big, ro):
+        assert _call(h.describe, w, a)[:2] == (h.digest(a), True)
+        back = _call(np.copy, w, a)
+        assert h.digest(back) == h.digest(a)
+    assert parcopy.stats["split"] == here + 4  # each array went out twice
+    assert _call(h.split_copies, w) == there + 2  # and came back once
