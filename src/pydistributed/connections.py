@@ -37,6 +37,7 @@ from .errors import AuthenticationError, ProcessExitedException, ProtocolError
 from .handshake import (
     Session,
     VersionMismatchError,
+    bulk_mac,
     client_handshake,
     identity_proof,
     server_handshake,
@@ -63,7 +64,8 @@ Macs = tuple[transport.FrameMac, transport.FrameMac]
 
 def session_macs(session: Session) -> Macs:
     """The (outgoing, incoming) frame authentication of a handshake's session."""
-    return transport.FrameMac(session.key_out), transport.FrameMac(session.key_in)
+    bulk = bulk_mac(session)
+    return transport.FrameMac(session.key_out, bulk), transport.FrameMac(session.key_in, bulk)
 
 
 def read_first(reader: Any, mac_in: transport.FrameMac | None) -> Message:

@@ -50,6 +50,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any
 
+from . import poly1305
 from .errors import AuthenticationError, LaunchError
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "Steps",
     "VersionMismatchError",
     "Write",
+    "bulk_mac",
     "check_cookie",
     "client_handshake",
     "client_steps",
@@ -259,7 +261,10 @@ def versions() -> dict[str, Any]:
 
 
 def _my_info() -> bytes:
-    data = json.dumps(versions()).encode()
+    info: dict[str, Any] = versions()
+    if poly1305.available():
+        info["macs"] = ["poly1305"]  # large frames' MAC (framemac.py), if the peer has it too
+    data = json.dumps(info).encode()
     return struct.pack("!H", len(data)) + data
 
 
@@ -313,6 +318,13 @@ def _session(cookie: bytes, transcript: bytes, info: dict[str, Any], client: boo
     if client:
         return Session(key_out=c2s, key_in=s2c, transcript=transcript, info=info)
     return Session(key_out=s2c, key_in=c2s, transcript=transcript, info=info)
+
+
+def bulk_mac(session: Session) -> bool:
+    """Whether both sides of ``session`` authenticate large frames with Poly1305
+    (``framemac.py``): both offered it in their info."""
+    macs = session.info.get("macs")
+    return isinstance(macs, list) and "poly1305" in macs and poly1305.available()
 
 
 def client_steps(cookie: str, binding: bytes = b"") -> Steps:

@@ -6,7 +6,7 @@ while this thread copies the first half (a slice assignment, which holds it), th
 takes about half the time when a second CPU is free. Below :data:`SPLIT_MIN` bytes, on one
 CPU, or when a buffer's address cannot be had, it is one plain copy.
 
-The source's address comes from the buffer protocol (``PyObject_GetBuffer``), so read-only
+The source's address comes from the buffer protocol (``cbuffer.Held``), so read-only
 sources (a ``bytes``, a read-only array) split too; the buffer is held until the helper is done.
 """
 
@@ -29,38 +29,7 @@ def _cpus() -> int:
 
 
 _CPUS = _cpus()
-_api: Any = None  # (ctypes, Py_buffer, get, release), made on first use
 stats = {"split": 0}  # copies made on two CPUs
-
-
-def _load() -> Any:
-    global _api
-    if _api is None:
-        import ctypes
-
-        class PyBuffer(ctypes.Structure):
-            _fields_ = [
-                ("buf", ctypes.c_void_p),
-                ("obj", ctypes.c_void_p),
-                ("len", ctypes.c_ssize_t),
-                ("itemsize", ctypes.c_ssize_t),
-                ("readonly", ctypes.c_int),
-                ("ndim", ctypes.c_int),
-                ("format", ctypes.c_void_p),
-                ("shape", ctypes.c_void_p),
-                ("strides", ctypes.c_void_p),
-                ("suboffsets", ctypes.c_void_p),
-                ("internal", ctypes.c_void_p),
-            ]
-
-        get = ctypes.pythonapi.PyObject_GetBuffer
-        get.argtypes = [ctypes.py_object, ctypes.POINTER(PyBuffer), ctypes.c_int]
-        get.restype = ctypes.c_int
-        release = ctypes.pythonapi.PyBuffer_Release
-        release.argtypes = [ctypes.POINTER(PyBuffer)]
-        release.restype = None
-        _api = (ctypes, PyBuffer, get, release)
-    return _api
 
 
 def copy_into(dst: Any, src: memoryview, n: int) -> None:
@@ -70,11 +39,12 @@ def copy_into(dst: Any, src: memoryview, n: int) -> None:
         dst[:n] = src
         return
     try:
-        ctypes, PyBuffer, get, release = _load()
-        sview = PyBuffer()
-        if get(src, ctypes.byref(sview), 0) != 0:  # PyBUF_SIMPLE: contiguous bytes
-            raise BufferError
-    except Exception:  # no ctypes, or no address for this buffer: one copy
+        import ctypes
+
+        from .cbuffer import Held
+
+        held = Held(src)
+    except (ImportError, BufferError):  # no ctypes, or no address for this buffer: one copy
         dst[:n] = src
         return
     try:
@@ -82,7 +52,7 @@ def copy_into(dst: Any, src: memoryview, n: int) -> None:
         try:
             half = (n // 2) & ~4095
             to = ctypes.addressof(anchor) + half
-            frm = sview.buf + half
+            frm = held.address + half
             worker = threading.Thread(
                 target=ctypes.memmove, args=(to, frm, n - half), name="pydist-copy", daemon=True
             )
@@ -99,4 +69,4 @@ def copy_into(dst: Any, src: memoryview, n: int) -> None:
         finally:
             del anchor  # the mmap must not stay exported
     finally:
-        release(ctypes.byref(sview))
+        held.release()

@@ -38,7 +38,7 @@ from typing import Any, BinaryIO
 from . import shm, shmpool
 from .buffers import new_bytes
 from .errors import ProtocolError
-from .framemac import MAC_SIZE, BackgroundHash, FrameMac
+from .framemac import BULK_MIN, MAC_SIZE, BackgroundHash, FrameMac
 from .frames import BIG_FRAME, COUNT, MAX_FRAMES, check_size, max_message_bytes, prefix
 from .writers import FrameWriter, SocketWriter, StreamWriter, as_frame_writer, is_tls_socket
 
@@ -165,7 +165,14 @@ def _read_frames(
             frames.append(_read_exact(reader, size) if size else b"")
         else:
             frame, buf = _new_frame(size, i in as_bytes, alloc)
-            _read_into(reader, buf, h.update if h is not None else None)
+            if h is None:
+                _read_into(reader, buf)
+            elif size >= BULK_MIN:
+                h.begin()
+                _read_into(reader, buf, h.bulk)
+                h.end()
+            else:
+                _read_into(reader, buf, h.update)
             frames.append(frame)
         if i == 0 and bytes_frames is not None and len(lens) > 2:
             as_bytes = bytes_frames(frames[0])

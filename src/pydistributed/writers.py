@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any, BinaryIO, Protocol
 
 from . import shm, shmpool
-from .framemac import BackgroundHash, FrameMac
+from .framemac import BackgroundHash, FrameMac, feed_frames
 from .frames import COUNT, max_message_bytes, prefix
 
 __all__ = ["FrameWriter", "SocketWriter", "StreamWriter", "as_frame_writer", "is_tls_socket"]
@@ -92,8 +92,8 @@ class SocketWriter:
             bg = None
             if mac is not None:
                 bg = BackgroundHash(mac.start())  # hashes while the pieces go out
-                for piece in pieces:
-                    bg.update(piece)
+                bg.update(head)
+                feed_frames(bg, frames, lens)
             self._send_pieces(pieces, fds)
             if bg is not None:
                 sock.sendall(bg.digest())
@@ -205,16 +205,14 @@ class StreamWriter:
         self.mac: FrameMac | None = None
 
     def write_frames(self, frames: Sequence[Any]) -> None:
-        head, _, total = prefix(frames, self._limit)
-        h = self.mac.start() if self.mac is not None else None
+        head, lens, total = prefix(frames, self._limit)
         self.stream.write(head)
-        if h is not None:
-            h.update(head)
         for f in frames:
             self.stream.write(f)
-            if h is not None:
-                h.update(f)
-        if h is not None:
+        if self.mac is not None:
+            h = self.mac.start()
+            h.update(head)
+            feed_frames(h, frames, lens)
             self.stream.write(h.digest())
         self.stream.flush()
         self.bytes_sent += len(head) + total

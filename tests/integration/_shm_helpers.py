@@ -101,3 +101,17 @@ def split_copies() -> int:
     from pydistributed import parcopy
 
     return parcopy.stats["split"]
+
+
+def link_macs(pid: int) -> tuple[bool, bool] | None:
+    """This process's link to ``pid``: whether its tags (in, out) take large frames through
+    Poly1305; None when the link carries no tags (a Unix socket, TLS)."""
+    from pydistributed import runtime
+
+    peer = runtime.current_cluster().connections.lookup(pid)
+    assert peer is not None
+    if peer.mac_in is None:
+        return None
+    out = peer.writer.mac
+    assert out is not None
+    return peer.mac_in.bulk, out.bulk

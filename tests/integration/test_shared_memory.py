@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import pydistributed as pd
-from pydistributed import shm, shmpool, sockets
+from pydistributed import poly1305, shm, shmpool, sockets
 
 from . import _shm_helpers as h
 
@@ -119,6 +119,12 @@ def test_a_worker_over_tcp_takes_the_socket(add_workers: Callable[..., list[int]
     a = _big()
     assert pd.remotecall_fetch(h.describe, w, a) == (h.digest(a), False, True, "ndarray")
     assert os.environ.get("PYDIST_SHM") == "1"
+    # the link has tags; its large frames go through Poly1305 both ways (framemac.py)
+    bulk = (True, True) if poly1305.available() else (False, False)
+    assert h.link_macs(w) == bulk
+    assert pd.remotecall_fetch(h.link_macs, w, 1) == bulk
+    back = pd.remotecall_fetch(h.identity, w, a)  # a large frame each way, tags checked
+    assert h.digest(back) == h.digest(a)
 
 
 def test_an_array_sent_back_unchanged_goes_through_the_workers_pool(

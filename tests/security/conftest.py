@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pydistributed import handshake, sockets, transport
+from pydistributed import connections, handshake, sockets, transport
 from pydistributed.codec import encode
 from pydistributed.messages import JoinPGRP, Message
 
@@ -111,8 +111,7 @@ class FakeMaster:
             self.sock.close()
             raise
         self.session = session
-        self.writer.mac = transport.FrameMac(session.key_out)
-        self.mac_in = transport.FrameMac(session.key_in)
+        self.writer.mac, self.mac_in = connections.session_macs(session)
 
     def send(self, msg: Message) -> None:
         frames, _ = encode(msg, 2)

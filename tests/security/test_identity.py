@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from pydistributed import cluster_cookie, handshake, myid, remotecall_fetch, sockets, transport
+from pydistributed import (
+    cluster_cookie,
+    connections,
+    handshake,
+    myid,
+    remotecall_fetch,
+    sockets,
+)
 from pydistributed.codec import encode
 from pydistributed.messages import Identify
 from tests.conftest import worker_table
@@ -22,7 +29,7 @@ def _claim(host: str, port: int, pid: int, proof: bytes) -> bytes:
     reader, writer = sockets.socket_streams(sock)
     read_exact, write = handshake.stream_io(reader, writer)
     session = handshake.client_handshake(read_exact, write, cluster_cookie())
-    writer.mac = transport.FrameMac(session.key_out)
+    writer.mac = connections.session_macs(session)[0]
     frames, _ = encode(Identify(pid, proof), None)
     writer.write_frames(frames)
     try:
