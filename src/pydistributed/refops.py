@@ -295,12 +295,17 @@ def _lease_hold(ch: Any, who: tuple[Any, ...], plain: list[Any], values: list[An
     caller, cid, seq, used, path = who
     c = current_cluster()
     mark = None
-    if path is not None:
-        try:
-            mark = MarkReader(path)
-        except (OSError, ValueError):
-            mark = None  # another host, or no /dev/shm: the consumer reports every value
-    if not c.refs.leases.hold(caller, cid, ch, seq, plain, used, mark):
+    try:
+        if path is not None:
+            try:
+                mark = MarkReader(path)
+            except (OSError, ValueError, TypeError):
+                mark = None  # another host, or no /dev/shm: the consumer reports every value
+        held = c.refs.leases.hold(caller, cid, ch, seq, plain, used, mark)
+    except BaseException:  # nothing was kept: the values go back before the error is told
+        c.refs.give_back(ch, plain)
+        raise
+    if not held:
         c.refs.give_back(ch, plain)
         return Marker(_CANCELLED, "the consumer has ended")
     return values, mark is not None

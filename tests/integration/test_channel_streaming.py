@@ -18,6 +18,7 @@ from pydistributed import (
     Channel,
     ProcessExitedException,
     RemoteChannel,
+    RemoteException,
     channel_from_id,
     remotecall,
     remotecall_fetch,
@@ -517,3 +518,35 @@ def test_linger_delivers_everything_in_order(two_workers: list[int]) -> None:
     for bad in (-1, math.inf, True, "1"):
         with pytest.raises(ValueError, match="linger"):
             rc.stream(linger=bad)  # type: ignore[arg-type]
+
+
+def take_one_by_consumer(rc: RemoteChannel) -> Any:
+    with rc.consume(ahead=4) as c:
+        return c.take(timeout=30)
+
+
+def test_a_lease_that_cannot_be_kept_gives_its_values_back(
+    two_workers: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injected with a fake: the owner's lease book fails (any error) after the values
+    were taken for a consumer; they go back to the channel, in order, and the consumer gets
+    the error."""
+    from pydistributed import refstore
+
+    w = two_workers[0]
+    rc = RemoteChannel(lambda: Channel(10))  # on the master
+    ch = channel_from_id(remoteref_id(rc))
+    for i in range(5):
+        rc.put(i, timeout=10)
+
+    def broken(*args: Any, **kwargs: Any) -> bool:
+        raise RuntimeError("the lease book is broken")
+
+    monkeypatch.setattr(refstore.Leases, "hold", broken)
+    with pytest.raises(RemoteException, match="the lease book is broken"):
+        remotecall_fetch(take_one_by_consumer, w, rc)
+    assert ch.n_avail() == 5
+    monkeypatch.undo()
+    assert remotecall_fetch(take_one_by_consumer, w, rc) == 0
+    wait_until(lambda: ch.n_avail() == 4, timeout=30, what="the values taken ahead to come back")
+    assert [rc.take(timeout=10) for _ in range(4)] == [1, 2, 3, 4]
