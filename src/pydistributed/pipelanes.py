@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import math
 import pickle
+import sys
 import time
 import types
 from typing import Any
 
+from . import codec
 from .pipecalls import StreamSlot, new_stream_id
 
-try:  # cloudpickle's own rule (codec._by_reference applies it before cloudpickle is imported)
-    from cloudpickle.cloudpickle import _should_pickle_by_reference
-except ImportError:  # pragma: no cover - another cloudpickle layout
-    _should_pickle_by_reference = None
 
 __all__ = [
     "MAX_WINDOW",
@@ -110,11 +108,13 @@ def pickles_by_name(f: Any) -> bool:
     by reference (of an importable module other than ``__main__``), or a builtin. Asked
     without pickling ``f`` (a closure may hold much)."""
     if type(f) is types.FunctionType:
-        if _should_pickle_by_reference is None:  # pragma: no cover - another cloudpickle
-            return False
         try:
+            if "cloudpickle" not in sys.modules:  # nothing registered by value: its rule
+                return codec._by_reference(f)
+            from cloudpickle.cloudpickle import _should_pickle_by_reference
+
             return bool(_should_pickle_by_reference(f))
-        except Exception:
+        except Exception:  # another cloudpickle layout, or a function that refuses
             return False
     if type(f) is types.BuiltinFunctionType:
         try:

@@ -35,3 +35,36 @@ def test_closures_lambdas_and_other_callables_go_through_the_cache() -> None:
     assert not pickles_by_name(functools.partial(module_function))
     assert not pickles_by_name(Callable())
     assert not pickles_by_name(Callable)  # a class: its instances are what it makes
+
+
+def test_asked_before_cloudpickle_is_imported_it_stays_unimported() -> None:
+    """Before cloudpickle is imported nothing can be registered by value: the codec's copy of
+    cloudpickle's rule answers, and a map of an importable function imports no cloudpickle."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, os.path\n"
+        "from pydistributed.pipelanes import pickles_by_name\n"
+        "assert 'cloudpickle' not in sys.modules\n"
+        "print(pickles_by_name(os.path.join), pickles_by_name(lambda x: x),"
+        " 'cloudpickle' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["True", "False", "False"]
+
+
+def test_a_module_registered_by_value_goes_through_the_cache() -> None:
+    import cloudpickle
+
+    import tests.unit.test_pickles_by_name as me
+
+    assert pickles_by_name(me.module_function)
+    cloudpickle.register_pickle_by_value(me)
+    try:
+        assert not pickles_by_name(me.module_function)
+    finally:
+        cloudpickle.unregister_pickle_by_value(me)
+    assert pickles_by_name(me.module_function)
