@@ -14,7 +14,6 @@ from typing import Any
 from . import codec
 from .pipecalls import StreamSlot, new_stream_id
 
-
 __all__ = [
     "MAX_WINDOW",
     "Dropped",
