@@ -125,6 +125,11 @@ def test_a_worker_over_tcp_takes_the_socket(add_workers: Callable[..., list[int]
     assert pd.remotecall_fetch(h.link_macs, w, 1) == bulk
     back = pd.remotecall_fetch(h.identity, w, a)  # a large frame each way, tags checked
     assert h.digest(back) == h.digest(a)
+    fortran = np.asfortranarray(np.arange(3 * 2**20 // 8, dtype=np.float64).reshape(512, -1))
+    for x in (fortran, fortran[:, ::2], a[::3]):  # F-order, and strided views
+        back = pd.remotecall_fetch(h.identity, w, x)
+        assert np.array_equal(back, x)
+    assert pd.remotecall_fetch(h.identity, w, fortran).flags.f_contiguous
 
 
 def test_an_array_sent_back_unchanged_goes_through_the_workers_pool(
