@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import codec, sockets, tls, transport
 from .errors import AuthenticationError, ProcessExitedException, ProtocolError
@@ -44,11 +44,14 @@ from .handshake import (
     stream_io,
 )
 from .listener import Listener
-from .managers.base import ClusterManager, WorkerConfig, overrides
+from .managers.base import ClusterManager, overrides
 from .messages import Identify, JoinPGRP, Message
 from .peer import Peer
 from .peerlinks import PeerLinks
 from .registry import Registry
+
+if TYPE_CHECKING:
+    from .managers.workerconfig import WorkerConfig
 
 __all__ = ["HANDSHAKE_TIMEOUT", "Connections", "authenticate_incoming", "read_first"]
 
@@ -309,7 +312,7 @@ class Connections:
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         read_exact, write = stream_io(instream, outstream, sock, deadline)
         try:
-            session = client_handshake(read_exact, write, self.cookie, binding)
+            session = client_handshake(read_exact, write, self.cookie, binding, not secure)
         except BaseException:
             try:
                 transport.as_frame_writer(outstream).close()

@@ -170,6 +170,14 @@ class BackgroundHash:
     def end(self) -> None:
         self._q.put((self._h.end,))
 
+    def abandon(self) -> None:
+        """The message will not be finished (an error while sending or receiving): the thread
+        skips what is queued and ends."""
+        if self._t.is_alive():
+            if self._error is None:
+                self._error = ProtocolError("abandoned")
+            self._q.put(None)
+
     def digest(self) -> bytes:
         self._q.put(None)
         self._t.join()

@@ -20,11 +20,15 @@ test guesses against; then they compare versions and derive keys for this connec
 ``binding`` names the channel the handshake runs on (empty, or the TLS certificates' digests,
 so that a proof made for one channel is worthless on another). ``info`` is a u16 length and a
 JSON object of at most 512 bytes, :func:`versions`: ``{"protocol": int, "python": "3.11",
-"pydistributed": "0.1.0", "cloudpickle": "3.1.1"}``; each must be the same on both sides, or
+"pydistributed": "0.1.0", "cloudpickle": "3.1.1"}`` (and ``"macs": ["poly1305"]`` on a link
+that will carry frame tags, where this process can compute Poly1305: ``framemac.py``); each
+version must be the same on both sides, or
 the server refuses the client with a message that names both (``DENY``). The server sends its
 proof and its versions only to a client that has proved itself.
 
-Session keys (``Session``): ``S = HMAC(cookie, "session"|T)``; the client's frames are
+Session keys (``Session``): ``S = HMAC(cookie, "session"|T|Ic|Is)``, where ``Ic`` and ``Is`` are
+the two sides' info as sent (length included), so a relay that changes either makes the keys
+differ and the first message fails; the client's frames are
 authenticated with ``HMAC(S, "client->server")``, the server's with ``HMAC(S, "server->client")``
 (``transport.FrameMac``). A relay that passes both proofs along still cannot make one frame of
 its own, nor replay one (the MAC covers a per-direction counter).
@@ -260,9 +264,11 @@ def versions() -> dict[str, Any]:
     }
 
 
-def _my_info() -> bytes:
+def _my_info(tags: bool) -> bytes:
+    """This side's info, as sent. ``tags``: the link will carry frame tags (not TLS, not a
+    checked local socket): offer Poly1305 for its large frames, if this process has it."""
     info: dict[str, Any] = versions()
-    if poly1305.available():
+    if tags and poly1305.available():
         info["macs"] = ["poly1305"]  # large frames' MAC (framemac.py), if the peer has it too
     data = json.dumps(info).encode()
     return struct.pack("!H", len(data)) + data
@@ -275,8 +281,10 @@ def _read(n: int) -> Generator[Read | Write, bytes | None, bytes]:
     return data
 
 
-def _read_info() -> Generator[Read | Write, bytes | None, dict[str, Any]]:
-    (n,) = struct.unpack("!H", (yield from _read(2)))
+def _read_info() -> Generator[Read | Write, bytes | None, tuple[dict[str, Any], bytes]]:
+    """The peer's info, and its bytes as sent (length included)."""
+    head = yield from _read(2)
+    (n,) = struct.unpack("!H", head)
     if n > _INFO_MAX:
         raise AuthenticationError(f"handshake info of {n} bytes is too long")
     raw = yield from _read(n)
@@ -286,7 +294,7 @@ def _read_info() -> Generator[Read | Write, bytes | None, dict[str, Any]]:
         raise AuthenticationError(f"garbled handshake info: {e}") from e
     if not isinstance(info, dict):
         raise AuthenticationError("garbled handshake info")
-    return info
+    return info, head + raw
 
 
 def _mismatch(
@@ -311,8 +319,12 @@ def _mismatch(
     )
 
 
-def _session(cookie: bytes, transcript: bytes, info: dict[str, Any], client: bool) -> Session:
-    base = _mac(cookie, b"session", transcript)
+def _session(
+    cookie: bytes, transcript: bytes, infos: bytes, info: dict[str, Any], client: bool
+) -> Session:
+    """The keys of the connection: from the cookie, the transcript and both infos as sent
+    (``infos``: the client's, then the server's)."""
+    base = _mac(cookie, b"session", transcript + infos)
     c2s = _mac(base, b"client->server")
     s2c = _mac(base, b"server->client")
     if client:
@@ -321,14 +333,14 @@ def _session(cookie: bytes, transcript: bytes, info: dict[str, Any], client: boo
 
 
 def bulk_mac(session: Session) -> bool:
-    """Whether both sides of ``session`` authenticate large frames with Poly1305
-    (``framemac.py``): both offered it in their info."""
+    """Whether both sides of ``session`` (a link with frame tags) authenticate large frames
+    with Poly1305 (``framemac.py``): both offered it in their info."""
     macs = session.info.get("macs")
     return isinstance(macs, list) and "poly1305" in macs and poly1305.available()
 
 
-def client_steps(cookie: str, binding: bytes = b"") -> Steps:
-    """The client's side (steps 1, 3, 6).
+def client_steps(cookie: str, binding: bytes = b"", tags: bool = True) -> Steps:
+    """The client's side (steps 1, 3, 6). ``tags``: the link will carry frame tags.
 
     Raises:
         AuthenticationError: the peer is not a pydistributed process, refused us, does not
@@ -341,7 +353,8 @@ def client_steps(cookie: str, binding: bytes = b"") -> Steps:
         raise AuthenticationError("the peer is not a pydistributed process (bad magic)")
     theirs = yield from _read(_CHALLENGE)
     transcript = mine + theirs + binding
-    yield Write(_mac(key, b"client", transcript) + _my_info())
+    sent = _my_info(tags)
+    yield Write(_mac(key, b"client", transcript) + sent)
     status = yield from _read(4)
     if status == b"DENY":
         (n,) = struct.unpack("!H", (yield from _read(2)))
@@ -354,11 +367,11 @@ def client_steps(cookie: str, binding: bytes = b"") -> Steps:
     proof = yield from _read(_DIGEST)
     if not hmac.compare_digest(proof, _mac(key, b"server", transcript)):
         raise AuthenticationError("the peer does not know the cluster cookie")
-    info = yield from _read_info()
+    info, raw = yield from _read_info()
     problem = _mismatch(info)
     if problem:
         raise VersionMismatchError(problem)
-    return _session(key, transcript, info, client=True)
+    return _session(key, transcript, sent + raw, info, client=True)
 
 
 def _deny(reason: str) -> Write:
@@ -366,8 +379,8 @@ def _deny(reason: str) -> Write:
     return Write(b"DENY" + struct.pack("!H", len(data)) + data)
 
 
-def server_steps(cookie: str, binding: bytes = b"") -> Steps:
-    """The server's side (steps 2, 4, 5).
+def server_steps(cookie: str, binding: bytes = b"", tags: bool = True) -> Steps:
+    """The server's side (steps 2, 4, 5). ``tags``: the link will carry frame tags.
 
     Raises:
         AuthenticationError: the client sent garbage, does not know the cookie, or speaks
@@ -385,13 +398,14 @@ def server_steps(cookie: str, binding: bytes = b"") -> Steps:
     if not hmac.compare_digest(proof, _mac(key, b"client", transcript)):
         yield _deny("authentication failed")
         raise AuthenticationError("a client failed authentication (wrong cookie)")
-    info = yield from _read_info()
+    info, raw = yield from _read_info()
     problem = _mismatch(info, "this worker", "the connecting process")
     if problem:
         yield _deny(problem)
         raise VersionMismatchError(problem)
-    yield Write(b"OKAY" + _mac(key, b"server", transcript) + _my_info())
-    return _session(key, transcript, info, client=False)
+    sent = _my_info(tags)
+    yield Write(b"OKAY" + _mac(key, b"server", transcript) + sent)
+    return _session(key, transcript, raw + sent, info, client=False)
 
 
 ReadExact = Callable[[int], bytes]
@@ -422,7 +436,7 @@ def run_steps(steps: Steps, read_exact: ReadExact, write: WriteAll) -> Session:
 
 
 def client_handshake(
-    read_exact: ReadExact, write: WriteAll, cookie: str, binding: bytes = b""
+    read_exact: ReadExact, write: WriteAll, cookie: str, binding: bytes = b"", tags: bool = True
 ) -> Session:
     """Run the client's side over a blocking stream; see :func:`client_steps`.
 
@@ -430,11 +444,11 @@ def client_handshake(
         AuthenticationError: as :func:`client_steps`.
         EOFError, OSError: the connection failed or timed out.
     """
-    return run_steps(client_steps(cookie, binding), read_exact, write)
+    return run_steps(client_steps(cookie, binding, tags), read_exact, write)
 
 
 def server_handshake(
-    read_exact: ReadExact, write: WriteAll, cookie: str, binding: bytes = b""
+    read_exact: ReadExact, write: WriteAll, cookie: str, binding: bytes = b"", tags: bool = True
 ) -> Session:
     """Run the server's side over a blocking stream; see :func:`server_steps`.
 
@@ -442,7 +456,7 @@ def server_handshake(
         AuthenticationError: as :func:`server_steps`.
         EOFError, OSError: the connection failed or timed out.
     """
-    return run_steps(server_steps(cookie, binding), read_exact, write)
+    return run_steps(server_steps(cookie, binding, tags), read_exact, write)
 
 
 def stream_io(

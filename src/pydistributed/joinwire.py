@@ -99,7 +99,7 @@ def _handshake(sock: socket.socket, host: str, port: int, cookie: str) -> Link:
     reader, writer = sockets.socket_streams(raw)
     read_exact, write = stream_io(reader, writer, raw, time.monotonic() + HANDSHAKE_TIMEOUT)
     try:
-        session = client_handshake(read_exact, write, cookie, binding)
+        session = client_handshake(read_exact, write, cookie, binding, not secure)
     except AuthenticationError:
         raise
     except TimeoutError:

@@ -238,7 +238,7 @@ class Listener:
     def _begin(self, p: _Pending, binding: bytes) -> None:
         """Start the cookie handshake of ``p`` (over TLS, with its channel ``binding``)."""
         p.phase = "cookie"
-        p.steps = server_steps(self._cookie(), binding)
+        p.steps = server_steps(self._cookie(), binding, tags=not (p.local or p.tls))
         self._advance(p, None)
 
     def _first(self, p: _Pending) -> None:

@@ -34,7 +34,12 @@ stats = {"split": 0}  # copies made on two CPUs
 
 def copy_into(dst: Any, src: memoryview, n: int) -> None:
     """``dst[:n] = src`` for a writable ``dst`` (an ``mmap``) and a contiguous byte view
-    ``src`` of ``n`` bytes, on two CPUs when it is large enough and two are there."""
+    ``src`` of ``n`` bytes, on two CPUs when it is large enough and two are there.
+
+    The helper thread holds both buffers exported until its copy is done, whatever happens to
+    this thread meanwhile (an exception from a signal handler while it waits): ``dst`` cannot
+    be closed (``BufferError``) nor ``src``'s memory freed under it.
+    """
     if n < SPLIT_MIN or _CPUS < 2:
         dst[:n] = src
         return
@@ -47,26 +52,31 @@ def copy_into(dst: Any, src: memoryview, n: int) -> None:
     except (ImportError, BufferError):  # no ctypes, or no address for this buffer: one copy
         dst[:n] = src
         return
+    half = (n // 2) & ~4095
+    worker = threading.Thread(
+        target=_copy_half,
+        args=(ctypes.c_char.from_buffer(dst), held, half, n - half),
+        name="pydist-copy",
+        daemon=True,
+    )
     try:
-        anchor = ctypes.c_char.from_buffer(dst)
-        try:
-            half = (n // 2) & ~4095
-            to = ctypes.addressof(anchor) + half
-            frm = held.address + half
-            worker = threading.Thread(
-                target=ctypes.memmove, args=(to, frm, n - half), name="pydist-copy", daemon=True
-            )
-            try:
-                worker.start()
-            except RuntimeError:  # no thread to be had: one copy
-                dst[:n] = src
-                return
-            try:
-                dst[:half] = src[:half]
-            finally:
-                worker.join()
-            stats["split"] += 1
-        finally:
-            del anchor  # the mmap must not stay exported
+        worker.start()
+    except RuntimeError:  # no thread to be had: one copy
+        held.release()
+        del worker  # and with it the export of dst
+        dst[:n] = src
+        return
+    dst[:half] = src[:half]
+    worker.join()
+    stats["split"] += 1
+
+
+def _copy_half(anchor: Any, held: Any, offset: int, count: int) -> None:
+    """The helper: copy ``count`` bytes at ``offset`` from ``held``'s memory into ``anchor``'s,
+    then let go of both exports."""
+    import ctypes
+
+    try:
+        ctypes.memmove(ctypes.addressof(anchor) + offset, held.address + offset, count)
     finally:
         held.release()

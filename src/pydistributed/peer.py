@@ -176,6 +176,9 @@ class Peer:
             finally:
                 lock.release()
         except ProtocolError:
+            # refused before a byte went out (too large); else the stream is out of step
+            if getattr(self.writer, "partial", False):
+                self.close("a message could not be finished")
             raise
         except (OSError, ValueError) as e:
             # ValueError: writing to a closed file object

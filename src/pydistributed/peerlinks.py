@@ -17,14 +17,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import ProcessExitedException
 from .handshake import identity_proof
-from .managers.base import ClusterManager, WorkerConfig
+from .managers.base import ClusterManager
 from .messages import DialMe, Identify, Message
 from .peer import Peer
 from .registry import Registry
+
+if TYPE_CHECKING:
+    from .managers.workerconfig import WorkerConfig
 
 __all__ = ["PeerLinks"]
 
@@ -88,6 +91,8 @@ class PeerLinks:
                 return self._dialed_back(pid)
             assert info is not None and info.host is not None and info.port is not None
             try:
+                from .managers.workerconfig import WorkerConfig
+
                 return self._dial(pid, WorkerConfig(host=info.host, port=info.port))
             except (OSError, EOFError) as e:
                 raise ProcessExitedException(pid, f"cannot connect: {e}") from e

@@ -41,9 +41,24 @@ def _libcrypto() -> str | None:
     return None
 
 
+_RFC_KEY = bytes.fromhex("85d6be7857556d337f4452fe42d506a80103808afb0db2fd4abff6af4149f51b")
+_RFC_TAG = bytes.fromhex("a8061dc1305136c6c22b8baf0c0127a9")  # RFC 8439, 2.5.2
+
+
+@functools.cache
 def available() -> bool:
-    """Whether this process can compute Poly1305 here (cheap: no library is loaded yet)."""
-    return _libcrypto() is not None
+    """Whether this process can compute Poly1305: the library is there, has it (OpenSSL 3
+    with only the FIPS or base provider has not), and gives RFC 8439's tag for its test
+    vector. Asked once per process (``ctypes`` is imported: ~1 ms), by a handshake on a link
+    with frame tags."""
+    if _libcrypto() is None:
+        return False
+    try:
+        p = Poly1305(_RFC_KEY)
+        p.update(b"Cryptographic Forum Research Group")
+        return p.digest() == _RFC_TAG
+    except Exception:
+        return False
 
 
 def _load() -> Any:
@@ -55,10 +70,14 @@ def _load() -> Any:
                 raise OSError("no OpenSSL 3 library in this process")
             import ctypes
 
-            lib = ctypes.CDLL(path)
+            try:
+                lib = ctypes.CDLL(path)
+                fetch = lib.EVP_MAC_fetch  # (a missing symbol: AttributeError)
+            except (OSError, AttributeError) as e:
+                raise OSError(f"{path}: no EVP_MAC: {e}") from e
             vp, sz = ctypes.c_void_p, ctypes.c_size_t
-            lib.EVP_MAC_fetch.restype = vp
-            lib.EVP_MAC_fetch.argtypes = [vp, ctypes.c_char_p, ctypes.c_char_p]
+            fetch.restype = vp
+            fetch.argtypes = [vp, ctypes.c_char_p, ctypes.c_char_p]
             lib.EVP_MAC_CTX_new.restype = vp
             lib.EVP_MAC_CTX_new.argtypes = [vp]
             lib.EVP_MAC_CTX_free.restype = None
@@ -66,7 +85,7 @@ def _load() -> Any:
             lib.EVP_MAC_init.argtypes = [vp, ctypes.c_char_p, sz, vp]
             lib.EVP_MAC_update.argtypes = [vp, vp, sz]
             lib.EVP_MAC_final.argtypes = [vp, ctypes.c_char_p, ctypes.POINTER(sz), sz]
-            mac = lib.EVP_MAC_fetch(None, b"POLY1305", None)
+            mac = fetch(None, b"POLY1305", None)
             if not mac:
                 raise OSError(f"{path} has no POLY1305")
             _lib = (ctypes, lib, mac)

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .managers.base import ClusterManager, WorkerConfig
+from .managers.base import ClusterManager
 from .sockets import is_loopback, primary_ip
+
+if TYPE_CHECKING:
+    from .managers.workerconfig import WorkerConfig
 
 __all__ = ["TOPOLOGIES", "Registry", "WorkerInfo"]
 

@@ -58,6 +58,8 @@ __all__ = [
 _check_size = check_size
 _prefix = prefix
 _BIG_FRAME = BIG_FRAME
+# a bulk frame of the MAC is read through _read_into: writers decide by BULK_MIN alone
+assert BULK_MIN == _BIG_FRAME
 _COUNT = COUNT
 _COMMIT_CHUNK = 8 << 20  # memory of a large frame is committed this much at a time
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
@@ -157,7 +159,22 @@ def _read_frames(
     (the message's MAC, fed with the prefix already) is given."""
     _check_size(len(lens), sum(lens), limit)
     if h is not None and max(lens) >= _BIG_FRAME:
-        h = BackgroundHash(h)  # hashes each chunk while the next one arrives
+        bg = BackgroundHash(h)  # hashes each chunk while the next one arrives
+        try:
+            return _read_frames_hashed(reader, lens, limit, alloc, bg, bytes_frames)
+        finally:
+            bg.abandon()  # (after its digest: nothing left to do)
+    return _read_frames_hashed(reader, lens, limit, alloc, h, bytes_frames)
+
+
+def _read_frames_hashed(
+    reader: BinaryIO,
+    lens: Sequence[int],
+    limit: int,
+    alloc: Any,
+    h: Any,
+    bytes_frames: Callable[[Any], Collection[int]] | None,
+) -> list[Any]:
     frames: list[Any] = []
     as_bytes: Collection[int] = ()
     for i, size in enumerate(lens):

@@ -89,14 +89,18 @@ class SocketWriter:
                 return
             pieces: list[memoryview] = [memoryview(head)]
             pieces.extend(m for m in (memoryview(f).cast("B") for f in frames) if m.nbytes)
-            bg = None
-            if mac is not None:
+            if mac is None:
+                self._send_pieces(pieces, fds)
+            else:
                 bg = BackgroundHash(mac.start())  # hashes while the pieces go out
-                bg.update(head)
-                feed_frames(bg, frames, lens)
-            self._send_pieces(pieces, fds)
-            if bg is not None:
-                sock.sendall(bg.digest())
+                try:
+                    bg.update(head)
+                    feed_frames(bg, frames, lens)
+                    self._send_pieces(pieces, fds)
+                    tag = bg.digest()
+                finally:
+                    bg.abandon()  # (after digest: nothing left to do)
+                sock.sendall(tag)
             self.partial = False
         finally:
             # the kernel holds its own references to descriptors in flight; the pool's stay
@@ -206,14 +210,17 @@ class StreamWriter:
 
     def write_frames(self, frames: Sequence[Any]) -> None:
         head, lens, total = prefix(frames, self._limit)
-        self.stream.write(head)
-        for f in frames:
-            self.stream.write(f)
-        if self.mac is not None:
+        tag = b""
+        if self.mac is not None:  # first: a MAC that fails leaves the stream untouched
             h = self.mac.start()
             h.update(head)
             feed_frames(h, frames, lens)
-            self.stream.write(h.digest())
+            tag = h.digest()
+        self.stream.write(head)
+        for f in frames:
+            self.stream.write(f)
+        if tag:
+            self.stream.write(tag)
         self.stream.flush()
         self.bytes_sent += len(head) + total
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import socket
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -166,3 +167,146 @@ def test_the_handshake_offers_poly1305_and_both_sides_must_have_it() -> None:
     finally:
         a.close()
         b.close()
+
+
+def _handshake_through(rewrite: bytes | None, tags: bool = True) -> tuple[Session, Session]:
+    """A real handshake over socket pairs through a relay in the middle that replaces
+    ``"macs"`` by ``rewrite`` in what the client sends (None: relays unchanged)."""
+    c_sock, m1 = socket.socketpair()
+    m2, s_sock = socket.socketpair()
+    socks = (c_sock, m1, m2, s_sock)
+    for s in socks:
+        s.settimeout(WAIT)
+
+    def pump(src: socket.socket, dst: socket.socket, change: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data.replace(b'"macs"', rewrite) if change and rewrite else data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    pumps = [
+        threading.Thread(target=pump, args=(m1, m2, True), daemon=True),
+        threading.Thread(target=pump, args=(m2, m1, False), daemon=True),
+    ]
+    for t in pumps:
+        t.start()
+    result: dict[str, Session] = {}
+
+    def serve() -> None:
+        r, w = handshake.stream_io(*sockets.socket_streams(s_sock))
+        result["server"] = handshake.server_handshake(r, w, "a-cookie-of-16ch", tags=tags)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        r, w = handshake.stream_io(*sockets.socket_streams(c_sock))
+        client = handshake.client_handshake(r, w, "a-cookie-of-16ch", tags=tags)
+        t.join(WAIT)
+        return client, result["server"]
+    finally:
+        for s in socks:
+            s.close()
+        for p in pumps:
+            p.join(WAIT)
+
+
+def test_a_relay_that_changes_the_offer_makes_the_keys_differ() -> None:
+    client, server = _handshake_through(None)
+    assert client.key_out == server.key_in and client.key_in == server.key_out
+    assert handshake.bulk_mac(client) and handshake.bulk_mac(server)
+    client, server = _handshake_through(b'"macz"')  # the offer stripped on the way
+    assert not handshake.bulk_mac(server)
+    assert client.key_out != server.key_in and client.key_in != server.key_out
+
+
+def test_a_link_without_tags_offers_nothing() -> None:
+    client, server = _handshake_through(None, tags=False)
+    assert "macs" not in client.info and "macs" not in server.info
+    assert client.key_out == server.key_in
+
+
+def test_a_library_without_poly1305_is_not_offered(tmp_path: Any) -> None:
+    """OpenSSL 3 with only its base provider (as with some FIPS setups) maps libcrypto but
+    has no Poly1305: the handshake must not offer it."""
+    import os
+    import subprocess
+    import sys
+
+    conf = tmp_path / "base-only.cnf"
+    conf.write_text(
+        "openssl_conf = openssl_init\n[openssl_init]\nproviders = provider_sect\n"
+        "[provider_sect]\nbase = base_sect\n[base_sect]\nactivate = 1\n"
+    )
+    code = (
+        "from pydistributed import poly1305, handshake\n"
+        "print(poly1305._libcrypto() is not None, poly1305.available(),"
+        " b'poly1305' in handshake._my_info(True))\n"
+    )
+    env = {**os.environ, "OPENSSL_CONF": str(conf)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False", "False"]
+
+
+def test_a_message_cut_short_leaves_no_mac_thread() -> None:
+    out = io.BytesIO()
+    w = transport.StreamWriter(out)
+    w.mac = framemac.FrameMac(b"k" * 32, True)
+    w.write_frames(_message(2))
+    raw = out.getvalue()
+    before = sum(t.name == "pydist-mac" for t in threading.enumerate())
+    for cut in (len(raw) // 3, len(raw) - 20):
+        with pytest.raises(EOFError):
+            transport.read_message(
+                io.BufferedReader(io.BytesIO(raw[:cut])),
+                1 << 30,
+                None,
+                framemac.FrameMac(b"k" * 32, True),
+            )
+    deadline = time.monotonic() + WAIT
+    while sum(t.name == "pydist-mac" for t in threading.enumerate()) > before:
+        assert time.monotonic() < deadline, "a MAC thread was left waiting"
+        time.sleep(0.01)
+
+
+def test_a_mac_that_fails_leaves_a_stream_untouched_or_a_socket_marked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fault injected with a fake: Poly1305 refuses after the link agreed on it (cannot be
+    produced with a library that passed the check). A stream gets nothing; a socket writer
+    that already sent the frames says the message is partial (its peer closes the link)."""
+
+    def refuse(key: bytes) -> Any:
+        raise OSError("EVP_MAC_init failed")
+
+    monkeypatch.setattr(poly1305, "Poly1305", refuse)
+    out = io.BytesIO()
+    w = transport.StreamWriter(out)
+    w.mac = framemac.FrameMac(b"k" * 32, True)
+    with pytest.raises(ProtocolError, match="cannot authenticate a large frame"):
+        w.write_frames(_message(3))
+    assert out.getvalue() == b""
+    a, b = _tcp_pair()
+    try:
+        sw = transport.SocketWriter(a)
+        sw.mac = framemac.FrameMac(b"k" * 32, True)
+        def read_all() -> None:
+            try:
+                while b.recv(1 << 20):
+                    pass
+            except OSError:
+                pass
+
+        drain = threading.Thread(target=read_all, daemon=True)
+        drain.start()
+        with pytest.raises(ProtocolError):
+            sw.write_frames(_message(3))
+        assert sw.partial
+    finally:
+        a.close()
+        b.close()
+        drain.join(WAIT)

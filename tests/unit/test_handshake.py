@@ -173,7 +173,7 @@ def test_version_mismatch_names_both_sides(monkeypatch: pytest.MonkeyPatch) -> N
     t.start()
     info_json = b'{"protocol": 99, "python": "2.7"}'
     monkeypatch.setattr(
-        handshake, "_my_info", lambda: len(info_json).to_bytes(2, "big") + info_json
+        handshake, "_my_info", lambda tags=True: len(info_json).to_bytes(2, "big") + info_json
     )
     with pytest.raises(AuthenticationError) as info:
         handshake.client_handshake(*_io(a), COOKIE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+import time
 
 import pytest
 
@@ -71,3 +72,43 @@ def test_no_thread_to_be_had_is_one_copy(monkeypatch: pytest.MonkeyPatch) -> Non
     assert parcopy.stats["split"] == before
     assert dst[:n] == bytes(src)
     dst.close()
+
+
+@needs_two_cpus
+def test_an_exception_while_the_helper_copies_frees_nothing_under_it() -> None:
+    """A signal handler's exception reaches the copying thread while the helper copies (the
+    signal is real; the handler raises only while the helper runs): the destination cannot be
+    closed under the helper, and the helper finishes its half, intact."""
+    import signal
+
+    n = 256 << 20
+    src = bytearray(_pattern(1 << 20)) * 256
+    dst = _mapping(n)  # fresh pages: the copy is slow enough to be caught in the middle
+
+    def raise_while_copying(*_: object) -> None:
+        if any(t.name == "pydist-copy" for t in threading.enumerate()):
+            raise KeyboardInterrupt("a signal while the helper copies")
+
+    old = signal.signal(signal.SIGALRM, raise_while_copying)
+    signal.setitimer(signal.ITIMER_REAL, 0.001, 0.0005)
+    interrupted = False
+    try:
+        parcopy.copy_into(dst, memoryview(src), n)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    helpers = [t for t in threading.enumerate() if t.name == "pydist-copy"]
+    if interrupted and helpers:
+        with pytest.raises(BufferError):
+            dst.close()  # the helper holds it
+    deadline = time.monotonic() + 60  # (a helper caught while starting cannot be joined yet)
+    while any(t.name == "pydist-copy" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the helper did not finish"
+        time.sleep(0.01)
+    half = (n // 2) & ~4095
+    assert dst[half:] == src[half:]  # the helper's half is whole
+    if not interrupted:
+        assert dst[:half] == src[:half]
+    dst.close()  # free again once the helper is done

@@ -38,34 +38,24 @@ from __future__ import annotations
 
 import abc
 import threading
-from dataclasses import dataclass
-from typing import Any, BinaryIO, ClassVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
+
+if TYPE_CHECKING:
+    from .workerconfig import WorkerConfig
 
 __all__ = ["ClusterManager", "DefaultClusterManager", "WorkerConfig", "overrides"]
 
 
-@dataclass
-class WorkerConfig:
-    """What a manager knows about one worker (Julia's ``WorkerConfig``); every field optional."""
+def __getattr__(name: str) -> Any:
+    """``WorkerConfig`` is made on first use (``workerconfig.py``): a dataclass, and the module
+    ``dataclasses`` imports ``inspect`` (~5 ms), which a worker that never dials another one
+    does not need, nor the forkserver."""
+    if name == "WorkerConfig":
+        from .workerconfig import WorkerConfig
 
-    exename: str | None = None
-    exeflags: Any = None
-    host: str | None = None
-    port: int | None = None
-    sshflags: Any = None
-    max_parallel: int | None = None
-    connect_at: Any = None
-    process: Any = None
-    ospid: int | None = None
-    environ: dict[str, Any] | None = None
-    ident: Any = None
-    connect_idents: list[Any] | None = None
-    enable_threaded_blas: bool | None = None
-    io: Any = None
-    bind_addr: str | None = None
-    count: int | None = None
-    tunnel: bool | None = None
-    userdata: Any = None
+        globals()["WorkerConfig"] = WorkerConfig
+        return WorkerConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ClusterManager(abc.ABC):

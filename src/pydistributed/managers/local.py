@@ -12,12 +12,13 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .base import ClusterManager, WorkerConfig
+from .base import ClusterManager
 
-if TYPE_CHECKING:  # imported where used: a worker imports this module, and needs neither
+if TYPE_CHECKING:  # imported where used: a worker imports this module, and needs none
     import subprocess
 
     from .forkspawn import ForkServerClient
+    from .workerconfig import WorkerConfig
 
 __all__ = ["LocalManager", "worker_command", "worker_environment"]
 
@@ -200,6 +201,8 @@ class LocalManager(ClusterManager):
             if server is not None
             else (self._exec(cmd, cwd, env, cookie) for _ in range(self.np))
         )
+        from .workerconfig import WorkerConfig  # (here: a worker imports this module)
+
         for proc in procs:
             config = WorkerConfig(
                 exename=cmd[0],
