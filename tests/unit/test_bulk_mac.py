@@ -294,6 +294,7 @@ def test_a_mac_that_fails_leaves_a_stream_untouched_or_a_socket_marked(
     try:
         sw = transport.SocketWriter(a)
         sw.mac = framemac.FrameMac(b"k" * 32, True)
+
         def read_all() -> None:
             try:
                 while b.recv(1 << 20):
