@@ -59,7 +59,12 @@ def thread_count() -> int:
 
 
 def _preload() -> None:
-    """Import what a worker needs to serve calls, so that no child imports it again."""
+    """Import what a worker needs to serve calls, so that no child imports it again (the
+    cluster's modules too: imported once here they cost a cold start less than in each child
+    at once, which share the processors with the master then)."""
+    import resource  # noqa: F401  (worker._raise_fd_limit)
+
+    import pydistributed.cluster
     import pydistributed.processes
     import pydistributed.serve  # noqa: F401
 

@@ -149,6 +149,11 @@ def test_the_forkserver_and_a_forked_worker_import_only_the_runtime() -> None:
     master_only = ("pydistributed.managers.forkspawn", "pydistributed.relay")
     assert sorted(m for m in master_only if m in new) == []
     assert "pydistributed.serve" in new and "cloudpickle" in new  # what serving needs
+    # and what a worker builds before its banner (else each child imports it after the fork)
+    assert "pydistributed.cluster" in new and "pydistributed.dispatch" in new
+    # WorkerConfig, a dataclass, is made on first use: a worker of a cold start has no
+    # dataclasses, no inspect (~5 ms; cloudpickle brings them later, once the forkserver idles)
+    assert sorted(m for m in ("dataclasses", "inspect") if m in early_started - base) == []
     assert "cloudpickle" not in early_started  # (nor did its handshake import it)
     assert "cloudpickle" in started and "pydistributed.cpickler" in started
     assert sorted(m for m in HEAVY + OPTIONAL if m in started - base) == []
