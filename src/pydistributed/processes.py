@@ -179,7 +179,7 @@ def addprocs(
     ):
         # local workers, the runtime not imported yet (a cold master: a worker has it): their
         # forkserver starts now, and the runtime is imported meanwhile, on the other processor
-        prestart(kw, runtime.load)
+        prestart(kw, _head_start)
     c = runtime.current_cluster()
     if c.myid != 1:
         raise RuntimeError("Only process 1 can add and remove workers")
@@ -377,6 +377,18 @@ def _read_cookie() -> str:
     if not line:
         raise ValueError("no cookie on standard input")
     return line.rstrip("\r\n")
+
+
+def _head_start() -> None:
+    """What a cold master does while its forkserver starts (see ``managers.local.prestart``):
+    import the runtime, make its cluster, and what adding workers imports (the output relay;
+    ``WorkerConfig``, a dataclass: ``dataclasses`` and ``inspect``), so that once the
+    forkserver is ready only the fork requests are left."""
+    runtime.load()
+    from . import relay  # noqa: F401
+    from .managers import workerconfig  # noqa: F401
+
+    runtime.current_cluster()
 
 
 def start_worker(
