@@ -365,13 +365,13 @@ class Pipeline:
         return None
 
     def _fill(self) -> None:
-        """Send each lane what its window allows, dealing the elements out one lane at a time
-        (a few elements go to as many workers, not all to the first)."""
-        wants: list[list[Any]] = []
-        for lane in self.lanes:
-            room = lane.window - len(lane.sent)
-            if room > 0 and not lane.stopping and not lane.dead:
-                wants.append([lane, room, []])
+        """Send each lane what its window allows, dealing the elements one lane at a time, the
+        emptiest first (a few go to as many workers; an idle lane before a busy one)."""
+        wants: list[list[Any]] = [
+            [lane, lane.window - len(lane.sent), []]
+            for lane in sorted(self.lanes, key=lambda lane: len(lane.sent))
+            if lane.window > len(lane.sent) and not lane.stopping and not lane.dead
+        ]
         dealing = wants
         while dealing:
             for want in dealing:
