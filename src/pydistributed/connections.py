@@ -232,9 +232,10 @@ class Connections:
     def send_quietly(self, pid: int, msg: Message) -> None:
         """Send a notice to ``pid`` if it can be reached; a gone process is no error."""
         try:
-            self.get(pid).send(msg)
+            peer = self.get(pid)
         except (ProcessExitedException, ValueError):
-            pass
+            return
+        peer.send_quietly(msg)
 
     # -- opening ---------------------------------------------------------------------------
 

@@ -280,7 +280,7 @@ class Dispatcher:
             reply = functools.partial(self.reply, peer, answer.response_id, answer.ok, answer.value)
             self.executor.submit(reply, False)
         else:
-            self.executor.submit(functools.partial(_send_quietly, peer, answer), False)
+            self.executor.submit(functools.partial(peer.send_quietly, answer), False)
 
     def _on_call_wait(self, peer: Peer, msg: CallWait) -> None:
         slot = self.refs.add(RRID(msg.whence, msg.id), msg.whence)
@@ -442,10 +442,3 @@ class Dispatcher:
                 log.error("remote_do from process %s failed:\n%s", origin, value)
 
         self.executor.submit(run, main_ok)
-
-
-def _send_quietly(peer: Peer, msg: Message) -> None:
-    try:
-        peer.send(msg)
-    except ProcessExitedException:
-        pass

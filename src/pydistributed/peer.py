@@ -153,6 +153,13 @@ class Peer:
             self.announce(self, refs)
         return self.send_frames(frames, wait)
 
+    def send_quietly(self, msg: Message) -> None:
+        """:meth:`send` a notice; a closed connection is no error."""
+        try:
+            self.send(msg)
+        except ProcessExitedException:
+            pass
+
     def send_frames(self, frames: list[Any], wait: bool = True) -> bool:
         """Write an encoded message. With ``wait`` False, only if no other thread is writing
         now (a reading thread must never wait on a writer that waits for the other side to
@@ -278,11 +285,22 @@ class Peer:
             self.reader.close()
         except Exception:
             pass
+        self._close_wake_pipe()
+
+    def _close_wake_pipe(self) -> None:
         with self._role_cond:
             for fd in (self._wake_r, self._wake_w):
                 if fd >= 0:
                     os.close(fd)
             self._wake_r = self._wake_w = -1
+
+    def _poke(self) -> None:
+        """Wake the thread waiting in ``select`` on the wake-up pipe (role lock held)."""
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass  # full of wake-ups already
 
     # -- the reading role -----------------------------------------------------------------
     #
@@ -394,10 +412,7 @@ class Peer:
             self._takers += 1
             try:
                 if self._role == "bg":
-                    try:
-                        os.write(self._wake_w, b"x")
-                    except OSError:
-                        pass  # full of wake-ups already
+                    self._poke()
                 # wait only for the reader thread to put the role down: if another caller
                 # takes it first, that caller will fill our slot (it never signals here)
                 while self._role == "bg" and not self.closed and not done():
@@ -438,11 +453,7 @@ class Peer:
     def wake(self) -> None:
         """Make the thread in :meth:`serve` look at its ``idle()`` again."""
         with self._role_cond:
-            if self._wake_w >= 0:
-                try:
-                    os.write(self._wake_w, b"x")
-                except OSError:
-                    pass
+            self._poke()
 
     # -- closing --------------------------------------------------------------------------
 
@@ -460,18 +471,10 @@ class Peer:
         except Exception:
             pass
         with self._role_cond:
-            if self._wake_w >= 0:
-                try:
-                    os.write(self._wake_w, b"x")
-                except OSError:
-                    pass
+            self._poke()
             self._role_cond.notify_all()
         if self.thread is None:
-            with self._role_cond:  # nobody reads: the wake-up pipe can go now
-                for fd in (self._wake_r, self._wake_w):
-                    if fd >= 0:
-                        os.close(fd)
-                self._wake_r = self._wake_w = -1
+            self._close_wake_pipe()  # nobody reads: the wake-up pipe can go now
         if self.thread is None or threading.current_thread() is self.thread:
             # closing a buffered reader that another thread is reading from would block
             try:
