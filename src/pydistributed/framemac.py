@@ -66,23 +66,32 @@ class FrameMac:
         self._seq = 0
         self.bulk = bulk
 
-    def start(self) -> MessageMac:
-        """A MAC for the next message: ``update`` with its bytes, each bulk frame between
-        ``begin`` and ``end`` (its bytes through ``bulk``)."""
+    def _next(self) -> tuple[Any, int]:
+        """The keyed hash of the next message, fed with its count, and the count."""
         h = self._keyed.copy()
         seq = self._seq
         h.update(_SEQ.pack(seq))
         self._seq = seq + 1
+        return h, seq
+
+    def start(self) -> MessageMac:
+        """A MAC for the next message: ``update`` with its bytes, each bulk frame between
+        ``begin`` and ``end`` (its bytes through ``bulk``)."""
+        h, seq = self._next()
         return MessageMac(h, self._key if self.bulk else None, seq)
 
     def tag(self, data: Any) -> bytes:
         """The tag of the next message, whose bytes (prefix and frames, none of them bulk)
-        are ``data``."""
-        h = self._keyed.copy()
-        h.update(_SEQ.pack(self._seq))
-        self._seq += 1
+        are ``data``: a small message, without a :class:`MessageMac`."""
+        h, _ = self._next()
         h.update(data)
         return h.digest()  # type: ignore[no-any-return]
+
+    def verify(self, data: Any, tag: Any) -> None:
+        """Check the next message, whose bytes (none of them bulk) are ``data``, against its
+        ``tag``; raise ProtocolError if it does not match."""
+        if not hmac.compare_digest(self.tag(data), bytes(tag)):
+            raise ProtocolError("message authentication failed (forged, changed or out of order)")
 
     @staticmethod
     def check(h: Any, tag: Any) -> None:

@@ -184,12 +184,10 @@ def _read_frames_hashed(
             frame, buf = _new_frame(size, i in as_bytes, alloc)
             if h is None:
                 _read_into(reader, buf)
-            elif size >= BULK_MIN:
+            else:  # a bulk frame of the MAC (BULK_MIN == _BIG_FRAME)
                 h.begin()
                 _read_into(reader, buf, h.bulk)
                 h.end()
-            else:
-                _read_into(reader, buf, h.update)
             frames.append(frame)
         if i == 0 and bytes_frames is not None and len(lens) > 2:
             as_bytes = bytes_frames(frames[0])
@@ -368,9 +366,7 @@ class SocketReader:
                 frames.append(bytes(view[pos : pos + size]))
                 pos += size
             if mac is not None:
-                h = mac.start()
-                h.update(view[start:pos])
-                FrameMac.check(h, view[pos : pos + MAC_SIZE])
+                mac.verify(view[start:pos], view[pos : pos + MAC_SIZE])
                 pos += MAC_SIZE
             self._start = pos
             return frames
