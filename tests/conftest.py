@@ -5,6 +5,7 @@ from __future__ import annotations
 import faulthandler
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -126,6 +127,17 @@ def worker_ospid(pid: int) -> int:
     value = worker_table()[pid].ospid
     assert value is not None
     return value
+
+
+def python_stdout(code: str, env: dict[str, str] | None = None, timeout: float = 60.0) -> str:
+    """The standard output of ``python -c code`` run by this interpreter in a fresh process
+    (``env``: its environment), which must exit with 0 within ``timeout`` seconds (else the
+    assertion shows its stderr)."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 
 
 def wait_until(

@@ -33,7 +33,7 @@ from pydistributed import (
     rmprocs,
 )
 from pydistributed.cluster import current_cluster
-from tests.conftest import end_workers, is_alive, worker_ospid
+from tests.conftest import end_workers, is_alive, python_stdout, worker_ospid
 from tests.integration import _helpers as h
 
 T = 30.0
@@ -211,10 +211,7 @@ def test_init_worker_uses_its_manager_for_worker_to_worker_connections() -> None
         "c = current_cluster()\n"
         "print(c.connections.manager is m, c.registry.role)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert out.stdout.split() == ["True", "worker"]
+    assert python_stdout(code).split() == ["True", "worker"]
 
 
 # -- names and the command line -----------------------------------------------------------

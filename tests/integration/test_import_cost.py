@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pydistributed
+from tests.conftest import python_stdout
 
 SRC = str(Path(pydistributed.__file__).resolve().parent.parent)
 BENCH = str(Path(__file__).resolve().parents[2] / "bench")
@@ -56,16 +55,8 @@ def _run(code: str) -> object:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([SRC, BENCH, env.get("PYTHONPATH", "")])
     env.pop("PYDIST_SPAWN", None)
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.splitlines()[-1])
+    out = python_stdout(code, env, timeout=120)
+    return json.loads(out.splitlines()[-1])
 
 
 def _baseline() -> set[str]:

@@ -16,6 +16,7 @@ from pydistributed.buffers import BufferPool
 from pydistributed.connections import session_macs
 from pydistributed.errors import ProtocolError
 from pydistributed.handshake import Session
+from tests.conftest import python_stdout
 
 pytestmark = pytest.mark.skipif(not poly1305.available(), reason="no OpenSSL 3 in this Python")
 
@@ -231,8 +232,6 @@ def test_a_library_without_poly1305_is_not_offered(tmp_path: Any) -> None:
     """OpenSSL 3 with only its base provider (as with some FIPS setups) maps libcrypto but
     has no Poly1305: the handshake must not offer it."""
     import os
-    import subprocess
-    import sys
 
     conf = tmp_path / "base-only.cnf"
     conf.write_text(
@@ -245,11 +244,7 @@ def test_a_library_without_poly1305_is_not_offered(tmp_path: Any) -> None:
         " b'poly1305' in handshake._my_info(True))\n"
     )
     env = {**os.environ, "OPENSSL_CONF": str(conf)}
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "False", "False"]
+    assert python_stdout(code, env).split() == ["True", "False", "False"]
 
 
 def test_a_message_cut_short_leaves_no_mac_thread() -> None:

@@ -30,6 +30,7 @@ from pydistributed.messages import (
     RemoteDo,
     Result,
 )
+from tests.conftest import python_stdout
 
 SAMPLES = [
     Call(1, 7, len, ([1, 2],), {"a": 1}),
@@ -215,17 +216,8 @@ def test_before_cloudpickle_is_imported_an_importable_function_goes_plain() -> N
     ``__main__``, a lambda or one its name no longer finds is not plain. Once cloudpickle is
     imported, only what its Pickler found counts."""
     import json
-    import subprocess
-    import sys
 
-    out = subprocess.run(
-        [sys.executable, "-c", _BEFORE_CLOUDPICKLE],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    got = json.loads(out.splitlines()[-1])
+    got = json.loads(python_stdout(_BEFORE_CLOUDPICKLE).splitlines()[-1])
     assert got == {
         "join": True,
         "here": False,
@@ -269,11 +261,6 @@ print(errors[:1])
 def test_plain_calls_while_another_thread_imports_cloudpickle() -> None:
     """The first message that needs cloudpickle imports it on its thread; calls encoded on
     other threads meanwhile see the codec's pickler module half made, and must not fail."""
-    import subprocess
-    import sys
 
     for _ in range(3):
-        out = subprocess.run(
-            [sys.executable, "-c", _RACE], capture_output=True, text=True, timeout=60, check=True
-        ).stdout
-        assert out.splitlines()[-1] == "[]"
+        assert python_stdout(_RACE).splitlines()[-1] == "[]"

@@ -8,7 +8,6 @@ API.md gains or loses a name, change REQUIRED with it.
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import pydistributed
+from tests.conftest import python_stdout
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -171,8 +171,6 @@ def test_submodules_are_attributes_of_the_package_on_first_use() -> None:
         "except AttributeError as e:\n"
         "    print('AttributeError', e)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    ).stdout.splitlines()
+    out = python_stdout(code).splitlines()
     assert out[0] == "SlurmManager pydistributed.cluster True"
     assert out[1] == "AttributeError module 'pydistributed' has no attribute 'no_such_name'"

@@ -11,6 +11,7 @@ import pytest
 
 from pydistributed import handshake
 from pydistributed.errors import AuthenticationError
+from tests.conftest import python_stdout
 
 COOKIE = "s3cret-cookie-of-the-test"
 
@@ -224,8 +225,6 @@ def test_random_cookie_is_valid() -> None:
 def test_the_cloudpickle_version_is_read_without_importing_it() -> None:
     """A worker's handshake names cloudpickle's version without importing it (~12 ms that a
     worker sent only importable functions never needs): the same as cloudpickle's own."""
-    import subprocess
-    import sys
 
     code = (
         "import sys\n"
@@ -235,8 +234,6 @@ def test_the_cloudpickle_version_is_read_without_importing_it() -> None:
         "import cloudpickle\n"
         "print(v == cloudpickle.__version__, v)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    ).stdout.split()
+    out = python_stdout(code).split()
     assert out[:2] == ["False", "True"]
     assert out[2] != "unknown"

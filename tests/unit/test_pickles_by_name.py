@@ -7,6 +7,7 @@ import functools
 import os.path
 
 from pydistributed.pipelanes import pickles_by_name
+from tests.conftest import python_stdout
 
 
 def module_function(x: int) -> int:
@@ -40,8 +41,6 @@ def test_closures_lambdas_and_other_callables_go_through_the_cache() -> None:
 def test_asked_before_cloudpickle_is_imported_it_stays_unimported() -> None:
     """Before cloudpickle is imported nothing can be registered by value: the codec's copy of
     cloudpickle's rule answers, and a map of an importable function imports no cloudpickle."""
-    import subprocess
-    import sys
 
     code = (
         "import sys, os.path\n"
@@ -50,10 +49,7 @@ def test_asked_before_cloudpickle_is_imported_it_stays_unimported() -> None:
         "print(pickles_by_name(os.path.join), pickles_by_name(lambda x: x),"
         " 'cloudpickle' in sys.modules)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert out.stdout.split() == ["True", "False", "False"]
+    assert python_stdout(code).split() == ["True", "False", "False"]
 
 
 def test_a_module_registered_by_value_goes_through_the_cache() -> None:
