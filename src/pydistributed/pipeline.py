@@ -32,7 +32,6 @@ interrupts the ones running, and waits a few seconds at most for them.
 
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
 import logging
@@ -43,15 +42,13 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import codec
 from .cluster import Cluster
 from .errors import ProcessExitedException, RemoteException
-from .execution import hold_sigint, release_sigint
 from .funccache import FunctionCache
-from .messages import MapCalls, MapCancel
-from .pipecalls import DROPPED, Last, StreamSlot
+from .messages import MapCancel
+from .pipecalls import DROPPED, StreamSlot
 from .pipelanes import MAX_WINDOW, Dropped, Failure, Lane, next_window, victim
-from .pipesend import Ready, send_each, write
+from .pipesend import Filling
 from .remotecall import WorkerSource
 
 __all__ = ["MAX_WINDOW", "Dropped", "Outcome", "Pipeline", "next_window"]
@@ -69,7 +66,7 @@ Outcome = tuple[Any, Any, tuple[Any, ...], bool, Any]
 ``ok`` (a RemoteException, a ProcessExitedException, :class:`Dropped`)."""
 
 
-class Pipeline:
+class Pipeline(Filling):
     """One map's elements over the workers of ``pool``.
 
     Args:
@@ -345,100 +342,6 @@ class Pipeline:
             busy.steal_pending = False
             return False
         return True
-
-    # -- sending -----------------------------------------------------------------------------
-
-    def _next(self) -> tuple[Any, Any, tuple[Any, ...]] | None:
-        if self.retries:
-            return self.retries.popleft()
-        if self.exhausted:
-            return None
-        try:
-            item = next(self.source)
-            self._taken += 1
-            return item
-        except StopIteration:
-            self.exhausted = True
-        except Exception as e:  # the input's own error stops the map
-            self.exhausted = True
-            self.fail(e)
-        return None
-
-    def _fill(self) -> None:
-        """Send each lane what its window allows, dealing the elements one lane at a time, the
-        emptiest first (a few go to as many workers; an idle lane before a busy one)."""
-        wants: list[list[Any]] = [
-            [lane, lane.window - len(lane.sent), []]
-            for lane in sorted(self.lanes, key=lambda lane: len(lane.sent))
-            if lane.window > len(lane.sent) and not lane.stopping and not lane.dead
-        ]
-        dealing = wants
-        while dealing:
-            for want in dealing:
-                item = self._next()
-                if item is None:
-                    dealing = []
-                    break
-                want[2].append(item)
-                want[1] -= 1
-            dealing = [want for want in dealing if want[1] > 0]
-        # all pickled before any is written: a write may hand this thread's CPU to a worker
-        ready: list[Ready] = []
-        held = hold_sigint() if self._main else None  # a message is never half written
-        try:
-            for lane, _, batch in wants:
-                if batch and not lane.dead and not self.stopped:
-                    self._send(lane, batch, ready)
-            write(ready, self.cache)
-        finally:
-            if held is not None:
-                release_sigint(held)
-        if self.length is not None and self._taken >= self.length and not self.retries:
-            # a source of known length is seen to its end now, not in a step at the map's end
-            more = self._next() if not self.exhausted and not self.stopped else None
-            if more is not None:
-                self.retries.append(more)
-
-    def _send(self, lane: Lane, batch: list[Any], ready: list[Ready]) -> None:
-        """Note ``batch`` as sent on ``lane``; its messages go to ``ready``, pickled: ``(lane,
-        frames, refs, function token, a fallback that sends the elements one by one)``."""
-        now = time.monotonic()
-        last = self.length is not None and self._taken >= self.length
-        last = last and not self.retries and not self._later
-        alone = not lane.sent
-        for f, run in itertools.groupby(batch, key=lambda item: item[1]):
-            part = list(run)
-            first = lane.next_seq
-            lane.next_seq += len(part)
-            for i, (token, _, args) in enumerate(part):
-                lane.sent[first + i] = (token, f, args, now, alone and i == 0)
-            alone = False
-            if lane.local:
-                for seq, (_, _, args) in enumerate(part, first):
-                    job = functools.partial(self._run_here, lane, seq, f, args)
-                    self.cluster.executor.submit(job, main_ok=False)
-                continue
-            if self.by_name:
-                sent, token = f, None
-            else:
-                sent, token = self.cache.wrap(lane.pid, f)
-            if last:
-                sent = Last(sent)
-                self._all_sent = True
-            msg = MapCalls(lane.stream, first, len(part), sent, [a for _, _, a in part])
-            try:
-                frames, refs = codec.encode(msg, lane.pid)
-            except Exception:  # something cannot be pickled: find what, element by element
-                if send_each(self.post, lane, first, f, sent, part) and token is not None:
-                    self.cache.shipped(lane.pid, token)
-                continue
-            each = functools.partial(send_each, self.post, lane, first, f, sent, part)
-            ready.append((lane, frames, refs, token, each))
-
-    def _run_here(self, lane: Lane, seq: int, f: Any, args: tuple[Any, ...]) -> None:
-        t0 = time.perf_counter()
-        ok, value = self.cluster.dispatch.execute(f, args, {})
-        self.post((lane, seq, 1, bytes([ok]), [value], time.perf_counter() - t0))
 
     def _stop(self) -> None:
         if self.stopped:

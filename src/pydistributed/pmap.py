@@ -123,20 +123,20 @@ def pmap(
         progress,
         "pmap",
     )
-    inputs = (
-        iterables[1:] if iterables and isinstance(iterables[0], AbstractWorkerPool) else iterables
-    )
-    results: list[Any] = [None] * (known_length(inputs) or 0)  # (the runs come in any order)
-    n = 0
+    # the runs come in any order; in order they are appended (cheaper than placing each one in
+    # a list of the full length), those that come early wait for the ones before them
+    results: list[Any] = []
+    early: dict[int, list[Any]] = {}
     for runs in outcomes:
         for start, values in runs:
-            end = start + len(values)
-            if end > len(results):
-                results.extend([None] * (end - len(results)))
-            results[start:end] = values
-            if end > n:
-                n = end
-    del results[n:]
+            if start != len(results):
+                early[start] = values
+                continue
+            results += values
+            while early and len(results) in early:
+                results += early.pop(len(results))
+    if early:  # the runs cover the input, one element once: a gap is a bug, not a result
+        raise RuntimeError(f"pmap: no result came for element {len(results)} (internal error)")
     return results
 
 
