@@ -61,6 +61,7 @@ if TYPE_CHECKING:  # imported by add_workers: a worker relays nothing
 __all__ = ["COMMON_PARAMS", "Lifecycle", "end_process"]
 
 log = logging.getLogger("pydistributed")
+ABANDON_WAIT = 5.0  # s an interrupted addprocs waits at most to remove what it started
 
 COMMON_PARAMS = frozenset(
     {"dir", "exename", "exeflags", "topology", "lazy", "enable_threaded_blas", "env"}
@@ -170,25 +171,29 @@ class Lifecycle(Removal):
         results: list[tuple[int | None, BaseException | None]] = []
         setups: list[threading.Thread] = []
         seen = 0
-        while True:
-            with cond:
-                while len(launched) == seen and not done.is_set():
-                    cond.wait(0.5)
-                new = launched[seen:]
-                seen = len(launched)
-            for config in new:
-                t = threading.Thread(
-                    target=self._setup_one,
-                    args=(manager, config, params, results),
-                    name="pydist-setup",
-                    daemon=True,
-                )
-                t.start()
-                setups.append(t)
-            if done.is_set() and len(launched) == seen:
-                break
-        for t in setups:
-            t.join()
+        try:
+            while True:
+                with cond:
+                    while len(launched) == seen and not done.is_set():
+                        cond.wait(0.5)
+                    new = launched[seen:]
+                    seen = len(launched)
+                for config in new:
+                    t = threading.Thread(
+                        target=self._setup_one,
+                        args=(manager, config, params, results),
+                        name="pydist-setup",
+                        daemon=True,
+                    )
+                    t.start()
+                    setups.append(t)
+                if done.is_set() and len(launched) == seen:
+                    break
+            for t in setups:
+                t.join()
+        except BaseException:  # Ctrl-C: nothing of this call stays (see _abandon)
+            self._abandon(launched, cond, done, setups, results)
+            raise
         pids = sorted(pid for pid, err in results if pid is not None and err is None)
         errors = [err for _, err in results if err is not None]
         if launch_error or errors:
@@ -200,6 +205,42 @@ class Lifecycle(Removal):
                 log.error("%d more workers failed to start", more)
             raise first
         return pids
+
+    def _abandon(
+        self,
+        launched: list[WorkerConfig],
+        cond: threading.Condition,
+        done: threading.Event,
+        setups: list[threading.Thread],
+        results: list[tuple[int | None, BaseException | None]],
+    ) -> None:
+        """``addprocs`` was interrupted (Ctrl-C): end the workers launched and not yet set up,
+        let those being set up finish, and remove the ones that joined; ``ABANDON_WAIT``
+        seconds at most here (another Ctrl-C ends the wait), the rest in the background."""
+
+        def clean() -> None:
+            done.wait()  # (the manager's launch is not interruptible: its workers are ended)
+            with cond:  # (setups start in launch order: those after them have none)
+                late = launched[len(setups) :]
+            for config in late:
+                end_process(config.process)
+            for t in setups:
+                t.join()
+            pids = [pid for pid, err in results if pid is not None and err is None]
+            if pids:
+                try:
+                    self.remove_workers(pids, waitfor=10.0)
+                except Exception:
+                    log.exception("addprocs interrupted: removing workers %s failed", pids)
+
+        cleaner = threading.Thread(target=clean, name="pydist-addprocs-undo", daemon=True)
+        cleaner.start()
+        try:
+            cleaner.join(ABANDON_WAIT)
+        except BaseException:
+            pass  # a second Ctrl-C: the rest goes on in the background
+        if cleaner.is_alive():
+            log.warning("addprocs interrupted: workers still starting are removed when they join")
 
     def _check_like_the_others(self, topology: str, lazy: bool) -> None:
         """New workers take the topology and laziness of the workers there are (Julia's

@@ -182,3 +182,55 @@ def test_ctrl_c_cancels_a_remote_channel_operation_and_loses_nothing(
     assert readline(proc.stdout) == "took 7\n"
     assert readline(proc.stdout) == "gave 8\n"
     assert proc.wait(30) == 0
+
+
+def test_ctrl_c_during_addprocs_leaves_none_of_its_workers(master: object) -> None:
+    # the manager's launch sends the Ctrl-C once the first of its workers has joined, then
+    # launches two more: the call raises KeyboardInterrupt, and none of the four stays, neither
+    # in the cluster nor as a process
+    proc = master(
+        """
+        import signal, time
+        from pydistributed import LocalManager, procs
+        before = sorted(procs())
+
+        class Interrupting(LocalManager):
+            def __init__(self):
+                super().__init__(2)
+                self.ospids = []
+
+            def launch(self, params, launched, ntfy):
+                super().launch(params, launched, ntfy)
+                deadline = time.monotonic() + 60
+                while len(procs()) == len(before) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                os.kill(os.getpid(), signal.SIGINT)
+                super().launch(params, launched, ntfy)
+                self.ospids = [c.ospid for c in launched]
+
+        def alive(pid):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            except FileNotFoundError:
+                return False
+
+        m = Interrupting()
+        try:
+            print("added", addprocs(m), flush=True)
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt", flush=True)
+        print("workers as before", sorted(procs()) == before, flush=True)
+        deadline = time.monotonic() + 30
+        while any(map(alive, m.ospids)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print("launched", len(m.ospids), "alive", [p for p in m.ospids if alive(p)], flush=True)
+        print("then", remotecall_fetch(lambda: 6 * 7, w), len(addprocs(1)), flush=True)
+        """
+    )
+    assert proc.stdout is not None
+    assert readline(proc.stdout) == "KeyboardInterrupt\n"
+    assert readline(proc.stdout) == "workers as before True\n"
+    assert readline(proc.stdout) == "launched 4 alive []\n"
+    assert readline(proc.stdout) == "then 42 1\n"
+    assert proc.wait(30) == 0
