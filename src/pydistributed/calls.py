@@ -57,6 +57,10 @@ def _hold_on_main() -> Any:
     return hold_sigint() if get_ident() == _MAIN else None
 
 
+def _never(value: Any) -> bool:
+    return False
+
+
 def _release(held: Any) -> None:
     if held is not None:
         release_sigint(held)
@@ -154,7 +158,7 @@ class Calls:
             # closed between our check and our registration: nobody else will wake us
             slot.set(False, ProcessExitedException(peer.pid or 0, peer.close_reason))
         cancel_with = getattr(f, "cancel_with", None)
-        return self.wait_answer(peer, rid, slot, timeout, cancel_with, held)
+        return self.wait_answer(peer, rid, slot, timeout, cancel_with, held, f)
 
     def call_fetch_nowait(
         self,
@@ -307,6 +311,7 @@ class Calls:
         timeout: float | None = None,
         cancel_with: Any = None,
         held: Any = None,
+        f: Any = None,
     ) -> Any:
         """Wait for the answer to request ``rid``.
 
@@ -317,8 +322,11 @@ class Calls:
         ``cancel_with`` (an operation on a channel, which must not interrupt the owner's
         other calls) is cancelled instead, by ``RemoteDo(cancel_with, (myid, rid))``: if it
         had done its work already (taken a value), its answer is returned all the same, so
-        that nothing is lost; else KeyboardInterrupt. ``held``: the SIGINT hold the caller
-        took before sending the request (see ``_hold_on_main``), released here.
+        that nothing is lost; else the interruption itself (``InterruptException`` in a call
+        that ``interrupt`` reached, as in any other wait; an answer for which the function
+        ``f``'s ``is_cancelled`` says yes is the owner's "cancelled"). ``held``: the SIGINT
+        hold the caller took before sending the request (see ``_hold_on_main``), released
+        here.
 
         Raises:
             RemoteException: the call raised there.
@@ -345,6 +353,8 @@ class Calls:
                 peer.pending.pop(rid, None)
             if cancel_with is None or not slot.is_set() or not slot.ok:
                 raise
+            if getattr(f, "is_cancelled", _never)(slot.value):
+                raise  # (not the owner's KeyboardInterrupt: what came here, as it came)
             return slot.value  # done before the cancel came (a cancelled one raises)
         if not answered:
             peer.pending.pop(rid, None)

@@ -109,8 +109,13 @@ class Cancellable:
         self._local = threading.local()
         self._running: dict[tuple[int, int], bool] = {}
 
-    def begin(self, key: tuple[int, int]) -> None:
+    def register(self, key: tuple[int, int]) -> None:
+        """On the reading thread, as the request arrives: a cancel that the caller sent after
+        it finds it, even before a thread has started to run it."""
         self._running[key] = False
+
+    def begin(self, key: tuple[int, int]) -> None:
+        """On the thread that runs the request (registered)."""
         self._local.key = key
 
     def end(self, key: tuple[int, int]) -> None:
@@ -241,6 +246,7 @@ class Dispatcher:
 
         if getattr(msg.f, "cancel_with", None) is not None and peer.pid is not None:
             inner, key = run, (peer.pid, msg.response_id)
+            self.requests.register(key)
 
             def run() -> None:
                 self.requests.begin(key)
@@ -249,6 +255,12 @@ class Dispatcher:
                 finally:
                     self.requests.end(key)
 
+            try:
+                self.executor.submit(run, not internal)
+            except BaseException:
+                self.requests.end(key)
+                raise
+            return
         self.executor.submit(run, not internal)
 
     def _answer_now(self, peer: Peer, msg: CallFetch, now: Callable[..., Any]) -> bool:

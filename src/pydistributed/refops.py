@@ -101,6 +101,28 @@ def _internal(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+@_internal
+def cancel_request(caller: int, rid: int) -> None:
+    """Run by ``RemoteDo``: ``caller`` cancels its request ``rid`` (a channel operation that
+    waits here), which answers a ``_CANCELLED`` marker at its next slice, having done
+    nothing; one that has done its work answers as usual."""
+    current_cluster().dispatch.requests.cancel((caller, rid))
+
+
+def _cancellable(f: Callable[..., Any]) -> Callable[..., Any]:
+    """A channel operation: the caller's Ctrl-C cancels it (see ``calls.wait_answer``), where
+    a call would interrupt the owner's calls (a Future's fetch does: what it waits for may be
+    a call running there, which Ctrl-C means to stop)."""
+    f.cancel_with = cancel_request  # type: ignore[attr-defined]
+    f.is_cancelled = _is_cancelled  # type: ignore[attr-defined]
+    return f
+
+
+def _is_cancelled(value: Any) -> bool:
+    """Whether an operation's answer says that its caller's cancel came first."""
+    return isinstance(value, Marker) and value.kind == _CANCELLED
+
+
 def future_slot(c: Cluster, key: tuple[int, int]) -> FutureSlot:
     """The storage of the Future ``key`` on its owner ``c``, made if the operation arrived
     before the call that makes it (they may come from different processes)."""
@@ -222,14 +244,6 @@ def _channel_op(
         return Marker(_CLOSED, str(e) or "the channel is closed")
 
 
-@_internal
-def cancel_request(caller: int, rid: int) -> None:
-    """Run by ``RemoteDo``: ``caller`` cancels its request ``rid`` (a channel operation that
-    waits here), which answers a ``_CANCELLED`` marker at its next slice, having done
-    nothing; one that has done its work answers as usual."""
-    current_cluster().dispatch.requests.cancel((caller, rid))
-
-
 def _at_once(now: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a channel operation a form that runs on the owner's reading thread when it can
     finish at once (``dispatch``: ``f._pydist_now``), without the hand-off to a pool thread:
@@ -316,12 +330,6 @@ def _stream_put_now(key: tuple[int, int], values: list[Any], caller: int) -> Any
     if ch is None or not ch._put_now(values):
         return LATER
     return (len(values), None)
-
-
-def _cancellable(f: Callable[..., Any]) -> Callable[..., Any]:
-    """A channel operation: the caller's Ctrl-C cancels it (see ``calls.wait_answer``)."""
-    f.cancel_with = cancel_request  # type: ignore[attr-defined]
-    return f
 
 
 @_at_once(_put_now)

@@ -20,6 +20,7 @@ from pydistributed import (
     RemoteChannel,
     RemoteException,
     addprocs,
+    fetch,
     interrupt,
     myid,
     remotecall,
@@ -171,6 +172,28 @@ def test_interrupt_running_call(two_workers: list[int], work: str, tmp_path: Pat
     assert isinstance(info.value.captured.exc, InterruptException)
     assert "InterruptException" in str(info.value)
     assert remotecall_fetch(h.add, w, 2, 3) == 5
+
+
+@pytest.mark.parametrize("op", ["take", "put"])
+def test_interrupt_reaches_a_call_blocked_on_another_workers_channel(
+    two_workers: list[int], op: str, tmp_path: Path
+) -> None:
+    # the channel lives on the other worker: the interrupted operation is cancelled there
+    # (nothing taken, nothing left), and the call fails with InterruptException like any other
+    w, owner = two_workers
+    rc = RemoteChannel(lambda: Channel(0), owner)
+    running = str(tmp_path / "running")
+    work = (lambda c: c.take(timeout=30)) if op == "take" else (lambda c: c.put("lost?", 30))
+    fut = remotecall(h.touch_then, w, running, work, rc)
+    _wait_file(running)
+    interrupt(w)
+    with pytest.raises(RemoteException) as info:
+        fut.fetch(timeout=10)
+    assert isinstance(info.value.captured.exc, InterruptException), info.value
+    # the channel is as it was: the next put meets the next take
+    taker = remotecall(lambda c: c.take(timeout=30), owner, rc)
+    rc.put(8, timeout=30)
+    assert fetch(taker) == 8
 
 
 def test_interrupt_idle_worker_is_ignored(two_workers: list[int]) -> None:
