@@ -7,7 +7,6 @@ The tree::
      |    +-- InterruptException        a call was interrupted (``interrupt``, Ctrl-C)
      +-- Exception
           +-- RemoteException           a call raised on another process; wraps a CapturedException
-          +-- RemoteTraceback           the remote traceback, shown as a RemoteException's cause
           +-- CapturedException         an exception and its traceback text, made portable
           +-- ProcessExitedException    the process a call or reference needs is gone
           |                             (``.removed``: by rmprocs, not by a crash or a lost link)
@@ -22,10 +21,10 @@ The tree::
 
 Errors are translated once, where layers meet: an exception raised by a remote call is captured
 on the worker (:func:`capture`, which leaves out pydistributed's own frames), sent back, and
-raised on the caller as a :class:`RemoteException` whose ``__cause__`` is a
-:class:`RemoteTraceback`: the remote traceback set apart between triple quotes, as
-``concurrent.futures`` shows a worker's, with its source lines read here when the worker had
-none (a function shipped by value keeps its file name; the file is on the caller's machine).
+raised on the caller as a :class:`RemoteException`, whose ``str()`` is ``On worker N: Type:
+message`` and then the remote traceback (as API.md and Julia's ``On worker N:`` have it), with
+its source lines read here when the worker had none (a function shipped by value keeps its
+file name; the file is on the caller's machine).
 """
 
 from __future__ import annotations
@@ -53,7 +52,6 @@ __all__ = [
     "ProcessExitedException",
     "ProtocolError",
     "RemoteException",
-    "RemoteTraceback",
 ]
 
 
@@ -158,50 +156,32 @@ class RemoteException(Exception):
     """An exception raised by a call on process ``pid``.
 
     ``str()`` reads ``On worker N: Type: message`` (``On process 1 (the master): ...`` for the
-    master). ``captured.exc`` is the original exception (or its stand-in) and
-    ``captured.traceback_text`` its remote traceback, which is also the ``__cause__`` (a
-    :class:`RemoteTraceback`), so that Python's own traceback shows both sides.
+    master), then the remote traceback (``captured.traceback_text``, with the source lines the
+    remote process could not show read here when this process has the files: a function
+    shipped from here by value names its file here), as Julia's ``On worker N:`` shows the
+    remote stack. ``captured.exc`` is the original exception (or its stand-in).
     """
 
     def __init__(self, pid: int, captured: CapturedException) -> None:
         super().__init__(pid, captured)
         self.pid = pid
         self.captured = captured
-        text = captured.traceback_text
-        self.__cause__ = RemoteTraceback(pid, text) if _FRAME.search(text) else None
         self.__suppress_context__ = True
 
     def __str__(self) -> str:
         c = self.captured
-        note = _note(c.traceback_text)
+        text = c.traceback_text
+        where = describe_process(self.pid)
+        note = _note(text)
         if note:  # the text says what happened, before the exception (an undecodable answer)
-            return f"On {describe_process(self.pid)}: {note}"
+            return f"On {where}: {text.rstrip()}"
         head = f"{c.type_name}: {c.exc}" if str(c.exc) else c.type_name
-        return f"On {describe_process(self.pid)}: {head}"
+        if not _FRAME.search(text):
+            return f"On {where}: {head}"
+        return f"On {where}: {head}\n{with_source_lines(text).rstrip()}"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (RemoteException, (self.pid, self.captured))
-
-
-class RemoteTraceback(Exception):
-    """The traceback of a :class:`RemoteException`, as text: its ``__cause__``.
-
-    Shown between triple quotes (as ``concurrent.futures`` shows a worker's traceback), with
-    the source lines the remote process could not show read here, when this process has the
-    files (a function shipped from here by value names its file here).
-    """
-
-    def __init__(self, pid: int, text: str) -> None:
-        super().__init__(pid, text)
-        self.pid = pid
-        self.text = text
-
-    def __str__(self) -> str:
-        body = with_source_lines(self.text).rstrip("\n")
-        return f'on {describe_process(self.pid)}\n"""\n{body}\n"""'
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (RemoteTraceback, (self.pid, self.text))
 
 
 _EXCEPTION_LINE = re.compile(r"[\w.]+(:|$)")

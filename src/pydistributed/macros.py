@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 from .cluster import ClusterVar, current_cluster
-from .errors import CompositeException, RemoteException
+from .errors import CompositeException
 from .ids import check_pid
 from .remotecall import remotecall, remotecall_fetch
 from .remoteref import Future
@@ -262,22 +262,14 @@ def everywhere(
 
 
 def _short_report(failures: list[Exception], message: str) -> CompositeException:
-    """The failures as a CompositeException that is shown one line per process.
-
-    Each member loses its traceback (the task's plumbing that waited for it) and its cause;
-    the remote traceback of the first remote failure becomes the group's cause, shown once
-    above it (every member's is still in ``.captured.traceback_text``).
-    """
-    cause = None
+    """The failures as a CompositeException, each member shown as itself: a RemoteException
+    reads ``On worker N: Type: message`` and its remote traceback. Each member loses its local
+    traceback and context (the task's plumbing that waited for it)."""
     for e in failures:
-        if cause is None and isinstance(e, RemoteException):
-            cause = e.__cause__
         e.__traceback__ = None
         e.__cause__ = None
         e.__suppress_context__ = True
-    group = CompositeException(failures, message)
-    group.__cause__ = cause
-    return group
+    return CompositeException(failures, message)
 
 
 def _failure(task: Task[Any]) -> Exception | None:
