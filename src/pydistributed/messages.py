@@ -336,16 +336,22 @@ class Pong(Message):
 
 class DialMe(Message):
     """A worker to the master: have worker ``pid`` (a higher id) connect to me; the master to
-    that worker: connect to worker ``pid`` (``peerlinks.py``)."""
+    that worker: connect to worker ``pid`` (``peerlinks.py``). A negative ``pid`` says that
+    the connection could not be made, and ``refused`` why: from the worker that was to dial,
+    ``-pid`` is the one that asked; from the master to that one, ``-pid`` is the one that
+    could not dial it. (A peer that knows no ``refused`` reads a request for a process that
+    does not exist, and does nothing.)"""
 
-    __slots__ = ("pid",)
-    __match_args__ = ("pid",)
+    __slots__ = ("pid", "refused")
+    __match_args__ = ("pid", "refused")
 
     TAG: ClassVar[int] = 15
     HEADER: ClassVar[tuple[str, ...]] = ("pid",)
+    BODY: ClassVar[tuple[str, ...]] = ("refused",)
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, refused: str = "") -> None:
         self.pid = pid
+        self.refused = refused
 
 
 class MapCalls(Message):

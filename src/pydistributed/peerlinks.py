@@ -60,12 +60,14 @@ class PeerLinks:
         self.dial_back_timeout = dial_back_timeout
         self._lock = threading.Lock()
         self._locks: dict[int, threading.Lock] = {}
+        self._refused: dict[int, str] = {}  # pid -> why it could not connect back to us
 
     def open(self, pid: int) -> Peer:
         """The connection to worker ``pid`` (this process is a worker), opened now.
 
         Raises:
             ProcessExitedException: ``pid`` has exited, or no connection could be made.
+            ConnectionError: ``pid`` (alive) was asked to connect back and said it could not.
             ValueError: there is no such process, or the topology gives no way to reach it.
         """
         c = self.connections
@@ -77,6 +79,12 @@ class PeerLinks:
                 raise ValueError(
                     f"process {reg.myid} has no connection to process {pid} "
                     f"(topology {reg.topology!r})"
+                )
+            if info is not None and pid != 1 and reachable:
+                raise ValueError(
+                    f"process {reg.myid} cannot connect to process {pid}: it has no address "
+                    "(its manager connects it through its own streams); use "
+                    'topology="master_worker", or a manager whose connect() reaches it'
                 )
             raise ValueError(f"no process with id {pid}")
         with self._lock:
@@ -118,12 +126,19 @@ class PeerLinks:
         """Ask the master to have ``pid`` connect to us, and wait for that connection."""
         c = self.connections
         reg = c.registry
+        self._refused.pop(pid, None)
         c.get(1).send(DialMe(pid))
         deadline = time.monotonic() + self.dial_back_timeout
         while True:
             peer = c.wait_installed(pid, min(0.25, max(0.0, deadline - time.monotonic())))
             if peer is not None:
                 return peer
+            why = self._refused.pop(pid, None)
+            if why is not None:  # it is alive (the master says so), and said why it cannot
+                raise ConnectionError(
+                    f"process {reg.myid} cannot connect to process {pid}: asked to connect "
+                    f"back, it could not: {why}"
+                )
             if reg.is_dead(pid):
                 raise ProcessExitedException(pid, removed=reg.was_removed(pid))
             if c.lookup(1) is None:
@@ -141,12 +156,18 @@ class PeerLinks:
         on; on a worker, from the master: connect to worker ``msg.pid`` (on a thread)."""
         c = self.connections
         if c.registry.myid == 1:
-            requester = peer.pid
-            if requester is not None and requester != 1:
-                c.send_quietly(msg.pid, DialMe(requester))
+            sender = peer.pid
+            if sender is not None and sender != 1:
+                if msg.pid < 0:  # sender could not dial -msg.pid, which asked: tell it why
+                    c.send_quietly(-msg.pid, DialMe(-sender, msg.refused))
+                else:
+                    c.send_quietly(msg.pid, DialMe(sender))
             return
         if peer.pid != 1:
             log.warning("ignored a DialMe from process %s (only the master sends one)", peer.pid)
+            return
+        if msg.pid < 0:  # -msg.pid could not connect back to us: _dialed_back says so
+            self._refused[-msg.pid] = msg.refused or "no reason given"
             return
         try:
             threading.Thread(
@@ -165,3 +186,5 @@ class PeerLinks:
                 pid,
                 e,
             )
+            # the asking process learns why through the master, at once (not at its timeout)
+            self.connections.send_quietly(1, DialMe(-pid, f"{type(e).__name__}: {e}"))

@@ -20,7 +20,7 @@ from pydistributed import (
 )
 from pydistributed.cluster import current_cluster
 from pydistributed.managers.base import WorkerConfig
-from tests.conftest import end_workers
+from tests.conftest import end_workers, python_stdout
 
 
 def _links_to(pid: int) -> int:
@@ -172,3 +172,30 @@ def test_master_worker_refuses_both_ways_with_the_topology_named(add_workers: An
     for x, y in ((a, b), (b, a)):
         with pytest.raises(RemoteException, match=r"has no connection to process .*master_worker"):
             remotecall_fetch(lambda y=y: remotecall_fetch(myid, y), x)
+
+
+def test_a_worker_that_cannot_connect_back_says_why_at_once() -> None:
+    # workers added after the cookie changed cannot authenticate to those added before: the
+    # one that asked learns why from the one that could not connect back, through the master,
+    # at once (it waited 20 s for the connection, then called that live worker exited)
+    code = (
+        "import time\n"
+        "from pydistributed import RemoteException, addprocs, cluster_cookie, myid\n"
+        "from pydistributed import remotecall_fetch\n"
+        "(a,) = addprocs(1)\n"
+        "cluster_cookie('another-cookie-of-16')\n"
+        "(b,) = addprocs(1)\n"
+        "t = time.monotonic()\n"
+        "try:\n"
+        "    remotecall_fetch(lambda b: remotecall_fetch(myid, b), a, b)\n"
+        "except RemoteException as e:\n"
+        "    first = str(e).split(chr(10))[0]\n"
+        "    print(type(e.captured.exc).__name__, time.monotonic() - t < 10)\n"
+        "    print('authentication failed' in first, f'process {b}' in first)\n"
+        "print(remotecall_fetch(myid, b) == b)\n"
+    )
+    assert python_stdout(code, timeout=90).split("\n")[:3] == [
+        "ConnectionError True",
+        "True True",
+        "True",
+    ]
