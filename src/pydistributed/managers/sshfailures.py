@@ -138,12 +138,19 @@ def failure_error(failures: Sequence[Failure], started: list[int]) -> SSHLaunchE
     """The one error for ``failures`` (None: there is none); ``started``: the new workers."""
     if not failures:
         return None
-    parts = []
+    # one entry per host and reason, with how many of its workers it stopped (a host given
+    # with a count fails the same way for each); the first session's stderr stands for all
+    groups: dict[tuple[str, str], tuple[int, str]] = {}
     for f in failures:
-        text = f"  {f.machine.spec}: {f.message}"
-        if f.output:
+        key = (f.machine.spec, f.message)
+        n, output = groups.get(key, (0, f.output))
+        groups[key] = (n + 1, output)
+    parts = []
+    for (spec, msg), (n, output) in groups.items():
+        text = f"  {spec}{f' ({n} workers)' if n > 1 else ''}: {msg}"
+        if output:
             text += "; the session's stderr ended with:\n" + "\n".join(
-                "    " + line for line in f.output.splitlines()
+                "    " + line for line in output.splitlines()
             )
         parts.append(text)
     hosts = sorted({f.machine.spec for f in failures})
