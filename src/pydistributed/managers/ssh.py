@@ -260,7 +260,8 @@ class SSHManager(ClusterManager):
         if r.returncode != 0 or not text.isdigit():
             err = tail(r.stderr)
             raise Failed(
-                f"counting its CPUs (count 'auto') failed: {hint(r.returncode, err, exename)}",
+                f"counting its CPUs (count 'auto') failed: "
+                f"{hint(r.returncode, err, exename, shell)}",
                 err,
             )
         return max(1, int(text))
@@ -342,7 +343,7 @@ class SSHManager(ClusterManager):
                 raise Failed(
                     f"no worker reported within {timeout:g} s (PYDIST_WORKER_TIMEOUT)", err
                 )
-            raise Failed(hint(code, err, exename), err)
+            raise Failed(hint(code, err, exename, shell), err)
         config = WorkerConfig(
             exename=exename,
             exeflags=tuple(map(str, exeflags)),
