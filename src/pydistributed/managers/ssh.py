@@ -98,6 +98,7 @@ class SSHManager(ClusterManager):
     extra_params = frozenset(
         {"tunnel", "multiplex", "sshflags", "max_parallel", "shell", "ssh", "bootstrap"}
     )
+    output_carrier = "its ssh session"  # what the master logs when a worker's output is lost
     keyword_hints = {
         "restrict": "LocalManager's keyword, as in Julia; an SSH worker listens at its machine "
         "spec's bind_addr, or on its host's loopback with tunnel=True",
