@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 from .. import sockets
+from ..heartbeat import TUNNEL_SILENCE
 from ..timeouts import worker_timeout
 from .base import ClusterManager, WorkerConfig
 from .sshbootstrap import BOOT_CODE, archive
@@ -173,6 +174,8 @@ class SSHManager(ClusterManager):
         for var in _PASSED_ON:
             if var in os.environ:
                 env[var] = os.environ[var]
+        if params.get("tunnel"):  # it exits when the master's beats stop (heartbeat.py)
+            env["PYDIST_MASTER_SILENCE"] = f"{TUNNEL_SILENCE:g}"
         given = params.get("env") or {}
         items = given.items() if isinstance(given, dict) else given
         for key, value in items:
