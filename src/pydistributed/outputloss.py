@@ -20,6 +20,7 @@ not, writes there from then on; the pipe cannot get a reader again.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -117,7 +118,7 @@ class OutputLoss:
         what carried its output, e.g. "its ssh session")."""
         for s in streams:
             if s.kind in _FDS:
-                s.set_after_end(lambda s=s: self._ended(pid, s.kind, carrier))
+                s.set_after_end(functools.partial(self._ended, pid, s.kind, carrier))
 
     def _ended(self, pid: int, kind: str, carrier: str) -> None:
         # on the relay's thread, which must not wait for a worker: the call has its own
