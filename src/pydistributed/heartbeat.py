@@ -29,6 +29,16 @@ kernel's keepalive ends it (ETIMEDOUT) after about 5 s. So a host cut off is not
 never sends: a send stuck on the dead link cannot hold it up); loopback links are never
 checked this way.
 
+A worker behind an ssh forward (``tunnel=True``) has no such link: its connection is to the
+sshd on its own host's loopback, which keeps it up when the master's host is cut off. So the
+master beats for it: every tunnelled worker gets a ``Ping`` at least every ``TUNNEL_BEAT``
+(2) s, whatever ``PYDIST_HEARTBEAT`` says, and the worker (told by the ``PYDIST_MASTER_SILENCE``
+its launch sets, ``TUNNEL_SILENCE`` = 10 s) exits when its kernel has seen no data arrive from
+the master for that long (``serve.py``): about 10 s after a cut. The master's own side of a
+cut forward is ended by its ssh client (``ServerAliveInterval`` 2 s, 4 unanswered: 8-10 s).
+A master that cannot run its heartbeat thread for 10 s (a C call holding its GIL) loses its
+tunnelled workers.
+
 Settings, read at every tick (environment variables):
 
 * ``PYDIST_HEARTBEAT``: ``INTERVAL`` in seconds (default 5; 0 turns the Pings off);
@@ -53,13 +63,15 @@ from .registry import Registry
 from .sockets import link_silence
 from .timeouts import link_timeout
 
-__all__ = ["Heartbeat", "link_timeout", "settings"]
+__all__ = ["TUNNEL_BEAT", "TUNNEL_SILENCE", "Heartbeat", "link_timeout", "settings"]
 
 log = logging.getLogger("pydistributed")
 
 _DEFAULT_INTERVAL = 5.0
 _DEFAULT_AFTER = 60.0
 _LINK_TICK = 0.5
+TUNNEL_BEAT = 2.0  # a tunnelled worker gets a Ping at least this often (s)
+TUNNEL_SILENCE = 10.0  # and exits when nothing came from the master for this long (s)
 
 
 def _seconds(name: str, default: float) -> float:
@@ -88,6 +100,7 @@ class Heartbeat:
         self._lock = threading.Lock()
         self._nonces = itertools.count(1)
         self._warned: set[int] = set()
+        self._beats: dict[int, float] = {}  # tunnelled worker -> when it was last sent a Ping
 
     def start(self) -> None:
         """Start watching (idempotent)."""
@@ -105,12 +118,40 @@ class Heartbeat:
         while True:
             interval, after, policy = settings()
             time.sleep(min(interval, 1.0) if interval else 1.0)
+            try:
+                self.beat_tunnels()
+            except Exception:
+                log.exception("the heartbeat failed; going on")
             if not interval:
                 continue
             try:
                 self.tick(interval, after, policy)
             except Exception:
                 log.exception("the heartbeat failed; going on")
+
+    def beat_tunnels(self) -> None:
+        """Send a Ping to every tunnelled worker that has had none for ``TUNNEL_BEAT`` s: it
+        exits when nothing arrives for ``TUNNEL_SILENCE`` s (``serve.py``)."""
+        now = time.monotonic()
+        peers = self.connections.snapshot()
+        for pid in [p for p in self._beats if p not in peers]:
+            del self._beats[pid]
+        for pid, peer in peers.items():
+            if peer.closed or pid == self.registry.myid:
+                continue
+            info = self.registry.get(pid)
+            if info is None or not getattr(info.config, "tunnel", False):
+                continue
+            if now - self._beats.get(pid, 0.0) < TUNNEL_BEAT:
+                continue
+            sending = getattr(peer, "_send_lock", None)
+            if sending is not None and sending.locked():
+                continue  # a message is being written: data arrives there anyway
+            self._beats[pid] = now
+            try:
+                peer.send(Ping(next(self._nonces)))
+            except Exception:
+                pass  # closed meanwhile: its loss is handled where it is noticed
 
     def _link_loop(self) -> None:
         # a thread of its own: it never sends, so a send blocked on a dead link cannot stop it

@@ -44,6 +44,7 @@ from .errors import LaunchError, LaunchTimeoutError, ProcessExitedException, des
 from .heartbeat import Heartbeat
 from .managers.base import ClusterManager, overrides
 from .messages import JoinPGRP, PeerUpdate
+from .outputloss import OutputLoss
 from .peer import Peer
 from .refstore import RefStore
 from .registry import TOPOLOGIES, Registry, WorkerInfo
@@ -86,6 +87,7 @@ class Lifecycle(Removal):
         self.refs = refs
         self._join_lock = threading.Lock()
         self._relay: OutputRelay | None = None
+        self.output_loss = OutputLoss(registry, connections, calls)
         self._relay_lock = threading.Lock()
         self._atexit = False
         self._lazy = True  # the laziness of the workers there are
@@ -387,6 +389,9 @@ class Lifecycle(Removal):
             s.set_pid(pid)
         if not self.registry.joined(pid):  # its connection closed meanwhile
             raise ProcessExitedException(pid, "exited while joining")
+        # its output pipes may lose their reader while it stays (an ssh session that ends)
+        carrier = getattr(manager, "output_carrier", "its output pipe")
+        self.output_loss.watch(streams, pid, str(carrier))
         try:
             manager.manage(pid, config, "register")
         except Exception:

@@ -406,8 +406,6 @@ def start_worker(
     a small watchdog process kills it when that connection closes even if no thread of the
     worker can run (a C call holding the GIL).
     """
-    if out is None:
-        out = sys.stdout
     if cookie is None:
         cookie = _read_cookie()
     host, port = "127.0.0.1", 0
@@ -419,7 +417,11 @@ def start_worker(
             host = bind_to.strip("[]")
     from . import handshake
     from .cluster import Cluster, set_current_cluster
+    from .outputloss import guard_streams
 
+    guard_streams()  # a print never fails on pipes whose reader is gone (outputloss.py)
+    if out is None or out is sys.__stdout__:
+        out = sys.stdout
     c = Cluster(0, handshake.check_cookie(cookie), role="worker")
     set_current_cluster(c)
     c.server.watchdog = watchdog

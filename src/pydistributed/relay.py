@@ -75,6 +75,7 @@ class RelayedStream:
         self._lock = threading.Lock()
         self.on_hold: Callable[[], None] = _nothing  # a hold started (the relay must wake)
         self.on_end: Callable[[], None] = _nothing
+        self._after_end: Callable[[], None] | None = None  # see set_after_end
 
     def tail_text(self) -> str:
         return "\n".join(self.tail)
@@ -85,6 +86,15 @@ class RelayedStream:
             held, self.held = self.held, []
         if held:
             self._emit(pid, held)
+
+    def set_after_end(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` once when the stream ends (now, if it has)."""
+        with self._lock:
+            ended = self.eof.is_set()
+            if not ended:
+                self._after_end = hook
+        if ended:
+            hook()
 
     def feed(self, data: bytes) -> None:
         data = self._partial + data
@@ -97,9 +107,16 @@ class RelayedStream:
         if self._partial:
             self._lines([self._partial.decode("utf-8", "replace")])
             self._partial = b""
-        self.eof.set()
+        with self._lock:
+            self.eof.set()
+            hook, self._after_end = self._after_end, None
         self.banner_event.set()
         self.on_end()
+        if hook is not None:
+            try:
+                hook()
+            except Exception:
+                log.exception("a hook at the end of a worker's %s failed", self.kind)
 
     def _lines(self, lines: list[str]) -> None:
         out = []

@@ -47,7 +47,7 @@ from .peer import Peer
 from .refcount import RefCounter
 from .refstore import RefStore
 from .registry import Registry
-from .sockets import kept_alive, link_silence
+from .sockets import data_silence, kept_alive, link_silence
 from .timeouts import link_timeout, worker_timeout
 
 __all__ = ["Server"]
@@ -159,6 +159,14 @@ class Server:
             threading.Thread(
                 target=_watch_master_link, args=(peer,), name="pydist-linkcheck", daemon=True
             ).start()
+        silence = _master_silence()
+        if silence:  # a tunnelled worker: the master beats, this worker listens (heartbeat.py)
+            threading.Thread(
+                target=_watch_master_silence,
+                args=(peer, silence),
+                name="pydist-beatcheck",
+                daemon=True,
+            ).start()
         self.joined.set()
         if threading.current_thread() is not threading.main_thread():
             self.executor.source = (peer.serve, peer.wake)
@@ -231,6 +239,39 @@ def _watch_master_link(peer: Peer) -> None:
                 timeout,
             )
             peer.close(f"link dead: no acknowledgement for {silence:.1f} s")
+            return
+
+
+def _master_silence() -> float:
+    """``PYDIST_MASTER_SILENCE`` (seconds; 0: not watched), taken out of the environment so
+    that this worker's own children do not inherit it."""
+    raw = os.environ.pop("PYDIST_MASTER_SILENCE", "")
+    try:
+        return max(0.0, float(raw)) if raw else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _watch_master_silence(peer: Peer, limit: float) -> None:
+    """A worker whose link to the master is a loopback connection to an ssh forward's sshd
+    (``tunnel=True``): no kernel tells it when the master's host is cut off, but the master
+    sends it a heartbeat every ``heartbeat.TUNNEL_BEAT`` s; close the master's connection
+    (and so end this worker) when nothing has arrived on it for ``limit`` s. The kernel
+    counts the time since data last arrived, so a busy worker (a long call, the GIL held) is
+    not mistaken for a silent master."""
+    while not peer.closed:
+        time.sleep(0.5)
+        silence = data_silence(peer.sock)
+        if silence is None:
+            silence = time.monotonic() - peer.last_heard
+        if silence >= limit:
+            log.warning(
+                "nothing has come from the master for %.1f s (PYDIST_MASTER_SILENCE=%g: its "
+                "heartbeats stopped): its host is cut off or it is gone; exiting",
+                silence,
+                limit,
+            )
+            peer.close(f"the master silent for {silence:.1f} s")
             return
 
 

@@ -110,6 +110,23 @@ def link_silence(sock: Any) -> float | None:
     return float(last_ack_recv_ms) / 1000.0
 
 
+def data_silence(sock: Any) -> float | None:
+    """How long (s) since data last arrived on TCP socket ``sock``, by its kernel's count (so
+    however busy this process is); None when it is not a TCP socket or the platform cannot
+    tell (not Linux)."""
+    if not hasattr(socket, "TCP_INFO") or sock is None:
+        return None
+    try:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if len(raw) < _TCP_INFO.size:
+        return None
+    return float(_TCP_INFO.unpack(raw)[8 + 11]) / 1000.0  # tcpi_last_data_recv
+
+
 def socket_streams(sock: socket.socket) -> tuple[Any, SocketWriter]:
     """The (incoming, outgoing) pair for a connected socket.
 

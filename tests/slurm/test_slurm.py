@@ -252,6 +252,14 @@ def test_a_worker_that_cannot_start_is_one_clear_error(clean: SlurmCluster) -> N
     assert workers() == [1]
 
 
+def test_a_missing_dir_is_named_as_the_cause(clean: SlurmCluster) -> None:
+    with pytest.raises(SlurmLaunchError) as info:
+        addprocs(SlurmManager(1, timeout=60), dir="/nonexistent/dir")
+    assert "dir='/nonexistent/dir': no such directory here" in str(info.value)
+    assert "srun" not in str(info.value).split(":")[0] and "Slurm's client" not in str(info.value)
+    assert workers() == [1]
+
+
 def test_a_killed_master_leaves_no_job(clean: SlurmCluster, tmp_path: Path) -> None:
     import signal
     import subprocess

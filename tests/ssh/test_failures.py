@@ -59,6 +59,21 @@ def test_key_refused(sshd: Sshd, tmp_path: Path) -> None:
     assert "Permission denied" in str(err)
 
 
+def test_a_host_with_a_count_is_listed_once(sshd: Sshd, tmp_path: Path) -> None:
+    keygen(tmp_path / "stranger")
+    config = tmp_path / "config"
+    config.write_text(
+        sshd.client_config.read_text().replace(
+            str(sshd.dir / "user_key"), str(tmp_path / "stranger")
+        )
+    )
+    err = _launch_fails([(sshd.spec, 3)], 20, **dict(sshd.kw, sshflags=["-F", str(config)]))
+    text = str(err)
+    assert text.count("Permission denied") == 1, text
+    assert f"{sshd.spec} (3 workers): the host refused the login" in text
+    assert len(err.failures) == 1
+
+
 def test_no_python_there(sshd: Sshd) -> None:
     kw = dict(sshd.kw, exename="/nonexistent/bin/python3")
     err = _launch_fails([sshd.spec], 15, **kw)

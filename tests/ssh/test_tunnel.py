@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import pytest
 
@@ -59,3 +60,35 @@ def test_tunnelled_workers_on_two_hosts(
     assert manager.tunnel_of(first) is None
     assert all(forwards[p].poll() is None for p in pids[1:])  # the others' stay
     assert [remotecall_fetch(lambda: 1, p) for p in pids[1:]] == [1, 1]
+
+
+def test_a_tunnelled_worker_cut_off_exits_by_itself(
+    sshd: Sshd, netns_hosts: NetnsHosts, cleanup_workers: list[int]
+) -> None:
+    """Its link is loopback to its host's sshd, which keeps it up after the cut: it exits
+    because the master's heartbeats stop arriving (heartbeat.TUNNEL_SILENCE), and the master
+    removes it when its ssh forward gives up."""
+    from pydistributed import workers
+    from pydistributed.heartbeat import TUNNEL_SILENCE
+
+    from .test_dead_links import SLACK, cut
+
+    h1, h2 = netns_hosts.addresses
+    pids = addprocs([f"root@{h1}", f"root@{h2}"], tunnel=True, topology="master_worker", **sshd.kw)
+    cleanup_workers += pids
+    seen = {p: remotecall_fetch(_where, p) for p in pids}
+    (w2,) = [p for p in pids if seen[p][0] == netns_hosts.names[1]]
+    ospid = seen[w2][1]
+    start = time.monotonic()
+    with cut(netns_hosts, 1, "link"):
+        assert wait_gone(ospid, TUNNEL_SILENCE + SLACK + 2), "the cut-off worker still runs"
+        exited = time.monotonic() - start
+        while w2 in workers() and time.monotonic() - start < 30:
+            time.sleep(0.05)
+        removed = time.monotonic() - start
+        assert w2 not in workers()
+    print(f"\nFIGURE tunnel idle cut: worker exited {exited:.1f} s, removed {removed:.1f} s")
+    assert exited >= TUNNEL_SILENCE - 1  # it waited for the silence, not less
+    assert removed < 15
+    (w1,) = [p for p in pids if p != w2]
+    assert remotecall_fetch(lambda: 1, w1) == 1  # the other host is not affected

@@ -173,6 +173,11 @@ class SlurmManager(ClusterManager):
                 start_new_session=True,  # a Ctrl-C in the terminal is the master's to relay
             )
         except OSError as e:
+            if not os.path.isdir(cwd):  # Popen's error names the directory as if a program
+                raise SlurmLaunchError(
+                    f"dir={params.get('dir') or cwd!r}: no such directory here (srun starts in it, "
+                    f"and its tasks run in it): {e.strerror}"
+                ) from None
             raise SlurmLaunchError(
                 f"cannot run {self.srun!r} (is Slurm's client installed?): {e}"
             ) from None

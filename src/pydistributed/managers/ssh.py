@@ -31,6 +31,7 @@ import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 from .. import sockets
+from ..heartbeat import TUNNEL_SILENCE
 from ..timeouts import worker_timeout
 from .base import ClusterManager, WorkerConfig
 from .sshbootstrap import BOOT_CODE, archive
@@ -97,6 +99,7 @@ class SSHManager(ClusterManager):
     extra_params = frozenset(
         {"tunnel", "multiplex", "sshflags", "max_parallel", "shell", "ssh", "bootstrap"}
     )
+    output_carrier = "its ssh session"  # what the master logs when a worker's output is lost
     keyword_hints = {
         "restrict": "LocalManager's keyword, as in Julia; an SSH worker listens at its machine "
         "spec's bind_addr, or on its host's loopback with tunnel=True",
@@ -112,7 +115,6 @@ class SSHManager(ClusterManager):
         self._tunnels: dict[int, Tunnel] = {}  # tunnel=True: the forward of each worker
         # multiplex=True: a control master and its socket per destination
         self._masters: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
-        self._control_dir: str | None = None
         self._atexit = False
 
     def __repr__(self) -> str:
@@ -172,6 +174,8 @@ class SSHManager(ClusterManager):
         for var in _PASSED_ON:
             if var in os.environ:
                 env[var] = os.environ[var]
+        if params.get("tunnel"):  # it exits when the master's beats stop (heartbeat.py)
+            env["PYDIST_MASTER_SILENCE"] = f"{TUNNEL_SILENCE:g}"
         given = params.get("env") or {}
         items = given.items() if isinstance(given, dict) else given
         for key, value in items:
@@ -218,7 +222,7 @@ class SSHManager(ClusterManager):
         try:
             base = self._ssh_base(machine, params)
             if params.get("multiplex"):
-                base = self._multiplexed(machine, base)
+                base = self._multiplexed(machine, base, params.get("shell") or "posix")
             if count == "auto":
                 count = self._count_cpus(machine, base, params)
             if not count:
@@ -260,7 +264,8 @@ class SSHManager(ClusterManager):
         if r.returncode != 0 or not text.isdigit():
             err = tail(r.stderr)
             raise Failed(
-                f"counting its CPUs (count 'auto') failed: {hint(r.returncode, err, exename)}",
+                f"counting its CPUs (count 'auto') failed: "
+                f"{hint(r.returncode, err, exename, shell)}",
                 err,
             )
         return max(1, int(text))
@@ -342,7 +347,7 @@ class SSHManager(ClusterManager):
                 raise Failed(
                     f"no worker reported within {timeout:g} s (PYDIST_WORKER_TIMEOUT)", err
                 )
-            raise Failed(hint(code, err, exename), err)
+            raise Failed(hint(code, err, exename, shell), err)
         config = WorkerConfig(
             exename=exename,
             exeflags=tuple(map(str, exeflags)),
@@ -396,39 +401,27 @@ class SSHManager(ClusterManager):
 
     # -- multiplexing ----------------------------------------------------------------------
 
-    def _multiplexed(self, machine: Machine, base: list[str]) -> list[str]:
+    def _multiplexed(self, machine: Machine, base: list[str], shell: str) -> list[str]:
         """``base`` for sessions that share one ssh connection to the host: a control master
-        (``ssh -M -N``) started here once per destination and port, kept until :meth:`close`
-        (at the latest when this process exits)."""
+        started here once per destination and port, kept until :meth:`close` (at the latest
+        when this process exits, however it exits: see :func:`_control_master`)."""
         key = f"{machine.destination}:{machine.port}"
         with self._mux_lock:
-            if self._control_dir is None:
-                self._control_dir = tempfile.mkdtemp(prefix="pydist-ssh-")
             if not self._atexit:
                 self._atexit = True
                 atexit.register(self.close)
             known = self._masters.get(key)
             if known is not None and known[0].poll() is None:
                 return [*base, "-o", f"ControlPath={known[1]}", "-o", "ControlMaster=no"]
-            path = os.path.join(self._control_dir, f"m{len(self._masters)}")
+            path = os.path.join(tempfile.mkdtemp(prefix="pydist-ssh-"), "m")
             ctl = ["-o", f"ControlPath={path}"]
-            master = subprocess.Popen(
-                [*base, *ctl, "-o", "ControlMaster=yes", "-N", machine.destination],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
+            master = _control_master(base, path, machine.destination, shell)
             self._masters[key] = (master, path)
             deadline = time.monotonic() + worker_timeout()
             while not os.path.exists(path):
                 if master.poll() is not None or time.monotonic() > deadline:
                     err = tail(read_available(master.stderr, 1.0))
-                    with contextlib.suppress(Exception):
-                        master.kill()
-                        master.wait(5)
-                    if master.stderr is not None:
-                        master.stderr.close()
+                    _end_control_master(master, path)
                     del self._masters[key]
                     why = hint(master.returncode, err, "ssh")
                     raise Failed(f"the ssh control master (multiplex=True): {why}", err)
@@ -438,16 +431,54 @@ class SSHManager(ClusterManager):
     def close(self) -> None:
         """End the ssh control masters (``multiplex=True``); their sessions end with them."""
         with self._mux_lock:
-            masters, self._masters = [m for m, _ in self._masters.values()], {}
-            cdir, self._control_dir = self._control_dir, None
-        for m in masters:
-            with contextlib.suppress(Exception):
-                m.terminate()
-                m.wait(5)
-            if m.stderr is not None:
-                m.stderr.close()
-        if cdir is not None:
-            shutil.rmtree(cdir, ignore_errors=True)
+            masters, self._masters = list(self._masters.values()), {}
+        for master, path in masters:
+            _end_control_master(master, path)
+
+
+# The control master's process: a shell that runs it and then removes its socket's directory.
+# Its session runs ``cat > /dev/null`` on the host, reading this process's pipe: when this
+# process dies, however it dies, the kernel closes the pipe, the session ends, and ssh exits
+# once the workers' sessions over it have ended (the workers exit when their master's
+# connection drops); the shell then removes the directory. So no control master outlives the
+# master, as no tunnel does (sshtunnel.py). With shell="wincmd" (no ``cat``) it runs ``-N``,
+# and is only ended by close() (atexit).
+_CONTROL_SHELL = '"$@"; rm -rf -- "$0"'
+
+
+def _control_master(
+    base: list[str], path: str, destination: str, shell: str
+) -> subprocess.Popen[bytes]:
+    if shell == "wincmd":
+        session = ["-N", destination]
+    else:
+        session = [destination, "cat > /dev/null"]
+    cmd = [*base, "-o", f"ControlPath={path}", "-o", "ControlMaster=yes", *session]
+    return subprocess.Popen(
+        ["/bin/sh", "-c", _CONTROL_SHELL, os.path.dirname(path), *cmd],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: the shell and ssh end together
+    )
+
+
+def _end_control_master(master: subprocess.Popen[bytes], path: str) -> None:
+    for f in (master.stdin, master.stderr):
+        if f is not None:
+            with contextlib.suppress(OSError):
+                f.close()
+    # the shell's group (ssh is in it); while the shell is not reaped its pid is not reused
+    if master.poll() is None:
+        with contextlib.suppress(OSError):
+            os.killpg(master.pid, signal.SIGTERM)
+        try:
+            master.wait(5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                os.killpg(master.pid, signal.SIGKILL)
+            master.wait(5)
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 def launch_error(manager: SSHManager, started: list[int]) -> SSHLaunchError | None:

@@ -69,9 +69,18 @@ def tail(data: bytes) -> str:
     return "\n".join(lines[-_STDERR_TAIL:])
 
 
-def hint(code: int | None, stderr: str, exename: str) -> str:
+_CSH_ERRORS = ("Command not found.", "Unmatched '", 'Unmatched "', "Illegal variable name.")
+
+
+def hint(code: int | None, stderr: str, exename: str, shell: str = "posix") -> str:
     """A short diagnosis of a session that ended before the worker printed anything."""
     low = stderr.lower()
+    if shell == "posix" and code != 255 and any(s in stderr for s in _CSH_ERRORS):
+        # csh parsed the sh command line: the login shell of that user is csh or tcsh
+        return (
+            "the remote login shell is csh or tcsh (its errors are in the stderr below), "
+            "which cannot run the sh commands of shell='posix': use shell='csh'"
+        )
     if "no module named pydistributed" in low or "no module named 'pydistributed" in low:
         return f"pydistributed is not installed there for {exename!r}"
     if "permission denied" in low and code == 255:
@@ -138,12 +147,19 @@ def failure_error(failures: Sequence[Failure], started: list[int]) -> SSHLaunchE
     """The one error for ``failures`` (None: there is none); ``started``: the new workers."""
     if not failures:
         return None
-    parts = []
+    # one entry per host and reason, with how many of its workers it stopped (a host given
+    # with a count fails the same way for each); the first session's stderr stands for all
+    groups: dict[tuple[str, str], tuple[int, str]] = {}
     for f in failures:
-        text = f"  {f.machine.spec}: {f.message}"
-        if f.output:
+        key = (f.machine.spec, f.message)
+        n, output = groups.get(key, (0, f.output))
+        groups[key] = (n + 1, output)
+    parts = []
+    for (spec, msg), (n, output) in groups.items():
+        text = f"  {spec}{f' ({n} workers)' if n > 1 else ''}: {msg}"
+        if output:
             text += "; the session's stderr ended with:\n" + "\n".join(
-                "    " + line for line in f.output.splitlines()
+                "    " + line for line in output.splitlines()
             )
         parts.append(text)
     hosts = sorted({f.machine.spec for f in failures})
@@ -159,6 +175,6 @@ def failure_error(failures: Sequence[Failure], started: list[int]) -> SSHLaunchE
         message,
         failures[0].output,
         None,
-        failures=[(f.machine.spec, f.message) for f in failures],
+        failures=list(groups),
         started=started,
     )

@@ -60,9 +60,9 @@ class Tunnel:
                     "-o",
                     "ExitOnForwardFailure=yes",
                     "-o",
-                    "ServerAliveInterval=5",
+                    "ServerAliveInterval=2",  # a cut host: the forward ends in 8-10 s
                     "-o",
-                    "ServerAliveCountMax=3",
+                    "ServerAliveCountMax=4",
                     "-L",
                     f"127.0.0.1:{lport}:{self.host}:{self.port}",
                     self.destination,

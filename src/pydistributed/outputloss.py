@@ -1,0 +1,148 @@
+"""A worker whose output pipes have lost their reader stays usable, its output dropped.
+
+A worker's standard output and error are pipes to whoever started it: the master (local
+workers), or its ssh session (``sshd`` on the worker's host, which sends them to the master's
+ssh client). When that session ends while the worker is still connected (the master's ssh
+client killed, the host's ``sshd: user@notty`` process killed), a write to the pipes fails with
+``EPIPE``, and every call that prints would raise ``BrokenPipeError``. Two things prevent that:
+
+* the worker's ``sys.stdout`` and ``sys.stderr`` are :class:`GuardedStream` wrappers: a write or
+  flush that fails with ``BrokenPipeError`` puts ``/dev/null`` on that file descriptor
+  (:func:`drop_output`) and is done again there, so Python code that prints never fails;
+* the master's output relay sees the end of the worker's stream while the worker is still in
+  the cluster (:class:`OutputLoss`): it calls :func:`drop_output` on the worker for that stream's
+  descriptor (which also covers what writes to the descriptor directly: C code, child
+  processes, ``sys.stdout.buffer``), and logs once that the worker's output is lost.
+
+``/dev/null`` is put on the descriptor itself (``dup2``), so every writer of it, Python's or
+not, writes there from then on; the pipe cannot get a reader again.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .calls import Calls
+    from .connections import Connections
+    from .registry import Registry
+    from .relay import RelayedStream
+
+__all__ = ["GuardedStream", "OutputLoss", "drop_output", "guard_streams"]
+
+log = logging.getLogger("pydistributed")
+
+_FDS = {"stdout": 1, "stderr": 2}
+_lock = threading.Lock()
+_dropped: set[int] = set()  # this process's descriptors that have /dev/null now
+_ANSWER_TIMEOUT = 30.0  # the master's wait for the worker to answer drop_output
+
+
+# -- the worker's side ---------------------------------------------------------------------
+
+
+def drop_output(fd: int) -> bool:
+    """Put ``/dev/null`` on file descriptor ``fd`` (1 or 2) of this process, once; whether
+    this call did it."""
+    with _lock:
+        if fd in _dropped:
+            return False
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
+        _dropped.add(fd)
+        return True
+
+
+class GuardedStream:
+    """``sys.stdout`` / ``sys.stderr`` of a worker: a write that meets a broken pipe goes to
+    ``/dev/null`` instead (see the module's docstring); everything else is the stream's."""
+
+    def __init__(self, stream: Any, fd: int) -> None:
+        self._stream = stream
+        self._fd = fd
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except BrokenPipeError:
+            drop_output(self._fd)
+        return int(self._stream.write(text))  # buffered text too goes to /dev/null now
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            drop_output(self._fd)
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def guard_streams() -> None:
+    """Wrap this worker's ``sys.stdout`` and ``sys.stderr`` (once)."""
+    for name, fd in _FDS.items():
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, GuardedStream):
+            setattr(sys, name, GuardedStream(stream, fd))
+
+
+# -- the master's side ---------------------------------------------------------------------
+
+
+class OutputLoss:
+    """The master's watch over its workers' output streams (see the module's docstring)."""
+
+    def __init__(self, registry: Registry, connections: Connections, calls: Calls) -> None:
+        self.registry = registry
+        self.connections = connections
+        self.calls = calls
+        self._logged: set[int] = set()
+        self._lock = threading.Lock()
+
+    def watch(self, streams: list[RelayedStream], pid: int, carrier: str) -> None:
+        """Once worker ``pid`` has joined: when one of its relayed ``streams`` ends while it is
+        still connected, have it drop that output and log once that it is lost (``carrier``:
+        what carried its output, e.g. "its ssh session")."""
+        for s in streams:
+            if s.kind in _FDS:
+                s.set_after_end(functools.partial(self._ended, pid, s.kind, carrier))
+
+    def _ended(self, pid: int, kind: str, carrier: str) -> None:
+        # on the relay's thread, which must not wait for a worker: the call has its own
+        peer = self.connections.snapshot().get(pid)
+        info = self.registry.get(pid)
+        if info is None or info.removing or peer is None or peer.closed:
+            return  # it is leaving: its streams end with it
+        threading.Thread(
+            target=self._drop, args=(pid, kind, carrier), name="pydist-output-lost", daemon=True
+        ).start()
+
+    def _drop(self, pid: int, kind: str, carrier: str) -> None:
+        try:
+            self.calls.call_fetch(pid, drop_output, (_FDS[kind],), timeout=_ANSWER_TIMEOUT)
+        except Exception:
+            return  # it left meanwhile (or does not answer: the heartbeat's matter)
+        with self._lock:
+            if pid in self._logged:
+                return
+            self._logged.add(pid)
+        log.warning(
+            "worker %d's output is lost: %s ended while it is still connected (its %s "
+            "closed); it stays in the cluster, and what it prints is dropped from now on",
+            pid,
+            carrier,
+            kind,
+        )
