@@ -65,6 +65,7 @@ def _preload() -> None:
     import resource  # noqa: F401  (worker._raise_fd_limit)
 
     import pydistributed.cluster
+    import pydistributed.outputloss
     import pydistributed.processes
     import pydistributed.serve  # noqa: F401
 
