@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from .errors import ChannelClosedError
+from .timeouts import seconds
 
 __all__ = ["AbstractChannel", "check_size", "take_until_closed", "wait_on"]
 
@@ -135,5 +136,5 @@ def wait_on(
         return
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise TimeoutError(f"Channel.{op} timed out after {timeout} s")
+        raise TimeoutError(f"Channel.{op} timed out after {seconds(timeout)} s")
     cond.wait(min(remaining, threading.TIMEOUT_MAX))

@@ -48,7 +48,7 @@ from .peer import Peer
 from .refstore import RefStore
 from .registry import TOPOLOGIES, Registry, WorkerInfo
 from .removal import Removal
-from .timeouts import worker_timeout
+from .timeouts import seconds, worker_timeout
 from .workerexit import KILL_WAIT, end_process
 from .workerexit import describe_tail as _describe_tail
 from .workerexit import exit_code as _exit_code
@@ -319,7 +319,7 @@ class Lifecycle(Removal):
             output = _output_tail(streams)
             raise LaunchTimeoutError(
                 f"worker (os pid {config.ospid}) did not report its address within "
-                f"{timeout:g} s (PYDIST_WORKER_TIMEOUT){_describe_tail(output, streams)}",
+                f"{seconds(timeout)} s (PYDIST_WORKER_TIMEOUT){_describe_tail(output, streams)}",
                 output,
                 config.ospid,
             )

@@ -18,6 +18,7 @@ from .errors import LaunchError, ProcessExitedException
 from .ids import check_pid
 from .managers.base import ClusterManager
 from .managers.local import LocalManager, prestart
+from .timeouts import check_timeout
 
 if TYPE_CHECKING:
     from .managers.ssh import SSHManager
@@ -289,16 +290,15 @@ def rmprocs(*pids: Any, waitfor: float | None = None) -> Task[None] | None:
 
     Raises:
         RuntimeError: called on a worker.
-        TypeError: a process id is not an int.
-        ValueError: ``waitfor`` is negative.
+        TypeError: a process id is not an int, or ``waitfor`` not a number of seconds or None.
+        ValueError: ``waitfor`` is negative or NaN.
         TimeoutError: some workers were still running after ``waitfor`` seconds.
     """
     flat = [check_pid(p, "a worker id") for p in _flatten(pids)]
+    waitfor = check_timeout(waitfor, "rmprocs: waitfor")
     c = runtime.current_cluster()
     if c.myid != 1:
         raise RuntimeError("Only process 1 can add and remove workers")
-    if waitfor is not None and waitfor < 0:
-        raise ValueError("waitfor must be >= 0")
     for p in dict.fromkeys(flat):
         if p == 1:
             warnings.warn("rmprocs: process 1 not removed", stacklevel=2)

@@ -107,10 +107,13 @@ class AbstractWorkerPool(WorkerSource):
         Raises:
             TimeoutError: none became free within ``timeout`` seconds.
         """
+        timeout = timeouts.check_timeout(timeout)
         deadline = timeouts.deadline(timeout)
         while not self.isready():
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"no worker of {self!r} became free within {timeout} s")
+                raise TimeoutError(
+                    f"no worker of {self!r} became free within {timeouts.seconds(timeout)} s"
+                )
             time.sleep(0.01)
         return self
 
@@ -220,7 +223,7 @@ class WorkerPool(AbstractWorkerPool):
                 instead of blocking forever).
             TimeoutError: no worker became free within ``timeout`` seconds.
         """
-        return self._home.take(timeout)
+        return self._home.take(timeouts.check_timeout(timeout))
 
     def isready(self) -> bool:
         """Whether :meth:`take` would return at once (a live worker is free)."""
@@ -233,7 +236,7 @@ class WorkerPool(AbstractWorkerPool):
             RuntimeError: the pool has no live worker.
             TimeoutError: none became free within ``timeout`` seconds.
         """
-        self._home.wait(timeout)
+        self._home.wait(timeouts.check_timeout(timeout))
         return self
 
     def __len__(self) -> int:

@@ -39,6 +39,16 @@ def test_rmprocs_and_interrupt_refuse_what_is_not_an_id() -> None:
         interrupt(2.5)
 
 
+@pytest.mark.parametrize(("bad", "error"), [("x", TypeError), (True, TypeError), (-1, ValueError)])
+def test_rmprocs_refuses_a_bad_waitfor_and_removes_nothing(
+    add_workers: Any, bad: Any, error: type[Exception]
+) -> None:
+    (w,) = add_workers(1)
+    with pytest.raises(error, match=r"^rmprocs: waitfor must be a number of seconds"):
+        rmprocs(w, waitfor=bad)
+    assert w in workers() and remotecall_fetch(myid, w) == w
+
+
 def test_interrupt_refuses_an_unknown_worker(add_workers: Any) -> None:
     (w,) = add_workers(1)
     with pytest.raises(ValueError, match="no process with id 99"):

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import pydistributed
 from pydistributed import channels
 from pydistributed.channels import AbstractChannel, Channel
 from pydistributed.errors import ChannelClosedError
@@ -415,14 +416,37 @@ def test_timeouts_on_empty_channel(op: str) -> None:
 
 
 @pytest.mark.parametrize("op", ["take", "fetch", "wait"])
-def test_negative_timeout_polls(op: str) -> None:
+def test_zero_timeout_polls(op: str) -> None:
     ch = Channel(1)
+    with pytest.raises(TimeoutError, match=f"Channel.{op} timed out after 0 s"):
+        getattr(ch, op)(timeout=0)
+    ch.put(1, timeout=0)
+    getattr(ch, op)(timeout=0)
     with pytest.raises(TimeoutError):
-        getattr(ch, op)(timeout=-5)
-    ch.put(1, timeout=-1)
-    getattr(ch, op)(timeout=-1)
-    with pytest.raises(TimeoutError):
-        Channel(0).put(1, timeout=-1)
+        Channel(0).put(1, timeout=0)
+
+
+@pytest.mark.parametrize("op", ["put", "take", "fetch", "wait"])
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [("1", TypeError), (True, TypeError), (-1, ValueError), (math.nan, ValueError)],
+)
+def test_a_bad_timeout_is_refused_before_anything_is_done(
+    op: str, timeout: Any, error: type[Exception]
+) -> None:
+    ch = Channel(1)
+    ch.put("there")
+    args = ("more",) if op == "put" else ()
+    with pytest.raises(error, match=r"^timeout must be a number of seconds"):
+        getattr(ch, op)(*args, timeout=timeout)
+    with pytest.raises(error, match=r"^timeout must be a number of seconds"):
+        getattr(pydistributed, op)(ch, *args, timeout=timeout)
+    assert ch.take(timeout=0) == "there" and not ch.isready()  # nothing put, nothing taken
+
+
+def test_a_timeout_is_printed_with_at_most_three_decimals() -> None:
+    with pytest.raises(TimeoutError, match=r"Channel.wait timed out after 0\.05 s$"):
+        Channel(1).wait(timeout=0.04999850400199648)
 
 
 def test_value_arriving_before_deadline_is_taken() -> None:
