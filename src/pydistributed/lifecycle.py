@@ -42,7 +42,7 @@ from .calls import Calls
 from .connections import Connections
 from .errors import LaunchError, LaunchTimeoutError, ProcessExitedException, describe_exit
 from .heartbeat import Heartbeat
-from .managers.base import ClusterManager, overrides
+from .managers.base import ClusterManager, extra_params_of, overrides
 from .messages import JoinPGRP, PeerUpdate
 from .peer import Peer
 from .refstore import RefStore
@@ -117,7 +117,7 @@ class Lifecycle(Removal):
             LaunchError: a worker exited, or did not report, before joining.
         """
         self._check_master()
-        known = COMMON_PARAMS | manager.extra_params
+        known = COMMON_PARAMS | extra_params_of(manager)
         for key in kw:
             if key not in known:
                 hint = manager.keyword_hints.get(key)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeGuard, overload
 from . import runtime
 from .errors import LaunchError, ProcessExitedException
 from .ids import check_pid
-from .managers.base import ClusterManager
+from .managers.base import ClusterManager, extra_params_of
 from .managers.local import LocalManager, prestart
 from .timeouts import check_timeout
 
@@ -250,7 +250,7 @@ def _keywords(arg: Any, extra: dict[str, Any], **named: Any) -> dict[str, Any]:
     the ssh ones) when the manager of that form takes it, or else when it is not left at its
     default (then the manager refuses it with ``TypeError``, as before they were spelled out)."""
     if isinstance(arg, ClusterManager):
-        takes = arg.extra_params
+        takes = extra_params_of(arg)
     elif isinstance(arg, (list, tuple)):
         from .managers.ssh import SSHManager
 
