@@ -42,7 +42,7 @@ from .calls import Calls
 from .connections import Connections
 from .errors import LaunchError, LaunchTimeoutError, ProcessExitedException, describe_exit
 from .heartbeat import Heartbeat
-from .managers.base import ClusterManager, extra_params_of, overrides
+from .managers.base import ClusterManager, check_params, extra_params_of, overrides
 from .messages import JoinPGRP, PeerUpdate
 from .peer import Peer
 from .refstore import RefStore
@@ -125,6 +125,7 @@ class Lifecycle(Removal):
                     f"addprocs() got an unexpected keyword argument {key!r}"
                     + (f": {type(manager).__name__} does not take it ({hint})" if hint else "")
                 )
+        check_params(kw, known)
         params: dict[str, Any] = {
             "dir": None,
             "exename": None,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeGuard, overload
 from . import runtime
 from .errors import LaunchError, ProcessExitedException
 from .ids import check_pid
-from .managers.base import ClusterManager, extra_params_of
+from .managers.base import ClusterManager, check_params, extra_params_of
 from .managers.local import LocalManager, prestart
 from .timeouts import check_timeout
 
@@ -266,6 +266,7 @@ def _keywords(arg: Any, extra: dict[str, Any], **named: Any) -> dict[str, Any]:
         elif not (value is _FORM_DEFAULTS[key] or value == _FORM_DEFAULTS[key]):
             kw[key] = value
     kw.update(extra)
+    check_params(kw, takes)  # before a forkserver is started for them (prestart)
     return kw
 
 

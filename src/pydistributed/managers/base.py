@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ __all__ = [
     "ClusterManager",
     "DefaultClusterManager",
     "WorkerConfig",
+    "check_params",
     "extra_params_of",
     "keyword_names",
     "overrides",
@@ -145,6 +146,42 @@ def extra_params_of(manager: ClusterManager) -> frozenset[str]:
     """The keywords ``manager`` takes of its own (its ``extra_params``, converted as the class
     attribute is, when it was set on the instance)."""
     return keyword_names(manager.extra_params, type(manager).__name__)
+
+
+def check_params(params: Mapping[str, Any], takes: Iterable[str]) -> None:
+    """The checks of ``addprocs``' keywords that hold whatever the manager, made before anything
+    is started: ``env`` is ``None`` or a mapping of ``str`` to ``str``; ``max_parallel``, when
+    the manager takes it (``takes``), an ``int`` >= 1 (Julia's default is 10; ``None`` or 0
+    would not say how many).
+
+    Raises:
+        TypeError: ``env`` is not a mapping, or holds a name or value that is not a ``str``;
+            ``max_parallel`` is not an ``int``. The message names the keyword and the value.
+        ValueError: ``max_parallel`` is < 1.
+    """
+    env = params.get("env")
+    if env is not None:
+        if not isinstance(env, Mapping):
+            raise TypeError(
+                f"addprocs: env must be a mapping of variable names to values (str), as "
+                f'{{"NAME": "value"}}, not {type(env).__name__} ({env!r})'
+            )
+        for name, value in env.items():
+            if not isinstance(name, str):
+                raise TypeError(
+                    f"addprocs: env's names must be str, not {type(name).__name__} ({name!r})"
+                )
+            if not isinstance(value, str):
+                raise TypeError(
+                    f"addprocs: env[{name!r}] must be a str, not {type(value).__name__} "
+                    f"({value!r}): the worker would see {str(value)!r}"
+                )
+    if "max_parallel" in params and "max_parallel" in takes:
+        n = params["max_parallel"]
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"addprocs: max_parallel must be an int >= 1, not {n!r}")
+        if n < 1:
+            raise ValueError(f"addprocs: max_parallel must be an int >= 1, not {n!r}")
 
 
 def overrides(manager: ClusterManager, method: str) -> bool:
