@@ -127,8 +127,18 @@ def channel_from_id(rrid: RRID | tuple[int, int]) -> Any:
     Valid only on the process that holds it (the reference's ``where``).
 
     Raises:
+        TypeError: ``rrid`` is not an ``RRID`` (or a pair of ints: ``(whence, id)``).
         KeyError: no such storage here (it lives elsewhere, or was freed).
     """
+    if not (
+        isinstance(rrid, tuple)
+        and len(rrid) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in rrid)
+    ):
+        raise TypeError(
+            "channel_from_id(rrid): rrid must be an RRID, as remoteref_id(rc) gives, not "
+            f"{type(rrid).__name__} ({rrid!r})"
+        )
     c = current_cluster()
     storage = c.refs.lookup(RRID(*rrid))
     if storage is None:

@@ -96,7 +96,7 @@ class Future(_RemoteRef, StandardFuture, Generic[T]):
 
     def __init__(self, pid: int | None = None) -> None:
         c = current_cluster()
-        where = c.myid if pid is None else check_pid(pid)
+        where = c.myid if pid is None else c.registry.check_exists(check_pid(pid), "Future(pid)")
         rrid = RRID(c.myid, c.refcount.next_id())
         self._value = _NOTHING
         self._lock = threading.RLock()

@@ -174,7 +174,16 @@ class WorkerPool(AbstractWorkerPool):
     _home_pid: int
 
     def __init__(self, pids: Iterable[int] = ()) -> None:
+        name = type(self).__name__
+        if not isinstance(pids, Iterable) or isinstance(pids, (str, bytes)):
+            raise TypeError(
+                f"{name}(pids): pids must be an iterable of worker ids, not "
+                f"{type(pids).__name__} ({pids!r})"
+            )
+        pids = [check_pid(p, _WORKER) for p in pids]
         c = current_cluster()
+        for pid in pids:
+            c.registry.check_exists(pid, f"{name}(pids)")
         self._setup(c, PoolState(c), uuid.uuid4().int >> 64, c.myid)
         for pid in pids:
             self.push(pid)
@@ -198,8 +207,15 @@ class WorkerPool(AbstractWorkerPool):
 
     def push(self, pid: int) -> WorkerPool:
         """Add worker ``pid`` to the pool, free; returns the pool. Adding a member again does
-        nothing."""
-        self._home.push(check_pid(pid, _WORKER))
+        nothing.
+
+        Raises:
+            TypeError: ``pid`` is not an int.
+            ValueError: on the master, no process ever had that id (a worker that has exited
+                is accepted, and dropped when it would be handed out).
+        """
+        c = current_cluster()
+        self._home.push(c.registry.check_exists(check_pid(pid, _WORKER), "push(pid)"))
         return self
 
     def put(self, pid: int) -> int:

@@ -7,8 +7,12 @@ from typing import Any
 import pytest
 
 from pydistributed import (
+    CachingPool,
+    Future,
     ProcessExitedException,
     WorkerPool,
+    channel_from_id,
+    clear,
     interrupt,
     myid,
     pmap,
@@ -60,11 +64,40 @@ def test_interrupt_refuses_an_unknown_worker(add_workers: Any) -> None:
         interrupt(w)
 
 
-def test_pmap_over_a_pool_of_no_live_worker_raises_like_take() -> None:
-    pool = WorkerPool([99])
+def test_pmap_over_a_pool_of_no_live_worker_raises_like_take(add_workers: Any) -> None:
+    (w,) = add_workers(1)
+    pool = WorkerPool([w])
+    rmprocs(w, waitfor=30)  # a worker that has exited: dropped when it would be handed out
     with pytest.raises(RuntimeError, match="No active worker"):
         pmap(lambda x: x, pool, range(3))
     with pytest.raises(RuntimeError, match="No active worker"):
         remotecall_fetch(myid, pool)
     assert pmap(lambda x: x + 1, pool, range(3), distributed=False) == [1, 2, 3]
     assert pmap(lambda x: myid(), WorkerPool([]), range(2)) == [1, 1]  # empty: here, as Julia
+
+
+def test_an_id_that_never_was_a_process_is_refused_at_construction(add_workers: Any) -> None:
+    (w,) = add_workers(1)
+    never = w + 1000
+    with pytest.raises(ValueError, match=rf"^Future\(pid\): no process with id {never}$"):
+        Future(never)
+    with pytest.raises(ValueError, match=rf"^WorkerPool\(pids\): no process with id {never}$"):
+        WorkerPool([w, never])
+    with pytest.raises(ValueError, match=rf"^CachingPool\(pids\): no process with id {never}$"):
+        CachingPool([never])
+    pool = WorkerPool([w])
+    with pytest.raises(ValueError, match=rf"^push\(pid\): no process with id {never}$"):
+        pool.push(never)
+    assert pool.workers == [w] and remotecall_fetch(myid, pool) == w
+    with pytest.raises(
+        TypeError, match=r"^WorkerPool\(pids\): pids must be an iterable .* not NoneType"
+    ):
+        WorkerPool(None)  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match=r"^channel_from_id\(rrid\): rrid must be an RRID.* not int \(5\)$"
+    ):
+        channel_from_id(5)  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match=r"^clear\(\) takes a name, a list of names or a CachingPool, not int"
+    ):
+        clear(5)
