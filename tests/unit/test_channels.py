@@ -160,6 +160,21 @@ def test_channel_is_an_abstract_channel() -> None:
 # -- rendezvous (size 0) ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("size", [0, 1, math.inf])
+def test_put_returns_the_channel_as_the_generic_put_does(size: float) -> None:
+    ch: Channel[str] = Channel(size)
+    for put in (ch.put, lambda v, timeout: pydistributed.put(ch, v, timeout)):
+        got: list[str] = []
+        taker = threading.Thread(target=lambda got=got: got.append(ch.take(timeout=JOIN)))
+        if size == 0:
+            taker.start()  # an unbuffered put returns once taken
+        assert put("v", timeout=JOIN) is ch
+        if size != 0:
+            taker.start()
+        taker.join(JOIN)
+        assert got == ["v"]
+
+
 def test_rendezvous_put_returns_only_after_take() -> None:
     ch = Channel(0)
     putter = Runner(lambda: ch.put("v", timeout=JOIN))
