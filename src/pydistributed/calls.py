@@ -42,6 +42,7 @@ from .ids import RRID, IdCounter
 from .messages import Call, CallFetch, CallWait, Interrupt, Message, RemoteDo
 from .peer import Peer, ResponseSlot, describe_unpicklable
 from .registry import Registry
+from .timeouts import seconds
 
 __all__ = ["Calls"]
 
@@ -358,7 +359,7 @@ class Calls:
             return slot.value  # done before the cancel came (a cancelled one raises)
         if not answered:
             peer.pending.pop(rid, None)
-            raise TimeoutError(f"no answer from process {peer.pid} within {timeout} s")
+            raise TimeoutError(f"no answer from process {peer.pid} within {seconds(timeout)} s")
         if slot.ok:
             return slot.value
         raise slot.value

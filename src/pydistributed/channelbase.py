@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from .errors import ChannelClosedError
+from .timeouts import seconds
 
 __all__ = ["AbstractChannel", "check_size", "take_until_closed", "wait_on"]
 
@@ -35,7 +36,7 @@ class AbstractChannel(abc.ABC, Generic[T]):
         """Add ``value`` to the channel.
 
         Blocks while the channel cannot accept the value (full, or unbuffered with no taker).
-        The return value is unspecified; :class:`Channel` returns ``None``.
+        The return value is unspecified; :class:`Channel` returns the channel.
 
         Raises:
             ChannelClosedError: the channel is closed (also if it closes while blocked).
@@ -135,5 +136,5 @@ def wait_on(
         return
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise TimeoutError(f"Channel.{op} timed out after {timeout} s")
+        raise TimeoutError(f"Channel.{op} timed out after {seconds(timeout)} s")
     cond.wait(min(remaining, threading.TIMEOUT_MAX))

@@ -48,7 +48,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from . import refops
+from . import refops, timeouts
 from .channelbase import take_until_closed
 from .errors import ChannelClosedError
 from .leasemark import UsedMark
@@ -110,6 +110,7 @@ class ChannelConsumer(Generic[T]):
             ProcessExitedException: the owner has exited.
             ValueError: the consumer was closed.
         """
+        timeout = timeouts.check_timeout(timeout)
         if self._closed:
             raise ValueError("take on a closed ChannelConsumer")
         if self._local:
@@ -123,7 +124,9 @@ class ChannelConsumer(Generic[T]):
                 self._ask()
             assert self._pending is not None
             if not self._pending[2].wait(timeout):
-                raise TimeoutError(f"ChannelConsumer.take timed out after {timeout} s")
+                raise TimeoutError(
+                    f"ChannelConsumer.take timed out after {timeouts.seconds(timeout)} s"
+                )
             self._receive()
             if not buf:
                 assert self._error is not None

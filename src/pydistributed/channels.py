@@ -153,8 +153,9 @@ class Channel(AbstractChannel[T]):
 
     # -- put -------------------------------------------------------------------------------
 
-    def put(self, value: T, timeout: float | None = None) -> None:
-        """Add ``value`` at the end of the channel.
+    def put(self, value: T, timeout: float | None = None) -> Channel[T]:
+        """Add ``value`` at the end of the channel; returns the channel (as ``put(c, v)``,
+        ``RemoteChannel.put`` and ``Future.put`` do).
 
         Blocks on an unbuffered channel until a ``take`` receives the value, and on a full
         bounded channel until there is room. Never blocks on an unbounded channel. When the
@@ -163,7 +164,7 @@ class Channel(AbstractChannel[T]):
 
         Args:
             value: any object; it is stored as is, not copied.
-            timeout: seconds to wait at most; ``None`` waits forever, ``<= 0`` polls.
+            timeout: seconds to wait at most; ``None`` waits forever, ``0`` polls.
 
         Raises:
             ChannelClosedError: the channel is closed, or closed while this call was blocked;
@@ -173,13 +174,13 @@ class Channel(AbstractChannel[T]):
             Exception: of pickling the value for a taker on another process (unbuffered):
                 the value was not taken.
         """
-        deadline = timeouts.deadline(timeout)
+        deadline = timeouts.deadline(timeouts.check_timeout(timeout))
         with self._lock:
             if not self._open:
                 raise ChannelClosedError("put on a closed channel")
             if self._size == 0:
                 self._put_rendezvous(value, deadline, timeout)
-                return
+                return self
             if self._size != math.inf:
                 self._wait_room(deadline, timeout)
             self._buffer.append(value)
@@ -187,6 +188,7 @@ class Channel(AbstractChannel[T]):
             self._readable.notify_all()
             if self._room_waiters:
                 self._wake_putter()  # room left: the next one's turn
+        return self
 
     def _wait_room(self, deadline: float | None, timeout: float | None) -> None:
         # Lock held, channel open and bounded: wait until the buffer has room and no putter
@@ -289,11 +291,12 @@ class Channel(AbstractChannel[T]):
         Blocks until a value is available (for size 0: until a ``put`` offers one).
 
         Args:
-            timeout: seconds to wait at most; ``None`` waits forever, ``<= 0`` polls.
+            timeout: seconds to wait at most; ``None`` waits forever, ``0`` polls.
 
         Raises:
             ChannelClosedError: the channel is closed and empty, or became so while blocked.
             TimeoutError: the timeout passed first; nothing was taken.
+            TypeError, ValueError: ``timeout`` is not a number of seconds >= 0 or ``None``.
         """
         return self._take(None, timeout)
 
@@ -301,7 +304,7 @@ class Channel(AbstractChannel[T]):
         """``take``; with ``copy``, returns ``copy(value)``, made before an unbuffered
         channel's ``put`` returns (for a taker on another process: see ``refops.take_ch``).
         A value that ``copy`` refuses is not taken: the error is raised, the value stays."""
-        deadline = timeouts.deadline(timeout)
+        deadline = timeouts.deadline(timeouts.check_timeout(timeout))
         with self._lock:
             if self._size == 0:
                 return self._take_rendezvous(deadline, timeout, copy)
@@ -430,13 +433,13 @@ class Channel(AbstractChannel[T]):
         stays offered: the putter keeps waiting for a ``take``).
 
         Args:
-            timeout: seconds to wait at most; ``None`` waits forever, ``<= 0`` polls.
+            timeout: seconds to wait at most; ``None`` waits forever, ``0`` polls.
 
         Raises:
             ChannelClosedError: the channel is closed and empty, or became so while blocked.
             TimeoutError: the timeout passed first.
         """
-        deadline = timeouts.deadline(timeout)
+        deadline = timeouts.deadline(timeouts.check_timeout(timeout))
         with self._lock:
             self._wait_ready(deadline, "fetch", timeout)
             return self._offers[0].value if self._size == 0 else self._buffer[0]
@@ -445,13 +448,13 @@ class Channel(AbstractChannel[T]):
         """Block until a value is available (``isready()``), without taking it.
 
         Args:
-            timeout: seconds to wait at most; ``None`` waits forever, ``<= 0`` polls.
+            timeout: seconds to wait at most; ``None`` waits forever, ``0`` polls.
 
         Raises:
             ChannelClosedError: the channel is closed and empty, or became so while blocked.
             TimeoutError: the timeout passed first.
         """
-        deadline = timeouts.deadline(timeout)
+        deadline = timeouts.deadline(timeouts.check_timeout(timeout))
         with self._lock:
             self._wait_ready(deadline, "wait", timeout)
 

@@ -140,6 +140,7 @@ class ChannelStream(Generic[T]):
             TimeoutError: ``timeout`` seconds passed first; the value was not accepted.
             ValueError: the stream was closed.
         """
+        timeout = timeouts.check_timeout(timeout)
         if self._local:
             self._check_open()
             self._rc.put(value, timeout)
@@ -168,6 +169,7 @@ class ChannelStream(Generic[T]):
             ChannelClosedError, ProcessExitedException: as :meth:`put`.
             TimeoutError: ``timeout`` seconds passed first (the values are still on their way).
         """
+        timeout = timeouts.check_timeout(timeout)
         if self._local:
             return
         deadline = timeouts.deadline(timeout)
@@ -189,6 +191,7 @@ class ChannelStream(Generic[T]):
         Raises what :meth:`flush` raises, and an error of the stream that no call has raised
         yet; then the stream is closed all the same.
         """
+        timeout = timeouts.check_timeout(timeout)
         if self._closed:
             return
         again = self._reported  # raised by an earlier call already
@@ -255,7 +258,7 @@ class ChannelStream(Generic[T]):
         finally:
             self._lock.acquire()
         if not answered and not slot.is_set():
-            raise TimeoutError(f"ChannelStream.{op} timed out after {timeout} s")
+            raise TimeoutError(f"ChannelStream.{op} timed out after {timeouts.seconds(timeout)} s")
 
     def _settle(self) -> None:
         """Take in the answer of the batch in flight, if it has come (an error is kept)."""

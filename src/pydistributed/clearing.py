@@ -39,7 +39,8 @@ def clear(
         None (the pool, for ``clear(pool)``).
 
     Raises:
-        TypeError: a name is not a string.
+        TypeError: ``names`` is not a name, a list of names or a ``CachingPool``; a name is not
+            a string.
         CompositeException: of one ``RemoteException`` per process that failed, wrapping an
             ``AttributeError`` for a constant (a name annotated ``typing.Final`` in the
             module) or for a module attribute that refuses to be set. A process that
@@ -50,11 +51,16 @@ def clear(
         return names
     if isinstance(names, str):
         wanted: tuple[str, ...] = (names,)
-    else:
+    elif isinstance(names, Iterable):
         wanted = tuple(names)
+    else:
+        raise TypeError(
+            "clear() takes a name, a list of names or a CachingPool, not "
+            f"{type(names).__name__} ({names!r})"
+        )
     for name in wanted:
         if not isinstance(name, str):
-            raise TypeError(f"clear() takes names as str, not {type(name).__name__}")
+            raise TypeError(f"clear() takes names as str, not {type(name).__name__} ({name!r})")
     modname = mod.__name__ if isinstance(mod, types.ModuleType) else mod
     if not isinstance(modname, str):
         raise TypeError(f"clear(mod=...) takes a module or its name, not {type(mod).__name__}")

@@ -8,7 +8,9 @@ standard input, or an interactive prompt opens when that is a terminal.
 
 ``--machine-file FILE`` adds workers over ssh, as Julia's does: one line per host,
 ``[count*][user@]host[:port] [bind_addr[:port]]`` (``#`` starts a comment; blank lines are
-ignored), after the ``-p`` local workers when both are given.
+ignored; ``count`` is a positive integer, or ``auto``: one worker per CPU of that host, as
+Julia's ``load_machine_file`` reads ``auto*host`` as ``(host, :auto)``), after the ``-p``
+local workers when both are given.
 
 ``--slurm`` (in an ``sbatch`` script or an ``salloc`` shell) adds one worker per task of the
 Slurm allocation (``SLURM_NTASKS``), as a step of it (``SlurmManager``); outside an allocation
@@ -138,7 +140,8 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         help="add workers over ssh, as Julia's --machine-file: one line of FILE per host, "
-        "[count*][user@]host[:port] [bind_addr[:port]] ('#' starts a comment); with -p, "
+        "[count*][user@]host[:port] [bind_addr[:port]] ('#' starts a comment; count may be "
+        "auto: one per CPU of the host); with -p, "
         "after the local workers. The hosts need the same Python at the same path, with "
         "pydistributed, and ssh logins without a password (keys, ~/.ssh/config)",
     )
@@ -228,10 +231,41 @@ def _add_workers(what: Any, option: str) -> None:
         raise Refused(1) from None
 
 
-def _read_machine_file(path: str) -> list[tuple[str, int]]:
-    """The machine file's ``[(spec, count)]``; refused (status 2) unreadable or malformed."""
-    from pydistributed.managers.sshcommand import parse_machine_file
+def parse_machines(text: str, name: str) -> list[tuple[str, int | str]]:
+    """A machine file's ``[(spec, count)]``, in order; ``count`` is ``"auto"`` for a line
+    ``auto*spec`` (Julia's ``load_machine_file`` makes a count that is not all digits a Symbol:
+    ``(spec, :auto)``), which ``addprocs`` takes as it is.
 
+    Raises:
+        ValueError: a malformed line; the message names the file, the line number and the line.
+    """
+    from pydistributed.managers.sshcommand import parse_machine, parse_machine_file
+
+    lines = text.splitlines()
+    autos: dict[int, str] = {}  # line index -> its spec
+    for i, raw in enumerate(lines):
+        head, star, spec = raw.split("#", 1)[0].partition("*")
+        if star and head.strip() == "auto":
+            try:
+                parse_machine(spec.strip())
+            except ValueError as e:
+                raise ValueError(f"{name}, line {i + 1}: {raw.strip()!r}: {e}") from None
+            autos[i] = " ".join(spec.split())
+    # the other lines, read by the machine file's parser (the auto ones blank: same numbers)
+    rest = iter(
+        parse_machine_file("\n".join("" if i in autos else s for i, s in enumerate(lines)), name)
+    )
+    out: list[tuple[str, int | str]] = []
+    for i, raw in enumerate(lines):
+        if i in autos:
+            out.append((autos[i], "auto"))
+        elif raw.split("#", 1)[0].strip():
+            out.append(next(rest))
+    return out
+
+
+def _read_machine_file(path: str) -> list[tuple[str, int | str]]:
+    """The machine file's ``[(spec, count)]``; refused (status 2) unreadable or malformed."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -240,7 +274,7 @@ def _read_machine_file(path: str) -> list[tuple[str, int]]:
         say(f"pydist: can't open machine file {path!r}: {why}")
         raise Refused(2) from None
     try:
-        return parse_machine_file(text, f"machine file {path!r}")
+        return parse_machines(text, f"machine file {path!r}")
     except ValueError as e:
         say(f"pydist: --machine-file: {e}")
         raise Refused(2) from None
@@ -276,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as e:
         parser.error(str(e))
     ns = parser.parse_args(own)
-    machines: list[tuple[str, int]] = []
+    machines: list[tuple[str, int | str]] = []
     ntasks = 0
     try:
         if ns.machine_file is not None:

@@ -242,7 +242,7 @@ class Dispatcher:
 
         def run() -> None:
             ok, value = self.execute(msg.f, msg.args, msg.kwargs)
-            self.reply(peer, msg.response_id, ok, value)
+            self.reply(peer, msg.response_id, ok, value, getattr(msg.f, "_pydist_pair", False))
 
         if getattr(msg.f, "cancel_with", None) is not None and peer.pid is not None:
             inner, key = run, (peer.pid, msg.response_id)
@@ -393,9 +393,10 @@ class Dispatcher:
         except RuntimeError:
             log.warning("a call's result arrived for a Future that was already set; dropped")
 
-    def reply(self, peer: Peer, rid: int, ok: bool, value: Any) -> None:
+    def reply(self, peer: Peer, rid: int, ok: bool, value: Any, pair: bool = False) -> None:
         """Answer request ``rid`` of ``peer``; a value that cannot be pickled is answered with
-        the error that says so."""
+        the error that says so. ``pair``: ``value`` is a ``(ready, value)`` answer of
+        ``refops`` (``f._pydist_pair``), whose value is the one the error names."""
         try:
             if ok and type(value) is bytes:
                 value = codec.oob(value)
@@ -405,6 +406,8 @@ class Dispatcher:
             return  # the caller is gone
         except Exception as e:
             what = "the return value" if ok else "the exception"
+            if ok and pair and isinstance(value, tuple) and len(value) == 2:
+                value = value[1]  # the value a Future holds, not the answer that carries it
             err = pickle.PicklingError(describe_unpicklable(what, {what: value}, e))
         try:
             peer.send(Result(rid, False, capture(err)))

@@ -14,6 +14,7 @@ from .cluster import current_cluster
 from .ids import RRID
 from .remoteref import Future, RemoteChannel, _RemoteRef
 from .tasks import Task
+from .timeouts import check_timeout
 
 __all__ = [
     "channel_from_id",
@@ -62,6 +63,7 @@ def fetch(x: Any, timeout: float | None = None) -> Any:
         TimeoutError: ``timeout`` seconds passed first.
         RemoteException: a Future's call raised.
     """
+    timeout = check_timeout(timeout)
     if isinstance(x, (Future, RemoteChannel, AbstractChannel, Task)):
         return x.fetch(timeout)
     return x
@@ -72,7 +74,7 @@ def put(rr: PutT, value: Any, timeout: float | None = None) -> PutT:
 
     ``timeout`` applies to channels (a Future never blocks a put).
     """
-    if timeout is None:
+    if check_timeout(timeout) is None:
         rr.put(value)
     else:
         rr.put(value, timeout)  # type: ignore[call-arg]  # a channel's put takes a timeout
@@ -87,7 +89,7 @@ def take(rr: AbstractChannel[T], timeout: float | None = None) -> T: ...
 def take(rr: Any, timeout: float | None = None) -> Any: ...
 def take(rr: Any, timeout: float | None = None) -> Any:
     """``rr.take()`` on a RemoteChannel or Channel: remove and return the first value."""
-    if timeout is None:
+    if check_timeout(timeout) is None:
         return rr.take()
     return rr.take(timeout)
 
@@ -105,7 +107,7 @@ def wait(x: WaitT, timeout: float | None = None) -> WaitT:
     Raises:
         TimeoutError: ``timeout`` seconds passed first.
     """
-    if timeout is None:
+    if check_timeout(timeout) is None:
         x.wait()
     else:
         x.wait(timeout)  # type: ignore[call-arg]
@@ -125,8 +127,18 @@ def channel_from_id(rrid: RRID | tuple[int, int]) -> Any:
     Valid only on the process that holds it (the reference's ``where``).
 
     Raises:
+        TypeError: ``rrid`` is not an ``RRID`` (or a pair of ints: ``(whence, id)``).
         KeyError: no such storage here (it lives elsewhere, or was freed).
     """
+    if not (
+        isinstance(rrid, tuple)
+        and len(rrid) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in rrid)
+    ):
+        raise TypeError(
+            "channel_from_id(rrid): rrid must be an RRID, as remoteref_id(rc) gives, not "
+            f"{type(rrid).__name__} ({rrid!r})"
+        )
     c = current_cluster()
     storage = c.refs.lookup(RRID(*rrid))
     if storage is None:

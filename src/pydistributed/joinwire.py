@@ -32,6 +32,7 @@ from typing import Any
 from . import sockets, tls
 from .errors import AuthenticationError
 from .handshake import Session, client_handshake, stream_io
+from .timeouts import seconds
 
 __all__ = ["HANDSHAKE_TIMEOUT", "JoinError", "Link", "dial_master", "read_address", "send_address"]
 
@@ -73,7 +74,7 @@ def dial_master(host: str, port: int, cookie: str, timeout: float) -> Link:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise JoinError(
-                    f"could not reach the master at {host}:{port} within {timeout:g} s "
+                    f"could not reach the master at {host}:{port} within {seconds(timeout)} s "
                     f"(PYDIST_WORKER_TIMEOUT): {e}"
                 ) from None
             time.sleep(min(delay, left))

@@ -42,14 +42,14 @@ from .calls import Calls
 from .connections import Connections
 from .errors import LaunchError, LaunchTimeoutError, ProcessExitedException, describe_exit
 from .heartbeat import Heartbeat
-from .managers.base import ClusterManager, overrides
+from .managers.base import ClusterManager, check_params, extra_params_of, overrides
 from .messages import JoinPGRP, PeerUpdate
 from .outputloss import OutputLoss
 from .peer import Peer
 from .refstore import RefStore
 from .registry import TOPOLOGIES, Registry, WorkerInfo
 from .removal import Removal
-from .timeouts import worker_timeout
+from .timeouts import seconds, worker_timeout
 from .workerexit import KILL_WAIT, end_process
 from .workerexit import describe_tail as _describe_tail
 from .workerexit import exit_code as _exit_code
@@ -119,7 +119,7 @@ class Lifecycle(Removal):
             LaunchError: a worker exited, or did not report, before joining.
         """
         self._check_master()
-        known = COMMON_PARAMS | manager.extra_params
+        known = COMMON_PARAMS | extra_params_of(manager)
         for key in kw:
             if key not in known:
                 hint = manager.keyword_hints.get(key)
@@ -127,6 +127,7 @@ class Lifecycle(Removal):
                     f"addprocs() got an unexpected keyword argument {key!r}"
                     + (f": {type(manager).__name__} does not take it ({hint})" if hint else "")
                 )
+        check_params(kw, known)
         params: dict[str, Any] = {
             "dir": None,
             "exename": None,
@@ -321,7 +322,7 @@ class Lifecycle(Removal):
             output = _output_tail(streams)
             raise LaunchTimeoutError(
                 f"worker (os pid {config.ospid}) did not report its address within "
-                f"{timeout:g} s (PYDIST_WORKER_TIMEOUT){_describe_tail(output, streams)}",
+                f"{seconds(timeout)} s (PYDIST_WORKER_TIMEOUT){_describe_tail(output, streams)}",
                 output,
                 config.ospid,
             )

@@ -38,6 +38,7 @@ from typing import Any
 from . import sockets, tls
 from .errors import AuthenticationError
 from .handshake import Read, Session, Steps, VersionMismatchError, Write, server_steps
+from .timeouts import seconds
 
 __all__ = ["DEADLINE", "MAX_PENDING", "Listener"]
 
@@ -200,7 +201,7 @@ class Listener:
                     self.on_version_mismatch(str(e))
         now = time.monotonic()
         for p in [p for p in self._pending.values() if p.deadline <= now]:
-            self._drop(p, f"no handshake within {DEADLINE:g} s")
+            self._drop(p, f"no handshake within {seconds(DEADLINE)} s")
 
     def _accept(self, listening: socket.socket, local: bool) -> None:
         for _ in range(_ACCEPTS_PER_WAKE):

@@ -226,6 +226,7 @@ def everywhere(
     Raises:
         SyntaxError: ``code`` is a string that does not compile (raised here, nothing sent).
         TypeError: ``args`` were given with a string, or ``procs`` is not ints.
+        ValueError: on the master, an id in ``procs`` that no process ever had; nothing ran.
         CompositeException: some processes failed: one member per failed process, in the
             order of ``procs``, each a ``RemoteException`` whose ``.pid`` names the process
             (this process's own failure too, as ``RemoteException(myid(), ...)``), or the
@@ -246,6 +247,8 @@ def everywhere(
         raise TypeError(f"everywhere takes source text or a callable, not {type(code).__name__}")
     c = current_cluster()
     pids = _pid_list(c.registry.proc_ids() if procs is None else procs)
+    for p in pids:  # an id that names no process is the caller's mistake: nothing runs
+        c.registry.check_exists(p, "everywhere(procs=...)")
     me = c.myid
     # Start the other processes first, so that our own part does not delay their messages
     # (Julia's remotecall_eval runs the local part last for the same reason). Each call runs

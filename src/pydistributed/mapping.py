@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from . import timeouts
 from .asyncmap import INTERRUPT_GRACE
 from .batchcall import BatchCall, Failed
 from .cluster import Cluster
@@ -67,14 +68,53 @@ def _unwrap(e: BaseException) -> BaseException:
     return e
 
 
-def reiterable_delays(retry_delays: Iterable[float]) -> Iterable[float]:
+def reiterable_delays(retry_delays: Iterable[float], name: str = "pmap") -> Iterable[float]:
     """Each element retries with a fresh iteration of the delays: a one-shot iterator (a
-    generator) is read once, into a tuple."""
+    generator) is read once, into a tuple. The delays of a list or tuple (and of a one-shot
+    iterator) are checked now; those of another iterable (an ``ExponentialBackOff``, one of
+    your own, possibly endless) are not read ahead, and not checked.
+
+    Raises:
+        TypeError: ``retry_delays`` is not iterable, or a delay is not a number.
+        ValueError: a delay is negative or NaN.
+    """
     if retry_delays is None:
         return ()
+    if not isinstance(retry_delays, Iterable) or isinstance(retry_delays, (str, bytes)):
+        raise TypeError(
+            f"{name}(): retry_delays must be an iterable of delays in seconds (a list, an "
+            f"ExponentialBackOff), not {type(retry_delays).__name__} ({retry_delays!r})"
+        )
     if iter(retry_delays) is retry_delays:
-        return tuple(retry_delays)
+        retry_delays = tuple(retry_delays)
+    if isinstance(retry_delays, (list, tuple)):
+        for delay in retry_delays:
+            check_delay(delay, name)
     return retry_delays
+
+
+def check_delay(delay: Any, name: str = "pmap") -> float:
+    """``delay``, a delay of ``retry_delays``, if it is a number of seconds >= 0.
+
+    Raises:
+        TypeError, ValueError: it is not (naming ``retry_delays`` and the delay).
+    """
+    what = f"{name}(): a delay of retry_delays"
+    t = timeouts.check_seconds(delay, what)
+    if t < 0:
+        raise ValueError(f"{what} must be a number of seconds >= 0, not {delay!r}")
+    return t
+
+
+def check_flag(value: Any, what: str) -> bool:
+    """``value`` if it is a ``bool`` (``what`` names the argument in the error).
+
+    Raises:
+        TypeError: it is not (``pmap(..., distributed="no")`` would be true).
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be True or False, not {type(value).__name__} ({value!r})")
+    return value
 
 
 def check_batch_size(batch_size: Any) -> int | str:

@@ -24,8 +24,8 @@ def wait_for_workers(n: int, timeout: float | None = None) -> list[int]:
     ``ElasticManager``. ``timeout`` in seconds; ``None`` waits for ever.
 
     Raises:
-        TypeError: ``n`` is not an int.
-        ValueError: ``n`` is negative, or ``timeout`` is NaN.
+        TypeError: ``n`` is not an int, or ``timeout`` not a number of seconds or ``None``.
+        ValueError: ``n`` is negative, or ``timeout`` is negative or NaN.
         RuntimeError: called on a worker.
         TimeoutError: fewer than ``n`` workers after ``timeout`` seconds; the message says how
             many there were.
@@ -34,6 +34,7 @@ def wait_for_workers(n: int, timeout: float | None = None) -> list[int]:
         raise TypeError(f"wait_for_workers: n is an int, not {type(n).__name__}")
     if n < 0:
         raise ValueError(f"wait_for_workers: n must be >= 0, not {n}")
+    timeout = timeouts.check_timeout(timeout)
     at = timeouts.deadline(timeout)
     c = current_cluster()
     if c.myid != 1:
@@ -45,7 +46,7 @@ def wait_for_workers(n: int, timeout: float | None = None) -> list[int]:
         left = timeouts.remaining(at)
         if left is not None and left <= 0:
             raise TimeoutError(
-                f"wait_for_workers: {len(ids)} of {n} workers joined within {timeout:g} s "
-                f"(workers: {ids})"
+                f"wait_for_workers: {len(ids)} of {n} workers joined within "
+                f"{timeouts.seconds(timeout)} s (workers: {ids})"
             )
         time.sleep(_POLL if left is None else min(_POLL, left))

@@ -25,6 +25,7 @@ from .managers.base import ClusterManager
 from .messages import DialMe, Identify, Message
 from .peer import Peer
 from .registry import Registry
+from .timeouts import seconds
 
 if TYPE_CHECKING:
     from .managers.workerconfig import WorkerConfig
@@ -147,7 +148,7 @@ class PeerLinks:
                 raise ProcessExitedException(
                     pid,
                     f"cannot connect: process {pid} did not connect back to process "
-                    f"{reg.myid} within {self.dial_back_timeout:g} s (asked through the "
+                    f"{reg.myid} within {seconds(self.dial_back_timeout)} s (asked through the "
                     "master; see its log for why)",
                 )
 

@@ -42,6 +42,7 @@ from .mapping import (
     auto_size,
     auto_sizes,
     check_batch_size,
+    check_flag,
     make_batches,
     reiterable_delays,
 )
@@ -174,6 +175,7 @@ def imap(
     drops the elements queued on the workers, waits a few seconds at most for those running,
     and gives the workers back.
     """
+    check_flag(ordered, "imap(): ordered")
     outcomes = _start_map(
         f,
         iterables,
@@ -219,7 +221,8 @@ def _start_map(
         raise TypeError(f"{name}(): f must be callable, not {type(f).__name__}")
     if on_error is not None and not callable(on_error):
         raise TypeError(f"{name}(): on_error must be callable")
-    delays = reiterable_delays(retry_delays)
+    delays = reiterable_delays(retry_delays, name)
+    distributed = check_flag(distributed, f"{name}(): distributed")
     total = known_length(iterables) if iterables else None
     items, star = elements(iterables)
     # a list's batches are slices of it (cheaper than reading its iterator)

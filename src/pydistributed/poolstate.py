@@ -110,7 +110,9 @@ class PoolState:
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"no worker of the pool became free within {timeout} s")
+                raise TimeoutError(
+                    f"no worker of the pool became free within {timeouts.seconds(timeout)} s"
+                )
             wait = min(wait, remaining)
         self.cond.wait(wait)
 

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeGuard, overload
 from . import runtime
 from .errors import LaunchError, ProcessExitedException
 from .ids import check_pid
-from .managers.base import ClusterManager
+from .managers.base import ClusterManager, check_params, extra_params_of
 from .managers.local import LocalManager, prestart
+from .timeouts import check_timeout
 
 if TYPE_CHECKING:
     from .managers.ssh import SSHManager
@@ -249,7 +250,7 @@ def _keywords(arg: Any, extra: dict[str, Any], **named: Any) -> dict[str, Any]:
     the ssh ones) when the manager of that form takes it, or else when it is not left at its
     default (then the manager refuses it with ``TypeError``, as before they were spelled out)."""
     if isinstance(arg, ClusterManager):
-        takes = arg.extra_params
+        takes = extra_params_of(arg)
     elif isinstance(arg, (list, tuple)):
         from .managers.ssh import SSHManager
 
@@ -265,6 +266,7 @@ def _keywords(arg: Any, extra: dict[str, Any], **named: Any) -> dict[str, Any]:
         elif not (value is _FORM_DEFAULTS[key] or value == _FORM_DEFAULTS[key]):
             kw[key] = value
     kw.update(extra)
+    check_params(kw, takes)  # before a forkserver is started for them (prestart)
     return kw
 
 
@@ -289,16 +291,15 @@ def rmprocs(*pids: Any, waitfor: float | None = None) -> Task[None] | None:
 
     Raises:
         RuntimeError: called on a worker.
-        TypeError: a process id is not an int.
-        ValueError: ``waitfor`` is negative.
+        TypeError: a process id is not an int, or ``waitfor`` not a number of seconds or None.
+        ValueError: ``waitfor`` is negative or NaN.
         TimeoutError: some workers were still running after ``waitfor`` seconds.
     """
     flat = [check_pid(p, "a worker id") for p in _flatten(pids)]
+    waitfor = check_timeout(waitfor, "rmprocs: waitfor")
     c = runtime.current_cluster()
     if c.myid != 1:
         raise RuntimeError("Only process 1 can add and remove workers")
-    if waitfor is not None and waitfor < 0:
-        raise ValueError("waitfor must be >= 0")
     for p in dict.fromkeys(flat):
         if p == 1:
             warnings.warn("rmprocs: process 1 not removed", stacklevel=2)

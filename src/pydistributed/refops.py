@@ -193,6 +193,10 @@ def status_ref(key: tuple[int, int], timeout: float | None, caller: int) -> Any:
     return True, value if isinstance(value, Failure) else None
 
 
+# their answers carry the Future's value: an error names it (dispatch.reply)
+fetch_ref._pydist_pair = status_ref._pydist_pair = True  # type: ignore[attr-defined]
+
+
 @_internal
 def isready_ref(key: tuple[int, int]) -> bool:
     storage = current_cluster().refs.lookup(key)

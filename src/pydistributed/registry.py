@@ -139,6 +139,18 @@ class Registry:
         with self._lock:
             return 1 < pid < self._next_pid
 
+    def check_exists(self, pid: int, what: str) -> int:
+        """``pid`` if it is, or was, a process of the cluster as far as this process can tell:
+        the master knows every id; a worker may not know of all the others, and refuses none.
+
+        Raises:
+            ValueError: on the master, ``pid`` was never a process's id (``what`` names the
+                argument in the message).
+        """
+        if self.myid == 1 and pid != 1 and not self.was_assigned(pid):
+            raise ValueError(f"{what}: no process with id {pid}")
+        return pid
+
     def worker_ids(self) -> list[int]:
         """Ids of the workers (``[1]`` when there are none, as in Julia)."""
         with self._lock:

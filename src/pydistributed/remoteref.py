@@ -34,7 +34,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Generic, TypeVar
 
-from . import codec, refops
+from . import codec, refops, timeouts
 from .cluster import Cluster, current_cluster
 from .futures import FINISHED, NOTHING, Cancelled, StandardFuture
 from .ids import RRID, check_pid
@@ -96,7 +96,7 @@ class Future(_RemoteRef, StandardFuture, Generic[T]):
 
     def __init__(self, pid: int | None = None) -> None:
         c = current_cluster()
-        where = c.myid if pid is None else check_pid(pid)
+        where = c.myid if pid is None else c.registry.check_exists(check_pid(pid), "Future(pid)")
         rrid = RRID(c.myid, c.refcount.next_id())
         self._value = _NOTHING
         self._lock = threading.RLock()
@@ -157,12 +157,13 @@ class Future(_RemoteRef, StandardFuture, Generic[T]):
             ProcessExitedException: the owner has exited (also while this call waits).
             TimeoutError: ``timeout`` seconds passed first.
         """
+        timeout = timeouts.check_timeout(timeout)
         value = self._value
         if value is _NOTHING:
             c = self._cluster
             if self._armed:  # watched: its answer is on the way, no second request
                 if not self._wait_final(timeout):
-                    raise TimeoutError(f"{self!r} was not set within {timeout} s")
+                    raise TimeoutError(f"{self!r} was not set within {timeouts.seconds(timeout)} s")
                 value = self._value
                 if value is _NOTHING:  # failed here: its owner exited
                     raise self._exception  # type: ignore[misc]
@@ -174,7 +175,7 @@ class Future(_RemoteRef, StandardFuture, Generic[T]):
                     c.calls.call_fetch(self.where, refops.fetch_ref, (self._key, timeout, c.myid))
                 )
                 if not ready:
-                    raise TimeoutError(f"{self!r} was not set within {timeout} s")
+                    raise TimeoutError(f"{self!r} was not set within {timeouts.seconds(timeout)} s")
             value = self._cache(value)
         return self._unwrap(value)
 
@@ -187,6 +188,7 @@ class Future(_RemoteRef, StandardFuture, Generic[T]):
             TimeoutError: ``timeout`` seconds passed first.
             ProcessExitedException: the owner has exited (also while this call waits).
         """
+        timeout = timeouts.check_timeout(timeout)
         err = self._sync_wait(timeout)
         if err is not None:
             raise err
@@ -224,7 +226,7 @@ class Future(_RemoteRef, StandardFuture, Generic[T]):
                 value = self._value
             elif self._armed or self._state == FINISHED:
                 if not self._wait_final(timeout):
-                    raise TimeoutError(f"{self!r} was not set within {timeout} s")
+                    raise TimeoutError(f"{self!r} was not set within {timeouts.seconds(timeout)} s")
                 if self._value is _NOTHING:
                     return self._exception
                 value = self._value
@@ -235,7 +237,7 @@ class Future(_RemoteRef, StandardFuture, Generic[T]):
                     c.calls.call_fetch(self.where, refops.status_ref, (self._key, timeout, c.myid))
                 )
                 if not ready:
-                    raise TimeoutError(f"{self!r} was not set within {timeout} s")
+                    raise TimeoutError(f"{self!r} was not set within {timeouts.seconds(timeout)} s")
         except TimeoutError:
             raise
         except Exception as e:

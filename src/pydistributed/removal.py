@@ -114,8 +114,8 @@ class Removal:
             still = wait_until(max(deadline or 0.0, time.monotonic() + KILL_WAIT))
             if late or still:
                 raise TimeoutError(
-                    f"workers {[i.pid for i in left]} did not exit within {waitfor} s; "
-                    "they were killed"
+                    f"workers {[i.pid for i in left]} did not exit within "
+                    f"{timeouts.seconds(waitfor)} s; they were killed"
                 )
         # reap the processes, so that none is left behind as a zombie
         last = KILL_WAIT if deadline is None else (timeouts.remaining(deadline) or 0.0)

@@ -48,7 +48,7 @@ from .refcount import RefCounter
 from .refstore import RefStore
 from .registry import Registry
 from .sockets import data_silence, kept_alive, link_silence
-from .timeouts import link_timeout, worker_timeout
+from .timeouts import link_timeout, seconds, worker_timeout
 
 __all__ = ["Server"]
 
@@ -131,7 +131,7 @@ class Server:
             try:
                 print(
                     f"pydistributed worker (pid {os.getpid()}): no master connected within "
-                    f"{timeout:g} s (PYDIST_WORKER_TIMEOUT); exiting",
+                    f"{seconds(timeout)} s (PYDIST_WORKER_TIMEOUT); exiting",
                     file=sys.stderr,
                 )
             except (OSError, ValueError):  # stderr gone: an ssh session that has ended

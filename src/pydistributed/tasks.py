@@ -38,7 +38,6 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from types import TracebackType
 from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar
 
 from .errors import CompositeException, _WrappedBaseException, strip_internal
+from .timeouts import check_seconds, check_timeout, seconds
 
 __all__ = ["Task", "async_", "register_sync", "sync", "timedwait"]
 
@@ -157,7 +157,7 @@ class Task(Generic[T]):
             raise RuntimeError(f"{self!r} cannot wait for itself")
         # One Event.wait is one monotonic deadline.
         if not self._done.wait(timeout):
-            raise TimeoutError(f"{self!r} did not finish within {timeout} s")
+            raise TimeoutError(f"{self!r} did not finish within {seconds(timeout)} s")
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the task is done; raise its exception if it failed (Julia's ``wait``).
@@ -174,7 +174,7 @@ class Task(Generic[T]):
             RuntimeError: called from the task's own thread before it finished.
             BaseException: the very exception object the task raised, not wrapped.
         """
-        self._wait_done(timeout)
+        self._wait_done(check_timeout(timeout))
         exc = self._exception
         if exc is not None:
             raise strip_internal(exc)  # a remote error: without the task's plumbing
@@ -301,7 +301,7 @@ class sync:
     """
 
     def __init__(self, timeout: float | None = None) -> None:
-        self._timeout = timeout
+        self._timeout = check_timeout(timeout)
         self._objects: dict[int, _SyncWaitable] = {}
         self._stack: list[sync] | None = None
 
@@ -376,7 +376,10 @@ class sync:
                 seen.add(id(err))
                 failures.append(err)
         if still_running:
-            msg = f"sync(): {still_running} of {len(objects)} still running after {timeout} s"
+            msg = (
+                f"sync(): {still_running} of {len(objects)} still running after "
+                f"{seconds(timeout)} s"
+            )
             if failures:
                 raise TimeoutError(msg) from CompositeException(failures)
             raise TimeoutError(msg)
@@ -418,12 +421,12 @@ def timedwait(
         ``"ok"`` if ``testcb()`` returned true in time, otherwise ``"timed_out"``.
 
     Raises:
+        TypeError: ``secs`` or ``pollint`` is not a number (a ``bool`` is refused).
         ValueError: ``pollint`` is negative or NaN, or ``secs`` is NaN.
     """
-    if not pollint >= 0:
+    secs = check_seconds(secs, "timedwait: secs")
+    if not check_seconds(pollint, "timedwait: pollint") >= 0:
         raise ValueError(f"timedwait: pollint must be >= 0 seconds, got {pollint!r}")
-    if math.isnan(secs):
-        raise ValueError("timedwait: secs must be a number of seconds, got nan")
     deadline = time.monotonic() + secs
     if testcb():
         return "ok"

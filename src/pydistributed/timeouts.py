@@ -8,10 +8,67 @@ spurious wake-ups and retries never stretch the total wait.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 
-__all__ = ["deadline", "link_timeout", "remaining", "worker_timeout"]
+__all__ = [
+    "check_seconds",
+    "check_timeout",
+    "deadline",
+    "link_timeout",
+    "remaining",
+    "seconds",
+    "worker_timeout",
+]
+
+
+def check_seconds(t: object, what: str) -> float:
+    """``t`` as a ``float`` if it is a real number of seconds (not a ``bool``, not NaN; it may
+    be negative or ``math.inf``).
+
+    Raises:
+        TypeError: it is not a real number; the message names ``what`` and the value given.
+        ValueError: it is NaN.
+    """
+    if isinstance(t, bool) or not isinstance(t, numbers.Real):
+        raise TypeError(f"{what} must be a number of seconds, not {type(t).__name__} ({t!r})")
+    seconds = float(t)
+    if math.isnan(seconds):
+        raise ValueError(f"{what} must be a number of seconds, not nan")
+    return seconds
+
+
+def check_timeout(timeout: object, what: str = "timeout") -> float | None:
+    """``timeout`` as a number of seconds (``None``: wait for ever): the one check of every
+    timeout a user gives, made in the caller before anything is sent or started.
+
+    Raises:
+        TypeError: it is neither a real number nor ``None`` (a ``bool`` is refused).
+        ValueError: it is negative, or NaN.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(
+            f"{what} must be a number of seconds or None, not {type(timeout).__name__} "
+            f"({timeout!r})"
+        )
+    t = float(timeout)
+    if not t >= 0:  # (NaN too)
+        raise ValueError(f"{what} must be a number of seconds >= 0 or None, not {timeout!r}")
+    return t
+
+
+def seconds(t: float | None) -> str:
+    """``t`` seconds as a message prints them: at most 3 decimals (``0.2``, ``1.5``, ``60``;
+    a time below a millisecond keeps 3 significant digits)."""
+    if t is None or math.isinf(t) or math.isnan(t):
+        return str(t)
+    if 0 < abs(t) < 0.0005:
+        return f"{t:.3g}"
+    text = f"{t:.3f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
 
 
 def deadline(timeout: float | None) -> float | None:

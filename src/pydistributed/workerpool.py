@@ -107,10 +107,13 @@ class AbstractWorkerPool(WorkerSource):
         Raises:
             TimeoutError: none became free within ``timeout`` seconds.
         """
+        timeout = timeouts.check_timeout(timeout)
         deadline = timeouts.deadline(timeout)
         while not self.isready():
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"no worker of {self!r} became free within {timeout} s")
+                raise TimeoutError(
+                    f"no worker of {self!r} became free within {timeouts.seconds(timeout)} s"
+                )
             time.sleep(0.01)
         return self
 
@@ -171,7 +174,16 @@ class WorkerPool(AbstractWorkerPool):
     _home_pid: int
 
     def __init__(self, pids: Iterable[int] = ()) -> None:
+        name = type(self).__name__
+        if not isinstance(pids, Iterable) or isinstance(pids, (str, bytes)):
+            raise TypeError(
+                f"{name}(pids): pids must be an iterable of worker ids, not "
+                f"{type(pids).__name__} ({pids!r})"
+            )
+        pids = [check_pid(p, _WORKER) for p in pids]
         c = current_cluster()
+        for pid in pids:
+            c.registry.check_exists(pid, f"{name}(pids)")
         self._setup(c, PoolState(c), uuid.uuid4().int >> 64, c.myid)
         for pid in pids:
             self.push(pid)
@@ -195,8 +207,15 @@ class WorkerPool(AbstractWorkerPool):
 
     def push(self, pid: int) -> WorkerPool:
         """Add worker ``pid`` to the pool, free; returns the pool. Adding a member again does
-        nothing."""
-        self._home.push(check_pid(pid, _WORKER))
+        nothing.
+
+        Raises:
+            TypeError: ``pid`` is not an int.
+            ValueError: on the master, no process ever had that id (a worker that has exited
+                is accepted, and dropped when it would be handed out).
+        """
+        c = current_cluster()
+        self._home.push(c.registry.check_exists(check_pid(pid, _WORKER), "push(pid)"))
         return self
 
     def put(self, pid: int) -> int:
@@ -220,7 +239,7 @@ class WorkerPool(AbstractWorkerPool):
                 instead of blocking forever).
             TimeoutError: no worker became free within ``timeout`` seconds.
         """
-        return self._home.take(timeout)
+        return self._home.take(timeouts.check_timeout(timeout))
 
     def isready(self) -> bool:
         """Whether :meth:`take` would return at once (a live worker is free)."""
@@ -233,7 +252,7 @@ class WorkerPool(AbstractWorkerPool):
             RuntimeError: the pool has no live worker.
             TimeoutError: none became free within ``timeout`` seconds.
         """
-        self._home.wait(timeout)
+        self._home.wait(timeouts.check_timeout(timeout))
         return self
 
     def __len__(self) -> int:

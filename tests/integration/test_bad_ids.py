@@ -7,8 +7,12 @@ from typing import Any
 import pytest
 
 from pydistributed import (
+    CachingPool,
+    Future,
     ProcessExitedException,
     WorkerPool,
+    channel_from_id,
+    clear,
     interrupt,
     myid,
     pmap,
@@ -39,6 +43,16 @@ def test_rmprocs_and_interrupt_refuse_what_is_not_an_id() -> None:
         interrupt(2.5)
 
 
+@pytest.mark.parametrize(("bad", "error"), [("x", TypeError), (True, TypeError), (-1, ValueError)])
+def test_rmprocs_refuses_a_bad_waitfor_and_removes_nothing(
+    add_workers: Any, bad: Any, error: type[Exception]
+) -> None:
+    (w,) = add_workers(1)
+    with pytest.raises(error, match=r"^rmprocs: waitfor must be a number of seconds"):
+        rmprocs(w, waitfor=bad)
+    assert w in workers() and remotecall_fetch(myid, w) == w
+
+
 def test_interrupt_refuses_an_unknown_worker(add_workers: Any) -> None:
     (w,) = add_workers(1)
     with pytest.raises(ValueError, match="no process with id 99"):
@@ -50,11 +64,40 @@ def test_interrupt_refuses_an_unknown_worker(add_workers: Any) -> None:
         interrupt(w)
 
 
-def test_pmap_over_a_pool_of_no_live_worker_raises_like_take() -> None:
-    pool = WorkerPool([99])
+def test_pmap_over_a_pool_of_no_live_worker_raises_like_take(add_workers: Any) -> None:
+    (w,) = add_workers(1)
+    pool = WorkerPool([w])
+    rmprocs(w, waitfor=30)  # a worker that has exited: dropped when it would be handed out
     with pytest.raises(RuntimeError, match="No active worker"):
         pmap(lambda x: x, pool, range(3))
     with pytest.raises(RuntimeError, match="No active worker"):
         remotecall_fetch(myid, pool)
     assert pmap(lambda x: x + 1, pool, range(3), distributed=False) == [1, 2, 3]
     assert pmap(lambda x: myid(), WorkerPool([]), range(2)) == [1, 1]  # empty: here, as Julia
+
+
+def test_an_id_that_never_was_a_process_is_refused_at_construction(add_workers: Any) -> None:
+    (w,) = add_workers(1)
+    never = w + 1000
+    with pytest.raises(ValueError, match=rf"^Future\(pid\): no process with id {never}$"):
+        Future(never)
+    with pytest.raises(ValueError, match=rf"^WorkerPool\(pids\): no process with id {never}$"):
+        WorkerPool([w, never])
+    with pytest.raises(ValueError, match=rf"^CachingPool\(pids\): no process with id {never}$"):
+        CachingPool([never])
+    pool = WorkerPool([w])
+    with pytest.raises(ValueError, match=rf"^push\(pid\): no process with id {never}$"):
+        pool.push(never)
+    assert pool.workers == [w] and remotecall_fetch(myid, pool) == w
+    with pytest.raises(
+        TypeError, match=r"^WorkerPool\(pids\): pids must be an iterable .* not NoneType"
+    ):
+        WorkerPool(None)  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match=r"^channel_from_id\(rrid\): rrid must be an RRID.* not int \(5\)$"
+    ):
+        channel_from_id(5)  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match=r"^clear\(\) takes a name, a list of names or a CachingPool, not int"
+    ):
+        clear(5)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from pydistributed.cli import parse_machines
+
 pytestmark = pytest.mark.timeout(300)
 
 T = 120  # seconds: the bound of every blocking call
@@ -346,6 +348,29 @@ def test_a_malformed_machine_file_is_refused_and_nothing_runs(pydist: Pydist) ->
         assert r.workers == []
     r = pydist.run("--machine-file", "nosuchfile", "s.py")
     assert r.returncode == 2 and "can't open machine file 'nosuchfile'" in r.stderr
+    assert not marker.exists() and r.workers == []
+
+
+def test_a_machine_file_count_may_be_auto_as_in_julia(pydist: Pydist) -> None:
+    assert parse_machines(
+        "# c\n\nauto*alice@h1  # all its CPUs\n2*h2\n auto * h3 10.0.0.2\n", "f"
+    ) == [
+        ("alice@h1", "auto"),
+        ("h2", 2),
+        ("h3 10.0.0.2", "auto"),
+    ]
+    with pytest.raises(ValueError, match=r"^f, line 2: 'auto\*h:x': invalid machine spec"):
+        parse_machines("h\nauto*h:x\n", "f")
+    with pytest.raises(ValueError, match=r"^f, line 2: 'autos\*h': the count before '\*'"):
+        parse_machines("h\nautos*h\n", "f")
+    # run: read as (host, "auto"), so addprocs asks the host for its CPU count (which fails here)
+    marker = pydist.tmp / "ran"
+    (pydist.tmp / "hosts").write_text("auto*pydist-test.invalid\n")
+    (pydist.tmp / "s.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    r = pydist.run("--machine-file", "hosts", "s.py")
+    assert r.returncode == 1, r.stderr
+    assert "the workers could not start" in r.stderr
+    assert "pydist-test.invalid: counting its CPUs (count 'auto')" in r.stderr
     assert not marker.exists() and r.workers == []
 
 

@@ -28,6 +28,7 @@ from pydistributed import (
 )
 from tests.conftest import in_thread, requests_awaiting, wait_until
 from tests.conftest import worker_ospid as ospid
+from tests.integration import _helpers
 
 # -- what the workers run ---------------------------------------------------------------
 
@@ -244,3 +245,38 @@ def _stored() -> int:
     from pydistributed.cluster import current_cluster
 
     return len(current_cluster().refs)
+
+
+# -- bad timeouts ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [
+        ("1", TypeError),
+        (True, TypeError),
+        ([1], TypeError),
+        (-1, ValueError),
+        (math.nan, ValueError),
+    ],
+)
+def test_a_bad_timeout_is_refused_in_the_caller(
+    two_workers: list[int], timeout: Any, error: type[Exception]
+) -> None:
+    w = two_workers[0]
+    f = remotecall(_helpers.sleep_then, w, 0.2, "done")
+    unset = Future(w)
+    for call in (
+        lambda: f.fetch(timeout),
+        lambda: fetch(f, timeout=timeout),
+        lambda: f.wait(timeout),
+        lambda: wait(f, timeout=timeout),
+        lambda: unset.fetch(timeout),
+        lambda: unset.wait(timeout),
+    ):
+        with pytest.raises(error, match=r"^timeout must be a number of seconds"):
+            call()
+    assert requests_awaiting(w) == 0  # nothing was asked of the owner
+    assert f.fetch(timeout=10) == "done" and wait(f, timeout=0) is f
+    with pytest.raises(TimeoutError, match=r"not set within 0\.123 s$"):
+        unset.fetch(timeout=0.1234567)

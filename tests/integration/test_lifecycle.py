@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -286,6 +287,40 @@ def test_only_master_adds_and_removes(two_workers: list[int]) -> None:
 def test_unknown_keyword_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="bogus"):
         addprocs(1, bogus=True)
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        (["A=1"], r"^addprocs: env must be a mapping .* not list \(\['A=1'\]\)$"),
+        ({"A": 1}, r"^addprocs: env\['A'\] must be a str, not int \(1\)"),
+        ({1: "a"}, r"^addprocs: env's names must be str, not int \(1\)$"),
+    ],
+)
+def test_a_bad_env_is_refused_before_a_worker_starts(env: Any, says: str) -> None:
+    before = workers()
+    with pytest.raises(TypeError, match=says):
+        addprocs(1, env=env)
+    with pytest.raises(TypeError, match=says):
+        addprocs(["pydist-test.invalid"], env=env)
+    assert workers() == before
+
+
+@pytest.mark.parametrize(("value", "error"), [(0, ValueError), (None, TypeError), (2.0, TypeError)])
+def test_max_parallel_that_says_no_number_is_refused_before_ssh_runs(
+    tmp_path: Path, value: Any, error: type[Exception]
+) -> None:
+    # a stand-in for ssh that only leaves a mark: whether addprocs got as far as running it
+    ssh = tmp_path / "ssh"
+    ssh.write_text(f"#!/bin/sh\ntouch {tmp_path / 'ran'}\nexit 255\n")
+    ssh.chmod(0o755)
+    with pytest.raises(error, match=rf"^addprocs: max_parallel must be an int >= 1, not {value}$"):
+        addprocs(["pydist-test.invalid"], max_parallel=value, ssh=str(ssh))
+    from pydistributed.managers import SSHManager
+
+    with pytest.raises(error, match="max_parallel must be an int >= 1"):
+        addprocs(SSHManager(["pydist-test.invalid"]), max_parallel=value, ssh=str(ssh))
+    assert not (tmp_path / "ran").exists()
 
 
 def test_worker_output_is_relayed(

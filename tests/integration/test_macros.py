@@ -225,6 +225,17 @@ def test_everywhere_rejects_arguments_with_a_string() -> None:
         everywhere("x = 1", procs=["2"])  # type: ignore[list-item]
 
 
+def test_everywhere_refuses_an_id_that_never_was_a_process_before_anything_runs(
+    two_workers: list[int], main_names: list[str]
+) -> None:
+    main_names.append("_ew_bad_id")
+    never = max(two_workers) + 1000
+    with pytest.raises(ValueError, match=rf"^everywhere\(procs=...\): no process with id {never}$"):
+        everywhere("_ew_bad_id = 1", procs=[*two_workers, never])
+    defined = lambda: hasattr(__import__("__main__"), "_ew_bad_id")  # noqa: E731
+    assert [remotecall_fetch(defined, w) for w in two_workers] == [False, False]  # nothing ran
+
+
 def _barrier_part(arrived: RemoteChannel, go: Future) -> None:
     """Announce arrival, then wait for the test to let everyone go."""
     arrived.put(myid())

@@ -227,3 +227,48 @@ def test_custom_transport_with_init_worker_and_process_messages() -> None:
     finally:
         end_workers(pids)
         _kill(m.procs)
+
+
+class TupleParamsManager(RecordingManager):
+    """Lists its keywords in a tuple, as Julia's managers may list them in any collection."""
+
+    extra_params = ("tag", "niceness")  # type: ignore[assignment]
+
+
+def test_extra_params_may_be_any_iterable_of_names() -> None:
+    assert TupleParamsManager.extra_params == frozenset({"tag", "niceness"})
+    m = TupleParamsManager(1)
+    pids = addprocs(m, niceness=3)
+    try:
+        assert len(pids) == 1 and m.params["niceness"] == 3
+        assert remotecall_fetch(myid, pids[0]) == pids[0]
+    finally:
+        end_workers(pids)
+        _kill(m.procs)
+    m = TupleParamsManager(1)
+    m.extra_params = ["tag"]  # type: ignore[misc]  # an instance's own, converted when used
+    with pytest.raises(TypeError, match="unexpected keyword argument 'niceness'"):
+        addprocs(m, niceness=3)
+    assert m.procs == []  # refused before anything was started
+
+
+@pytest.mark.parametrize(
+    ("names", "says"),
+    [
+        ("niceness", r"not one str \('niceness'\): write \('niceness',\)"),
+        (5, r"not int \(5\)"),
+        (("a", 1), r"1 \(int\) is not a str"),
+    ],
+)
+def test_extra_params_that_are_not_names_are_refused_naming_them(names: Any, says: str) -> None:
+    with pytest.raises(
+        TypeError, match=r"^Bad\.extra_params must be an iterable of keyword names \(str\)"
+    ):
+
+        class Bad(RecordingManager):
+            extra_params = names
+
+    with pytest.raises(TypeError, match=says):
+
+        class Bad(RecordingManager):  # type: ignore[no-redef]
+            extra_params = names

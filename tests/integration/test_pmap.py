@@ -30,7 +30,7 @@ from pydistributed import (
 from pydistributed.asyncmap import asyncmap
 from pydistributed.backoff import ExponentialBackOff
 from pydistributed.cluster import current_cluster
-from pydistributed.pmap import INTERRUPT_GRACE, pmap
+from pydistributed.pmap import INTERRUPT_GRACE, imap, pmap
 from pydistributed.workerpool import CachingPool, WorkerPool
 from tests.conftest import in_thread, wait_until, worker_table
 
@@ -115,7 +115,7 @@ def test_asyncmap_rendezvous_needs_two_tasks() -> None:
     ch: Channel = Channel(0)
     # element 0 waits for element 1: only concurrent tasks finish this
     out = asyncmap(lambda x: ch.take(timeout=T) if x == 0 else ch.put("hi", timeout=T), [0, 1])
-    assert out == ["hi", None]
+    assert out == ["hi", ch]  # (a Channel's put returns the channel)
 
 
 def test_asyncmap_errors() -> None:
@@ -158,6 +158,39 @@ def test_pmap_results_in_order_over_all_workers(shared: list[int]) -> None:
     waits = list(rng.uniform(0, 0.02, 30))
     assert pmap(lambda w: (time.sleep(w), w)[1], waits) == waits
     assert pmap(lambda x: x, []) == []
+
+
+@pytest.mark.parametrize(
+    ("kw", "error", "says"),
+    [
+        (
+            {"retry_delays": 5},
+            TypeError,
+            r"^pmap\(\): retry_delays must be an iterable .* not int \(5\)$",
+        ),
+        (
+            {"retry_delays": [0.1, -1]},
+            ValueError,
+            r"^pmap\(\): a delay of retry_delays .* >= 0, not -1$",
+        ),
+        ({"retry_delays": ["x"]}, TypeError, r"^pmap\(\): a delay of retry_delays .* not str"),
+        (
+            {"distributed": "no"},
+            TypeError,
+            r"^pmap\(\): distributed must be True or False, not str",
+        ),
+    ],
+)
+def test_bad_arguments_are_refused_before_the_map_runs(
+    shared: list[int], tmp_path: Path, kw: dict[str, Any], error: type[Exception], says: str
+) -> None:
+    ran = tmp_path / "ran"
+    with pytest.raises(error, match=says):
+        pmap(lambda x: ran.touch(), WorkerPool(shared), range(4), **kw)
+    with pytest.raises(TypeError, match=r"^imap\(\): ordered must be True or False, not str"):
+        imap(lambda x: ran.touch(), range(4), ordered="no")  # type: ignore[arg-type]
+    assert not ran.exists()
+    assert pmap(abs, WorkerPool(shared), [-1, -2], retry_delays=ExponentialBackOff(n=2)) == [1, 2]
 
 
 def test_pmap_pool_positionally_or_by_keyword(shared: list[int]) -> None:

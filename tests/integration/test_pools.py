@@ -399,3 +399,16 @@ def test_a_pool_of_ones_own(shared: list[int]) -> None:
     assert remote(myid, pool)() in (a, b)
     with pytest.raises(TypeError):
         AbstractWorkerPool()  # type: ignore[abstract]
+
+
+@pytest.mark.parametrize(("bad", "error"), [("1", TypeError), (True, TypeError), (-1, ValueError)])
+def test_take_and_wait_refuse_a_bad_timeout(
+    shared: list[int], bad: object, error: type[Exception]
+) -> None:
+    pool = WorkerPool(shared)
+    for call in (lambda: pool.take(bad), lambda: pool.wait(bad)):  # type: ignore[arg-type]
+        with pytest.raises(error, match=r"^timeout must be a number of seconds"):
+            call()
+    assert sorted([pool.take(timeout=T), pool.take(timeout=T)]) == sorted(shared)  # none taken
+    with pytest.raises(TimeoutError, match=r"became free within 0\.05 s$"):
+        pool.take(timeout=0.0499999)

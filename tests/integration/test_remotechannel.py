@@ -414,3 +414,28 @@ def test_an_unbuffered_put_of_a_value_a_remote_taker_cannot_receive_raises_and_l
         rc.put(threading.Lock(), timeout=30)  # a lock cannot be sent
     rc.put("fine", timeout=30)
     assert taken.fetch(timeout=30) == "fine"
+
+
+@pytest.mark.parametrize(("bad", "error"), [("1", TypeError), (True, TypeError), (-1, ValueError)])
+def test_a_bad_timeout_is_refused_in_the_caller(
+    two_workers: list[int], bad: Any, error: type[Exception]
+) -> None:
+    w = two_workers[0]
+    rc = RemoteChannel(lambda: Channel(2), w)
+    rc.put("there", timeout=10)
+    for call in (
+        lambda: rc.put("more", bad),
+        lambda: put(rc, "more", bad),
+        lambda: rc.take(bad),
+        lambda: take(rc, bad),
+        lambda: rc.fetch(bad),
+        lambda: fetch(rc, bad),
+        lambda: rc.wait(bad),
+        lambda: wait(rc, bad),
+    ):
+        with pytest.raises(error, match=r"^timeout must be a number of seconds"):
+            call()
+    assert requests_awaiting(w) == 0
+    assert rc.take(timeout=10) == "there" and not rc.isready()  # nothing put, nothing taken
+    with pytest.raises(TimeoutError, match=r"Channel.wait timed out after 0\.2 s$"):
+        rc.wait(timeout=0.2)  # the owner waits for what is left of it: not 0.19999... s

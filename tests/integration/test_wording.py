@@ -21,7 +21,9 @@ from pydistributed import (
     ProcessExitedException,
     RemoteException,
     everywhere,
+    fetch,
     pmap,
+    remotecall,
     remotecall_fetch,
 )
 
@@ -42,6 +44,17 @@ def test_an_unpicklable_return_value_is_named_once(add_workers: Any) -> None:
     assert text.count("return value") == 1, text
     assert "the return value, a _thread.lock, could not be pickled" in text
     assert _shown(info.value).count("could not be pickled") == 1, _shown(info.value)
+
+
+def test_an_unpicklable_value_of_a_future_is_named_by_fetch_and_wait(add_workers: Any) -> None:
+    (w,) = add_workers(1)
+    for get in (lambda f: f.fetch(timeout=30), lambda f: fetch(f, timeout=30)):
+        f = remotecall(threading.Lock, w)
+        with pytest.raises(RemoteException) as info:
+            get(f)
+        text = str(info.value)
+        assert "the return value, a _thread.lock, could not be pickled" in text, text
+        assert "a tuple" not in text
 
 
 def test_a_closure_names_the_captured_variable_that_cannot_be_pickled(add_workers: Any) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import pydistributed
 from pydistributed import channels
 from pydistributed.channels import AbstractChannel, Channel
 from pydistributed.errors import ChannelClosedError
@@ -157,6 +158,21 @@ def test_channel_is_an_abstract_channel() -> None:
 
 
 # -- rendezvous (size 0) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, math.inf])
+def test_put_returns_the_channel_as_the_generic_put_does(size: float) -> None:
+    ch: Channel[str] = Channel(size)
+    for put in (ch.put, lambda v, timeout: pydistributed.put(ch, v, timeout)):
+        got: list[str] = []
+        taker = threading.Thread(target=lambda got=got: got.append(ch.take(timeout=JOIN)))
+        if size == 0:
+            taker.start()  # an unbuffered put returns once taken
+        assert put("v", timeout=JOIN) is ch
+        if size != 0:
+            taker.start()
+        taker.join(JOIN)
+        assert got == ["v"]
 
 
 def test_rendezvous_put_returns_only_after_take() -> None:
@@ -415,14 +431,37 @@ def test_timeouts_on_empty_channel(op: str) -> None:
 
 
 @pytest.mark.parametrize("op", ["take", "fetch", "wait"])
-def test_negative_timeout_polls(op: str) -> None:
+def test_zero_timeout_polls(op: str) -> None:
     ch = Channel(1)
+    with pytest.raises(TimeoutError, match=f"Channel.{op} timed out after 0 s"):
+        getattr(ch, op)(timeout=0)
+    ch.put(1, timeout=0)
+    getattr(ch, op)(timeout=0)
     with pytest.raises(TimeoutError):
-        getattr(ch, op)(timeout=-5)
-    ch.put(1, timeout=-1)
-    getattr(ch, op)(timeout=-1)
-    with pytest.raises(TimeoutError):
-        Channel(0).put(1, timeout=-1)
+        Channel(0).put(1, timeout=0)
+
+
+@pytest.mark.parametrize("op", ["put", "take", "fetch", "wait"])
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [("1", TypeError), (True, TypeError), (-1, ValueError), (math.nan, ValueError)],
+)
+def test_a_bad_timeout_is_refused_before_anything_is_done(
+    op: str, timeout: Any, error: type[Exception]
+) -> None:
+    ch = Channel(1)
+    ch.put("there")
+    args = ("more",) if op == "put" else ()
+    with pytest.raises(error, match=r"^timeout must be a number of seconds"):
+        getattr(ch, op)(*args, timeout=timeout)
+    with pytest.raises(error, match=r"^timeout must be a number of seconds"):
+        getattr(pydistributed, op)(ch, *args, timeout=timeout)
+    assert ch.take(timeout=0) == "there" and not ch.isready()  # nothing put, nothing taken
+
+
+def test_a_timeout_is_printed_with_at_most_three_decimals() -> None:
+    with pytest.raises(TimeoutError, match=r"Channel.wait timed out after 0\.05 s$"):
+        Channel(1).wait(timeout=0.04999850400199648)
 
 
 def test_value_arriving_before_deadline_is_taken() -> None:

@@ -489,3 +489,28 @@ def test_timedwait_propagates_testcb_errors() -> None:
     with pytest.raises(ZeroDivisionError) as info:
         timedwait(lambda: _raise(err), 1.0)
     assert info.value is err
+
+
+@pytest.mark.parametrize("bad", ["1", True, None, [1]])
+def test_timedwait_refuses_what_is_not_a_number_naming_it(bad: Any) -> None:
+    called: list[int] = []
+    with pytest.raises(TypeError, match=r"^timedwait: secs must be a number of seconds"):
+        timedwait(lambda: called.append(1), bad)
+    with pytest.raises(TypeError, match=r"^timedwait: pollint must be a number of seconds"):
+        timedwait(lambda: called.append(1), 1.0, pollint=bad)
+    assert called == []  # refused before testcb ran
+
+
+@pytest.mark.parametrize(("bad", "error"), [("1", TypeError), (False, TypeError), (-1, ValueError)])
+def test_task_wait_and_sync_refuse_a_bad_timeout(bad: Any, error: type[Exception]) -> None:
+    release = threading.Event()
+    t = Task(_blocked, release).start()
+    try:
+        for call in (lambda: t.wait(bad), lambda: t.fetch(bad), lambda: sync(bad)):
+            with pytest.raises(error, match=r"^timeout must be a number of seconds"):
+                call()
+    finally:
+        release.set()
+    assert t.fetch(timeout=T) == "released"
+    with pytest.raises(TimeoutError, match=r"still running after 0\.05 s$"), sync(0.0500001):
+        async_(time.sleep, 0.5)

@@ -30,7 +30,10 @@ for any worker started with ``python -m pydistributed.worker``:
   override it and the host is this one, the cluster goes through the worker's Unix-socket twin
   instead, checking that the process there is the worker (``sockets.connect_local``).
 
-A manager that takes keyword arguments of its own lists them in ``extra_params``; ``addprocs``
+A manager that takes keyword arguments of its own lists them in ``extra_params``: any iterable
+of their names (a tuple, a list, a set), made a ``frozenset`` once, when the class is defined
+(an ``extra_params`` set on an instance is converted when ``addprocs`` uses the manager);
+anything else (one ``str``, a name that is not a ``str``) raises ``TypeError`` there. ``addprocs``
 refuses any other unknown keyword with a ``TypeError``.
 """
 
@@ -38,12 +41,21 @@ from __future__ import annotations
 
 import abc
 import threading
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 if TYPE_CHECKING:
     from .workerconfig import WorkerConfig
 
-__all__ = ["ClusterManager", "DefaultClusterManager", "WorkerConfig", "overrides"]
+__all__ = [
+    "ClusterManager",
+    "DefaultClusterManager",
+    "WorkerConfig",
+    "check_params",
+    "extra_params_of",
+    "keyword_names",
+    "overrides",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -64,6 +76,11 @@ class ClusterManager(abc.ABC):
     extra_params: ClassVar[frozenset[str]] = frozenset()
     # why a keyword this manager does not take is not needed: added to addprocs' TypeError
     keyword_hints: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "extra_params" in cls.__dict__:  # its own: a frozenset from now on
+            cls.extra_params = keyword_names(cls.__dict__["extra_params"], cls.__name__)
 
     @abc.abstractmethod
     def launch(
@@ -102,6 +119,69 @@ class ClusterManager(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def keyword_names(names: object, owner: str) -> frozenset[str]:
+    """``extra_params`` as a ``frozenset`` of names, from any iterable of ``str``.
+
+    Raises:
+        TypeError: ``names`` is one ``str``, not iterable, or holds something else than a
+            ``str``; the message names ``<owner>.extra_params`` and what it was.
+    """
+    if isinstance(names, frozenset) and all(isinstance(n, str) for n in names):
+        return names
+    what = f"{owner}.extra_params must be an iterable of keyword names (str)"
+    if isinstance(names, (str, bytes)):
+        raise TypeError(f"{what}, not one {type(names).__name__} ({names!r}): write ({names!r},)")
+    if not isinstance(names, Iterable):
+        raise TypeError(f"{what}, not {type(names).__name__} ({names!r})")
+    out = frozenset(names)
+    for n in out:
+        if not isinstance(n, str):
+            raise TypeError(f"{what}: {n!r} ({type(n).__name__}) is not a str")
+    return out
+
+
+def extra_params_of(manager: ClusterManager) -> frozenset[str]:
+    """The keywords ``manager`` takes of its own (its ``extra_params``, converted as the class
+    attribute is, when it was set on the instance)."""
+    return keyword_names(manager.extra_params, type(manager).__name__)
+
+
+def check_params(params: Mapping[str, Any], takes: Iterable[str]) -> None:
+    """The checks of ``addprocs``' keywords that hold whatever the manager, made before anything
+    is started: ``env`` is ``None`` or a mapping of ``str`` to ``str``; ``max_parallel``, when
+    the manager takes it (``takes``), an ``int`` >= 1 (Julia's default is 10; ``None`` or 0
+    would not say how many).
+
+    Raises:
+        TypeError: ``env`` is not a mapping, or holds a name or value that is not a ``str``;
+            ``max_parallel`` is not an ``int``. The message names the keyword and the value.
+        ValueError: ``max_parallel`` is < 1.
+    """
+    env = params.get("env")
+    if env is not None:
+        if not isinstance(env, Mapping):
+            raise TypeError(
+                f"addprocs: env must be a mapping of variable names to values (str), as "
+                f'{{"NAME": "value"}}, not {type(env).__name__} ({env!r})'
+            )
+        for name, value in env.items():
+            if not isinstance(name, str):
+                raise TypeError(
+                    f"addprocs: env's names must be str, not {type(name).__name__} ({name!r})"
+                )
+            if not isinstance(value, str):
+                raise TypeError(
+                    f"addprocs: env[{name!r}] must be a str, not {type(value).__name__} "
+                    f"({value!r}): the worker would see {str(value)!r}"
+                )
+    if "max_parallel" in params and "max_parallel" in takes:
+        n = params["max_parallel"]
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"addprocs: max_parallel must be an int >= 1, not {n!r}")
+        if n < 1:
+            raise ValueError(f"addprocs: max_parallel must be an int >= 1, not {n!r}")
 
 
 def overrides(manager: ClusterManager, method: str) -> bool:

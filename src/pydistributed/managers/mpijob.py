@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 
 from ..errors import LaunchError, LaunchTimeoutError
 from ..relay import BANNER_PREFIX, parse_banner
+from ..timeouts import seconds
 
 __all__ = ["TAG", "MPIJob"]
 
@@ -146,7 +147,7 @@ class MPIJob:
         what = f"{reported} of its {self.np} ranks reported an address"
         if code is None and self._ended < 2:
             raise LaunchTimeoutError(
-                f"mpiexec (pid {self.proc.pid}): only {what} within {timeout:g} s "
+                f"mpiexec (pid {self.proc.pid}): only {what} within {seconds(timeout)} s "
                 f"(PYDIST_WORKER_TIMEOUT){told}",
                 tail,
                 self.proc.pid,
