@@ -296,7 +296,7 @@ class Channel(AbstractChannel[T]):
         Raises:
             ChannelClosedError: the channel is closed and empty, or became so while blocked.
             TimeoutError: the timeout passed first; nothing was taken.
-            TypeError, ValueError: ``timeout`` is not a number of seconds >= 0 or ``None``.
+            TypeError, ValueError: ``timeout`` is not a number of seconds (NaN) or ``None``.
         """
         return self._take(None, timeout)
 

@@ -43,9 +43,12 @@ def check_timeout(timeout: object, what: str = "timeout") -> float | None:
     """``timeout`` as a number of seconds (``None``: wait for ever): the one check of every
     timeout a user gives, made in the caller before anything is sent or started.
 
+    A negative timeout is 0 (look once, do not wait), as ``threading``'s waits take it: a
+    deadline computed as ``end - time.monotonic()`` may have passed already.
+
     Raises:
         TypeError: it is neither a real number nor ``None`` (a ``bool`` is refused).
-        ValueError: it is negative, or NaN.
+        ValueError: it is NaN.
     """
     if timeout is None:
         return None
@@ -55,9 +58,9 @@ def check_timeout(timeout: object, what: str = "timeout") -> float | None:
             f"({timeout!r})"
         )
     t = float(timeout)
-    if not t >= 0:  # (NaN too)
-        raise ValueError(f"{what} must be a number of seconds >= 0 or None, not {timeout!r}")
-    return t
+    if t != t:  # NaN
+        raise ValueError(f"{what} must be a number of seconds or None, not {timeout!r}")
+    return max(t, 0.0)
 
 
 def seconds(t: float | None) -> str:

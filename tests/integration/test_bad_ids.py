@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -43,7 +44,9 @@ def test_rmprocs_and_interrupt_refuse_what_is_not_an_id() -> None:
         interrupt(2.5)
 
 
-@pytest.mark.parametrize(("bad", "error"), [("x", TypeError), (True, TypeError), (-1, ValueError)])
+@pytest.mark.parametrize(
+    ("bad", "error"), [("x", TypeError), (True, TypeError), (math.nan, ValueError)]
+)
 def test_rmprocs_refuses_a_bad_waitfor_and_removes_nothing(
     add_workers: Any, bad: Any, error: type[Exception]
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import os
 import threading
 import time
@@ -401,7 +402,9 @@ def test_a_pool_of_ones_own(shared: list[int]) -> None:
         AbstractWorkerPool()  # type: ignore[abstract]
 
 
-@pytest.mark.parametrize(("bad", "error"), [("1", TypeError), (True, TypeError), (-1, ValueError)])
+@pytest.mark.parametrize(
+    ("bad", "error"), [("1", TypeError), (True, TypeError), (math.nan, ValueError)]
+)
 def test_take_and_wait_refuse_a_bad_timeout(
     shared: list[int], bad: object, error: type[Exception]
 ) -> None:

@@ -4,6 +4,7 @@ the owner's death, and the jobs/results example.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -416,7 +417,9 @@ def test_an_unbuffered_put_of_a_value_a_remote_taker_cannot_receive_raises_and_l
     assert taken.fetch(timeout=30) == "fine"
 
 
-@pytest.mark.parametrize(("bad", "error"), [("1", TypeError), (True, TypeError), (-1, ValueError)])
+@pytest.mark.parametrize(
+    ("bad", "error"), [("1", TypeError), (True, TypeError), (math.nan, ValueError)]
+)
 def test_a_bad_timeout_is_refused_in_the_caller(
     two_workers: list[int], bad: Any, error: type[Exception]
 ) -> None:

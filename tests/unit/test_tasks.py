@@ -501,7 +501,9 @@ def test_timedwait_refuses_what_is_not_a_number_naming_it(bad: Any) -> None:
     assert called == []  # refused before testcb ran
 
 
-@pytest.mark.parametrize(("bad", "error"), [("1", TypeError), (False, TypeError), (-1, ValueError)])
+@pytest.mark.parametrize(
+    ("bad", "error"), [("1", TypeError), (False, TypeError), (math.nan, ValueError)]
+)
 def test_task_wait_and_sync_refuse_a_bad_timeout(bad: Any, error: type[Exception]) -> None:
     release = threading.Event()
     t = Task(_blocked, release).start()
