@@ -36,7 +36,8 @@ class AbstractChannel(abc.ABC, Generic[T]):
         """Add ``value`` to the channel.
 
         Blocks while the channel cannot accept the value (full, or unbuffered with no taker).
-        The return value is unspecified; :class:`Channel` returns the channel.
+        The return value is unspecified; :class:`Channel` returns ``value`` (as Julia's
+        ``put!`` on a ``Channel``).
 
         Raises:
             ChannelClosedError: the channel is closed (also if it closes while blocked).

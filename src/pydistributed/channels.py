@@ -153,9 +153,9 @@ class Channel(AbstractChannel[T]):
 
     # -- put -------------------------------------------------------------------------------
 
-    def put(self, value: T, timeout: float | None = None) -> Channel[T]:
-        """Add ``value`` at the end of the channel; returns the channel (as ``put(c, v)``,
-        ``RemoteChannel.put`` and ``Future.put`` do).
+    def put(self, value: T, timeout: float | None = None) -> T:
+        """Add ``value`` at the end of the channel; returns ``value`` (Julia's ``put!`` on a
+        ``Channel``; ``RemoteChannel.put`` and ``Future.put`` return the reference, as Julia's).
 
         Blocks on an unbuffered channel until a ``take`` receives the value, and on a full
         bounded channel until there is room. Never blocks on an unbounded channel. When the
@@ -180,7 +180,7 @@ class Channel(AbstractChannel[T]):
                 raise ChannelClosedError("put on a closed channel")
             if self._size == 0:
                 self._put_rendezvous(value, deadline, timeout)
-                return self
+                return value
             if self._size != math.inf:
                 self._wait_room(deadline, timeout)
             self._buffer.append(value)
@@ -188,7 +188,7 @@ class Channel(AbstractChannel[T]):
             self._readable.notify_all()
             if self._room_waiters:
                 self._wake_putter()  # room left: the next one's turn
-        return self
+        return value
 
     def _wait_room(self, deadline: float | None, timeout: float | None) -> None:
         # Lock held, channel open and bounded: wait until the buffer has room and no putter

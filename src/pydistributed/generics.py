@@ -69,16 +69,23 @@ def fetch(x: Any, timeout: float | None = None) -> Any:
     return x
 
 
-def put(rr: PutT, value: Any, timeout: float | None = None) -> PutT:
-    """``rr.put(value)`` on a Future, RemoteChannel or Channel; returns ``rr``.
+@overload
+def put(rr: AbstractChannel[T], value: T, timeout: float | None = None) -> T: ...
+@overload
+def put(rr: PutT, value: Any, timeout: float | None = None) -> PutT: ...
+
+
+def put(rr: Any, value: Any, timeout: float | None = None) -> Any:
+    """``rr.put(value)`` on a Future, RemoteChannel or Channel; returns ``rr`` (a Future or
+    RemoteChannel) or ``value`` (a local channel), as Julia's ``put!`` does.
 
     ``timeout`` applies to channels (a Future never blocks a put).
     """
     if check_timeout(timeout) is None:
         rr.put(value)
     else:
-        rr.put(value, timeout)  # type: ignore[call-arg]  # a channel's put takes a timeout
-    return rr
+        rr.put(value, timeout)  # a channel's put takes a timeout
+    return value if isinstance(rr, AbstractChannel) else rr
 
 
 @overload

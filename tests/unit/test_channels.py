@@ -161,14 +161,16 @@ def test_channel_is_an_abstract_channel() -> None:
 
 
 @pytest.mark.parametrize("size", [0, 1, math.inf])
-def test_put_returns_the_channel_as_the_generic_put_does(size: float) -> None:
+def test_put_returns_the_value_as_the_generic_put_does(size: float) -> None:
+    # Julia: put!(c::Channel, v) returns v (its test suite: @test put!(c, 1) == 1)
     ch: Channel[str] = Channel(size)
+    value = "v"
     for put in (ch.put, lambda v, timeout: pydistributed.put(ch, v, timeout)):
         got: list[str] = []
         taker = threading.Thread(target=lambda got=got: got.append(ch.take(timeout=JOIN)))
         if size == 0:
             taker.start()  # an unbuffered put returns once taken
-        assert put("v", timeout=JOIN) is ch
+        assert put(value, timeout=JOIN) is value
         if size != 0:
             taker.start()
         taker.join(JOIN)
