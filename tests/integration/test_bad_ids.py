@@ -30,8 +30,9 @@ def test_rmprocs_warns_about_process_1_and_removes_nothing() -> None:
 
 def test_rmprocs_warns_about_an_unknown_id(add_workers: Any) -> None:
     (w,) = add_workers(1)
-    with pytest.warns(UserWarning, match="worker 99 not removed: there is no such process"):
-        rmprocs(99, w)
+    # (an id no session reaches: ids are never reused, and a long run uses hundreds)
+    with pytest.warns(UserWarning, match="worker 999999 not removed: there is no such process"):
+        rmprocs(999_999, w)
     assert w not in workers()  # the known one went all the same
     with pytest.warns(UserWarning, match=f"worker {w} not removed: it has exited"):
         rmprocs(w)
@@ -58,8 +59,8 @@ def test_rmprocs_refuses_a_bad_waitfor_and_removes_nothing(
 
 def test_interrupt_refuses_an_unknown_worker(add_workers: Any) -> None:
     (w,) = add_workers(1)
-    with pytest.raises(ValueError, match="no process with id 99"):
-        interrupt(w, 99)
+    with pytest.raises(ValueError, match="no process with id 999999"):
+        interrupt(w, 999_999)
     interrupt(1)  # the master is not a worker: nothing to do, as in Julia
     assert remotecall_fetch(myid, w) == w
     rmprocs(w, waitfor=30)
