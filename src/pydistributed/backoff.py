@@ -14,8 +14,9 @@ class ExponentialBackOff:
     """An iterable of ``n`` delays in seconds that grow exponentially (Julia's
     ``ExponentialBackOff``), for ``pmap(..., retry_delays=ExponentialBackOff(n=3))``.
 
-    The first delay is exactly ``first_delay``; each next one is the previous times
-    ``factor * (1 ± jitter)`` (uniformly random), capped at ``max_delay``. Each iteration draws
+    The first delay is exactly ``first_delay`` (at most ``max_delay``); each next one is the
+    previous times ``factor * (1 ± jitter)`` (uniformly random), capped at ``max_delay`` (and
+    never below 0). Each iteration draws
     new jitter. ``len()`` is ``n``.
 
     Raises:
@@ -36,11 +37,12 @@ class ExponentialBackOff:
             raise ValueError(f"ExponentialBackOff: all inputs must be non-negative, not {self!r}")
 
     def __iter__(self) -> Iterator[float]:
-        delay = float(self.first_delay)
+        delay = min(float(self.first_delay), float(self.max_delay))  # (Julia's first state)
         for _ in range(self.n):
             yield delay
             spread = 1.0 - self.jitter + random.random() * 2.0 * self.jitter
-            delay = min(float(self.max_delay), delay * self.factor * spread)
+            # (a jitter over 1 could make it negative: no delay then, rather than an error)
+            delay = max(0.0, min(float(self.max_delay), delay * self.factor * spread))
 
     def __len__(self) -> int:
         return self.n
