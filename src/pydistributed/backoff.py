@@ -14,8 +14,8 @@ class ExponentialBackOff:
     """An iterable of ``n`` delays in seconds that grow exponentially (Julia's
     ``ExponentialBackOff``), for ``pmap(..., retry_delays=ExponentialBackOff(n=3))``.
 
-    The first delay is exactly ``first_delay`` (at most ``max_delay``); each next one is the
-    previous times ``factor * (1 ± jitter)`` (uniformly random), capped at ``max_delay`` (and
+    The first delay is exactly ``first_delay`` (API.md; Julia caps it at ``max_delay``); each
+    next one is the previous times ``factor * (1 ± jitter)`` (uniformly random), capped at ``max_delay`` (and
     never below 0). Each iteration draws
     new jitter. ``len()`` is ``n``.
 
@@ -37,7 +37,7 @@ class ExponentialBackOff:
             raise ValueError(f"ExponentialBackOff: all inputs must be non-negative, not {self!r}")
 
     def __iter__(self) -> Iterator[float]:
-        delay = min(float(self.first_delay), float(self.max_delay))  # (Julia's first state)
+        delay = float(self.first_delay)  # (exactly: API.md)
         for _ in range(self.n):
             yield delay
             spread = 1.0 - self.jitter + random.random() * 2.0 * self.jitter
