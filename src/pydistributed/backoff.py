@@ -14,10 +14,9 @@ class ExponentialBackOff:
     """An iterable of ``n`` delays in seconds that grow exponentially (Julia's
     ``ExponentialBackOff``), for ``pmap(..., retry_delays=ExponentialBackOff(n=3))``.
 
-    The first delay is exactly ``first_delay`` (API.md; Julia caps it at ``max_delay``); each
-    next one is the previous times ``factor * (1 ± jitter)`` (uniformly random), capped at ``max_delay`` (and
-    never below 0). Each iteration draws
-    new jitter. ``len()`` is ``n``.
+    The first delay is exactly ``first_delay`` (API.md; Julia caps it at ``max_delay``);
+    each next one is the previous times ``factor * (1 ± jitter)`` (uniformly random), capped
+    at ``max_delay`` and never below 0. Each iteration draws new jitter. ``len()`` is ``n``.
 
     Raises:
         ValueError: an argument is negative (or ``n`` is not an integer).
