@@ -110,7 +110,8 @@ class ChannelConsumer(Generic[T]):
             ProcessExitedException: the owner has exited.
             ValueError: the consumer was closed.
         """
-        timeout = timeouts.check_timeout(timeout)
+        if timeout is not None:  # (the check costs a call: not for the common None)
+            timeout = timeouts.check_timeout(timeout)
         if self._closed:
             raise ValueError("take on a closed ChannelConsumer")
         if self._local:

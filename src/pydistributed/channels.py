@@ -174,7 +174,7 @@ class Channel(AbstractChannel[T]):
             Exception: of pickling the value for a taker on another process (unbuffered):
                 the value was not taken.
         """
-        deadline = timeouts.deadline(timeouts.check_timeout(timeout))
+        deadline = None if timeout is None else timeouts.deadline(timeouts.check_timeout(timeout))
         with self._lock:
             if not self._open:
                 raise ChannelClosedError("put on a closed channel")
@@ -298,13 +298,16 @@ class Channel(AbstractChannel[T]):
             TimeoutError: the timeout passed first; nothing was taken.
             TypeError, ValueError: ``timeout`` is not a number of seconds (NaN) or ``None``.
         """
+        if timeout is not None:
+            timeout = timeouts.check_timeout(timeout)
         return self._take(None, timeout)
 
     def _take(self, copy: Callable[[Any], Any] | None, timeout: float | None) -> Any:
         """``take``; with ``copy``, returns ``copy(value)``, made before an unbuffered
         channel's ``put`` returns (for a taker on another process: see ``refops.take_ch``).
-        A value that ``copy`` refuses is not taken: the error is raised, the value stays."""
-        deadline = timeouts.deadline(timeouts.check_timeout(timeout))
+        A value that ``copy`` refuses is not taken: the error is raised, the value stays.
+        ``timeout`` has been checked (``timeouts.check_timeout``) by the caller."""
+        deadline = timeouts.deadline(timeout)
         with self._lock:
             if self._size == 0:
                 return self._take_rendezvous(deadline, timeout, copy)
@@ -439,7 +442,7 @@ class Channel(AbstractChannel[T]):
             ChannelClosedError: the channel is closed and empty, or became so while blocked.
             TimeoutError: the timeout passed first.
         """
-        deadline = timeouts.deadline(timeouts.check_timeout(timeout))
+        deadline = None if timeout is None else timeouts.deadline(timeouts.check_timeout(timeout))
         with self._lock:
             self._wait_ready(deadline, "fetch", timeout)
             return self._offers[0].value if self._size == 0 else self._buffer[0]
@@ -454,7 +457,7 @@ class Channel(AbstractChannel[T]):
             ChannelClosedError: the channel is closed and empty, or became so while blocked.
             TimeoutError: the timeout passed first.
         """
-        deadline = timeouts.deadline(timeouts.check_timeout(timeout))
+        deadline = None if timeout is None else timeouts.deadline(timeouts.check_timeout(timeout))
         with self._lock:
             self._wait_ready(deadline, "wait", timeout)
 

@@ -140,7 +140,8 @@ class ChannelStream(Generic[T]):
             TimeoutError: ``timeout`` seconds passed first; the value was not accepted.
             ValueError: the stream was closed.
         """
-        timeout = timeouts.check_timeout(timeout)
+        if timeout is not None:  # (the check costs a call: not for the common None)
+            timeout = timeouts.check_timeout(timeout)
         if self._local:
             self._check_open()
             self._rc.put(value, timeout)
@@ -169,7 +170,8 @@ class ChannelStream(Generic[T]):
             ChannelClosedError, ProcessExitedException: as :meth:`put`.
             TimeoutError: ``timeout`` seconds passed first (the values are still on their way).
         """
-        timeout = timeouts.check_timeout(timeout)
+        if timeout is not None:  # (the check costs a call: not for the common None)
+            timeout = timeouts.check_timeout(timeout)
         if self._local:
             return
         deadline = timeouts.deadline(timeout)
@@ -191,7 +193,8 @@ class ChannelStream(Generic[T]):
         Raises what :meth:`flush` raises, and an error of the stream that no call has raised
         yet; then the stream is closed all the same.
         """
-        timeout = timeouts.check_timeout(timeout)
+        if timeout is not None:  # (the check costs a call: not for the common None)
+            timeout = timeouts.check_timeout(timeout)
         if self._closed:
             return
         again = self._reported  # raised by an earlier call already

@@ -74,7 +74,8 @@ class RemoteChannel(_RemoteRef, Generic[T]):
             TimeoutError: ``timeout`` seconds passed first; the value was not added.
             ProcessExitedException: the owner has exited (also while this call waits).
         """
-        timeout = timeouts.check_timeout(timeout)
+        if timeout is not None:  # (the check costs a call: not for the common None)
+            timeout = timeouts.check_timeout(timeout)
         c = self._cluster
         if self.where == c.myid:
             ch = c.refs.lookup(self._key)
@@ -129,12 +130,13 @@ class RemoteChannel(_RemoteRef, Generic[T]):
             TimeoutError: ``timeout`` seconds passed first; nothing was taken.
             ProcessExitedException: the owner has exited (also while this call waits).
         """
-        timeout = timeouts.check_timeout(timeout)
+        if timeout is not None:  # (the check costs a call: not for the common None)
+            timeout = timeouts.check_timeout(timeout)
         c = self._cluster
         if self.where == c.myid:
             ch = c.refs.lookup(self._key)
             if type(ch) is Channel:  # ours, here: directly (it raises what take_ch's marker says)
-                return ch.take(timeout)  # type: ignore[no-any-return]
+                return ch._take(None, timeout)  # type: ignore[no-any-return]  # (checked above)
         return self._op(refops.take_ch, timeout)
 
     def fetch(self, timeout: float | None = None) -> T:
@@ -145,7 +147,8 @@ class RemoteChannel(_RemoteRef, Generic[T]):
             TimeoutError: ``timeout`` seconds passed first.
             ProcessExitedException: the owner has exited (also while this call waits).
         """
-        timeout = timeouts.check_timeout(timeout)
+        if timeout is not None:  # (the check costs a call: not for the common None)
+            timeout = timeouts.check_timeout(timeout)
         return self._op(refops.fetch_ch, timeout)
 
     def isready(self) -> bool:
@@ -160,7 +163,8 @@ class RemoteChannel(_RemoteRef, Generic[T]):
             TimeoutError: ``timeout`` seconds passed first.
             ProcessExitedException: the owner has exited (also while this call waits).
         """
-        timeout = timeouts.check_timeout(timeout)
+        if timeout is not None:  # (the check costs a call: not for the common None)
+            timeout = timeouts.check_timeout(timeout)
         self._op(refops.wait_ch, timeout)
         return self
 
@@ -178,19 +182,22 @@ class RemoteChannel(_RemoteRef, Generic[T]):
         Cancelling the awaiting task cancels the take on the owner; a value it had taken
         already is put back into the channel (at its end).
         """
-        timeout = timeouts.check_timeout(timeout)
+        if timeout is not None:  # (the check costs a call: not for the common None)
+            timeout = timeouts.check_timeout(timeout)
         return await aio.channel_op(self, refops.take_ch, (timeout,), put_back=True)
 
     async def aput(self, value: Any, timeout: float | None = None) -> RemoteChannel:
         """``await rc.aput(v)``: :meth:`put` without blocking the event loop (see ``aio.py``)."""
-        timeout = timeouts.check_timeout(timeout)
+        if timeout is not None:  # (the check costs a call: not for the common None)
+            timeout = timeouts.check_timeout(timeout)
         v = value if self.where == self._cluster.myid else codec.oob(value)
         await aio.channel_op(self, refops.put_ch, (v, timeout))
         return self
 
     async def afetch(self, timeout: float | None = None) -> Any:
         """``await rc.afetch()``: :meth:`fetch` without blocking the event loop."""
-        timeout = timeouts.check_timeout(timeout)
+        if timeout is not None:  # (the check costs a call: not for the common None)
+            timeout = timeouts.check_timeout(timeout)
         return await aio.channel_op(self, refops.fetch_ch, (timeout,))
 
     def __iter__(self) -> Iterator[Any]:

@@ -157,7 +157,8 @@ class Future(_RemoteRef, StandardFuture, Generic[T]):
             ProcessExitedException: the owner has exited (also while this call waits).
             TimeoutError: ``timeout`` seconds passed first.
         """
-        timeout = timeouts.check_timeout(timeout)
+        if timeout is not None:  # (the check costs a call: not for the common None)
+            timeout = timeouts.check_timeout(timeout)
         value = self._value
         if value is _NOTHING:
             c = self._cluster
@@ -188,7 +189,8 @@ class Future(_RemoteRef, StandardFuture, Generic[T]):
             TimeoutError: ``timeout`` seconds passed first.
             ProcessExitedException: the owner has exited (also while this call waits).
         """
-        timeout = timeouts.check_timeout(timeout)
+        if timeout is not None:  # (the check costs a call: not for the common None)
+            timeout = timeouts.check_timeout(timeout)
         err = self._sync_wait(timeout)
         if err is not None:
             raise err
