@@ -13,8 +13,8 @@ What it measures, each contender in a fresh process of its own (``--child``), 2 
   own per-element overhead. Target: pmap >= the peer.
 - **W2b tiny tasks, batched**: the same with ``batch_size="auto"``; peer: ``Pool(2).map`` with its
   default chunking. Target (issue 13): pmap >= the peer. The two run in turn, in ``ROUNDS``
-  fresh processes each (pmap, Pool, pmap, Pool...), 5 maps in each; the figure is the median of
-  all of them.
+  fresh processes each (pmap, Pool, pmap, Pool...), 5 maps in each after 5 untimed ones; the
+  figure is the median of all of them.
 - **W5 CPU scaling**: a pure-Python CPU-bound job of >= 1 s serially (``cpu_work`` tasks,
   calibrated in the child), run serially and with ``pmap`` over 2 workers in the same process;
   the figure is the speedup (serial time / pmap time). Peer: the same with ``Pool(2).map``.
@@ -49,6 +49,9 @@ CHILD_TIMEOUT = {True: 90.0, False: 180.0}  # per contender process, quick / ful
 # the next (a contender's median moved by 20 % between runs): its contenders run in turn, in
 # this many fresh processes each (not with --quick), and all their samples make the figure
 ROUNDS = {"W2b": 3}
+# maps run before the timed ones, by each contender alike: a fresh process's first few 2 ms
+# maps run slower than the rest, pmap's and Pool's (their first 5: up to 1.6x, measured)
+WARM_MAPS = {"W2a": 1, "W2b": 5}
 
 # (workload, contender key, label, role)
 CONTENDERS: list[tuple[str, str, str, str]] = [
@@ -162,6 +165,8 @@ def _child_pydist(workload: str, contender: str, quick: bool) -> dict[str, Any]:
             }
         size: int | str = 1 if workload == "W2a" else "auto"
         assert pmap(inc, work, batch_size=size) == want  # warm up, and check
+        for _ in range(WARM_MAPS[workload] - 1):
+            pmap(inc, work, batch_size=size)
         samples = _timed(lambda: pmap(inc, work, batch_size=size), reps)
         return {"samples": [N_TINY / s for s in samples]}
     finally:
@@ -189,7 +194,8 @@ def _child_mp(workload: str, quick: bool) -> dict[str, Any]:
             pool.map(inc, work, chunksize=1)
             samples = _timed(lambda: pool.map(inc, work, chunksize=1), reps)
         else:
-            pool.map(inc, work)
+            for _ in range(WARM_MAPS[workload]):
+                pool.map(inc, work)
             samples = _timed(lambda: pool.map(inc, work), reps)
         return {"samples": [N_TINY / s for s in samples]}
 
