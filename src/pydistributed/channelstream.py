@@ -84,13 +84,16 @@ class ChannelStream(Generic[T]):
     share between threads; the order of values is the order in which ``put`` accepted them.
 
     Raises:
-        ValueError: ``linger`` is not a number of seconds >= 0.
+        TypeError: ``linger`` is not a number (a ``bool`` is not one).
+        ValueError: ``linger`` is negative, infinite or NaN.
     """
 
     def __init__(self, rc: Any, linger: float = 0.0) -> None:
-        if isinstance(linger, bool) or not (
-            isinstance(linger, (int, float)) and 0 <= linger < math.inf
-        ):
+        if isinstance(linger, bool) or not isinstance(linger, (int, float)):
+            raise TypeError(
+                f"linger must be a number of seconds, not {type(linger).__name__} ({linger!r})"
+            )
+        if not 0 <= linger < math.inf:
             raise ValueError(f"linger must be a number of seconds >= 0, not {linger!r}")
         self._rc = rc
         self._linger = float(linger)

@@ -100,7 +100,8 @@ class RemoteChannel(_RemoteRef, Generic[T]):
         Raises:
             ChannelClosedError: the channel is closed.
             ProcessExitedException: the owner has exited.
-            ValueError: ``linger`` is not a number of seconds >= 0.
+            TypeError: ``linger`` is not a number.
+            ValueError: ``linger`` is negative, infinite or NaN.
         """
         return ChannelStream(self, linger)
 

@@ -515,9 +515,12 @@ def test_linger_delivers_everything_in_order(two_workers: list[int]) -> None:
     s.put("waits", timeout=5)  # lingers: nothing in flight yet
     s.flush(timeout=10)  # but a flush sends at once
     s.close()
-    for bad in (-1, math.inf, True, "1"):
+    for bad in (-1, math.inf, math.nan):
         with pytest.raises(ValueError, match="linger"):
-            rc.stream(linger=bad)  # type: ignore[arg-type]
+            rc.stream(linger=bad)
+    for wrong in (True, "1", None):
+        with pytest.raises(TypeError, match="linger"):
+            rc.stream(linger=wrong)  # type: ignore[arg-type]
 
 
 def take_one_by_consumer(rc: RemoteChannel) -> Any:
