@@ -88,7 +88,12 @@ class GuardedStream:
             self._stream.flush()
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("_stream", "_fd"):  # not set yet (copy.copy makes one without __init__)
+            raise AttributeError(name)
         return getattr(self._stream, name)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(dir(self._stream)))
 
 
 def guard_streams() -> None:

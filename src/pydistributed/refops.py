@@ -32,6 +32,7 @@ from .errors import ChannelClosedError
 from .ids import RRID
 from .leasemark import MarkReader
 from .refstore import Failure, FutureSlot
+from .timeouts import seconds
 
 __all__ = [
     "MAX_CREDIT",
@@ -242,8 +243,10 @@ def _channel_op(
         if isinstance(ch, AbstractChannel):
             return _blocking(c, method, args, timeout, caller)
         return method(*args) if timeout is None else method(*args, timeout)
-    except TimeoutError as e:
-        return Marker(_TIMEOUT, str(e) or "timed out")
+    except TimeoutError:
+        # (the caller's timeout, not the slice of it that ran out here)
+        waited = seconds(max(0.0, timeout)) if timeout is not None else "?"
+        return Marker(_TIMEOUT, f"{type(ch).__name__}.{name} timed out after {waited} s")
     except ChannelClosedError as e:
         return Marker(_CLOSED, str(e) or "the channel is closed")
 

@@ -443,3 +443,11 @@ def test_a_bad_timeout_is_refused_in_the_caller(
     assert rc.take(timeout=10) == "there" and not rc.isready()  # nothing put, nothing taken
     with pytest.raises(TimeoutError, match=r"Channel.wait timed out after 0\.2 s$"):
         rc.wait(timeout=0.2)  # the owner waits for what is left of it: not 0.19999... s
+
+
+def test_a_remote_timeout_says_the_callers_timeout(two_workers: list[int]) -> None:
+    # the owner waits in slices: the message names the caller's timeout, not the last slice
+    rc = RemoteChannel(lambda: Channel(1), two_workers[0])
+    for timeout, said in ((1, "1"), (0, "0"), (-1, "0"), (0.3, "0.3")):
+        with pytest.raises(TimeoutError, match=rf"^Channel\.take timed out after {said} s$"):
+            rc.take(timeout=timeout)
