@@ -89,19 +89,9 @@ def link_silence(sock: Any) -> float | None:
     alone does not notice it (no probes while data is unacknowledged), and the kernel's own
     retransmissions give up only after ~15 minutes (``tcp_retries2``).
     """
-    if not hasattr(socket, "TCP_INFO") or sock is None:
+    info = _tcp_info(sock, keepalive=True)
+    if info is None:
         return None
-    try:
-        if sock.family not in (socket.AF_INET, socket.AF_INET6):
-            return None
-        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE):
-            return None
-        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
-    except (OSError, ValueError, AttributeError):
-        return None
-    if len(raw) < _TCP_INFO.size:
-        return None
-    info = _TCP_INFO.unpack(raw)
     probes, backoff = info[3], info[4]
     unacked = info[8 + 4]  # tcpi_unacked
     last_ack_recv_ms = info[8 + 12]  # tcpi_last_ack_recv
@@ -114,17 +104,27 @@ def data_silence(sock: Any) -> float | None:
     """How long (s) since data last arrived on TCP socket ``sock``, by its kernel's count (so
     however busy this process is); None when it is not a TCP socket or the platform cannot
     tell (not Linux)."""
+    info = _tcp_info(sock)
+    return None if info is None else float(info[8 + 11]) / 1000.0  # tcpi_last_data_recv
+
+
+def _tcp_info(sock: Any, keepalive: bool = False) -> tuple[int, ...] | None:
+    """The kernel's ``struct tcp_info`` of TCP socket ``sock`` (the fields ``_TCP_INFO``
+    reads), or None: not a TCP socket, no keepalive on it when ``keepalive`` is asked, or a
+    platform that cannot tell (not Linux)."""
     if not hasattr(socket, "TCP_INFO") or sock is None:
         return None
     try:
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        if keepalive and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE):
             return None
         raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
     except (OSError, ValueError, AttributeError):
         return None
     if len(raw) < _TCP_INFO.size:
         return None
-    return float(_TCP_INFO.unpack(raw)[8 + 11]) / 1000.0  # tcpi_last_data_recv
+    return tuple(_TCP_INFO.unpack(raw))
 
 
 def socket_streams(sock: socket.socket) -> tuple[Any, SocketWriter]:
