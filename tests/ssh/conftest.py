@@ -47,6 +47,41 @@ def keygen(path: Path) -> None:
     )
 
 
+def wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Whether ``host:port`` accepts connections within ``timeout`` s (False at once when
+    ``proc``, the server, has exited)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a server this fixture started: SIGTERM, then SIGKILL after 10 s; reaped."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def stranger_sshflags(sshd: Sshd, tmp_path: Path) -> list[str]:
+    """ssh flags that log in to ``sshd`` with a key it does not know (refused)."""
+    keygen(tmp_path / "stranger")
+    config = tmp_path / "config"
+    config.write_text(
+        sshd.client_config.read_text().replace(
+            str(sshd.dir / "user_key"), str(tmp_path / "stranger")
+        )
+    )
+    return ["-F", str(config)]
+
+
 def process_state(pid: int) -> str | None:
     """The state letter of process ``pid`` (``Z``: a zombie), None when there is none."""
     try:
@@ -155,16 +190,7 @@ def sshd() -> Iterator[Sshd]:
                     stderr=logf,
                     start_new_session=True,
                 )
-            deadline = time.monotonic() + 10
-            up = False
-            while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    up = True
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            if up:
+            if wait_listening("127.0.0.1", port, proc, 10):
                 break
             proc.kill()
             proc.wait(10)
@@ -199,12 +225,7 @@ def sshd() -> Iterator[Sshd]:
         yield server
     finally:
         if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop(proc)
         shutil.rmtree(d, ignore_errors=True)
 
 
@@ -315,25 +336,12 @@ def netns_hosts(sshd: Sshd) -> Iterator[NetnsHosts]:
                         start_new_session=True,
                     )
                 )  # fmt: skip
-        for addr in addresses:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection((addr, 22), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+        for addr, p in zip(addresses, procs, strict=True):
+            assert wait_listening(addr, 22, p, 10), f"the sshd of {addr} did not start"
         yield NetnsHosts(names, addresses, bridge, veths, [p.pid for p in procs])
     finally:
         for p in procs:
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
+            stop(p)
         for name in made_ns:
             _ip("netns", "del", name)
         for veth in veths:

@@ -14,7 +14,7 @@ import pytest
 from pydistributed import LaunchError, addprocs, remotecall_fetch, workers
 from pydistributed.managers.ssh import SSHLaunchError
 
-from .conftest import Sshd, free_port, keygen
+from .conftest import Sshd, free_port, stranger_sshflags
 
 
 def _launch_fails(machines: list[object], limit: float, **kw: object) -> SSHLaunchError:
@@ -46,28 +46,15 @@ def test_unreachable_host_is_bounded_by_the_worker_timeout(
 
 
 def test_key_refused(sshd: Sshd, tmp_path: Path) -> None:
-    keygen(tmp_path / "stranger")
-    config = tmp_path / "config"
-    config.write_text(
-        sshd.client_config.read_text().replace(
-            str(sshd.dir / "user_key"), str(tmp_path / "stranger")
-        )
-    )
-    kw = dict(sshd.kw, sshflags=["-F", str(config)])
+    kw = dict(sshd.kw, sshflags=stranger_sshflags(sshd, tmp_path))
     err = _launch_fails([sshd.spec], 15, **kw)
     assert sshd.spec in str(err) and "refused the login" in str(err)
     assert "Permission denied" in str(err)
 
 
 def test_a_host_with_a_count_is_listed_once(sshd: Sshd, tmp_path: Path) -> None:
-    keygen(tmp_path / "stranger")
-    config = tmp_path / "config"
-    config.write_text(
-        sshd.client_config.read_text().replace(
-            str(sshd.dir / "user_key"), str(tmp_path / "stranger")
-        )
-    )
-    err = _launch_fails([(sshd.spec, 3)], 20, **dict(sshd.kw, sshflags=["-F", str(config)]))
+    kw = dict(sshd.kw, sshflags=stranger_sshflags(sshd, tmp_path))
+    err = _launch_fails([(sshd.spec, 3)], 20, **kw)
     text = str(err)
     assert text.count("Permission denied") == 1, text
     assert f"{sshd.spec} (3 workers): the host refused the login" in text

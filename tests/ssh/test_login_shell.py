@@ -9,9 +9,7 @@ client's command to tcsh, which is what sshd does for a user whose login shell i
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -19,7 +17,7 @@ import pytest
 from pydistributed import LaunchError, addprocs, remotecall_fetch, rmprocs, workers
 from pydistributed.managers.ssh import SSHLaunchError
 
-from .conftest import SSHD, Sshd, free_port
+from .conftest import SSHD, Sshd, free_port, stop, wait_listening
 
 TCSH = shutil.which("tcsh")
 pytestmark = pytest.mark.skipif(TCSH is None, reason="no tcsh here (apt-get install tcsh)")
@@ -46,22 +44,10 @@ def tcsh_host(sshd: Sshd) -> Iterator[str]:
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "sshd did not start"
-                time.sleep(0.05)
+        assert wait_listening("127.0.0.1", port, proc, 10), "sshd did not start"
         yield f"{sshd.user}@127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
 
 
 def test_posix_commands_to_a_csh_login_suggest_shell_csh(
