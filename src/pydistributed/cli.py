@@ -231,41 +231,10 @@ def _add_workers(what: Any, option: str) -> None:
         raise Refused(1) from None
 
 
-def parse_machines(text: str, name: str) -> list[tuple[str, int | str]]:
-    """A machine file's ``[(spec, count)]``, in order; ``count`` is ``"auto"`` for a line
-    ``auto*spec`` (Julia's ``load_machine_file`` makes a count that is not all digits a Symbol:
-    ``(spec, :auto)``), which ``addprocs`` takes as it is.
-
-    Raises:
-        ValueError: a malformed line; the message names the file, the line number and the line.
-    """
-    from pydistributed.managers.sshcommand import parse_machine, parse_machine_file
-
-    lines = text.splitlines()
-    autos: dict[int, str] = {}  # line index -> its spec
-    for i, raw in enumerate(lines):
-        head, star, spec = raw.split("#", 1)[0].partition("*")
-        if star and head.strip() == "auto":
-            try:
-                parse_machine(spec.strip())
-            except ValueError as e:
-                raise ValueError(f"{name}, line {i + 1}: {raw.strip()!r}: {e}") from None
-            autos[i] = " ".join(spec.split())
-    # the other lines, read by the machine file's parser (the auto ones blank: same numbers)
-    rest = iter(
-        parse_machine_file("\n".join("" if i in autos else s for i, s in enumerate(lines)), name)
-    )
-    out: list[tuple[str, int | str]] = []
-    for i, raw in enumerate(lines):
-        if i in autos:
-            out.append((autos[i], "auto"))
-        elif raw.split("#", 1)[0].strip():
-            out.append(next(rest))
-    return out
-
-
 def _read_machine_file(path: str) -> list[tuple[str, int | str]]:
     """The machine file's ``[(spec, count)]``; refused (status 2) unreadable or malformed."""
+    from pydistributed.managers.sshcommand import parse_machine_file
+
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -274,7 +243,7 @@ def _read_machine_file(path: str) -> list[tuple[str, int | str]]:
         say(f"pydist: can't open machine file {path!r}: {why}")
         raise Refused(2) from None
     try:
-        return parse_machines(text, f"machine file {path!r}")
+        return parse_machine_file(text, f"machine file {path!r}")
     except ValueError as e:
         say(f"pydist: --machine-file: {e}")
         raise Refused(2) from None

@@ -180,13 +180,11 @@ class WorkerPool(AbstractWorkerPool):
                 f"{name}(pids): pids must be an iterable of worker ids, not "
                 f"{type(pids).__name__} ({pids!r})"
             )
-        pids = [check_pid(p, _WORKER) for p in pids]
         c = current_cluster()
-        for pid in pids:
-            c.registry.check_exists(pid, f"{name}(pids)")
+        pids = [c.registry.check_exists(check_pid(p, _WORKER), f"{name}(pids)") for p in pids]
         self._setup(c, PoolState(c), uuid.uuid4().int >> 64, c.myid)
-        for pid in pids:
-            self.push(pid)
+        for pid in pids:  # (checked, all of them before the pool is made)
+            self._home.push(pid)
 
     def _setup(self, c: Cluster, home: PoolState | _RemoteHome, uid: int, home_pid: int) -> None:
         self._home = home

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from pydistributed.cli import parse_machines
+from pydistributed.managers.sshcommand import parse_machine_file
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -352,7 +352,7 @@ def test_a_malformed_machine_file_is_refused_and_nothing_runs(pydist: Pydist) ->
 
 
 def test_a_machine_file_count_may_be_auto_as_in_julia(pydist: Pydist) -> None:
-    assert parse_machines(
+    assert parse_machine_file(
         "# c\n\nauto*alice@h1  # all its CPUs\n2*h2\n auto * h3 10.0.0.2\n", "f"
     ) == [
         ("alice@h1", "auto"),
@@ -360,9 +360,9 @@ def test_a_machine_file_count_may_be_auto_as_in_julia(pydist: Pydist) -> None:
         ("h3 10.0.0.2", "auto"),
     ]
     with pytest.raises(ValueError, match=r"^f, line 2: 'auto\*h:x': invalid machine spec"):
-        parse_machines("h\nauto*h:x\n", "f")
+        parse_machine_file("h\nauto*h:x\n", "f")
     with pytest.raises(ValueError, match=r"^f, line 2: 'autos\*h': the count before '\*'"):
-        parse_machines("h\nautos*h\n", "f")
+        parse_machine_file("h\nautos*h\n", "f")
     # run: read as (host, "auto"), so addprocs asks the host for its CPU count (which fails here)
     marker = pydist.tmp / "ran"
     (pydist.tmp / "hosts").write_text("auto*pydist-test.invalid\n")

@@ -143,29 +143,34 @@ def normalize_machines(machines: Iterable[Any]) -> list[tuple[Machine, int | str
     return [(parsed[k], c) for k, c in counts.items()]
 
 
-def parse_machine_file(text: str, name: str = "machine file") -> list[tuple[str, int]]:
+def parse_machine_file(text: str, name: str = "machine file") -> list[tuple[str, int | str]]:
     """Julia's machine file: ``[count*][user@]host[:port] [bind_addr[:port]]`` per line; ``#``
-    starts a comment, blank lines are ignored. ``[(spec, count)]`` in order.
+    starts a comment, blank lines are ignored. ``[(spec, count)]`` in order; ``count`` is a
+    positive int, or ``"auto"`` for ``auto*spec`` (one worker per CPU of the host: Julia's
+    ``load_machine_file`` reads a count that is not all digits as a Symbol, ``:auto``).
 
     Raises:
         ValueError: a malformed line; the message names the file, the line number and the line.
     """
-    out: list[tuple[str, int]] = []
+    out: list[tuple[str, int | str]] = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        count = 1
+        count: int | str = 1
         spec = line
         star = line.find("*")
         if star >= 0:
             head, spec = line[:star].strip(), line[star + 1 :].strip()
-            if not head.isdigit() or int(head) < 1:
+            if head == "auto":
+                count = "auto"
+            elif not head.isdigit() or int(head) < 1:
                 raise ValueError(
                     f"{name}, line {number}: {raw.strip()!r}: the count before '*' must be a "
-                    "positive integer"
+                    "positive integer or auto"
                 )
-            count = int(head)
+            else:
+                count = int(head)
         try:
             parse_machine(spec)
         except ValueError as e:
