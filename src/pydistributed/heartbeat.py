@@ -144,12 +144,11 @@ class Heartbeat:
                 continue
             if now - self._beats.get(pid, 0.0) < TUNNEL_BEAT:
                 continue
-            sending = getattr(peer, "_send_lock", None)
-            if sending is not None and sending.locked():
-                continue  # a message is being written: data arrives there anyway
-            self._beats[pid] = now
             try:
-                peer.send(Ping(next(self._nonces)))
+                # not while a message is being written (data arrives there anyway): a beat
+                # never waits on a link that may be dead
+                if peer.send(Ping(next(self._nonces)), wait=False):
+                    self._beats[pid] = now
             except Exception:
                 pass  # closed meanwhile: its loss is handled where it is noticed
 

@@ -176,10 +176,7 @@ class SSHManager(ClusterManager):
                 env[var] = os.environ[var]
         if params.get("tunnel"):  # it exits when the master's beats stop (heartbeat.py)
             env["PYDIST_MASTER_SILENCE"] = f"{TUNNEL_SILENCE:g}"
-        given = params.get("env") or {}
-        items = given.items() if isinstance(given, dict) else given
-        for key, value in items:
-            env[str(key)] = str(value)
+        env.update(params.get("env") or {})  # (names and values: str, checked by addprocs)
         return list(env.items())
 
     def _ssh_base(
