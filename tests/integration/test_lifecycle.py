@@ -194,7 +194,7 @@ def test_interrupt_reaches_a_call_blocked_on_another_workers_channel(
     # the channel is as it was: the next put meets the next take
     taker = remotecall(lambda c: c.take(timeout=30), owner, rc)
     rc.put(8, timeout=30)
-    assert fetch(taker) == 8
+    assert fetch(taker, timeout=30) == 8
 
 
 def test_interrupt_idle_worker_is_ignored(two_workers: list[int]) -> None:
