@@ -92,6 +92,7 @@ class Lifecycle(Removal):
         self._atexit = False
         self._lazy = True  # the laziness of the workers there are
         self.closing = False
+        self.reaping = {}
         # the pair keys: each pair of workers shares a secret that only they (and the master)
         # know, with which a worker proves who it is to another (Identify)
         self._pair_secret = secrets.token_bytes(32)
@@ -424,7 +425,11 @@ class Lifecycle(Removal):
         threading.Thread(target=self._reap, args=(info,), name="pydist-reap", daemon=True).start()
 
     def _reap(self, info: WorkerInfo) -> None:
-        end_process(info.process, grace=KILL_WAIT)
+        self.reaping[id(info)] = info  # (shutdown ends it at once if this process exits)
+        try:
+            end_process(info.process, grace=KILL_WAIT)
+        finally:
+            self.reaping.pop(id(info), None)
         self._manage(info, "finalize")
 
 

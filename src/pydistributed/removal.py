@@ -26,6 +26,7 @@ class Removal:
     registry: Registry
     connections: Connections
     closing: bool
+    reaping: dict[int, WorkerInfo]  # workers that left, their launch process within its grace
 
     def _check_master(self) -> None:
         if self.registry.myid != 1:
@@ -135,3 +136,7 @@ class Removal:
             info.exited.wait(max(0.0, deadline - time.monotonic()))
         for info in infos:
             end_process(info.process, grace=max(0.05, deadline - time.monotonic()))
+        # workers that left and whose launch process (an ssh session to a host that was cut
+        # off) was still within its grace: it would outlive this process, which is ending
+        for info in list(self.reaping.values()):
+            end_process(info.process)
