@@ -34,14 +34,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import queue
 import struct
-import threading
 from typing import Any
 
 from .errors import ProtocolError
 
-__all__ = ["BULK_MIN", "MAC_SIZE", "BackgroundHash", "FrameMac", "MessageMac", "feed_frames"]
+__all__ = ["BULK_MIN", "MAC_SIZE", "FrameMac", "MessageMac", "feed_frames"]
 
 MAC_SIZE = 16
 BULK_MIN = 1 << 20  # frames this large go through Poly1305 on a link with bulk=True
@@ -143,61 +141,7 @@ class MessageMac:
         return self._h.digest()  # type: ignore[no-any-return]
 
 
-class BackgroundHash:
-    """Feeds a :class:`MessageMac` on another thread, in order, while this one sends or
-    receives: hashlib and Poly1305 let go of the GIL on large updates, so on two cores the pass
-    over a large buffer costs about nothing beyond the transfer itself. Used for messages with a
-    frame of 1 MiB or more (starting a thread costs more than hashing a small one). An error on
-    that thread (Poly1305 refused) is raised by :meth:`digest`."""
-
-    __slots__ = ("_error", "_h", "_q", "_t")
-
-    def __init__(self, h: MessageMac) -> None:
-        self._h = h
-        self._error: BaseException | None = None
-        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._t = threading.Thread(target=self._run, name="pydist-mac", daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        while (item := self._q.get()) is not None:
-            if self._error is None:
-                try:
-                    item[0](*item[1:])
-                except BaseException as e:  # raised by digest, in the caller's thread
-                    self._error = e
-
-    def update(self, data: Any) -> None:
-        self._q.put((self._h.update, data))
-
-    def begin(self) -> None:
-        self._q.put((self._h.begin,))
-
-    def bulk(self, data: Any) -> None:
-        self._q.put((self._h.bulk, data))
-
-    def end(self) -> None:
-        self._q.put((self._h.end,))
-
-    def abandon(self) -> None:
-        """The message will not be finished (an error while sending or receiving): the thread
-        skips what is queued and ends."""
-        if self._t.is_alive():
-            if self._error is None:
-                self._error = ProtocolError("abandoned")
-            self._q.put(None)
-
-    def digest(self) -> bytes:
-        self._q.put(None)
-        self._t.join()
-        if self._error is not None:
-            if isinstance(self._error, ProtocolError):
-                raise self._error
-            raise ProtocolError(f"message authentication failed: {self._error}")
-        return self._h.digest()
-
-
-def feed_frames(h: MessageMac | BackgroundHash, frames: Any, lens: Any) -> None:
+def feed_frames(h: MessageMac, frames: Any, lens: Any) -> None:
     """Feed a message's frames (sizes ``lens``) to its MAC ``h``, bulk frames as such."""
     for f, n in zip(frames, lens, strict=True):
         if n >= BULK_MIN:

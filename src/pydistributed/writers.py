@@ -17,13 +17,16 @@ from collections.abc import Sequence
 from typing import Any, BinaryIO, Protocol
 
 from . import shm, shmpool
-from .framemac import BackgroundHash, FrameMac, feed_frames
+from .framemac import BULK_MIN, FrameMac, feed_frames
 from .frames import COUNT, max_message_bytes, prefix
 
 __all__ = ["FrameWriter", "SocketWriter", "StreamWriter", "as_frame_writer", "is_tls_socket"]
 
 # Linux caps one sendmsg at IOV_MAX (1024) pieces.
 _IOV_MAX = 1024
+# a bulk frame of a MAC'd message is hashed and sent this much at a time, each chunk hashed
+# just before it goes out, while it is in the CPU's cache (docs/security.md has the figures)
+MAC_CHUNK = 1 << 21
 
 
 def is_tls_socket(sock: Any) -> bool:
@@ -87,24 +90,42 @@ class SocketWriter:
                 sock.sendall(data if mac is None else data + mac.tag(data))
                 self.partial = False
                 return
-            pieces: list[memoryview] = [memoryview(head)]
-            pieces.extend(m for m in (memoryview(f).cast("B") for f in frames) if m.nbytes)
             if mac is None:
+                pieces: list[memoryview] = [memoryview(head)]
+                pieces.extend(m for m in (memoryview(f).cast("B") for f in frames) if m.nbytes)
                 self._send_pieces(pieces, fds)
             else:
-                bg = BackgroundHash(mac.start())  # hashes while the pieces go out
-                try:
-                    bg.update(head)
-                    feed_frames(bg, frames, lens)
-                    self._send_pieces(pieces, fds)
-                    tag = bg.digest()
-                finally:
-                    bg.abandon()  # (after digest: nothing left to do)
-                sock.sendall(tag)
+                self._send_hashed(mac, head, frames, lens)
             self.partial = False
         finally:
             # the kernel holds its own references to descriptors in flight; the pool's stay
             shm.close_all(owned)
+
+    def _send_hashed(self, mac: FrameMac, head: bytes, frames: Sequence[Any], lens: Any) -> None:
+        """Send a message and its tag, hashing each piece just before it goes out: a bulk
+        frame :data:`MAC_CHUNK` bytes at a time, hashed while it is in the CPU's cache, then
+        sent (with the small pieces before it in one ``sendmsg``)."""
+        h = mac.start()
+        h.update(head)
+        pieces: list[memoryview] = [memoryview(head)]
+        for f, n in zip(frames, lens, strict=True):
+            if not n:
+                continue
+            m = memoryview(f).cast("B")
+            if n < BULK_MIN:
+                h.update(m)
+                pieces.append(m)
+                continue
+            h.begin()
+            for start in range(0, n, MAC_CHUNK):
+                chunk = m[start : start + MAC_CHUNK]
+                h.bulk(chunk)
+                pieces.append(chunk)
+                self._send_pieces(pieces)
+                pieces = []
+            h.end()
+        pieces.append(memoryview(h.digest()))
+        self._send_pieces(pieces)
 
     def _send_pieces(self, pieces: list[memoryview], fds: list[int] | None = None) -> None:
         sock = self.sock
