@@ -116,10 +116,13 @@ class GuardedFileIO(io.FileIO):
 
     def write(self, b: Any, /) -> int:
         try:
-            return super().write(b)
+            return _file_write(self, b)  # (not super(): a print makes several writes)
         except BrokenPipeError:
             drop_output(self.fileno())
-        return super().write(b)
+        return _file_write(self, b)
+
+
+_file_write = io.FileIO.write
 
 
 _NAMES = ("<stdin>", "<stdout>", "<stderr>")
