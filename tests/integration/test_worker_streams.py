@@ -177,26 +177,40 @@ def _close_forkserver() -> None:
         server.proc.wait(timeout=10)
 
 
+# (the master's environment, the worker's env=, its streams' encodings, their errors)
+_SETTINGS = {
+    # a locale of the worker's own (the forkserver's is the master's), not in UTF-8 mode
+    # (PYTHONUTF8=0, in the forkserver's environment too): the POSIX locale's is ASCII
+    "locale": ({"PYTHONUTF8": "0"}, {"LC_ALL": "POSIX"}, ["ascii"] * 3, ["surrogateescape"] * 2),
+    # the master's PYTHONIOENCODING (the forkserver's too)
+    "PYTHONIOENCODING": (
+        {"PYTHONIOENCODING": "latin-1:replace"},
+        {},
+        ["iso8859-1"] * 3,
+        ["replace"] * 2,
+    ),
+}
+
+
 @pytest.mark.parametrize("mode", ["forkserver", "exec"])
-def test_a_worker_s_own_locale_chooses_its_streams_encoding(
-    mode: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("case", sorted(_SETTINGS))
+def test_a_worker_s_environment_chooses_its_streams_settings(
+    mode: str, case: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A worker whose ``env`` gives it a locale of its own (the forkserver's is the master's):
-    its streams' encoding is that locale's, as in a fresh interpreter (not in UTF-8 mode:
-    PYTHONUTF8=0, in the forkserver's environment too; the POSIX locale's is ASCII)."""
+    master_env, env, encodings, errors = _SETTINGS[case]
     monkeypatch.setenv("PYDIST_SPAWN", mode)
-    monkeypatch.setenv("PYTHONUTF8", "0")
-    _close_forkserver()  # the next one starts with PYTHONUTF8=0
+    for key, value in master_env.items():
+        monkeypatch.setenv(key, value)
+    _close_forkserver()  # the next one starts with the master's environment of this test
     ws: list[int] = []
     try:
-        ws = addprocs(1, env={"LC_ALL": "POSIX"})
+        ws = addprocs(1, env=env)
         _spawned_by(ws[0], mode)
         mine, fresh = remotecall_fetch(_probe, ws[0]), remotecall_fetch(_fresh_probe, ws[0])
         assert mine == fresh
-        assert [mine[n]["encoding"] for n in ("stdin", "stdout", "stderr")] == ["ascii"] * 3
+        assert [mine[n]["encoding"] for n in ("stdin", "stdout", "stderr")] == encodings
         assert [mine[n]["errors"] for n in ("stdin", "stdout", "stderr")] == [
-            "surrogateescape",
-            "surrogateescape",
+            *errors,
             "backslashreplace",
         ]
     finally:

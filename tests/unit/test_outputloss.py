@@ -101,3 +101,65 @@ def test_a_worker_s_stream_whose_pipe_has_no_reader_drops_its_output(
     assert proc.returncode == 0
     assert got["types"] == ["TextIOWrapper", "TextIOWrapper"] and got["same"]
     assert got["fds"] == ["/dev/null", "/dev/null"]
+
+
+# The interpreter's streams before and after guard_streams: alike but for the raw file's class.
+_ALIKE = r"""
+import io, json, sys
+from pydistributed.outputloss import guard_streams
+
+def probe():
+    result = {}
+    for name in ("stdout", "stderr"):
+        s = getattr(sys, name)
+        buf = s.buffer
+        raw = buf if isinstance(buf, io.RawIOBase) else buf.raw
+        try:
+            s.tell()
+        except Exception as e:
+            tell = f"{type(e).__module__}.{type(e).__name__}: {e}"
+        result[name] = [
+            type(s) is io.TextIOWrapper, repr(s), s.encoding, s.errors, s.line_buffering,
+            s.write_through, s.seekable(), s.isatty(), tell, s is getattr(sys, f"__{name}__"),
+            type(buf).__name__ if buf is not raw else "raw", isinstance(raw, io.FileIO),
+            raw.closefd, raw.name, raw.mode,
+        ]
+    return result
+
+before = probe()
+guard_streams()
+after = probe()
+with open(sys.argv[1], "w") as f:
+    json.dump([before, after, type(sys.stdout.buffer).__name__], f)
+"""
+
+
+@pytest.mark.parametrize("buffered", [False, True])
+@pytest.mark.parametrize("stdout", ["pipe", "tty"])
+def test_guarded_streams_are_the_interpreter_s_own_made_again(
+    tmp_path: Path, buffered: bool, stdout: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, env.get("PYTHONPATH")) if p)
+    result = tmp_path / "result.json"
+    ours, theirs = os.openpty() if stdout == "tty" else os.pipe()
+    try:
+        subprocess.run(
+            [sys.executable, "-c", _ALIKE, str(result)],
+            stdin=subprocess.DEVNULL,
+            stdout=theirs,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=60,
+            check=True,
+        )
+    finally:
+        os.close(theirs)
+        os.close(ours)
+    before, after, raw = json.loads(result.read_text())
+    assert before == after
+    assert raw == ("GuardedFileIO" if not buffered else "BufferedWriter")
+    assert before["stdout"][4] == (buffered and stdout == "tty")  # line_buffering
+    assert before["stderr"][4] == buffered
