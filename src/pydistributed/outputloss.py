@@ -6,9 +6,13 @@ ssh client). When that session ends while the worker is still connected (the mas
 client killed, the host's ``sshd: user@notty`` process killed), a write to the pipes fails with
 ``EPIPE``, and every call that prints would raise ``BrokenPipeError``. Two things prevent that:
 
-* the worker's ``sys.stdout`` and ``sys.stderr`` are :class:`GuardedStream` wrappers: a write or
-  flush that fails with ``BrokenPipeError`` puts ``/dev/null`` on that file descriptor
-  (:func:`drop_output`) and is done again there, so Python code that prints never fails;
+* the worker's ``sys.stdout`` and ``sys.stderr`` are the ``io.TextIOWrapper`` streams a fresh
+  interpreter makes for descriptors 1 and 2 (:func:`standard_stream`: same encoding, errors,
+  buffering; ``sys.__stdout__`` is ``sys.stdout``), over a :class:`GuardedFileIO`: a write
+  that fails with ``BrokenPipeError`` puts ``/dev/null`` on that file descriptor
+  (:func:`drop_output`) and is done again there, so Python code that prints never fails, through
+  ``sys.stdout`` or ``sys.stdout.buffer`` (a stream the program put there itself, before
+  :func:`guard_streams`, is wrapped in a :class:`GuardedStream` instead);
 * the master's output relay sees the end of the worker's stream while the worker is still in
   the cluster (:class:`OutputLoss`): it calls :func:`drop_output` on the worker for that stream's
   descriptor (which also covers what writes to the descriptor directly: C code, child
@@ -21,6 +25,7 @@ not, writes there from then on; the pipe cannot get a reader again.
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import os
 import sys
@@ -33,7 +38,14 @@ if TYPE_CHECKING:
     from .registry import Registry
     from .relay import RelayedStream
 
-__all__ = ["GuardedStream", "OutputLoss", "drop_output", "guard_streams"]
+__all__ = [
+    "GuardedFileIO",
+    "GuardedStream",
+    "OutputLoss",
+    "drop_output",
+    "guard_streams",
+    "standard_stream",
+]
 
 log = logging.getLogger("pydistributed")
 
@@ -96,12 +108,95 @@ class GuardedStream:
         return sorted(set(super().__dir__()) | set(dir(self._stream)))
 
 
+class GuardedFileIO(io.FileIO):
+    """The raw file under a worker's ``sys.stdout`` / ``sys.stderr``: a write that meets a
+    broken pipe puts ``/dev/null`` on its descriptor and is done again there (see the
+    module's docstring). Below the text and buffer layers, it covers ``sys.stdout.buffer`` and
+    a stream reconfigured by the program too."""
+
+    def write(self, b: Any, /) -> int:
+        try:
+            return _file_write(self, b)  # (not super(): a print makes several writes)
+        except BrokenPipeError:
+            drop_output(self.fileno())
+        return _file_write(self, b)
+
+
+_file_write = io.FileIO.write
+
+
+_NAMES = ("<stdin>", "<stdout>", "<stderr>")
+
+
+def standard_stream(fd: int, encoding: str, errors: str, write_through: bool) -> io.TextIOWrapper:
+    """``sys.stdin`` (``fd`` 0), ``sys.stdout`` (1) or ``sys.stderr`` (2) as a fresh interpreter
+    makes it for descriptor ``fd`` (CPython's ``create_stdio``): a ``TextIOWrapper`` with
+    ``encoding`` and ``errors`` (``-u`` / ``PYTHONUNBUFFERED``: ``write_through`` and no write
+    buffer; else line-buffered on a terminal and on stderr), newlines untranslated, over a raw
+    file that does not close ``fd``; for 1 and 2 that raw file is a :class:`GuardedFileIO`."""
+    if fd not in (0, 1, 2):
+        raise ValueError(f"a standard stream is on descriptor 0, 1 or 2, not {fd!r}")
+    raw = (io.FileIO if fd == 0 else GuardedFileIO)(fd, "rb" if fd == 0 else "wb", closefd=False)
+    raw.name = _NAMES[fd]  # type: ignore[misc]  # as the interpreter names it
+    try:
+        size = os.fstat(fd).st_blksize
+    except OSError:
+        size = 0
+    size = size if size > 1 else io.DEFAULT_BUFFER_SIZE  # io.open's choice
+    buffered = not write_through
+    buf: Any
+    if fd == 0:
+        buf = io.BufferedReader(raw, size)  # stdin is always buffered (TextIOWrapper reads read1)
+    else:
+        buf = io.BufferedWriter(raw, size) if buffered else raw
+    stream = io.TextIOWrapper(
+        buf,
+        encoding=encoding,
+        errors=errors,
+        newline="\n",
+        line_buffering=buffered and (raw.isatty() or fd == 2),
+        write_through=write_through,
+    )
+    stream.mode = "r" if fd == 0 else "w"  # type: ignore[misc]
+    return stream
+
+
+def is_guarded(stream: Any) -> bool:
+    """Whether ``stream`` is guarded already (a :class:`GuardedStream`, or a stream over a
+    :class:`GuardedFileIO`)."""
+    if isinstance(stream, GuardedStream):
+        return True
+    buf = getattr(stream, "buffer", None)
+    return isinstance(buf, GuardedFileIO) or isinstance(getattr(buf, "raw", None), GuardedFileIO)
+
+
+def _interpreters(stream: Any, fd: int) -> bool:
+    """Whether ``stream`` is one the interpreter made for ``fd``: a ``TextIOWrapper`` over a
+    file on ``fd`` that does not close it."""
+    if type(stream) is not io.TextIOWrapper:
+        return False
+    buf = stream.buffer
+    raw = buf if isinstance(buf, io.FileIO) else getattr(buf, "raw", None)
+    return isinstance(raw, io.FileIO) and not raw.closefd and raw.fileno() == fd
+
+
 def guard_streams() -> None:
-    """Wrap this worker's ``sys.stdout`` and ``sys.stderr`` (once)."""
+    """Guard this worker's ``sys.stdout`` and ``sys.stderr`` (once): the interpreter's own
+    are made again over a :class:`GuardedFileIO` (:func:`standard_stream`, with their
+    settings; ``sys.__stdout__`` / ``sys.__stderr__`` follow); another stream is wrapped in a
+    :class:`GuardedStream`."""
     for name, fd in _FDS.items():
         stream = getattr(sys, name)
-        if stream is not None and not isinstance(stream, GuardedStream):
+        if stream is None or is_guarded(stream):
+            continue
+        if not _interpreters(stream, fd):
             setattr(sys, name, GuardedStream(stream, fd))
+            continue
+        stream.flush()
+        guarded = standard_stream(fd, stream.encoding, stream.errors, stream.write_through)
+        if getattr(sys, f"__{name}__") is stream:
+            setattr(sys, f"__{name}__", guarded)
+        setattr(sys, name, guarded)  # the old one does not close fd (closefd is False)
 
 
 # -- the master's side ---------------------------------------------------------------------
