@@ -288,7 +288,7 @@ def test_everywhere_throw_on(four: list[int], which: str) -> None:
     # TaskFailedException; API.md: everywhere raises one CompositeException, and the
     # product makes the master's own failure a RemoteException(1, ...) too
     assert len(info.value.exceptions) == len(listed)
-    for q, ex in zip(listed, info.value.exceptions):
+    for q, ex in zip(listed, info.value.exceptions, strict=True):
         assert isinstance(ex, RemoteException)
         assert ex.pid == q
         assert type(ex.captured.exc) is RuntimeError
@@ -316,7 +316,7 @@ def test_globals_bitstypes(four: list[int]) -> None:
     assert not remotecall_fetch(main_has, other, "v1")
     for i in range(2, 6):
         v1 = i
-        assert remotecall_fetch(lambda: v1, other) == i
+        assert remotecall_fetch(lambda: v1, other) == i  # noqa: B023 (the global, now)
 
 
 def test_globals_non_bitstypes(four: list[int]) -> None:
@@ -374,7 +374,7 @@ def test_issue_31252_global_symbol(four: list[int]) -> None:
     other = four[0]
     for value in ("a", "b", "a"):
         v31252 = value
-        assert fetchfrom(other, lambda: v31252) == value
+        assert fetchfrom(other, lambda: v31252) == value  # noqa: B023 (the global, now)
     assert remotecall_fetch(lambda: v31252, four[0]) == "a"
 
 
@@ -393,7 +393,7 @@ def test_nested_anonymous_functions(four: list[int]) -> None:
     assert not remotecall_fetch(main_has, other, "lv1")
     for i in range(2, 6):
         lv1 = i
-        assert remotecall_fetch(lambda: lv1, other) == i
+        assert remotecall_fetch(lambda: lv1, other) == i  # noqa: B023 (shipped now)
     lv2 = [0.0] * 10
     for i in range(5):
         lv2[i] = i + 1

@@ -93,15 +93,24 @@ COMBOS = list(itertools.product(*(values for _, values in PMAP_ARGS)))
 
 
 def _combo_id(combo: tuple[Any, ...]) -> str:
-    return "-".join(
-        f"{name}" for (name, values), v in zip(PMAP_ARGS, combo) if v is not values[0]
-    ) or "defaults"
+    return (
+        "-".join(
+            f"{name}"
+            for (name, values), v in zip(PMAP_ARGS, combo, strict=True)
+            if v is not values[0]
+        )
+        or "defaults"
+    )
 
 
 @pytest.mark.parametrize("combo", COMBOS, ids=[_combo_id(c) for c in COMBOS])
 def test_pmap_kwarg_combinations(four: list[int], combo: tuple[Any, ...]) -> None:
     # walk_args(1)
-    kw = {name: v for (name, _), v in zip(PMAP_ARGS, combo) if not (isinstance(v, str) and v == "default")}
+    kw = {
+        name: v
+        for (name, _), v in zip(PMAP_ARGS, combo, strict=True)
+        if not (isinstance(v, str) and v == "default")
+    }
     data = range(1, 101)
     testw = [1] if kw.get("distributed") is False else workers()
     if "retry_delays" in kw:
@@ -196,8 +205,8 @@ def test_custom_worker_pools(four: list[int]) -> None:
     assert nworkers() == len(set(pmap(lambda _: myid(), wp, range(100))))
     got = remotecall_fetch(lambda wp: pmap(lambda _: myid(), wp, range(100)), four[0], wp)
     assert nworkers() == len(set(got))
-    wp = WorkerPool([2, 3])
-    assert sorted(set(pmap(lambda _: myid(), wp, range(100)))) == [2, 3]
+    wp = WorkerPool(four[:2])  # Julia: WorkerPool(2:3), the first two workers
+    assert sorted(set(pmap(lambda _: myid(), wp, range(100)))) == sorted(four[:2])
     assert fetch(remotecall(myid, wp), timeout=T) in wp.workers
     with pytest.raises(RemoteException):
         fetch(remotecall(_error, wp), timeout=T)

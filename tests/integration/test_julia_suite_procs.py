@@ -61,7 +61,7 @@ def test_addprocs_rmprocs_from_master_only(add_workers: AddWorkers) -> None:
 
 
 class ErrorSimulator(ClusterManager):
-    """"Test the following addprocs error conditions": a launch command that exits, that
+    """Julia: "Test the following addprocs error conditions": a launch command that exits, that
     prints 1001 lines without the address, or that sleeps."""
 
     def __init__(self, mode: str) -> None:
@@ -127,7 +127,7 @@ def test_worker_dir(add_workers: AddWorkers, tmp_path: Any) -> None:
 
 
 class WorkerArgTester(ClusterManager):
-    """"cookie and command line option `--worker` tests": ``python -m pydistributed.worker``
+    """Julia: "cookie and command line option `--worker` tests": ``python -m pydistributed.worker``
     with the cookie on standard input, or with ``--cookie C``."""
 
     def __init__(self, cookie_on_stdin: bool) -> None:

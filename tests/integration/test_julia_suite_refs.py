@@ -143,7 +143,7 @@ def test_remote(four: list[int]) -> None:
         wait_until(lambda: not isready(pool), T, what="every pooled worker busy")
         for i, c in enumerate(order(chans)):
             put(c, "foo")
-            wait_until(lambda i=i: sum(t.done() for t in tasks) == i + 1, T)
+            wait_until(lambda i=i, ts=tasks: sum(t.done() for t in ts) == i + 1, T)
             assert timedwait(pool.isready, T) == "ok"
         for t in tasks:
             assert t.fetch(timeout=T) == "foo"
@@ -232,7 +232,9 @@ def test_put_on_future_set_elsewhere_raises(four: list[int]) -> None:
         put(fstore, f, timeout=T)
         put(f, "OK")
         assert remotecall_fetch(stored, wid1, fid) is True
-        w = remotecall_fetch(lambda x: timedwait(lambda: isready(fetch(x, timeout=T)), 10), wid2, fstore)
+        w = remotecall_fetch(
+            lambda x: timedwait(lambda: isready(fetch(x, timeout=T)), 10), wid2, fstore
+        )
         assert w == "ok"
         # Julia: a RemoteException (the owner's ErrorException, as put! goes to the owner).
         # pydistributed's Future.put raises RuntimeError("a Future can be set only once")
@@ -335,10 +337,10 @@ def test_regular_io_ser(four: list[int], make: Any) -> None:
 
 def test_distributed_load_balancing(four: list[int]) -> None:
     # "Test @distributed load balancing - all processors should get either M or M+1"
-    from pydistributed import distributed, nprocs
+    from pydistributed import distributed
 
     ids = distributed(lambda i: [myid()], range(1, 8), reducer=lambda a, b: a + b)
-    workloads = [ids.count(i) for i in range(2, nprocs() + 1) if i in workers()]
+    workloads = [ids.count(i) for i in workers()]  # Julia: for i in 2:nprocs()
     assert max(workloads) - min(workloads) <= 1
     # "@distributed reduction should work even with very short ranges"
     assert distributed(lambda i: i, range(1, 3), reducer=lambda a, b: a + b) == 3

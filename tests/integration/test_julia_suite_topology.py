@@ -98,7 +98,8 @@ def test_master_worker_worker_counts(cluster: list[int]) -> None:
 
 
 class TopoTestManager(LocalManager):
-    """"connect even pids to other even pids, odd to odd": ident i connects to i+2, i+4, ..."""
+    """Julia: "connect even pids to other even pids, odd to odd": ident i connects to i+2,
+    i+4, ..."""
 
     def __init__(self, np: int) -> None:
         super().__init__(np)
