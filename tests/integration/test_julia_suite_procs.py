@@ -309,3 +309,49 @@ def test_manager_show() -> None:
 
     assert re.fullmatch(r"SSHManager\(machines=.*\)", repr(SSHManager(["127.0.0.1"])))
     assert repr(LocalManager(1, True)).startswith("LocalManager(")
+
+
+# -- the DoFullTest block (JULIA_TESTFULL), the parts without ssh -----------------------------
+
+
+def test_remote_do_error_is_shown_on_the_worker(
+    add_workers: AddWorkers, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # "Testing exception printing on remote worker from a `remote_do` call". API.md: logged
+    # where it ran, and a local worker's log line reaches the master's standard error
+    from pydistributed import remote_do
+    from tests.conftest import wait_until
+
+    (w,) = add_workers(1)
+
+    def fail() -> None:
+        raise RuntimeError("TESTING EXCEPTION ON REMOTE DO. PLEASE IGNORE")
+
+    remote_do(fail, w)
+    seen: list[str] = []
+
+    def shown() -> bool:
+        seen.append(capfd.readouterr().err)
+        return "TESTING EXCEPTION ON REMOTE DO" in "".join(seen)
+
+    wait_until(shown, T, 0.05, "the remote_do failure on standard error")
+    text = "".join(seen)
+    assert f"From worker {w}:" in text
+    assert "remote_do from process 1 failed" in text
+
+
+def test_fake_data_to_workers(add_workers: AddWorkers) -> None:
+    # "Test sending fake data to workers. The worker processes will print an error message
+    # but should not terminate."
+    import socket
+
+    from tests.conftest import worker_table
+
+    all_w = add_workers(2)
+    for w in all_w:
+        info = worker_table()[w]
+        assert info.host and info.port
+        with socket.create_connection((info.host, info.port), timeout=10) as s:
+            s.sendall(os.urandom(32))
+    assert all(p in workers() for p in all_w)
+    assert all(remotecall_fetch(myid, p) == p for p in all_w)
