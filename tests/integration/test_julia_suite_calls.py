@@ -27,7 +27,6 @@ from pydistributed import (
     distributed,
     everywhere,
     fetch,
-    fetchfrom,
     myid,
     procs,
     remote_do,
@@ -35,48 +34,21 @@ from pydistributed import (
     remotecall_fetch,
     remotecall_wait,
     spawnat,
-    sync,
-    wait,
     workers,
 )
 from pydistributed import clear as clear_
-from tests.conftest import end_workers
+from tests.integration._julia import T, four_workers, main_global, main_has, master_only_module
 
 pytestmark = pytest.mark.timeout(120)
-
-T = 20.0  # the timeout of every blocking call that is expected to succeed
 
 
 @pytest.fixture(scope="module")
 def four() -> Iterator[list[int]]:
-    """``addprocs_with_testenv(4)``: the four workers the Julia suite runs on."""
-    from pydistributed import addprocs
-
-    pids = addprocs(4)
-    yield pids
-    end_workers(pids)
-
-
-def main_global(name: str) -> Any:
-    """``getfield(Main, sym)`` on the process this runs on (a ``NameError`` if undefined)."""
-    return vars(sys.modules["__main__"])[name]
-
-
-def main_has(name: str) -> bool:
-    """``isdefined(Main, sym)`` on the process this runs on."""
-    return name in vars(sys.modules["__main__"])
+    yield from four_workers()
 
 
 def f_args(v1: int, v2: int = 0, *, kw1: int = 0, kw2: int = 0) -> int:
     return v1 + v2 + kw1 + kw2
-
-
-def master_only_module(name: str, source: str) -> types.ModuleType:
-    """A module that exists on the master only (Julia's ``module LocalFoo ... end``)."""
-    mod = types.ModuleType(name)
-    exec(source, mod.__dict__)
-    sys.modules[name] = mod
-    return mod
 
 
 # -- "Test various forms of remotecall* invocations" ------------------------------------------
@@ -124,43 +96,6 @@ def test_issue_15406_43396_34333(four: list[int]) -> None:
     # "PR #14456": many local spawns (10^5 in Julia, 10^3 here)
     for _ in range(1000):
         fetch(spawnat(myid(), myid), timeout=T)
-
-
-def test_issue_29932_unbuffered_large_array(four: list[int]) -> None:
-    # "Github issue #29932": large arrays through an unbuffered RemoteChannel
-    from pydistributed import Channel, RemoteChannel, async_
-
-    rc: RemoteChannel[list[float]] = RemoteChannel(lambda: Channel(0))
-
-    def producer() -> None:
-        largev = [0.0] * (2**17 + 1)
-        for i in range(1, 11):
-            largev[0] = float(i)
-            rc.put(list(largev), timeout=T)
-
-    t = async_(producer)
-
-    def consumer(rc: Any) -> str:
-        for i in range(1, 11):
-            if rc.take(timeout=T)[0] != float(i):
-                raise RuntimeError("Failed")
-        return "OK"
-
-    assert remotecall_fetch(consumer, four[0], rc) == "OK"
-    t.wait(timeout=T)
-
-
-def test_issue_33972_closed_channel_take_releases(four: list[int]) -> None:
-    # "github issue 33972": a take on a closed unbuffered channel must not leave it locked
-    from pydistributed import Channel, ChannelClosedError, RemoteChannel
-
-    rc: RemoteChannel[int] = RemoteChannel(lambda: Channel(0), four[0])
-    rc.close()
-    with pytest.raises(ChannelClosedError):
-        rc.take(timeout=T)
-    with pytest.raises(ChannelClosedError):  # again, at once: nothing held from the first
-        rc.take(timeout=T)
-    assert remotecall_fetch(lambda r: r.isopen(), four[0], rc) is False
 
 
 def test_issue_16091_undefined_type_on_worker(four: list[int]) -> None:
@@ -293,151 +228,6 @@ def test_everywhere_throw_on(four: list[int], which: str) -> None:
         assert ex.pid == q
         assert type(ex.captured.exc) is RuntimeError
         assert str(ex.captured.exc) == msg
-
-
-# -- "Auto serialization of globals from Main." -----------------------------------------------
-
-v1: Any = 1
-v2: Any = None
-v3: Any = None
-v4: Any = None
-v5: Any = None
-v31252: Any = "a"
-v2669 = 10
-
-
-def test_globals_bitstypes(four: list[int]) -> None:
-    global v1
-    other = four[0]
-    v1 = 1
-    assert remotecall_fetch(lambda: v1, other) == v1
-    # Julia: isdefined(Main, :v1) on the worker afterwards. API.md: the globals travel with
-    # the function and are not defined in the worker's __main__
-    assert not remotecall_fetch(main_has, other, "v1")
-    for i in range(2, 6):
-        v1 = i
-        assert remotecall_fetch(lambda: v1, other) == i  # noqa: B023 (the global, now)
-
-
-def test_globals_non_bitstypes(four: list[int]) -> None:
-    global v2, v3, v4
-    other = four[0]
-    v2 = [0.0] * 10
-    for i in range(5):
-        v2[i] = i + 1
-        assert remotecall_fetch(lambda: v2, other) == v2
-    # "Different global bindings to the same object"
-    v3 = [1.0] * 10
-    v4 = v3
-    assert remotecall_fetch(lambda: v3, other) == remotecall_fetch(lambda: v4, other)
-    assert remotecall_fetch(lambda: v3 is v4, other)
-
-
-def test_globals_types_and_modules(four: list[int]) -> None:
-    # "Global references to Types and Modules should work if they are locally defined"
-    global v5
-    other = four[0]
-    v5 = int
-    assert remotecall_fetch(lambda: v5, other) is int
-    v5 = math
-    assert remotecall_fetch(lambda: v5, other) is math
-    # a struct/module defined on the master only
-    name = f"FooModLocal_{uuid.uuid4().hex}"
-    v5 = master_only_module(name, "class FooStructLocal:\n    pass\n")
-    try:
-        with pytest.raises(RemoteException):
-            remotecall_fetch(lambda: v5.FooStructLocal, other)
-    finally:
-        del sys.modules[name]
-    # ... and one defined everywhere (@everywhere struct / module)
-    ename = f"FooModEverywhere_{uuid.uuid4().hex}"
-    code = (
-        "import sys, types\n"
-        f"m = types.ModuleType({ename!r})\n"
-        "exec('class FooStructEverywhere:\\n    pass\\n', m.__dict__)\n"
-        f"sys.modules[{ename!r}] = m\n"
-    )
-    everywhere(code)
-    try:
-        v5 = sys.modules[ename]
-        assert remotecall_fetch(lambda: v5.__name__, other) == ename
-        assert remotecall_fetch(lambda: v5.FooStructEverywhere.__name__, other) == (
-            "FooStructEverywhere"
-        )
-    finally:
-        everywhere(f"import sys\nsys.modules.pop({ename!r}, None)")
-
-
-def test_issue_31252_global_symbol(four: list[int]) -> None:
-    # "Github issue #31252" and "issue #27933"
-    global v31252
-    other = four[0]
-    for value in ("a", "b", "a"):
-        v31252 = value
-        assert fetchfrom(other, lambda: v31252) == value  # noqa: B023 (the global, now)
-    assert remotecall_fetch(lambda: v31252, four[0]) == "a"
-
-
-def test_nested_anonymous_functions(four: list[int]) -> None:
-    # "nested anon functions" (globals) and wrapped_var_ser_tests (locals)
-    other = four[0]
-    global_f1 = globals().setdefault("f1_jl", lambda x: x)
-    globals()["f2_jl"] = lambda x: global_f1(x)
-    f2 = globals()["f2_jl"]
-    v = random.random()
-    assert remotecall_fetch(f2, other, v) == v
-    assert remotecall_fetch(lambda x: f2(x), other, v) == v
-
-    lv1 = 1
-    assert remotecall_fetch(lambda: lv1, other) == lv1
-    assert not remotecall_fetch(main_has, other, "lv1")
-    for i in range(2, 6):
-        lv1 = i
-        assert remotecall_fetch(lambda: lv1, other) == i  # noqa: B023 (shipped now)
-    lv2 = [0.0] * 10
-    for i in range(5):
-        lv2[i] = i + 1
-        assert remotecall_fetch(lambda: lv2, other) == lv2
-
-    def lf1(x: Any) -> Any:
-        return x
-
-    def lf2(x: Any) -> Any:
-        return lf1(x)
-
-    assert remotecall_fetch(lf2, other, v) == v
-    assert remotecall_fetch(lambda x: lf2(x), other, v) == v
-
-
-def test_multiple_references_serialized_once(four: list[int]) -> None:
-    # "Multiple references in a closure should be serialized only once."
-    mrefs = [1.0] * 10
-    got = remotecall_fetch(lambda: (mrefs, [2 * x for x in mrefs], mrefs is mrefs), four[0])
-    assert got == ([1.0] * 10, [2.0] * 10, True)
-    assert remotecall_fetch(lambda: (mrefs, mrefs)[0] is (mrefs, mrefs)[1], four[0])
-
-
-def test_macros_with_globals(four: list[int]) -> None:
-    # "#2669, #5390"
-    assert fetch(spawnat("any", lambda: 1 + v2669), timeout=T) == 11
-    # "#12367": @sync inside @spawnat on every process
-    refs = []
-    for p in procs():
-
-        def body() -> None:
-            from pydistributed import async_
-
-            with sync():
-                for _ in range(10):
-                    async_(lambda: None)
-
-        refs.append(spawnat(p, body))
-    for r in refs:
-        wait(r, timeout=T)
-    # "#6760"
-    a = 2
-    x = distributed(lambda k: [math.sin(a)], range(1, 3), reducer=lambda p, q: p + q)
-    assert x == [math.sin(2)] * 2
 
 
 def test_showerror_contains_message(four: list[int]) -> None:

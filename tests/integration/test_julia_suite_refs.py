@@ -12,7 +12,6 @@ from __future__ import annotations
 import gc
 import pickle
 import random
-import string
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +20,6 @@ import pytest
 from pydistributed import (
     RRID,
     Channel,
-    ChannelClosedError,
     CompositeException,
     Future,
     RemoteChannel,
@@ -48,21 +46,15 @@ from pydistributed import (
     workers,
 )
 from pydistributed.cluster import current_cluster
-from tests.conftest import end_workers, wait_until
+from tests.conftest import wait_until
+from tests.integration._julia import T, four_workers
 
 pytestmark = pytest.mark.timeout(90)
-
-T = 20.0  # the timeout of every blocking call that is expected to succeed
 
 
 @pytest.fixture(scope="module")
 def four() -> Iterator[list[int]]:
-    """``addprocs_with_testenv(4)``: the four workers the Julia suite runs on."""
-    from pydistributed import addprocs
-
-    pids = addprocs(4)
-    yield pids
-    end_workers(pids)
+    yield from four_workers()
 
 
 # -- what the workers run ------------------------------------------------------------------
@@ -80,23 +72,6 @@ def stored(rrid: RRID) -> bool:
 def clientset(rrid: RRID) -> set[int]:
     """Julia's ``PGRP.refs[rrid].clientset`` on the owner."""
     return {p for p, n in current_cluster().refs.clients(rrid).items() if n}
-
-
-def iteration_take(ch: Any) -> int:
-    count = 0
-    for _ in ch:
-        count += 1
-    return count
-
-
-def iteration_collect(ch: Any) -> int:
-    return len(list(ch))
-
-
-def iteration_put(ch: Any, total: int) -> None:
-    for i in range(1, total + 1):
-        ch.put(i, timeout=T)
-    ch.close()
 
 
 def f25847(ref: Any) -> bool:
@@ -350,114 +325,6 @@ def test_timedwait_negative_pollint() -> None:
     # "@test_throws ArgumentError timedwait(()->false, 0.1, pollint=-0.5)"
     with pytest.raises(ValueError, match="pollint"):
         timedwait(lambda: False, 0.1, pollint=-0.5)
-
-
-def test_buffered_and_unbuffered_reads(four: list[int]) -> None:
-    # "Testing buffered  and unbuffered reads"; "large number of small requests" (10000 in
-    # Julia, 2000 here); "test parallel sends of large arrays from multiple tasks"
-    other = four[0]
-    a = [1] * 10**6
-    assert remotecall_fetch(lambda x: x, other, a) == a
-    s = ["".join(random.choices(string.ascii_letters, k=8)) for _ in range(10**5)]
-    assert remotecall_fetch(lambda x: x, other, s) == s
-    assert [remotecall_fetch(myid, other) for _ in range(2000)] == [other] * 2000
-
-    def sender() -> str:
-        for _ in range(10):
-            arr = [random.random() for _ in range(2 * 10**5)]
-            if remotecall_fetch(lambda x: x, other, arr) != arr:
-                return "ERROR"
-        return "OK"
-
-    tasks = [async_(sender) for _ in range(10)]
-    assert [t.fetch(timeout=60) for t in tasks] == ["OK"] * 10
-
-
-def _check_channel(c: Any) -> None:
-    assert c.isopen() is True
-    put(c, 1, timeout=T)
-    put(c, "Hello", timeout=T)
-    put(c, 5.0, timeout=T)
-    assert isready(c) is True
-    assert c.isopen() is True
-    assert fetch(c, timeout=T) == 1
-    assert fetch(c, timeout=T) == 1  # Should not have been popped previously
-    assert take(c, timeout=T) == 1
-    assert take(c, timeout=T) == "Hello"
-    assert fetch(c, timeout=T) == 5.0
-    assert take(c, timeout=T) == 5.0
-    assert isready(c) is False
-    assert c.isopen() is True
-    c.close()
-    assert c.isopen() is False
-
-
-def test_channel(four: list[int]) -> None:
-    # "function test_channel(c)" on Channel(10) and RemoteChannel(()->Channel(10))
-    _check_channel(Channel(10))
-    _check_channel(RemoteChannel(lambda: Channel(10)))
-    _check_channel(RemoteChannel(lambda: Channel(10), four[0]))
-
-
-@pytest.mark.parametrize("kind", ["local", "remote"])
-def test_iteration(four: list[int], kind: str) -> None:
-    # "test channel iterations": test_iteration(in_c, out_c)
-    if kind == "local":
-        in_c: Any = Channel(10)
-        out_c: Any = Channel(10)
-    else:
-        in_c = RemoteChannel(lambda: Channel(10))
-        out_c = RemoteChannel(lambda: Channel(10))
-
-    def pump() -> None:
-        for v in in_c:
-            put(out_c, v, timeout=T)
-
-    t = async_(pump)
-    assert in_c.isopen() is True
-    put(in_c, 1, timeout=T)
-    assert take(out_c, timeout=T) == 1
-    put(in_c, "Hello", timeout=T)
-    in_c.close()
-    assert take(out_c, timeout=T) == "Hello"
-    assert in_c.isopen() is False
-    with pytest.raises(ChannelClosedError):  # Julia: InvalidStateException
-        put(in_c, "foo", timeout=T)
-    t.wait(timeout=T)
-    assert t.done()
-
-
-def test_iteration_across_processes(four: list[int]) -> None:
-    # "test_iteration_take / test_iteration_collect / test_iteration_put", both directions
-    other = four[0]
-    ch: Any = RemoteChannel(lambda: Channel(1))
-    t = async_(iteration_put, ch, 10)
-    assert fetchfrom(other, iteration_take, ch) == 10
-    t.wait(timeout=T)
-    ch = RemoteChannel(lambda: Channel(1))
-    t = async_(iteration_put, ch, 10)
-    assert fetchfrom(other, iteration_collect, ch) == 10
-    t.wait(timeout=T)
-    # now reverse
-    ch = RemoteChannel(lambda: Channel(1))
-    f = spawnat(other, iteration_put, ch, 10)
-    assert iteration_take(ch) == 10
-    f.wait(timeout=T)
-    ch = RemoteChannel(lambda: Channel(1))
-    f = spawnat(other, iteration_put, ch, 10)
-    assert iteration_collect(ch) == 10
-    f.wait(timeout=T)
-
-
-def test_isready_does_not_modify_channel(four: list[int]) -> None:
-    # "Test isempty(::RemoteChannel)": Python has isready, not isempty; it must not take
-    chan: Channel[int] = Channel(1)
-    chan.put(1, timeout=T)
-    remotechan: RemoteChannel[int] = RemoteChannel(lambda: chan)
-    assert isready(remotechan)
-    assert isready(chan)
-    assert remotecall_fetch(lambda: isready(remotechan), four[0])
-    assert isready(chan)
 
 
 def test_exceptions_propagate_from_tasks() -> None:
