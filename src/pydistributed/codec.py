@@ -263,7 +263,9 @@ def encode(msg: Message, target: int | None = None) -> tuple[list[Any], list[Any
         ``(frames, refs)``: the frames to write, and the remote references the body carries.
 
     Raises:
-        Whatever pickling raises (``PicklingError``, ``TypeError``...): nothing was sent.
+        ``PicklingError``, ``TypeError`` or ``AttributeError`` as pickling raises them; any
+        other error of pickling (a ``__reduce__`` may raise anything) as a ``PicklingError``
+        naming it: nothing was sent.
     """
     cls = type(msg)
     h = [getattr(msg, name) for name in cls.HEADER]
@@ -279,6 +281,12 @@ def encode(msg: Message, target: int | None = None) -> tuple[list[Any], list[Any
     _ctx.target, _ctx.refs = target, refs
     try:
         data = dumps(body, buffers)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        raise
+    except Exception as e:
+        # a __reduce__ may raise anything (random.SystemRandom: NotImplementedError): it is
+        # still a value that cannot be pickled, for the caller to name as such
+        raise pickle.PicklingError(_said(e)) from e
     finally:
         _ctx.target, _ctx.refs = saved
     raws = [b.raw() for b in buffers]

@@ -171,10 +171,20 @@ class Server:
         if threading.current_thread() is not threading.main_thread():
             self.executor.source = (peer.serve, peer.wake)
             self.executor.wake_main()
-        peer.send(JoinComplete(msg.response_id, os.getpid(), socket.gethostname()))
         if msg.topology in ("all_to_all", "custom") and not msg.lazy:
-            for pid, _, _ in msg.peers:
-                threading.Thread(target=self._try_connect, args=(pid,), daemon=True).start()
+            # as Julia (connect_to_peer under @sync before JoinCompleteMsg): the connections
+            # to the workers admitted before this one are up before it reports, so that
+            # addprocs(lazy=False) returns with every connection made. Each waits only on
+            # workers admitted earlier, whose own joins never wait on this one.
+            links = [
+                threading.Thread(target=self._try_connect, args=(pid,), daemon=True)
+                for pid, _, _ in msg.peers
+            ]
+            for t in links:
+                t.start()
+            for t in links:
+                t.join()
+        peer.send(JoinComplete(msg.response_id, os.getpid(), socket.gethostname()))
         return True
 
     def _try_connect(self, pid: int) -> None:

@@ -139,6 +139,31 @@ def test_unpicklable_argument_fails_at_the_call_site(two_workers: list[int], for
     assert remotecall_fetch(h.add, w, 1, 2) == 3
 
 
+@pytest.mark.parametrize("form", ["remotecall", "remotecall_fetch", "remotecall_wait", "remote_do"])
+def test_an_argument_whose_reduce_raises_any_error_is_unpicklable(
+    two_workers: list[int], form: str
+) -> None:
+    # random.SystemRandom's __reduce__ raises NotImplementedError (not TypeError): found by the
+    # port of Julia's issue #16451 test (a RandomDevice captured by @distributed)
+    import random
+
+    w = two_workers[0]
+    fn = {
+        "remotecall": remotecall,
+        "remotecall_fetch": remotecall_fetch,
+        "remotecall_wait": remotecall_wait,
+        "remote_do": remote_do,
+    }[form]
+    rng = random.SystemRandom()
+    for args in ((h.identity, w, rng), (lambda: rng.random(), w)):
+        with pytest.raises(pickle.PicklingError) as info:
+            fn(*args)
+        text = str(info.value)  # "... could not be" / "..., which cannot be pickled ..."
+        assert "be pickled (serialized)" in text
+        assert "SystemRandom" in text and "NotImplementedError" in text
+    assert remotecall_fetch(h.add, w, 1, 2) == 3
+
+
 def test_unpicklable_return_value(two_workers: list[int]) -> None:
     w = two_workers[0]
     with pytest.raises(RemoteException) as info:
