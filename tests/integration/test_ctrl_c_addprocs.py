@@ -124,3 +124,60 @@ def test_ctrl_c_as_addprocs_ends_leaves_no_worker_the_caller_never_got(
     # the sweep did land on both sides of the call's end
     assert any(o["raised"] for o in outcomes), outcomes
     assert any(o["got"] is not None for o in outcomes[calibrate:]), outcomes
+
+
+# a real Ctrl-C in the one window the sweep rarely hits: add_workers has returned the ids and
+# addprocs has not (its first call after add_workers is _over_ssh; a profile function sends
+# the SIGINT there, on the main thread)
+AT_THE_RETURN = """
+import os, signal, sys, time, traceback
+from pydistributed import addprocs, workers
+
+def at_the_return(frame, event, arg):
+    if event == "call" and frame.f_code.co_name == "_over_ssh":
+        sys.setprofile(None)
+        os.kill(os.getpid(), signal.SIGINT)
+
+got = None
+sys.setprofile(at_the_return)
+try:
+    got = addprocs(2)
+except KeyboardInterrupt as e:
+    sys.setprofile(None)
+    names = [f.name for f in traceback.extract_tb(e.__traceback__)]
+    print("KeyboardInterrupt in", names[names.index("addprocs"):][:2], flush=True)
+deadline = time.monotonic() + 20
+while workers() != [1] and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("got", got, "workers", workers(), flush=True)
+"""
+
+
+def test_ctrl_c_after_the_workers_joined_and_before_addprocs_returns_removes_them(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "master.py"
+    script.write_text(AT_THE_RETURN)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,  # its workers too: killed together below
+    )
+    try:
+        assert proc.stdout is not None
+        assert readline(proc.stdout, timeout=60) == (
+            "KeyboardInterrupt in ['addprocs', '_over_ssh']\n"
+        )
+        assert readline(proc.stdout, timeout=60) == "got None workers [1]\n"
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        assert proc.stdout is not None
+        proc.stdout.close()
