@@ -52,15 +52,22 @@ class AddCall:
         self.finished = threading.Event()  # the launch is over and every setup has ended
         self._launch_over = False
         self._abandoned = False
+        self._go = threading.Event()  # set once start() has started the coordinator
 
     def start(self) -> None:
         """Start the coordinator (the one thread started from the caller's thread)."""
         threading.Thread(target=self._coordinate, name="pydist-addprocs", daemon=True).start()
+        self._go.set()
 
     def abandon(self) -> None:
         """The call was interrupted: set up none of the configs launched from now on (their
         processes are ended). Those being set up finish; :meth:`joined` then has them."""
         self._abandoned = True  # (first: one store, whatever interrupts what follows)
+        if not self._go.is_set():
+            # interrupted in start(): the coordinator, if it runs at all, launches nothing
+            self._go.set()
+            self.finished.set()
+            return
         with self.cond:
             self.cond.notify_all()
 
@@ -85,6 +92,10 @@ class AddCall:
         setups: list[threading.Thread] = []
         handled = 0  # the configs set up or ended, in launch order
         try:
+            while not self._go.wait(0.1):  # (polled: a set() cut short may not notify)
+                pass
+            if self._abandoned:
+                return
             threading.Thread(target=self._run_launch, name="pydist-launch", daemon=True).start()
             seen = 0
             while True:
@@ -93,7 +104,7 @@ class AddCall:
                         self.cond.wait(0.5)
                     new = self.launched[seen:]
                     seen = len(self.launched)
-                    over = self._launch_over and seen == len(self.launched)
+                    over = self._launch_over  # (and every config it added is in new)
                 for config in new:
                     if self._abandoned:
                         end_process(config.process)

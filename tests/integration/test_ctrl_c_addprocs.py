@@ -181,3 +181,60 @@ def test_ctrl_c_after_the_workers_joined_and_before_addprocs_returns_removes_the
         proc.wait(30)
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+# a real Ctrl-C as addprocs starts its coordinator thread, before that thread exists (a profile
+# function sends the SIGINT at the call of its Thread.start, on the main thread): nothing was
+# launched, and the call neither waits for the coordinator nor warns of workers still starting
+AT_THE_START = """
+import os, signal, sys, threading, time, traceback
+from pydistributed import addprocs, remotecall_fetch, workers
+
+def at_the_start(frame, event, arg):
+    if event == "call" and frame.f_code is threading.Thread.start.__code__:
+        thread = frame.f_locals.get("self")
+        if getattr(thread, "name", None) == "pydist-addprocs":
+            sys.setprofile(None)
+            os.kill(os.getpid(), signal.SIGINT)
+
+sys.setprofile(at_the_start)
+try:
+    addprocs(2)
+except KeyboardInterrupt as e:
+    sys.setprofile(None)
+    names = [f.name for f in traceback.extract_tb(e.__traceback__)]
+    print("KeyboardInterrupt in", names[-2:], flush=True)
+print("alive", sorted(t.name for t in threading.enumerate() if t.name.startswith("pydist-add")),
+      "workers", workers(), flush=True)
+(w,) = addprocs(1)
+print("then", remotecall_fetch(lambda: 6 * 7, w), flush=True)
+"""
+
+
+def test_ctrl_c_as_addprocs_starts_its_coordinator_launches_nothing(tmp_path: Path) -> None:
+    script = tmp_path / "master.py"
+    script.write_text(AT_THE_START)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,  # its workers too: killed together below
+    )
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    assert out.splitlines() == [
+        "KeyboardInterrupt in ['start', 'at_the_start']",
+        "alive [] workers [1]",
+        "then 42",
+    ], err
+    assert proc.returncode == 0, err
+    assert "still starting" not in err
