@@ -8,14 +8,15 @@ thread, ``pydist-launch``), starts a setup thread for each ``WorkerConfig`` the 
 and joins them all; then the outcome (:attr:`AddCall.results`) is complete and ``finished``
 set. After :meth:`AddCall.abandon` (the call was interrupted) the configs launched from then
 on are not set up: their processes are ended. Whatever was being set up finishes, and the
-caller removes what joined (``Lifecycle``).
+caller removes what joined (``Lifecycle``). The coordinator launches nothing before
+:meth:`AddCall.start` has returned: interrupted in ``start``, the call has nothing to undo.
 
 Why the main thread neither joins nor starts the setup threads: CPython's ``Thread.join``,
 interrupted by a signal whose handler raises (Ctrl-C), may mark a thread that still runs as
-ended (python/cpython#90882, before Python 3.13); joining it again then returns at once. When
-the main thread joined the setups, a Ctrl-C landing in the last join left the worker whose setup
-ended a moment later in the cluster, with an id the caller never got. ``Thread.start`` waits
-too, and interrupted there, a thread runs that no list holds.
+ended (python/cpython#90882; seen here with Python 3.11); joining it again then returns at
+once. When the main thread joined the setups, a Ctrl-C landing in the last join left the worker
+whose setup ended a moment later in the cluster, with an id the caller never got.
+``Thread.start`` waits too, and interrupted there, a thread runs that no list holds.
 """
 
 from __future__ import annotations
