@@ -1,21 +1,33 @@
 """The master's side of the workers' life cycle: adding, admitting, removing, reaping.
 
-Adding (``addprocs``)::
+Adding (``addprocs``; ``addcall.py`` and ``admission.py``)::
 
-    addprocs thread        launch thread              one setup thread per worker
-    ---------------        -------------              ---------------------------
+    addprocs thread      coordinator          launch thread          one setup thread per worker
+    ---------------      -----------          -------------          ---------------------------
     check the keywords
-    start launch --------> manager.launch(params,
-                             launched, launch_ntfy)
-                           append a WorkerConfig,
-                           notify  -----------------> relay its stdout/stderr; read its
-    (waits on the                                     banner "pydist_worker:PORT#HOST" (or
-     condition; starts a                              take host and port from the config)
-     setup thread per                                 admit: manager.connect, handshake,
-     new config)                                      JoinPGRP(pid, topology, peers) and wait
-                                                      for JoinComplete; tell the others
-    join every setup;                                 (PeerUpdate); manage(pid, "register")
+    start the call ----> start launch ------> manager.launch(params,
+                                                launched, launch_ntfy)
+                                              append a WorkerConfig,
+                         (waits on the  <---- notify
+                          condition)
+                         start a setup thread per new config ------> relay its stdout/stderr;
+    (waits on                                                        read its banner
+     call.finished)                                                  "pydist_worker:PORT#HOST"
+                                                                     (or take host and port
+                                                                     from the config); admit:
+                                                                     manager.connect, handshake,
+                                                                     JoinPGRP(pid, topology,
+                                                                     peers), wait for its answer;
+                                                                     tell the others
+                         join every setup;                           (PeerUpdate);
+                         call.finished                               manage(pid, "register")
     the new ids, sorted
+
+A Ctrl-C lands in the addprocs thread only, which keeps no record of the call's workers (the
+coordinator does: ``addcall.py`` says why). Interrupted, the call ends the workers launched and
+not yet set up, lets those being set up finish, and removes those that joined: ``ABANDON_WAIT``
+seconds at most in the call, the rest in the background; then it raises ``KeyboardInterrupt``.
+No worker of an interrupted call stays with an id the caller never got.
 
 If any worker fails, the ones that joined in this call are removed again and the first error is
 raised (a :class:`~pydistributed.errors.LaunchError` carrying the end of the worker's output,
@@ -32,32 +44,29 @@ references it held are released.
 from __future__ import annotations
 
 import atexit
-import hmac
 import logging
 import secrets
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .addcall import AddCall
+from .admission import Admission
 from .calls import Calls
 from .connections import Connections
-from .errors import LaunchError, LaunchTimeoutError, ProcessExitedException, describe_exit
+from .errors import describe_exit
 from .heartbeat import Heartbeat
-from .managers.base import ClusterManager, check_params, extra_params_of, overrides
-from .messages import JoinPGRP, PeerUpdate
+from .managers.base import ClusterManager, check_params, extra_params_of
+from .messages import PeerUpdate
 from .outputloss import OutputLoss
 from .peer import Peer
 from .refstore import RefStore
 from .registry import TOPOLOGIES, Registry, WorkerInfo
-from .removal import Removal
-from .timeouts import seconds, worker_timeout
 from .workerexit import KILL_WAIT, end_process
-from .workerexit import describe_tail as _describe_tail
 from .workerexit import exit_code as _exit_code
-from .workerexit import output_tail as _output_tail
 
 if TYPE_CHECKING:  # imported by add_workers: a worker relays nothing
-    from .managers.workerconfig import WorkerConfig
-    from .relay import OutputRelay, RelayedStream
+    from .relay import OutputRelay
 
 __all__ = ["COMMON_PARAMS", "Lifecycle", "end_process"]
 
@@ -69,7 +78,7 @@ COMMON_PARAMS = frozenset(
 )
 
 
-class Lifecycle(Removal):
+class Lifecycle(Admission):
     """Adds, removes and interrupts workers (process 1 only), and notices them leave."""
 
     def __init__(
@@ -96,11 +105,6 @@ class Lifecycle(Removal):
         # the pair keys: each pair of workers shares a secret that only they (and the master)
         # know, with which a worker proves who it is to another (Identify)
         self._pair_secret = secrets.token_bytes(32)
-
-    def pair_key(self, a: int, b: int) -> bytes:
-        """The secret that workers ``a`` and ``b`` share."""
-        lo, hi = min(a, b), max(a, b)
-        return hmac.digest(self._pair_secret, f"pair {lo} {hi}".encode(), "sha256")
 
     @property
     def lazy(self) -> bool:
@@ -156,94 +160,63 @@ class Lifecycle(Removal):
             atexit.register(self.shutdown)
         self.heartbeat.start()
 
-        launched: list[WorkerConfig] = []
-        cond = threading.Condition()
-        launch_error: list[BaseException] = []
-        done = threading.Event()
-
-        def launch() -> None:
-            try:
-                manager.launch(params, launched, cond)
-            except BaseException as e:
-                launch_error.append(e)
-            finally:
-                done.set()
-                with cond:
-                    cond.notify_all()
-
-        threading.Thread(target=launch, name="pydist-launch", daemon=True).start()
-        results: list[tuple[int | None, BaseException | None]] = []
-        setups: list[threading.Thread] = []
-        seen = 0
+        call = AddCall(
+            lambda launched, ntfy: manager.launch(params, launched, ntfy),
+            lambda config, results: self._setup_one(manager, config, params, results),
+        )
+        failure: BaseException | None = None
+        more = 0
         try:
-            while True:
-                with cond:
-                    while len(launched) == seen and not done.is_set():
-                        cond.wait(0.5)
-                    new = launched[seen:]
-                    seen = len(launched)
-                for config in new:
-                    t = threading.Thread(
-                        target=self._setup_one,
-                        args=(manager, config, params, results),
-                        name="pydist-setup",
-                        daemon=True,
-                    )
-                    t.start()
-                    setups.append(t)
-                if done.is_set() and len(launched) == seen:
-                    break
-            for t in setups:
-                t.join()
-        except BaseException:  # Ctrl-C: nothing of this call stays (see _abandon)
-            self._abandon(launched, cond, done, setups, results)
+            call.start()
+            call.finished.wait()  # (all the call's records are kept off this thread: addcall.py)
+            pids = sorted(call.joined())
+            errors = call.errors()
+            if call.launch_error or errors:
+                if pids:
+                    self.remove_workers(pids, waitfor=10.0)
+                failure = call.launch_error[0] if call.launch_error else errors[0]
+                more = len(errors) - (0 if call.launch_error else 1)
+        except BaseException:  # Ctrl-C: nothing of this call stays
+            self._abandon(call)
             raise
-        pids = sorted(pid for pid, err in results if pid is not None and err is None)
-        errors = [err for _, err in results if err is not None]
-        if launch_error or errors:
-            if pids:
-                self.remove_workers(pids, waitfor=10.0)
-            first = launch_error[0] if launch_error else errors[0]
-            more = len(errors) - (0 if launch_error else 1)
+        if failure is not None:
             if more:
                 log.error("%d more workers failed to start", more)
-            raise first
+            raise failure
         return pids
 
-    def _abandon(
-        self,
-        launched: list[WorkerConfig],
-        cond: threading.Condition,
-        done: threading.Event,
-        setups: list[threading.Thread],
-        results: list[tuple[int | None, BaseException | None]],
-    ) -> None:
+    def _abandon(self, call: AddCall) -> None:
         """``addprocs`` was interrupted (Ctrl-C): end the workers launched and not yet set up,
-        let those being set up finish, and remove the ones that joined; ``ABANDON_WAIT``
-        seconds at most here (another Ctrl-C ends the wait), the rest in the background."""
+        let those being set up finish, and remove the ones that joined."""
+        call.abandon()
+        self.remove_interrupted(call.joined, call.finished)
+
+    def remove_interrupted(
+        self, joined: Callable[[], list[int]], ready: threading.Event | None = None
+    ) -> None:
+        """An interrupted ``addprocs`` leaves none of its workers: remove ``joined()`` (once
+        ``ready`` is set), ``ABANDON_WAIT`` seconds at most here (another Ctrl-C ends the wait),
+        the rest in the background."""
+        cleaned = threading.Event()
 
         def clean() -> None:
-            done.wait()  # (the manager's launch is not interruptible: its workers are ended)
-            with cond:  # (setups start in launch order: those after them have none)
-                late = launched[len(setups) :]
-            for config in late:
-                end_process(config.process)
-            for t in setups:
-                t.join()
-            pids = [pid for pid, err in results if pid is not None and err is None]
-            if pids:
-                try:
+            try:
+                if ready is not None:
+                    ready.wait()
+                pids = joined()
+                if pids:
                     self.remove_workers(pids, waitfor=10.0)
-                except Exception:
-                    log.exception("addprocs interrupted: removing workers %s failed", pids)
+            except Exception:
+                log.exception("addprocs interrupted: removing its workers failed")
+            finally:
+                cleaned.set()
 
-        cleaner = threading.Thread(target=clean, name="pydist-addprocs-undo", daemon=True)
-        cleaner.start()
         try:
-            cleaner.join(ABANDON_WAIT)
+            threading.Thread(target=clean, name="pydist-addprocs-undo", daemon=True).start()
+            cleaned.wait(ABANDON_WAIT)
         except BaseException:
             pass  # a second Ctrl-C: the rest goes on in the background
-        if cleaner.is_alive():
+        if not cleaned.is_set():
             log.warning("addprocs interrupted: workers still starting are removed when they join")
 
     def _check_like_the_others(self, topology: str, lazy: bool) -> None:
@@ -258,147 +231,6 @@ class Lifecycle(Removal):
             if lazy != self._lazy:
                 raise ValueError(f"Active workers with lazy={self._lazy}. Cannot set lazy={lazy}")
         self._lazy = lazy
-
-    def _relay_stream(self, file: Any, kind: str, banner: bool) -> RelayedStream:
-        from .relay import OutputRelay
-
-        with self._relay_lock:
-            if self._relay is None:
-                self._relay = OutputRelay()
-        return self._relay.add(file, kind, banner)
-
-    def _setup_one(
-        self,
-        manager: ClusterManager,
-        config: WorkerConfig,
-        params: dict[str, Any],
-        results: list[tuple[int | None, BaseException | None]],
-    ) -> None:
-        streams: list[RelayedStream] = []
-        pid: int | None = None
-        try:
-            proc = config.process
-            err_file = getattr(proc, "stderr", None) if proc is not None else None
-            if err_file is not None:
-                streams.append(self._relay_stream(err_file, "stderr", False))
-            out_stream = None
-            if config.io is not None:
-                out_stream = self._relay_stream(config.io, "stdout", True)
-                streams.insert(0, out_stream)
-            custom_transport = overrides(manager, "connect")
-            if (config.host is None or config.port is None) and config.connect_at is None:
-                if out_stream is not None:
-                    self._await_banner(config, out_stream, streams)
-                elif not custom_transport:
-                    raise ValueError("a WorkerConfig needs host and port, connect_at, or io")
-            pid = self._admit(manager, config, params, streams)
-            results.append((pid, None))
-        except BaseException as e:
-            end_process(config.process)
-            results.append((pid, e))
-
-    def _await_banner(
-        self, config: WorkerConfig, out: RelayedStream, streams: list[RelayedStream]
-    ) -> None:
-        timeout = worker_timeout()
-        out.banner_event.wait(timeout)
-        if out.banner is None:
-            if out.eof.is_set():
-                proc = config.process
-                code = None
-                if proc is not None and hasattr(proc, "wait"):
-                    try:
-                        code = proc.wait(timeout=2)
-                    except Exception:
-                        code = None
-                for s in streams:
-                    s.eof.wait(2)
-                output = _output_tail(streams)
-                raise LaunchError(
-                    f"worker (os pid {config.ospid}) exited with code {code} before reporting "
-                    f"its address{_describe_tail(output, streams)}",
-                    output,
-                    config.ospid,
-                )
-            output = _output_tail(streams)
-            raise LaunchTimeoutError(
-                f"worker (os pid {config.ospid}) did not report its address within "
-                f"{seconds(timeout)} s (PYDIST_WORKER_TIMEOUT){_describe_tail(output, streams)}",
-                output,
-                config.ospid,
-            )
-        config.host, config.port = out.banner[0], out.banner[1]
-        if config.bind_addr is None:
-            config.bind_addr = out.banner[0]
-
-    def _admit(
-        self,
-        manager: ClusterManager,
-        config: WorkerConfig,
-        params: dict[str, Any],
-        streams: list[RelayedStream],
-    ) -> int:
-        """Connect to a launched worker, send it ``JoinPGRP``, wait for it to join."""
-        pid = self.registry.assign_pid()
-        # a manager whose workers dial in (ElasticManager) hands over their authenticated link
-        linked = getattr(manager, "authenticated_link", None)
-        link = linked(config) if callable(linked) else None
-        if link is not None:
-            peer = self.connections.adopt(pid, *link[:3], secure=link[3])
-        else:
-            peer = self.connections.connect(pid, config, manager)
-        info = WorkerInfo(pid, config.bind_addr or config.host, config.port, config, manager)
-        topology = params["topology"]
-        with self._join_lock:
-            others = self.registry.admit(info)
-            self.connections.install(pid, peer)
-            if topology == "all_to_all":
-                reachable = others
-            elif topology == "custom":
-                reachable = [w for w in others if _connected(config, w.config)]
-            else:
-                reachable = []
-            table = tuple((w.pid, w.host or "", w.port or 0) for w in reachable)
-            keys = tuple((w.pid, self.pair_key(pid, w.pid)) for w in reachable)
-            # the others it may talk to learn the new worker's address and the secret with
-            # which each side proves itself: whichever has the higher id dials (peerlinks.py),
-            # and ids are not given in the order in which workers are admitted here
-            added = ((pid, info.host or "", info.port or 0),)
-            for w in reachable:
-                key = ((pid, self.pair_key(w.pid, pid)),)
-                self.connections.send_quietly(w.pid, PeerUpdate(added=added, keys=key))
-            self.connections.start(peer)
-            _, rid, slot = self.calls.request_on(
-                peer,
-                lambda rid: JoinPGRP(
-                    rid, pid, topology, bool(params["lazy"]), table, "localhost", keys
-                ),
-            )
-        try:
-            joined = self.calls.wait_answer(peer, rid, slot, worker_timeout())
-        except TimeoutError as e:
-            output = _output_tail(streams)
-            raise LaunchTimeoutError(
-                f"worker {pid} (os pid {config.ospid}) did not join within "
-                f"{worker_timeout():g} s (PYDIST_WORKER_TIMEOUT){_describe_tail(output, streams)}",
-                output,
-                config.ospid,
-            ) from e
-        info.ospid = joined.ospid
-        if config.ospid is None:
-            config.ospid = joined.ospid
-        for s in streams:
-            s.set_pid(pid)
-        if not self.registry.joined(pid):  # its connection closed meanwhile
-            raise ProcessExitedException(pid, "exited while joining")
-        # its output pipes may lose their reader while it stays (an ssh session that ends)
-        carrier = getattr(manager, "output_carrier", "its output pipe")
-        self.output_loss.watch(streams, pid, str(carrier))
-        try:
-            manager.manage(pid, config, "register")
-        except Exception:
-            log.exception("manage(register) failed for worker %d", pid)
-        return pid
 
     # -- leaving ---------------------------------------------------------------------------
 
@@ -431,13 +263,3 @@ class Lifecycle(Removal):
         finally:
             self.reaping.pop(id(info), None)
         self._manage(info, "finalize")
-
-
-def _connected(a: WorkerConfig, b: WorkerConfig | None) -> bool:
-    """Custom topology: workers ``a`` and ``b`` are connected when either lists the other's
-    ``ident`` in its ``connect_idents`` (whichever joined first)."""
-    if b is None:
-        return False
-    return (b.ident is not None and b.ident in (a.connect_idents or ())) or (
-        a.ident is not None and a.ident in (b.connect_idents or ())
-    )

@@ -155,6 +155,10 @@ def addprocs(
         TypeError: an unknown keyword, or one the form does not take.
         ValueError: an unknown topology, or a topology or ``lazy`` other than the existing
             workers' (as in Julia); nothing was added.
+        KeyboardInterrupt: Ctrl-C during the call. None of its workers stays: those launched
+            and not set up are ended, those that joined removed (5 s at most in the call, the
+            rest in the background). A Ctrl-C that lands once the call has returned finds the
+            ids in the caller's hands.
     """
     kw = _keywords(
         np_or_machines,
@@ -217,12 +221,17 @@ def addprocs(
         # hosts, since which one it was is not known here
         hosts = ", ".join(m.spec for m, _ in manager.machines)
         raise type(e)(f"over ssh to {hosts}: {e}", e.output, e.ospid) from None
-    if _over_ssh(manager):
-        from .managers.ssh import launch_error
+    try:  # a Ctrl-C from here on: the caller never gets these ids, so none of them stays
+        error = None
+        if _over_ssh(manager):
+            from .managers.ssh import launch_error
 
-        error = launch_error(manager, pids)
-        if error is not None:
-            raise error
+            error = launch_error(manager, pids)
+    except BaseException:
+        c.lifecycle.remove_interrupted(lambda: pids)
+        raise
+    if error is not None:
+        raise error
     return pids
 
 

@@ -1,0 +1,240 @@
+"""Ctrl-C just as ``addprocs`` ends: a real SIGINT to a real master process, swept over the
+moment the call returns.
+
+Whether the call returns its ids (the Ctrl-C lands after it) or raises KeyboardInterrupt, no
+worker it started may stay in the cluster with an id the caller never got. Before the fix, one
+did (in 2-3 % of the runs, with the Ctrl-C landing in the last ``Thread.join`` of the setups:
+CPython 3.11's join, interrupted, marks a thread that still runs as ended, python/cpython#90882).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import readline
+
+# one round per line "go": addprocs(n), which the test interrupts; then what stayed of it
+MASTER = """
+import json, sys, time
+from pydistributed import addprocs, rmprocs, workers
+
+n, rounds = int(sys.argv[1]), int(sys.argv[2])
+kw = {"exename": sys.argv[3]} if len(sys.argv) > 3 else {}
+for _ in range(rounds):
+    got, raised, took = None, False, None
+    print("go", flush=True)
+    t0 = time.monotonic()
+    try:
+        got = addprocs(n, **kw)
+        took = time.monotonic() - t0
+        try:
+            time.sleep(30)  # the Ctrl-C lands here when the call ended first
+        except KeyboardInterrupt:
+            pass
+    except KeyboardInterrupt:
+        raised = True
+
+    def stray():
+        return [w for w in workers() if w != 1 and w not in (got or [])]
+
+    # an interrupted call removes its workers: 5 s in the call, the rest in the background
+    deadline = time.monotonic() + 20
+    while stray() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(json.dumps({"got": got, "raised": raised, "took": took, "stray": stray()}), flush=True)
+    if workers() != [1]:
+        rmprocs(workers(), waitfor=10)
+print("end", flush=True)
+"""
+
+
+@pytest.fixture
+def master(tmp_path: Path) -> Iterator[Any]:
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        script = tmp_path / "master.py"
+        script.write_text(MASTER)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        proc = subprocess.Popen(
+            [sys.executable, str(script), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            start_new_session=True,  # its workers too: killed together below
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def _round(proc: subprocess.Popen[str], delay: float) -> dict[str, Any]:
+    """One round: SIGINT ``delay`` s after the master says it calls addprocs; its outcome."""
+    assert proc.stdout is not None
+    assert readline(proc.stdout) == "go\n"
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    outcome: dict[str, Any] = json.loads(readline(proc.stdout, timeout=60))
+    outcome["delay"] = delay
+    return outcome
+
+
+def sweep(proc: subprocess.Popen[str], calibrate: int, rounds: int) -> list[dict[str, Any]]:
+    """``calibrate`` rounds interrupted late (how long the call takes here, now: the first,
+    which starts the forkserver, does not count), then ``rounds`` with the Ctrl-C swept over
+    20-130 % of that; the outcomes of all."""
+    outcomes = [_round(proc, 1.0) for _ in range(calibrate)]
+    took = statistics.median(o["took"] for o in outcomes[1:])
+    for i in range(rounds):
+        outcomes.append(_round(proc, took * (0.2 + 1.1 * i / max(1, rounds - 1))))
+    assert proc.stdout is not None
+    assert readline(proc.stdout) == "end\n"
+    assert proc.wait(30) == 0
+    return outcomes
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_ctrl_c_as_addprocs_ends_leaves_no_worker_the_caller_never_got(
+    master: Any, n: int
+) -> None:
+    calibrate, rounds = 4, 30
+    outcomes = sweep(master(str(n), str(calibrate + rounds)), calibrate, rounds)
+    stray = [o for o in outcomes if o["stray"]]
+    assert not stray, f"{len(stray)} of {len(outcomes)} rounds left workers: {stray}"
+    # the sweep did land on both sides of the call's end
+    assert any(o["raised"] for o in outcomes), outcomes
+    assert any(o["got"] is not None for o in outcomes[calibrate:]), outcomes
+
+
+# a real Ctrl-C in the one window the sweep rarely hits: add_workers has returned the ids and
+# addprocs has not (its first call after add_workers is _over_ssh; a profile function sends
+# the SIGINT there, on the main thread)
+AT_THE_RETURN = """
+import os, signal, sys, time, traceback
+from pydistributed import addprocs, workers
+
+def at_the_return(frame, event, arg):
+    if event == "call" and frame.f_code.co_name == "_over_ssh":
+        sys.setprofile(None)
+        os.kill(os.getpid(), signal.SIGINT)
+
+got = None
+sys.setprofile(at_the_return)
+try:
+    got = addprocs(2)
+except KeyboardInterrupt as e:
+    sys.setprofile(None)
+    names = [f.name for f in traceback.extract_tb(e.__traceback__)]
+    print("KeyboardInterrupt in", names[names.index("addprocs"):][:2], flush=True)
+deadline = time.monotonic() + 20
+while workers() != [1] and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("got", got, "workers", workers(), flush=True)
+"""
+
+
+def test_ctrl_c_after_the_workers_joined_and_before_addprocs_returns_removes_them(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "master.py"
+    script.write_text(AT_THE_RETURN)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,  # its workers too: killed together below
+    )
+    try:
+        assert proc.stdout is not None
+        assert readline(proc.stdout, timeout=60) == (
+            "KeyboardInterrupt in ['addprocs', '_over_ssh']\n"
+        )
+        assert readline(proc.stdout, timeout=60) == "got None workers [1]\n"
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+# a real Ctrl-C as addprocs starts its coordinator thread, before that thread exists (a profile
+# function sends the SIGINT at the call of its Thread.start, on the main thread): nothing was
+# launched, and the call neither waits for the coordinator nor warns of workers still starting
+AT_THE_START = """
+import os, signal, sys, threading, time, traceback
+from pydistributed import addprocs, remotecall_fetch, workers
+
+def at_the_start(frame, event, arg):
+    if event == "call" and frame.f_code is threading.Thread.start.__code__:
+        thread = frame.f_locals.get("self")
+        if getattr(thread, "name", None) == "pydist-addprocs":
+            sys.setprofile(None)
+            os.kill(os.getpid(), signal.SIGINT)
+
+sys.setprofile(at_the_start)
+try:
+    addprocs(2)
+except KeyboardInterrupt as e:
+    sys.setprofile(None)
+    names = [f.name for f in traceback.extract_tb(e.__traceback__)]
+    print("KeyboardInterrupt in", names[-2:], flush=True)
+print("alive", sorted(t.name for t in threading.enumerate() if t.name.startswith("pydist-add")),
+      "workers", workers(), flush=True)
+(w,) = addprocs(1)
+print("then", remotecall_fetch(lambda: 6 * 7, w), flush=True)
+"""
+
+
+def test_ctrl_c_as_addprocs_starts_its_coordinator_launches_nothing(tmp_path: Path) -> None:
+    script = tmp_path / "master.py"
+    script.write_text(AT_THE_START)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,  # its workers too: killed together below
+    )
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    assert out.splitlines() == [
+        "KeyboardInterrupt in ['start', 'at_the_start']",
+        "alive [] workers [1]",
+        "then 42",
+    ], err
+    assert proc.returncode == 0, err
+    assert "still starting" not in err
