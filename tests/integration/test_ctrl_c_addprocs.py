@@ -114,9 +114,7 @@ def sweep(proc: subprocess.Popen[str], calibrate: int, rounds: int) -> list[dict
 
 
 @pytest.mark.parametrize("n", [2, 3])
-def test_ctrl_c_as_addprocs_ends_leaves_no_worker_the_caller_never_got(
-    master: Any, n: int
-) -> None:
+def test_ctrl_c_as_addprocs_ends_leaves_no_worker_the_caller_never_got(master: Any, n: int) -> None:
     calibrate, rounds = 4, 30
     outcomes = sweep(master(str(n), str(calibrate + rounds)), calibrate, rounds)
     stray = [o for o in outcomes if o["stray"]]
