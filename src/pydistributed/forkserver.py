@@ -50,9 +50,8 @@ __all__ = ["main"]
 MAX_MESSAGE = 1 << 20  # a request carries a whole environment
 
 # this interpreter's standard streams as it made them: (encoding, errors, write_through) of fds
-# 0-2, and the locale they were made in (set by main)
+# 0-2 (set by main)
 _stdio: list[tuple[str, str, bool]] = []
-_server_ctype = ""
 _replaced: list[Any] = []  # a child's old streams, kept: collected, they might close fds 0-2
 
 
@@ -104,13 +103,11 @@ def main(argv: list[str] | None = None) -> None:
     if len(args) != 2 or args[0] != "--fd" or not args[1].isdigit():
         sys.exit("usage: python -m pydistributed.forkserver --fd N (started by a master)")
     sock = socket.socket(fileno=int(args[1]))
-    global _server_ctype
     for name in ("__stdin__", "__stdout__", "__stderr__"):
         stream = getattr(sys, name)
         if stream is None:
             sys.exit(f"pydistributed forkserver: started without sys.{name.strip('_')}")
         _stdio.append((stream.encoding, stream.errors, stream.write_through))
-    _server_ctype = _ctype(os.environ)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the master's to relay
     worker._die_with_parent()  # reads PYDIST_PARENT_PID: the master
     worker._apply_sys_path()
@@ -227,7 +224,7 @@ def _child(
         os.environ.clear()
         os.environ.update(env)
         os.chdir(req["cwd"])
-        _standard_streams(env)
+        _standard_streams()
         main_module = types.ModuleType("__main__")  # not the forkserver's names
         sys.modules["__main__"] = main_module
         sys.argv = [worker.__file__ or "pydistributed.worker", "--bind-to", str(req["bind_to"])]
@@ -258,63 +255,25 @@ def _child(
         os._exit(code)
 
 
-def _standard_streams(env: dict[str, str]) -> None:
+def _standard_streams() -> None:
     """A child's ``sys.stdin``, ``sys.stdout``, ``sys.stderr`` (and their ``__std*__``): made
-    for its fds 0-2, the pipes now, as a fresh interpreter with ``env`` would (stdout and stderr
+    for its fds 0-2, the pipes now, as a fresh interpreter would (stdout and stderr
     guarded, as ``outputloss.guard_streams`` does on a worker started by exec).
 
     The forkserver's own were made for its descriptors (``/dev/null`` among them), and a
     ``TextIOWrapper`` remembers that its file was seekable: on a worker's pipe, ``tell()`` and
     ``reconfigure()`` failed with "Illegal seek". Encoding, errors and buffering are the
-    forkserver's (its environment has the same ``PYTHON*`` variables, or the worker would have
-    been started by exec); only a locale of the worker's own (``LC_ALL``, ``LC_CTYPE``,
-    ``LANG``) makes them again (:func:`_locale_stdio`)."""
+    forkserver's: a worker whose environment differs from the forkserver's in what an
+    interpreter reads as it starts (``PYTHON*``, the locale: ``managers.local``'s
+    ``startup_environment``) is started by exec, not forked."""
     from .outputloss import standard_stream
 
-    settings = _stdio if _ctype(env) == _server_ctype else _locale_stdio(env)
+    settings = _stdio
     _replaced.extend((sys.stdin, sys.stdout, sys.stderr))
     streams = [standard_stream(fd, *settings[fd]) for fd in range(3)]
     for fd, name in enumerate(("stdin", "stdout", "stderr")):
         setattr(sys, name, streams[fd])
         setattr(sys, f"__{name}__", streams[fd])
-
-
-def _ctype(env: Any) -> str:
-    """The locale of ``LC_CTYPE`` that ``env`` asks for (as the C library reads it)."""
-    for key in ("LC_ALL", "LC_CTYPE", "LANG"):
-        if env.get(key):
-            return str(env[key])
-    return ""
-
-
-def _locale_stdio(env: dict[str, str]) -> list[tuple[str, str, bool]]:
-    """The settings of the standard streams that a fresh interpreter chooses with ``env``'s
-    locale (CPython's ``config_init_stdio_encoding``), having set ``LC_CTYPE`` from it as one
-    does at its start. ``sys.flags.utf8_mode`` and the file system encoding remain the
-    forkserver's: only an interpreter's start sets them."""
-    import codecs
-    import locale
-
-    try:
-        locale.setlocale(locale.LC_CTYPE, "")
-    except locale.Error:  # not installed: a fresh interpreter stays in "C"
-        locale.setlocale(locale.LC_CTYPE, "C")
-    loc = locale.setlocale(locale.LC_CTYPE)
-    legacy = loc in ("C", "POSIX")  # UTF-8 mode by default (or coerced to C.UTF-8)
-    utf8 = bool(sys.flags.utf8_mode) if env.get("PYTHONUTF8") else legacy
-    encoding = "utf-8" if utf8 else (locale.nl_langinfo(locale.CODESET) or "utf-8")
-    coerced = loc in ("C.UTF-8", "C.utf8", "UTF-8")
-    errors = "surrogateescape" if utf8 or legacy or coerced else "strict"
-    io_encoding, _, io_errors = env.get("PYTHONIOENCODING", "").partition(":")
-    if io_encoding:
-        encoding, errors = io_encoding, io_errors or "strict"
-    elif io_errors:
-        errors = io_errors
-    try:
-        encoding = codecs.lookup(encoding).name
-    except LookupError:
-        pass  # as given (the forkserver started with the same PYTHONIOENCODING)
-    return [(encoding, errors if fd < 2 else "backslashreplace", _stdio[fd][2]) for fd in range(3)]
 
 
 if __name__ == "__main__":

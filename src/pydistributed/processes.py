@@ -429,9 +429,10 @@ def start_worker(
     from .cluster import Cluster, set_current_cluster
     from .outputloss import guard_streams
 
+    standard = out is None or out is sys.stdout or out is sys.__stdout__
     guard_streams()  # a print never fails on pipes whose reader is gone (outputloss.py)
-    if out is None or out is sys.__stdout__:
-        out = sys.stdout
+    if standard:
+        out = sys.stdout  # the guarded stream guard_streams put there (not the one replaced)
     c = Cluster(0, handshake.check_cookie(cookie), role="worker")
     set_current_cluster(c)
     c.server.watchdog = watchdog

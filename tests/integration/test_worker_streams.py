@@ -92,6 +92,22 @@ def _fresh_probe() -> dict[str, Any]:
     return dict(json.loads(proc.stderr))
 
 
+def _interpreter_flags() -> str:
+    return f"{sys.flags.utf8_mode} {sys.getfilesystemencoding()}"
+
+
+def _run_fresh(w: int, code: str) -> str:
+    """What ``python -c code`` prints when worker ``w`` runs it with its own environment."""
+
+    def run(code: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        )
+        return out.stdout.strip()
+
+    return str(remotecall_fetch(run, w, code))
+
+
 def _spawned_by(w: int, mode: str) -> None:
     """Worker ``w`` came the way ``mode`` says: forked by the forkserver, or exec'd by us."""
     parent = remotecall_fetch(os.getppid, w)
@@ -180,7 +196,9 @@ def _close_forkserver() -> None:
 # (the master's environment, the worker's env=, its streams' encodings, their errors)
 _SETTINGS = {
     # a locale of the worker's own (the forkserver's is the master's), not in UTF-8 mode
-    # (PYTHONUTF8=0, in the forkserver's environment too): the POSIX locale's is ASCII
+    # (PYTHONUTF8=0, in the forkserver's environment too): the POSIX locale's is ASCII. An
+    # interpreter reads its locale as it starts (UTF-8 mode, the file system encoding), so
+    # such a worker is started by exec even when forking is asked for
     "locale": ({"PYTHONUTF8": "0"}, {"LC_ALL": "POSIX"}, ["ascii"] * 3, ["surrogateescape"] * 2),
     # the master's PYTHONIOENCODING (the forkserver's too)
     "PYTHONIOENCODING": (
@@ -205,9 +223,11 @@ def test_a_worker_s_environment_chooses_its_streams_settings(
     ws: list[int] = []
     try:
         ws = addprocs(1, env=env)
-        _spawned_by(ws[0], mode)
+        _spawned_by(ws[0], "exec" if "LC_ALL" in env else mode)
         mine, fresh = remotecall_fetch(_probe, ws[0]), remotecall_fetch(_fresh_probe, ws[0])
         assert mine == fresh
+        flags = "import sys; print(sys.flags.utf8_mode, sys.getfilesystemencoding())"
+        assert remotecall_fetch(_interpreter_flags, ws[0]) == _run_fresh(ws[0], flags)
         assert [mine[n]["encoding"] for n in ("stdin", "stdout", "stderr")] == encodings
         assert [mine[n]["errors"] for n in ("stdin", "stdout", "stderr")] == [
             *errors,

@@ -87,7 +87,8 @@ _forkserver_lock = threading.Lock()
 
 # what the interpreter or the dynamic loader read as a process starts: a worker whose
 # environment differs from the forkserver's in one of these needs an interpreter of its own
-_STARTUP_PREFIXES = ("PYTHON", "LD_", "MALLOC_", "GLIBC_TUNABLES")
+# (the locale: an interpreter chooses its UTF-8 mode and file system encoding from it at start)
+_STARTUP_PREFIXES = ("PYTHON", "LD_", "MALLOC_", "GLIBC_TUNABLES", "LC_ALL", "LC_CTYPE", "LANG")
 
 
 def startup_environment(env: dict[str, str]) -> dict[str, str]:
