@@ -76,6 +76,26 @@ def _read_exact(reader: BinaryIO, n: int) -> bytes:
     return data
 
 
+def _read_small(reader: BinaryIO, size: int, i: int, as_bytes: Collection[int]) -> Any:
+    """Frame ``i`` of a message, of ``size`` bytes (under :data:`BIG_FRAME`). An out-of-band
+    buffer (``i`` >= 2) comes in a ``bytearray``, read straight into it: a numpy array built
+    on it is writable, as one sent in-band, through shared memory or as a large frame is (in
+    ``bytes`` it was read-only); one that was an exact ``bytes`` (``as_bytes``) stays one."""
+    if not size:
+        return b""
+    if i < 2 or i in as_bytes:
+        return _read_exact(reader, size)
+    out = bytearray(size)
+    view = memoryview(out)
+    got = 0
+    while got < size:
+        k = reader.readinto(view[got:])  # type: ignore[attr-defined]
+        if not k:
+            raise EOFError("connection closed in the middle of a message")
+        got += k
+    return out
+
+
 def _read_into(reader: BinaryIO, buf: Any, on_chunk: Callable[[Any], None] | None = None) -> None:
     """Fill ``buf`` from ``reader``, committing the memory of an ``mmap`` a chunk at a time,
     just before its data is read into it (so a peer that declares a huge frame and sends
@@ -174,7 +194,7 @@ def _read_frames(
     as_bytes: Collection[int] = ()
     for i, size in enumerate(lens):
         if size < _BIG_FRAME:
-            frames.append(_read_exact(reader, size) if size else b"")
+            frames.append(_read_small(reader, size, i, as_bytes))
         else:
             frame, buf = _new_frame(size, i in as_bytes, alloc)
             if h is None:
@@ -249,7 +269,7 @@ def _read_shm_frames(
                 except shm.ShmRefused as e:
                     error = str(e).removeprefix("shared-memory frame refused: ")
             elif n < _BIG_FRAME:
-                frames.append(_read_exact(reader, n) if n else b"")  # type: ignore[arg-type]
+                frames.append(_read_small(reader, n, i, as_bytes))  # type: ignore[arg-type]
             else:
                 frame, buf = _new_frame(n, i in as_bytes, alloc)
                 _read_into(reader, buf)  # type: ignore[arg-type]

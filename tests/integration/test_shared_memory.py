@@ -144,3 +144,21 @@ def test_an_array_sent_back_unchanged_goes_through_the_workers_pool(
     after = pd.remotecall_fetch(h.shm_stats, w)
     assert after["pooled"] == before["pooled"] + 1
     assert h.digest(back) == h.digest(a) and h.memfd_backed(h.address_of(back))
+
+
+@pytest.mark.parametrize("link", ["local", "tcp"])
+def test_arrays_of_every_size_arrive_writable_both_ways(
+    add_workers: Callable[..., list[int]], link: str
+) -> None:
+    """In-band (under 64 KiB), out-of-band frames under 1 MiB (they arrived read-only), large
+    frames, shared memory: an ordinary writable array whatever the size, to a worker and back."""
+    if link == "tcp" and sockets.is_loopback(sockets.primary_ip()):
+        pytest.skip("this host has no address but loopback: every local link is a Unix socket")
+    (w,) = add_workers(1, restrict=link == "local")
+    for n in (1_000, 10_000, 32_768, 100_000, 131_071, 200_000, 2_000_000):
+        a = np.arange(n, dtype=np.float64)
+        assert pd.remotecall_fetch(h.describe, w, a)[::2] == (h.digest(a), True)
+        b = pd.remotecall_fetch(h.ones, w, n)
+        assert b.flags.writeable, n
+        b += 1
+        assert float(b.sum()) == 2 * n

@@ -180,3 +180,36 @@ def test_other_large_buffers_still_arrive_writable() -> None:
     assert (out == arr).all() and out.flags.writeable
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize("tagged", [False, True])
+@pytest.mark.parametrize("size", [64 << 10, (256 << 10) + 3, (1 << 20) - 8, 1 << 20, 3 << 20])
+def test_out_of_band_buffers_of_every_size_arrive_writable(size: int, tagged: bool) -> None:
+    """An array's buffer from the out-of-band threshold up: frames under 1 MiB were read into
+    a ``bytes``, so the array built on them was read-only (64 KiB to 1 MiB)."""
+    import numpy as np
+
+    from pydistributed import codec, framemac, sockets
+    from pydistributed.messages import CallFetch
+
+    arr = np.frombuffer(bytearray(os.urandom(size)), dtype=np.uint8)  # writable
+    exact = os.urandom(size)  # an exact bytes stays one
+    frames, _ = codec.encode(CallFetch(1, print, (arr, codec.oob(exact)), {}), 2)
+    assert len(frames) == 4 and codec.bytes_frames(frames[0]) == {3}
+    a, b = socket.socketpair()
+    _, writer = sockets.socket_streams(a)
+    reader, _ = sockets.socket_streams(b)
+    mac_in = None
+    if tagged:
+        writer.mac = framemac.FrameMac(b"k" * 32, False)
+        mac_in = framemac.FrameMac(b"k" * 32, False)
+    t = threading.Thread(target=writer.write_frames, args=(frames,))
+    t.start()
+    got = transport.read_message(reader, None, buffers.BufferPool().get, mac_in, codec.bytes_frames)
+    t.join(10)
+    out, out_bytes = codec.decode(got).args
+    assert (out == arr).all() and out.flags.writeable
+    out[0] ^= 1  # and it can be written
+    assert type(out_bytes) is bytes and out_bytes == exact
+    a.close()
+    b.close()
