@@ -42,7 +42,7 @@ from .errors import ProtocolError
 __all__ = ["BULK_MIN", "MAC_SIZE", "FrameMac", "MessageMac", "feed_frames"]
 
 MAC_SIZE = 16
-BULK_MIN = 1 << 20  # frames this large go through Poly1305 on a link with bulk=True
+BULK_MIN = 1 << 16  # frames this large go through Poly1305 on a link with bulk=True
 _SEQ = struct.Struct("!Q")
 _SEQ2 = struct.Struct("!QQ")
 

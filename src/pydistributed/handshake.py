@@ -81,7 +81,7 @@ __all__ = [
 ]
 
 MAGIC = b"PYDIST\x00\x02"
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: frames of 64 KiB or more are bulk frames of the MAC (were 1 MiB)
 _CHALLENGE = 32
 _DIGEST = 32
 _INFO_MAX = 512

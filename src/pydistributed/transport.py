@@ -58,8 +58,11 @@ __all__ = [
 _check_size = check_size
 _prefix = prefix
 _BIG_FRAME = BIG_FRAME
-# a bulk frame of the MAC is read through _read_into: writers decide by BULK_MIN alone
-assert BULK_MIN == _BIG_FRAME
+_BUFFER_SIZE = 1 << 16  # a SocketReader's buffer
+# writers and readers decide which frames are bulk frames of the MAC by BULK_MIN alone; the
+# reader's fast path (a whole message in its buffer, SocketReader) and the writer's (a message
+# under 64 KiB, SocketWriter) take every frame as a small one: they take messages under BULK_MIN
+assert BULK_MIN <= _BIG_FRAME
 _COUNT = COUNT
 _COMMIT_CHUNK = 8 << 20  # memory of a large frame is committed this much at a time
 # a bulk frame of a MAC'd message is read and hashed this much at a time, each chunk while it is
@@ -194,20 +197,26 @@ def _read_frames(
     as_bytes: Collection[int] = ()
     for i, size in enumerate(lens):
         if size < _BIG_FRAME:
-            frames.append(_read_small(reader, size, i, as_bytes))
+            frame = _read_small(reader, size, i, as_bytes)
+            if h is None:
+                pass
+            elif size < BULK_MIN:
+                h.update(frame)
+            else:  # a bulk frame of the MAC, in memory already
+                h.begin()
+                h.bulk(frame)
+                h.end()
         else:
             frame, buf = _new_frame(size, i in as_bytes, alloc)
             if h is None:
                 _read_into(reader, buf)
-            else:  # a bulk frame of the MAC (BULK_MIN == _BIG_FRAME)
+            else:  # a bulk frame of the MAC (BULK_MIN <= _BIG_FRAME)
                 h.begin()
                 _read_into(reader, buf, h.bulk)
                 h.end()
-            frames.append(frame)
+        frames.append(frame)
         if i == 0 and bytes_frames is not None and len(lens) > 2:
             as_bytes = bytes_frames(frames[0])
-        if h is not None and size < _BIG_FRAME:
-            h.update(frames[-1])
     if h is not None:
         FrameMac.check(h, _read_exact(reader, MAC_SIZE))
     return frames
@@ -291,7 +300,7 @@ class SocketReader:
     with ``select``; ``io.BufferedReader`` cannot tell without reading.
     """
 
-    def __init__(self, sock: socket.socket, size: int = 1 << 16, fds: bool = False) -> None:
+    def __init__(self, sock: socket.socket, size: int = _BUFFER_SIZE, fds: bool = False) -> None:
         self.sock = sock
         # ``fds``: a Unix socket that may carry shared-memory frames (``shm.py``): every read
         # takes ancillary data, and ``_pos`` counts the stream's bytes to place descriptors
@@ -371,7 +380,7 @@ class SocketReader:
         _check_size(n, total, limit)
         tag = 0 if mac is None else MAC_SIZE
         whole = head + total + tag
-        if whole <= len(self._buf) and total < _BIG_FRAME:
+        if whole <= len(self._buf) and total < BULK_MIN:  # (no frame of it is bulk)
             if self._end - self._start < whole and not self._fill(whole):
                 raise EOFError("connection closed in the middle of a message")
             start = self._start

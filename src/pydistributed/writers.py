@@ -84,7 +84,7 @@ class SocketWriter:
         if self.shm_min and mac is None and len(frames) > 2 and total >= self.shm_min:
             head, frames, fds, owned = _to_shm(frames, lens, self.shm_min, pool)
         try:
-            if not fds and total < 65536:
+            if not fds and total < BULK_MIN:  # (64 KiB: no frame of it is bulk)
                 # small: one buffer, one send (cheaper than building an iovec list)
                 data = head + b"".join(frames)
                 sock.sendall(data if mac is None else data + mac.tag(data))

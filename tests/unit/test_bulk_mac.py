@@ -51,7 +51,8 @@ def test_poly1305_refuses_misuse() -> None:
 
 def _message(seed: int) -> list[Any]:
     big = bytes((seed + i) % 256 for i in range(256)) * (3 * MiB // 256 + 7)
-    return [b"head", b"", bytearray(big), b"small" * 100, memoryview(big)[: 2 * MiB]]
+    mid = bytes(range(256)) * (100 * 1024 // 256) + b"odd"  # a bulk frame under 1 MiB
+    return [b"head", b"", bytearray(big), b"small" * 100, memoryview(big)[: 2 * MiB], mid]
 
 
 def _tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -109,7 +110,31 @@ def test_the_bulk_mac_is_part_of_the_tag() -> None:
         _send_and_read(False, True)
 
 
-@pytest.mark.parametrize("where", ["prefix", "first bulk frame", "small frame", "last bulk"])
+@pytest.mark.parametrize("size", [framemac.BULK_MIN - 1, framemac.BULK_MIN, 5 * MiB + 3])
+def test_frames_from_bulk_min_on_are_bulk_frames(size: int) -> None:
+    """Where Poly1305 starts (64 KiB): a writer with it and a reader without it agree on a
+    message whose frames are all under BULK_MIN, and disagree from BULK_MIN on."""
+    frames = [b"head", b"body", bytes(size)]
+    out = io.BytesIO()
+    w = transport.StreamWriter(out)
+    w.mac = framemac.FrameMac(b"k" * 32, True)
+    w.write_frames(frames)
+
+    def read(bulk: bool) -> list[Any]:
+        reader = io.BufferedReader(io.BytesIO(out.getvalue()))
+        return transport.read_message(reader, 1 << 30, None, framemac.FrameMac(b"k" * 32, bulk))
+
+    assert [bytes(f) for f in read(True)] == frames
+    if size < framemac.BULK_MIN:
+        assert [bytes(f) for f in read(False)] == frames
+    else:
+        with pytest.raises(ProtocolError, match="authentication failed"):
+            read(False)
+
+
+@pytest.mark.parametrize(
+    "where", ["prefix", "first bulk frame", "small frame", "last bulk", "mid-size bulk"]
+)
 def test_a_changed_byte_anywhere_fails_the_tag(where: str) -> None:
     frames = _message(1)
     head = 4 + 8 * len(frames)
@@ -119,6 +144,7 @@ def test_a_changed_byte_anywhere_fails_the_tag(where: str) -> None:
         "first bulk frame": head + 4 + big // 2 + 3,
         "small frame": head + 4 + big + 7,
         "last bulk": head + 4 + big + 500 + 2 * MiB - 1,
+        "mid-size bulk": head + 4 + big + 500 + 2 * MiB + 50_000,
     }[where]
     # a changed length misframes the stream: it runs short (EOF) or the tag fails
     with pytest.raises((ProtocolError, EOFError) if where == "prefix" else ProtocolError):
