@@ -174,6 +174,45 @@ def test_master_worker_refuses_both_ways_with_the_topology_named(add_workers: An
             remotecall_fetch(lambda y=y: remotecall_fetch(myid, y), x)
 
 
+def _map_on_worker(batch_size: Any, stream: bool) -> Any:
+    """On a worker: pmap (or imap) over the default pool, the master's."""
+    from pydistributed import imap, pmap
+
+    if stream:
+        return list(imap(lambda x: x + 1, range(6), batch_size=batch_size))
+    return pmap(lambda x: x + 1, range(6), batch_size=batch_size)
+
+
+@pytest.mark.parametrize(("batch_size", "stream"), [(1, False), (2, False), ("auto", True)])
+def test_a_map_on_a_master_worker_worker_fails_at_once_and_leaves_the_pool_whole(
+    add_workers: Any, batch_size: Any, stream: bool
+) -> None:
+    """Its pool's other workers cannot be reached from it: the map raises the topology's
+    ValueError (it spun for ever: each worker taken, found unreachable, put back, taken
+    again), and every worker is back in the pool."""
+    from pydistributed import default_worker_pool, pmap
+
+    ws = add_workers(3, topology="master_worker")
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = remotecall_fetch(_map_on_worker, ws[0], batch_size, stream)
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "the map on the worker hung"
+    err = box.get("error")
+    assert isinstance(err, RemoteException), box
+    assert "has no connection to process" in str(err) and "master_worker" in str(err)
+    pool = default_worker_pool()
+    assert sorted(pool.workers) == sorted(ws)
+    assert pmap(lambda x: x * 2, range(8), pool=pool) == [x * 2 for x in range(8)]
+
+
 def test_a_worker_that_cannot_connect_back_says_why_at_once() -> None:
     # workers added after the cookie changed cannot authenticate to those added before: the
     # one that asked learns why from the one that could not connect back, through the master,
