@@ -93,7 +93,7 @@ class _Group:
         for m in self.members:
             if m is not stream:
                 _quietly(m.raw.flush)
-        if _quietly(stream.raw.write, text):
+        if _write(stream.raw, text):
             _quietly(stream.raw.flush)
 
 
@@ -101,6 +101,23 @@ def _quietly(fn: Callable[..., Any], *args: Any) -> bool:
     try:
         fn(*args)
     except (OSError, ValueError):  # a closed stream, a reader gone: nobody to print for
+        return False
+    return True
+
+
+def _write(out: Any, text: str) -> bool:
+    """``out.write(text)`` as :func:`_quietly` does it; characters that ``out``'s encoding
+    cannot hold (a worker's line on a master whose ``PYTHONIOENCODING`` is ``latin-1``) are
+    written as escapes, not the line dropped (a ``UnicodeEncodeError`` is a ``ValueError``)."""
+    try:
+        out.write(text)
+    except UnicodeEncodeError:
+        enc = getattr(out, "encoding", None) or "ascii"
+        try:
+            return _quietly(out.write, text.encode(enc, "backslashreplace").decode(enc))
+        except (LookupError, ValueError):
+            return False
+    except (OSError, ValueError):
         return False
     return True
 
@@ -249,7 +266,7 @@ def print_relayed(kind: str, text: str) -> bool:
 def _put(out: Any, text: str) -> bool:
     if isinstance(out, LineStream):
         return out.put_relayed(text)
-    if _quietly(out.write, text):  # a stream the program set itself: one write, as before
+    if _write(out, text):  # a stream the program set itself: one write, as before
         _quietly(out.flush)
     return False
 

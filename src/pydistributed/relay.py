@@ -99,13 +99,29 @@ class RelayedStream:
     def feed(self, data: bytes) -> None:
         data = self._partial + data
         *lines, self._partial = data.split(b"\n")
-        self._lines([raw.decode("utf-8", "replace").rstrip("\r") for raw in lines])
+        self._lines([self._decode(raw).rstrip("\r") for raw in lines])
+
+    def _decode(self, raw: bytes) -> str:
+        """A line of the worker's: UTF-8, or else in the encoding of the master's stream it
+        goes to (a local worker inherits the master's ``PYTHONIOENCODING`` and locale, so it
+        writes in that encoding: ``latin-1`` bytes are not UTF-8)."""
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        import sys
+
+        enc = getattr(getattr(sys, f"__{self.kind}__", None), "encoding", None) or "utf-8"
+        try:
+            return raw.decode(enc, "replace")
+        except LookupError:
+            return raw.decode("utf-8", "replace")
 
     def finish(self) -> None:
         if self.eof.is_set():
             return
         if self._partial:
-            self._lines([self._partial.decode("utf-8", "replace")])
+            self._lines([self._decode(self._partial)])
             self._partial = b""
         with self._lock:
             self.eof.set()

@@ -5,6 +5,7 @@ pmap progress bar is shown."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -189,3 +190,67 @@ def test_a_worker_s_unfinished_last_line_is_printed_whole_when_the_master_exits(
     proc = _run(tmp_path, _PARTIAL.format(end=""))
     assert "From worker 2:\tthe last words\n" in proc.stdout
     assert "From worker 2:\tand the last complaint\n" in proc.stderr
+
+
+_ENCODINGS = """
+import sys
+from pydistributed import addprocs, remotecall_fetch, rmprocs
+
+w = addprocs(1)[0]
+
+def say():
+    print("worker says caf\\u00e9")
+    print("worker plain line")
+    return True
+
+remotecall_fetch(say, w)
+rmprocs(w, waitfor=30)
+print("master done")
+"""
+
+
+def test_a_worker_s_lines_reach_a_master_whose_stdout_is_latin_1(tmp_path: Path) -> None:
+    """``PYTHONIOENCODING=latin-1`` in the master (and, inherited, in its workers): a worker's
+    lines were all dropped without a word (its latin-1 bytes decoded as UTF-8 gave U+FFFD,
+    which latin-1 cannot write, and the error was taken for a closed stream). They arrive now:
+    ``café`` as latin-1 ``caf\\xe9``."""
+    script = tmp_path / "enc.py"
+    script.write_text(_ENCODINGS)
+    env = {**os.environ, "PYTHONIOENCODING": "latin-1"}
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, timeout=T, env=env, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert b"From worker 2:\tworker says caf\xe9\n" in proc.stdout, proc.stdout
+    assert b"From worker 2:\tworker plain line\n" in proc.stdout
+    assert b"master done\n" in proc.stdout
+
+
+_RECONFIGURED = """
+import sys
+from pydistributed import addprocs, remotecall_fetch, rmprocs
+
+w = addprocs(1)[0]
+sys.stdout.reconfigure(encoding="ascii")  # the master's own choice; its workers write UTF-8
+
+def say():
+    print("worker says caf\\u00e9 \\u2713")
+    print("worker plain line")
+    return True
+
+remotecall_fetch(say, w)
+rmprocs(w, waitfor=30)
+print("master done")
+"""
+
+
+def test_a_worker_s_line_the_master_s_stdout_cannot_encode_is_escaped_not_dropped(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "ascii.py"
+    script.write_text(_RECONFIGURED)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=T, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.decode("ascii")
+    assert "From worker 2:\tworker says caf\\xe9 \\u2713\n" in out, out
+    assert "From worker 2:\tworker plain line\n" in out
