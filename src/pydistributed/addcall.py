@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+from .managers.workerconfig import WorkerConfig
 from .workerexit import end_process
-
-if TYPE_CHECKING:
-    from .managers.workerconfig import WorkerConfig
 
 __all__ = ["AddCall", "Launch", "Result", "Setup"]
 
@@ -107,7 +104,16 @@ class AddCall:
                     seen = len(self.launched)
                     over = self._launch_over  # (and every config it added is in new)
                 for config in new:
-                    if self._abandoned:
+                    if not isinstance(config, WorkerConfig):
+                        # nothing to set up, nor to end: the call fails with this, once the
+                        # workers it did launch are set up (and then removed)
+                        self.launch_error.append(
+                            TypeError(
+                                "a cluster manager's launch() must append WorkerConfig objects "
+                                f"to launched, not {type(config).__name__} ({config!r:.80})"
+                            )
+                        )
+                    elif self._abandoned:
                         end_process(config.process)
                     else:
                         t = threading.Thread(

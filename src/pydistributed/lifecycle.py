@@ -148,6 +148,10 @@ class Lifecycle(Admission):
                 f"topology must be one of {', '.join(map(repr, TOPOLOGIES))}, "
                 f"not {params['topology']!r}"
             )
+        for flag in ("lazy", "enable_threaded_blas"):
+            if not isinstance(params[flag], bool):
+                v = params[flag]
+                raise TypeError(f"{flag} must be True or False, not {type(v).__name__} ({v!r})")
         if params["topology"] != "all_to_all":
             params["lazy"] = False  # as Julia: only all_to_all connects workers lazily
         self._check_like_the_others(params["topology"], bool(params["lazy"]))

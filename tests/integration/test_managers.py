@@ -161,6 +161,43 @@ def test_a_failing_launch_is_raised() -> None:
         addprocs(Broken())
 
 
+class StrayItemManager(RecordingManager):
+    """Launches one real worker, then appends something that is not a WorkerConfig."""
+
+    def launch(
+        self, params: dict[str, Any], launched: list[Any], launch_ntfy: threading.Condition
+    ) -> None:
+        super().launch(params, launched, launch_ntfy)
+        with launch_ntfy:
+            launched.append({"host": "127.0.0.1", "port": 1})
+            launch_ntfy.notify_all()
+
+
+def test_a_launch_that_appends_something_else_than_a_worker_config_fails_clearly() -> None:
+    """It returned [] without an error (the setup thread died of an AttributeError, printed as
+    an unhandled thread exception): now addprocs raises a TypeError naming what came, and the
+    worker launched beside it is removed, its process ended."""
+    m = StrayItemManager(1)
+    before = workers()
+    try:
+        with pytest.raises(TypeError, match=r"must append WorkerConfig objects .* not dict"):
+            addprocs(m)
+        assert workers() == before
+        wait_until(
+            lambda: all(not is_alive(p.pid) for p in m.procs), timeout=10, what="the worker to end"
+        )
+    finally:
+        _kill(m.procs)
+
+
+@pytest.mark.parametrize("flag", ["lazy", "enable_threaded_blas"])
+def test_flags_of_addprocs_must_be_bools(flag: str) -> None:
+    m = RecordingManager(1)
+    with pytest.raises(TypeError, match=rf"{flag} must be True or False, not str \('no'\)"):
+        addprocs(m, **{flag: "no"})
+    assert not m.procs  # refused before anything was launched
+
+
 CUSTOM_WORKER = """
 import socket, sys, threading
 from pydistributed import init_worker, process_messages
