@@ -48,6 +48,10 @@ class AddCall:
         self.launch_error: list[BaseException] = []
         self.results: list[Result] = []
         self.finished = threading.Event()  # the launch is over and every setup has ended
+        # after abandon(): no setup runs, and none will start (a launch may still be running:
+        # what it adds from now on is ended, not set up), so joined() is complete
+        self.settled = threading.Event()
+        self._active = 0  # setups running
         self._launch_over = False
         self._abandoned = False
         self._go = threading.Event()  # set once start() has started the coordinator
@@ -65,8 +69,11 @@ class AddCall:
             # interrupted in start(): the coordinator, if it runs at all, launches nothing
             self._go.set()
             self.finished.set()
+            self.settled.set()
             return
         with self.cond:
+            if not self._active:
+                self.settled.set()
             self.cond.notify_all()
 
     def joined(self) -> list[int]:
@@ -85,6 +92,18 @@ class AddCall:
             with self.cond:
                 self._launch_over = True
                 self.cond.notify_all()
+
+    def _run_setup(self, config: WorkerConfig) -> None:
+        try:
+            self._setup(config, self.results)
+        finally:
+            self._setup_ended()
+
+    def _setup_ended(self) -> None:
+        with self.cond:
+            self._active -= 1
+            if self._abandoned and not self._active:
+                self.settled.set()
 
     def _coordinate(self) -> None:
         setups: list[threading.Thread] = []
@@ -113,15 +132,24 @@ class AddCall:
                                 f"to launched, not {type(config).__name__} ({config!r:.80})"
                             )
                         )
-                    elif self._abandoned:
-                        end_process(config.process)
                     else:
-                        t = threading.Thread(
-                            target=self._setup, args=(config, self.results), name="pydist-setup"
-                        )
-                        t.daemon = True
-                        t.start()
-                        setups.append(t)
+                        with self.cond:  # (abandon() reads _active under it)
+                            abandoned = self._abandoned
+                            if not abandoned:
+                                self._active += 1
+                        if abandoned:
+                            end_process(config.process)
+                        else:
+                            t = threading.Thread(
+                                target=self._run_setup, args=(config,), name="pydist-setup"
+                            )
+                            t.daemon = True
+                            try:
+                                t.start()
+                            except BaseException:
+                                self._setup_ended()
+                                raise
+                            setups.append(t)
                     handled += 1
                 if over:
                     break
@@ -132,7 +160,8 @@ class AddCall:
             with self.cond:
                 unhandled = self.launched[handled:]
             for config in unhandled:
-                end_process(config.process)
+                if isinstance(config, WorkerConfig):
+                    end_process(config.process)
             for t in setups:
                 t.join()
         finally:

@@ -193,7 +193,7 @@ class Lifecycle(Admission):
         """``addprocs`` was interrupted (Ctrl-C): end the workers launched and not yet set up,
         let those being set up finish, and remove the ones that joined."""
         call.abandon()
-        self.remove_interrupted(call.joined, call.finished)
+        self.remove_interrupted(call.joined, call.settled)  # (a launch may still run)
 
     def remove_interrupted(
         self, joined: Callable[[], list[int]], ready: threading.Event | None = None

@@ -236,3 +236,76 @@ def test_ctrl_c_as_addprocs_starts_its_coordinator_launches_nothing(tmp_path: Pa
     ], err
     assert proc.returncode == 0, err
     assert "still starting" not in err
+
+
+# a manager whose launch goes on after its first worker (it waits for a file that never comes,
+# as a batch scheduler waiting for nodes would): a Ctrl-C once that worker has joined
+SLOW_LAUNCH = """
+import os, signal, subprocess, sys, threading, time
+from pydistributed import ClusterManager, WorkerConfig, addprocs, cluster_cookie, workers
+
+started = []
+
+class OneThenWaits(ClusterManager):
+    def launch(self, params, launched, ntfy):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pydistributed.worker", "--cookie", cluster_cookie()],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+        )
+        started.append(proc)
+        with ntfy:
+            launched.append(WorkerConfig(process=proc, io=proc.stdout))
+            ntfy.notify_all()
+        for _ in range(300):  # 30 s, unless told to stop (the file never comes)
+            if os.path.exists("stop"):
+                return
+            time.sleep(0.1)
+
+def interrupt_once_joined():
+    while workers() == [1]:
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=interrupt_once_joined, daemon=True).start()
+t0 = time.monotonic()
+try:
+    addprocs(OneThenWaits())
+except KeyboardInterrupt:
+    took = time.monotonic() - t0
+    print("interrupted", "quickly" if took < 4 else f"after {took:.1f} s", flush=True)
+deadline = time.monotonic() + 10
+while (workers() != [1] or started[0].poll() is None) and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("workers", workers(), "process ended", started[0].poll() is not None, flush=True)
+open("stop", "w").close()
+"""
+
+
+def test_ctrl_c_while_a_manager_s_launch_goes_on_removes_the_joined_at_once(
+    tmp_path: Path,
+) -> None:
+    """The call waited for the launch to end before removing the workers that had joined:
+    KeyboardInterrupt came after 5 s, and the worker stayed in the cluster until the launch
+    returned (for ever, for a launch that never does)."""
+    script = tmp_path / "master.py"
+    script.write_text(SLOW_LAUNCH)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,  # its workers too: killed together below
+    )
+    try:
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    lines = out.splitlines()
+    assert lines[:1] == ["interrupted quickly"], (out, err)
+    assert lines[1:] == ["workers [1] process ended True"], (out, err)
