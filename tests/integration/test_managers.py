@@ -198,6 +198,27 @@ def test_flags_of_addprocs_must_be_bools(flag: str) -> None:
     assert not m.procs  # refused before anything was launched
 
 
+def test_a_worker_address_nobody_listens_on_is_named_in_the_error() -> None:
+    import socket
+
+    with socket.socket() as s:  # a port the OS gave, closed again: nobody listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    class NobodyThere(ClusterManager):
+        def launch(self, params: dict[str, Any], launched: list[WorkerConfig], ntfy: Any) -> None:
+            with ntfy:
+                launched.append(WorkerConfig(host="127.0.0.1", port=port))
+                ntfy.notify_all()
+
+    before = workers()
+    with pytest.raises(
+        ConnectionRefusedError, match=rf"worker \d+: cannot connect to 127\.0\.0\.1:{port}: "
+    ):
+        addprocs(NobodyThere())
+    assert workers() == before
+
+
 CUSTOM_WORKER = """
 import socket, sys, threading
 from pydistributed import init_worker, process_messages

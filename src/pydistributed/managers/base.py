@@ -114,7 +114,15 @@ class ClusterManager(abc.ABC):
             raise ValueError(f"worker {pid}: no host and port to connect to")
         from .. import sockets  # (here: ``from pydistributed import addprocs`` stays light)
 
-        sock = sockets.connect_tcp(host, int(port), timeout=30.0)
+        try:
+            sock = sockets.connect_tcp(host, int(port), timeout=30.0)
+        except OSError as e:  # the same type, with the worker and its address named
+            what = f"worker {pid}: cannot connect to {host}:{port}: {e.strerror or e}"
+            try:
+                err = type(e)(e.errno, what) if e.errno is not None else type(e)(what)
+            except Exception:  # a subclass with another signature
+                raise e from None
+            raise err from e
         return sockets.socket_streams(sock)
 
     def __repr__(self) -> str:
