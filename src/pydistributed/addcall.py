@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from .managers.workerconfig import WorkerConfig
 from .workerexit import end_process
+
+if TYPE_CHECKING:
+    from .managers.workerconfig import WorkerConfig
 
 __all__ = ["AddCall", "Launch", "Result", "Setup"]
 
@@ -106,6 +109,8 @@ class AddCall:
                 self.settled.set()
 
     def _coordinate(self) -> None:
+        from .managers.workerconfig import WorkerConfig  # (a dataclass: not on a worker's start)
+
         setups: list[threading.Thread] = []
         handled = 0  # the configs set up or ended, in launch order
         try:

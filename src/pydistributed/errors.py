@@ -59,12 +59,6 @@ class FileNotSendable(TypeError):
     """An open file was to be pickled: it belongs to the process that opened it."""
 
 
-class UnreachableError(ValueError):
-    """This process has no way to reach that one (the topology, or no address): a
-    ``ValueError`` to the user; told apart inside (a pool's worker that cannot be reached is
-    an error of the map, not a worker to forget)."""
-
-
 class InterruptException(KeyboardInterrupt):
     """The call running on a worker was interrupted by :func:`interrupt` (Julia's Ctrl-C)."""
 

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from .errors import ProcessExitedException, UnreachableError
+from .errors import ProcessExitedException
 from .handshake import identity_proof
 from .managers.base import ClusterManager
 from .messages import DialMe, Identify, Message
@@ -77,12 +77,12 @@ class PeerLinks:
         reachable = reg.pair_key(pid) is not None and reg.topology != "master_worker"
         if pid == 1 or not reachable or (pid < reg.myid and (info is None or not info.port)):
             if reg.topology != "all_to_all" and pid != 1:
-                raise UnreachableError(
+                raise ValueError(
                     f"process {reg.myid} has no connection to process {pid} "
                     f"(topology {reg.topology!r})"
                 )
             if info is not None and pid != 1 and reachable:
-                raise UnreachableError(
+                raise ValueError(
                     f"process {reg.myid} cannot connect to process {pid}: it has no address "
                     "(its manager connects it through its own streams); use "
                     'topology="master_worker", or a manager whose connect() reaches it'

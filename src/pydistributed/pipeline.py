@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .cluster import Cluster
-from .errors import ProcessExitedException, RemoteException, UnreachableError
+from .errors import ProcessExitedException, RemoteException
 from .funccache import FunctionCache
 from .messages import MapCancel
 from .pipecalls import DROPPED, StreamSlot
@@ -283,15 +283,18 @@ class Pipeline(Filling):
             return
         try:
             peer = self.cluster.connections.get(pid)
-        except UnreachableError:
-            # alive, but this process cannot call it (a worker's map over a pool of a
-            # master_worker cluster): the map fails, as a call to it would; taken again and
-            # again, it would spin for ever
-            self.pool.put(pid)
-            raise
-        except (ProcessExitedException, ValueError):
+        except ProcessExitedException:
             self.pool.put(pid)  # gone: the pool forgets it
             return
+        except ValueError:
+            self.pool.put(pid)
+            reg = self.cluster.registry
+            if reg.topology != "all_to_all" or reg.get(pid) is not None:
+                # alive, but this process cannot call it (a worker's map over a pool of a
+                # master_worker cluster): the map fails, as a call to it would; taken again
+                # and again, it would spin for ever
+                raise
+            return  # a worker this one does not know yet (or any more)
         lane.peer = peer
         lane.slot = StreamSlot(self.post, lane)
         peer.pending[lane.stream] = lane.slot
