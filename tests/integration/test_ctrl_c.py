@@ -186,8 +186,8 @@ def test_ctrl_c_cancels_a_remote_channel_operation_and_loses_nothing(
 
 def test_ctrl_c_during_addprocs_leaves_none_of_its_workers(master: object) -> None:
     # the manager's launch sends the Ctrl-C once the first of its workers has joined, then
-    # launches two more: the call raises KeyboardInterrupt, and none of the four stays, neither
-    # in the cluster nor as a process
+    # launches two more: the call raises KeyboardInterrupt (without waiting for the launch to
+    # end), and none of the four stays, neither in the cluster nor as a process
     proc = master(
         """
         import signal, time
@@ -205,6 +205,7 @@ def test_ctrl_c_during_addprocs_leaves_none_of_its_workers(master: object) -> No
                 while len(procs()) == len(before) and time.monotonic() < deadline:
                     time.sleep(0.01)
                 os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.5)  # the launch goes on well after the Ctrl-C
                 super().launch(params, launched, ntfy)
                 self.ospids = [c.ospid for c in launched]
 
@@ -222,6 +223,10 @@ def test_ctrl_c_during_addprocs_leaves_none_of_its_workers(master: object) -> No
             print("KeyboardInterrupt", flush=True)
         print("workers as before", sorted(procs()) == before, flush=True)
         deadline = time.monotonic() + 30
+        # the call does not wait for the launch to end (the workers it adds from then on are
+        # ended, not set up): wait for the launch here, then for its processes to be gone
+        while len(m.ospids) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
         while any(map(alive, m.ospids)) and time.monotonic() < deadline:
             time.sleep(0.05)
         print("launched", len(m.ospids), "alive", [p for p in m.ospids if alive(p)], flush=True)
