@@ -448,9 +448,11 @@ class SocketReader:
             start = self._start
             self._start = start + take
             return bytes(self._view[start : start + take])
-        out = bytearray(n)
-        got = self.readinto(out)
-        return bytes(out[:got])
+        out, view = new_bytes(n)  # read straight into the bytes (no copies of it)
+        got = self.readinto(view)
+        if got != n or type(out) is not bytes:
+            return bytes(memoryview(view).cast("B")[:got])
+        return out  # type: ignore[no-any-return]
 
     def readinto(self, b: Any) -> int:
         """Fill ``b`` (stops early only at EOF); large reads go straight into ``b``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import struct
@@ -213,3 +214,34 @@ def test_out_of_band_buffers_of_every_size_arrive_writable(size: int, tagged: bo
     assert type(out_bytes) is bytes and out_bytes == exact
     a.close()
     b.close()
+
+
+def test_a_frame_larger_than_the_reader_s_buffer_arrives_whole_as_bytes() -> None:
+    """Frames 0 and 1 and exact ``bytes`` between the reader's buffer (64 KiB) and 1 MiB are read
+    straight into a ``bytes`` (they went through a zeroed bytearray and two copies)."""
+    a, b = _pair()
+    body = os.urandom((300 << 10) + 5)
+    w = transport.SocketWriter(a)
+    t = threading.Thread(target=w.write_frames, args=([b"h" * 20, body],))
+    t.start()
+    got = transport.read_message(transport.SocketReader(b), 1 << 30)
+    t.join(10)
+    assert type(got[1]) is bytes and got[1] == body
+    a.close()
+    b.close()
+    # cut short inside such a frame: the end of the stream, not a short frame
+    stream = io.BytesIO()
+    transport.StreamWriter(stream).write_frames([b"h" * 20, body])
+    raw = stream.getvalue()
+    cut = socket.socketpair()
+
+    def send_half_and_close() -> None:
+        cut[0].sendall(raw[: len(raw) // 2])
+        cut[0].close()
+
+    sender = threading.Thread(target=send_half_and_close)
+    sender.start()
+    with pytest.raises(EOFError):
+        transport.read_message(transport.SocketReader(cut[1]), 1 << 30)
+    sender.join(10)
+    cut[1].close()
