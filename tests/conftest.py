@@ -108,6 +108,41 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             pass
 
 
+@pytest.fixture
+def master_scripts(tmp_path: Any) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """``start(source, *args, stderr=False)``: run ``source`` as a master script (a real
+    process, with this tree on its path; stdout piped, and stderr when asked), in a session of
+    its own, so that its workers go with it: whatever is still running at teardown is killed
+    by process group."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(source: str, *args: str, stderr: bool = False) -> subprocess.Popen[str]:
+        script = tmp_path / f"master{len(started)}.py"
+        script.write_text(source)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        proc = subprocess.Popen(
+            [sys.executable, str(script), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if stderr else None,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            start_new_session=True,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
 def process_state(ospid: int) -> str | None:
     """The state letter of an OS process from /proc (None if gone; 'Z' is a zombie)."""
     try:

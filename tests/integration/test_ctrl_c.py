@@ -7,13 +7,11 @@ second Ctrl-C stops waiting at once. Nothing is lost, and the worker stays usabl
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,32 +57,9 @@ def say_when_waiting(marker=None):
 
 
 @pytest.fixture
-def master(tmp_path: Path) -> Iterator[object]:
-    started: list[subprocess.Popen[str]] = []
-
-    def start(body: str) -> subprocess.Popen[str]:
-        script = tmp_path / "master.py"
-        script.write_text(PRELUDE + textwrap.dedent(body))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        proc = subprocess.Popen(
-            [sys.executable, str(script)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            start_new_session=True,  # its workers too: killed together below
-        )
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-        assert proc.stdout is not None
-        proc.stdout.close()
+def master(master_scripts: Any) -> Any:
+    """``start(body)``: a master script made of PRELUDE and ``body``, ended at teardown."""
+    return lambda body: master_scripts(PRELUDE + textwrap.dedent(body))
 
 
 def _interrupt_when(proc: subprocess.Popen[str], line: str) -> None:

@@ -10,14 +10,10 @@ CPython 3.11's join, interrupted, marks a thread that still runs as ended, pytho
 from __future__ import annotations
 
 import json
-import os
 import signal
 import statistics
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,32 +56,9 @@ print("end", flush=True)
 
 
 @pytest.fixture
-def master(tmp_path: Path) -> Iterator[Any]:
-    started: list[subprocess.Popen[str]] = []
-
-    def start(*args: str) -> subprocess.Popen[str]:
-        script = tmp_path / "master.py"
-        script.write_text(MASTER)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        proc = subprocess.Popen(
-            [sys.executable, str(script), *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            start_new_session=True,  # its workers too: killed together below
-        )
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-        assert proc.stdout is not None
-        proc.stdout.close()
+def master(master_scripts: Any) -> Any:
+    """``start(*args)``: the sweeping master script (MASTER), ended at teardown."""
+    return lambda *args: master_scripts(MASTER, *args)
 
 
 def _round(proc: subprocess.Popen[str], delay: float) -> dict[str, Any]:
@@ -152,33 +125,12 @@ print("got", got, "workers", workers(), flush=True)
 
 
 def test_ctrl_c_after_the_workers_joined_and_before_addprocs_returns_removes_them(
-    tmp_path: Path,
+    master_scripts: Any,
 ) -> None:
-    script = tmp_path / "master.py"
-    script.write_text(AT_THE_RETURN)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        start_new_session=True,  # its workers too: killed together below
-    )
-    try:
-        assert proc.stdout is not None
-        assert readline(proc.stdout, timeout=60) == (
-            "KeyboardInterrupt in ['addprocs', '_over_ssh']\n"
-        )
-        assert readline(proc.stdout, timeout=60) == "got None workers [1]\n"
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-        assert proc.stdout is not None
-        proc.stdout.close()
+    proc = master_scripts(AT_THE_RETURN)
+    assert readline(proc.stdout, timeout=60) == "KeyboardInterrupt in ['addprocs', '_over_ssh']\n"
+    assert readline(proc.stdout, timeout=60) == "got None workers [1]\n"
+    assert proc.wait(30) == 0
 
 
 # a real Ctrl-C as addprocs starts its coordinator thread, before that thread exists (a profile
@@ -209,26 +161,9 @@ print("then", remotecall_fetch(lambda: 6 * 7, w), flush=True)
 """
 
 
-def test_ctrl_c_as_addprocs_starts_its_coordinator_launches_nothing(tmp_path: Path) -> None:
-    script = tmp_path / "master.py"
-    script.write_text(AT_THE_START)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        start_new_session=True,  # its workers too: killed together below
-    )
-    try:
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+def test_ctrl_c_as_addprocs_starts_its_coordinator_launches_nothing(master_scripts: Any) -> None:
+    proc = master_scripts(AT_THE_START, stderr=True)
+    out, err = proc.communicate(timeout=60)
     assert out.splitlines() == [
         "KeyboardInterrupt in ['start', 'at_the_start']",
         "alive [] workers [1]",
@@ -282,30 +217,13 @@ open("stop", "w").close()
 
 
 def test_ctrl_c_while_a_manager_s_launch_goes_on_removes_the_joined_at_once(
-    tmp_path: Path,
+    master_scripts: Any,
 ) -> None:
     """The call waited for the launch to end before removing the workers that had joined:
     KeyboardInterrupt came after 5 s, and the worker stayed in the cluster until the launch
     returned (for ever, for a launch that never does)."""
-    script = tmp_path / "master.py"
-    script.write_text(SLOW_LAUNCH)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        start_new_session=True,  # its workers too: killed together below
-    )
-    try:
-        out, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+    proc = master_scripts(SLOW_LAUNCH, stderr=True)
+    out, err = proc.communicate(timeout=90)
     lines = out.splitlines()
     assert lines[:1] == ["interrupted quickly"], (out, err)
     assert lines[1:] == ["workers [1] process ended True"], (out, err)
