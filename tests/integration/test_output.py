@@ -75,6 +75,19 @@ def _run(tmp_path: Path, source: str, one_pipe: bool = False) -> subprocess.Comp
     return proc
 
 
+def _run_bytes(
+    tmp_path: Path, source: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``source`` as a master script (``env``: its environment), its output as bytes."""
+    script = tmp_path / "master.py"
+    script.write_text(source)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, timeout=T, env=env, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def _counts(stderr: str) -> dict[int, int]:
     (line,) = [ln for ln in stderr.splitlines() if ln.startswith("counts ")]
     return {int(w): int(n) for w, n in (kv.split("=") for kv in line.split()[1:])}
@@ -214,13 +227,7 @@ def test_a_worker_s_lines_reach_a_master_whose_stdout_is_latin_1(tmp_path: Path)
     lines were all dropped without a word (its latin-1 bytes decoded as UTF-8 gave U+FFFD,
     which latin-1 cannot write, and the error was taken for a closed stream). They arrive now:
     ``café`` as latin-1 ``caf\\xe9``."""
-    script = tmp_path / "enc.py"
-    script.write_text(_ENCODINGS)
-    env = {**os.environ, "PYTHONIOENCODING": "latin-1"}
-    proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, timeout=T, env=env, cwd=REPO
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = _run_bytes(tmp_path, _ENCODINGS, {**os.environ, "PYTHONIOENCODING": "latin-1"})
     assert b"From worker 2:\tworker says caf\xe9\n" in proc.stdout, proc.stdout
     assert b"From worker 2:\tworker plain line\n" in proc.stdout
     assert b"master done\n" in proc.stdout
@@ -247,10 +254,7 @@ print("master done")
 def test_a_worker_s_line_the_master_s_stdout_cannot_encode_is_escaped_not_dropped(
     tmp_path: Path,
 ) -> None:
-    script = tmp_path / "ascii.py"
-    script.write_text(_RECONFIGURED)
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=T, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
+    proc = _run_bytes(tmp_path, _RECONFIGURED)
     out = proc.stdout.decode("ascii")
     assert "From worker 2:\tworker says caf\\xe9 \\u2713\n" in out, out
     assert "From worker 2:\tworker plain line\n" in out
