@@ -66,3 +66,15 @@ def say(line: str, stream: str = "stdout") -> None:
 class Unpicklable:
     def __reduce__(self) -> tuple[object, ...]:
         raise TypeError("Unpicklable refuses to be pickled")
+
+
+def stored(rrid: Any) -> bool:
+    """Whether the reference ``rrid`` is stored on the process this runs on (Julia's
+    ``haskey(Distributed.PGRP.refs, rrid)``)."""
+    from pydistributed import channel_from_id
+
+    try:
+        channel_from_id(rrid)
+    except KeyError:
+        return False
+    return True

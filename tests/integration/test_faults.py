@@ -122,15 +122,18 @@ def _rss_kb() -> int:
     return 0
 
 
-@pytest.mark.parametrize("form", ["remotecall", "remotecall_fetch", "remotecall_wait", "remote_do"])
+_CALL_FORMS = {
+    "remotecall": remotecall,
+    "remotecall_fetch": remotecall_fetch,
+    "remotecall_wait": remotecall_wait,
+    "remote_do": remote_do,
+}
+
+
+@pytest.mark.parametrize("form", sorted(_CALL_FORMS))
 def test_unpicklable_argument_fails_at_the_call_site(two_workers: list[int], form: str) -> None:
     w = two_workers[0]
-    fn = {
-        "remotecall": remotecall,
-        "remotecall_fetch": remotecall_fetch,
-        "remotecall_wait": remotecall_wait,
-        "remote_do": remote_do,
-    }[form]
+    fn = _CALL_FORMS[form]
     with pytest.raises(pickle.PicklingError) as info:
         fn(h.identity, w, threading.Lock())
     text = str(info.value)
@@ -139,7 +142,7 @@ def test_unpicklable_argument_fails_at_the_call_site(two_workers: list[int], for
     assert remotecall_fetch(h.add, w, 1, 2) == 3
 
 
-@pytest.mark.parametrize("form", ["remotecall", "remotecall_fetch", "remotecall_wait", "remote_do"])
+@pytest.mark.parametrize("form", sorted(_CALL_FORMS))
 def test_an_argument_whose_reduce_raises_any_error_is_unpicklable(
     two_workers: list[int], form: str
 ) -> None:
@@ -148,12 +151,7 @@ def test_an_argument_whose_reduce_raises_any_error_is_unpicklable(
     import random
 
     w = two_workers[0]
-    fn = {
-        "remotecall": remotecall,
-        "remotecall_fetch": remotecall_fetch,
-        "remotecall_wait": remotecall_wait,
-        "remote_do": remote_do,
-    }[form]
+    fn = _CALL_FORMS[form]
     rng = random.SystemRandom()
     for args in ((h.identity, w, rng), (lambda: rng.random(), w)):
         with pytest.raises(pickle.PicklingError) as info:

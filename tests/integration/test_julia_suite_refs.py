@@ -25,7 +25,6 @@ from pydistributed import (
     RemoteChannel,
     RemoteException,
     async_,
-    channel_from_id,
     default_worker_pool,
     fetch,
     fetchfrom,
@@ -47,6 +46,7 @@ from pydistributed import (
 )
 from pydistributed.cluster import current_cluster
 from tests.conftest import wait_until
+from tests.integration._helpers import stored
 from tests.integration._julia import T, four_workers
 
 pytestmark = pytest.mark.timeout(90)
@@ -58,15 +58,6 @@ def four() -> Iterator[list[int]]:
 
 
 # -- what the workers run ------------------------------------------------------------------
-
-
-def stored(rrid: RRID) -> bool:
-    """Julia's ``haskey(Distributed.PGRP.refs, rrid)`` on the process this runs on."""
-    try:
-        channel_from_id(rrid)
-    except KeyError:
-        return False
-    return True
 
 
 def clientset(rrid: RRID) -> set[int]:

@@ -36,6 +36,7 @@ from pydistributed import (
 from pydistributed.cluster import current_cluster
 from tests.conftest import wait_until
 from tests.conftest import worker_ospid as ospid
+from tests.integration._helpers import stored
 
 AddWorkers = Callable[..., list[int]]
 
@@ -52,14 +53,6 @@ def nrefs() -> int:
 def clients(rrid: RRID) -> dict[int, int]:
     """Who holds ``rrid`` here, by process, as this (owner) process counts them."""
     return {p: n for p, n in current_cluster().refs.clients(rrid).items() if n}
-
-
-def stored(rrid: RRID) -> bool:
-    try:
-        channel_from_id(rrid)
-    except KeyError:
-        return False
-    return True
 
 
 def keep(name: str, obj: Any) -> int:

@@ -79,14 +79,20 @@ with open(sys.argv[1], "w") as f:
 """
 
 
-@pytest.mark.parametrize("buffered", [False, True])
-def test_a_worker_s_stream_whose_pipe_has_no_reader_drops_its_output(
-    tmp_path: Path, buffered: bool
-) -> None:
+def _child_env(buffered: bool) -> dict[str, str]:
+    """A child interpreter's environment: this tree on its path, buffered output or not."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     if not buffered:
         env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, env.get("PYTHONPATH")) if p)
+    return env
+
+
+@pytest.mark.parametrize("buffered", [False, True])
+def test_a_worker_s_stream_whose_pipe_has_no_reader_drops_its_output(
+    tmp_path: Path, buffered: bool
+) -> None:
+    env = _child_env(buffered)
     result = tmp_path / "result.json"
     proc = subprocess.run(
         [sys.executable, "-c", _BROKEN, str(result)],
@@ -139,10 +145,7 @@ with open(sys.argv[1], "w") as f:
 def test_guarded_streams_are_the_interpreter_s_own_made_again(
     tmp_path: Path, buffered: bool, stdout: str
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    if not buffered:
-        env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, env.get("PYTHONPATH")) if p)
+    env = _child_env(buffered)
     result = tmp_path / "result.json"
     ours, theirs = os.openpty() if stdout == "tty" else os.pipe()
     try:
