@@ -38,7 +38,7 @@ from typing import Any, BinaryIO
 from . import shm, shmpool
 from .buffers import new_bytes
 from .errors import ProtocolError
-from .framemac import BULK_MIN, MAC_SIZE, FrameMac
+from .framemac import BULK_MIN, MAC_SIZE, FrameMac, feed_frames
 from .frames import BIG_FRAME, COUNT, MAX_FRAMES, check_size, max_message_bytes, prefix
 from .writers import FrameWriter, SocketWriter, StreamWriter, as_frame_writer, is_tls_socket
 
@@ -89,13 +89,7 @@ def _read_small(reader: BinaryIO, size: int, i: int, as_bytes: Collection[int]) 
     if i < 2 or i in as_bytes:
         return _read_exact(reader, size)
     out = bytearray(size)
-    view = memoryview(out)
-    got = 0
-    while got < size:
-        k = reader.readinto(view[got:])  # type: ignore[attr-defined]
-        if not k:
-            raise EOFError("connection closed in the middle of a message")
-        got += k
+    _read_into(reader, out)
     return out
 
 
@@ -198,14 +192,8 @@ def _read_frames(
     for i, size in enumerate(lens):
         if size < _BIG_FRAME:
             frame = _read_small(reader, size, i, as_bytes)
-            if h is None:
-                pass
-            elif size < BULK_MIN:
-                h.update(frame)
-            else:  # a bulk frame of the MAC, in memory already
-                h.begin()
-                h.bulk(frame)
-                h.end()
+            if h is not None:
+                feed_frames(h, (frame,), (size,))  # (a bulk frame from BULK_MIN on)
         else:
             frame, buf = _new_frame(size, i in as_bytes, alloc)
             if h is None:
