@@ -52,7 +52,6 @@ MAX_MESSAGE = 1 << 20  # a request carries a whole environment
 # this interpreter's standard streams as it made them: (encoding, errors, write_through) of fds
 # 0-2 (set by main)
 _stdio: list[tuple[str, str, bool]] = []
-_replaced: list[Any] = []  # a child's old streams, kept: collected, they might close fds 0-2
 
 
 def thread_count() -> int:
@@ -269,7 +268,7 @@ def _standard_streams() -> None:
     from .outputloss import standard_stream
 
     settings = _stdio
-    _replaced.extend((sys.stdin, sys.stdout, sys.stderr))
+    # (the forkserver's own, made by the interpreter, do not close fds 0-2 when collected)
     streams = [standard_stream(fd, *settings[fd]) for fd in range(3)]
     for fd, name in enumerate(("stdin", "stdout", "stderr")):
         setattr(sys, name, streams[fd])
