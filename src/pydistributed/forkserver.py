@@ -267,12 +267,11 @@ def _standard_streams() -> None:
     ``startup_environment``) is started by exec, not forked."""
     from .outputloss import standard_stream
 
-    settings = _stdio
     # (the forkserver's own, made by the interpreter, do not close fds 0-2 when collected)
-    streams = [standard_stream(fd, *settings[fd]) for fd in range(3)]
     for fd, name in enumerate(("stdin", "stdout", "stderr")):
-        setattr(sys, name, streams[fd])
-        setattr(sys, f"__{name}__", streams[fd])
+        stream = standard_stream(fd, *_stdio[fd])
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
 
 
 if __name__ == "__main__":
