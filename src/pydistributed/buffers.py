@@ -35,6 +35,13 @@ class BufferPool:
     nothing costs no memory. At most ``max_cached`` bytes are kept; idle memory is given back by
     :meth:`trim`.
 
+    Where the kernel backs private memory with transparent huge pages on request (``madvise``
+    or ``always`` in ``/sys/kernel/mm/transparent_hugepage/enabled``), a frame of
+    :data:`HUGE_MIN` bytes or more gets fresh private memory instead, advised ``MADV_HUGEPAGE``:
+    one fault and one zero-fill per 2 MiB, and faster than mapping a cached ``memfd`` again
+    (measured here, 100 MB: committing fresh huge pages 4.5 ms; mapping a cached ``memfd`` 6.5 ms
+    and unmapping it 3 ms; fresh shared or 4 KiB pages 33-72 ms). Nothing is cached for them.
+
     The weak-reference callback only appends to a deque (it can run on any thread, inside any
     lock); the bookkeeping happens in :meth:`get` and :meth:`trim`.
     """
@@ -48,9 +55,17 @@ class BufferPool:
         self._lock = threading.Lock()
         self.last_use = time.monotonic()
         self.enabled = hasattr(os, "memfd_create") and hasattr(mmap, "MAP_POPULATE")
+        self.huge = huge_pages()
 
     def get(self, size: int) -> Any:
         """A writable buffer of exactly ``size`` bytes."""
+        if self.huge and size >= HUGE_MIN:
+            buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            try:
+                buf.madvise(mmap.MADV_HUGEPAGE)
+            except OSError:
+                pass
+            return buf
         if not self.enabled:
             return mmap.mmap(-1, size)
         self.last_use = time.monotonic()
@@ -113,6 +128,22 @@ class BufferPool:
             free, self._free, self._cached = self._free, [], 0
         for _, fd in free:
             os.close(fd)
+
+
+HUGE_MIN = 4 << 20  # frames this large get fresh huge pages, where the kernel gives them
+_THP = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def huge_pages() -> bool:
+    """Whether private memory advised ``MADV_HUGEPAGE`` gets transparent huge pages here."""
+    if not hasattr(mmap, "MADV_HUGEPAGE") or not hasattr(mmap, "MAP_PRIVATE"):
+        return False
+    try:
+        with open(_THP) as f:
+            setting = f.read()
+    except OSError:
+        return False
+    return "[always]" in setting or "[madvise]" in setting
 
 
 def new_bytes(n: int) -> tuple[bytes, Any]:

@@ -13,8 +13,8 @@ All integers are big-endian. ``1 <= n <= MAX_FRAMES`` and the sum of the lengths
 against the size guard (``PYDIST_MAX_MESSAGE_BYTES``, default 16 GiB) *before* anything is
 allocated; a violation is a :class:`~pydistributed.errors.ProtocolError` and the connection is
 dropped. Frames of 1 MiB or more are received into memory that the reader's ``alloc`` gives
-(a connection passes its cluster's ``buffers.BufferPool``, which reuses the pages of frames
-whose objects are gone); without one, into fresh anonymous ``mmap`` memory.
+(a connection passes its cluster's ``buffers.BufferPool``: fresh huge pages, or the reused
+pages of frames whose objects are gone); without one, into fresh anonymous ``mmap`` memory.
 
 After the cookie handshake, a connection that the kernel cannot vouch for (TCP, a custom
 transport) authenticates every message: a 16-byte tag follows the last frame (``framemac.py``).

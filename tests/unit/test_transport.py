@@ -112,6 +112,7 @@ def test_buffer_pool_reuses_memory_once_free() -> None:
     pool = buffers.BufferPool(max_cached=64 << 20)
     if not pool.enabled:
         pytest.skip("no memfd_create on this platform")
+    pool.huge = False  # (huge pages are never cached: see the next test)
     a = pool.get(4 << 20)
     memoryview(a)[:3] = b"abc"
     del a
@@ -125,6 +126,43 @@ def test_buffer_pool_reuses_memory_once_free() -> None:
     gc.collect()
     pool.trim(idle=0)
     assert pool._free == [] and pool._cached == 0
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping of this process that holds ``address``."""
+    with open("/proc/self/smaps") as f:
+        inside = False
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def test_large_frames_get_fresh_huge_pages_where_the_kernel_gives_them() -> None:
+    import ctypes
+    import gc
+
+    pool = buffers.BufferPool()
+    if not buffers.huge_pages():
+        pytest.skip("no transparent huge pages on this machine")
+    assert pool.huge
+    big = pool.get(buffers.HUGE_MIN)
+    memoryview(big)[-3:] = b"xyz"
+    assert len(big) == buffers.HUGE_MIN and bytes(memoryview(big)[-3:]) == b"xyz"
+    address = ctypes.addressof(ctypes.c_char.from_buffer(big))
+    flags = _vm_flags(address)
+    assert "hg" in flags and "sh" not in flags  # advised huge, private (not a memfd)
+    small = pool.get(buffers.HUGE_MIN - 1)  # under the threshold: a pooled memfd
+    assert "sh" in _vm_flags(ctypes.addressof(ctypes.c_char.from_buffer(small)))
+    del big, small
+    gc.collect()
+    pool._collect()
+    assert [cap for cap, _ in pool._free] == [buffers.HUGE_MIN - 1]  # the huge one is not kept
+    pool.trim(idle=0)
 
 
 def test_buffer_pool_caps_what_it_keeps() -> None:
