@@ -5,10 +5,12 @@ take microseconds (most of a batch's cost was the asyncmap's own bookkeeping), a
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -22,8 +24,11 @@ __all__ = ["PROBE", "BatchCall", "Failed"]
 # elements went in, 1: not quick), so that a batch after another of the same map starts in chunks.
 _CHUNKS: dict[int, int] = {}
 _CHUNKS_LOCK = threading.Lock()
+# ...and by function: how quick a function's elements were in the last map of it here
+_FUNCTIONS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 REMEMBERED_MAPS = 64
 PROBE = 16  # a batch of a map not known quick: its first elements as an asyncmap, to find out
+stats = {"taken over": 0}  # batches whose stuck inline run the tick handed on (for tests)
 
 
 class Failed:
@@ -47,10 +52,14 @@ class BatchCall:
 
     Quick elements (under ``FAST_ITEM`` each) run in chunks that double, on this thread,
     without the asyncmap's lock and bookkeeping, until a chunk is not quick: the rest then runs
-    as an asyncmap (a thread for each element that waits). The first batch of a map on a
-    worker starts as an asyncmap of its first ``PROBE`` elements (a thread for an element
-    that waits, as always); the worker remembers how quick the elements were, by the map's
-    ``key``, so that a later batch of quick elements starts in chunks at once.
+    as an asyncmap (a thread for each element that waits). The worker remembers how quick the
+    elements were, by the map's ``key`` and by the function, so that a later batch of quick
+    elements starts in chunks at once, and the first batch of a later map of a function that
+    was quick starts inline an element at a time (no thread woken: the first batch of every
+    map of W2b). Any other first batch starts as an asyncmap of its first ``PROBE`` elements
+    (a thread for an element that waits). An element run inline that has not returned after
+    a tick of the housekeeping thread (50-100 ms) leaves the elements after it to an asyncmap
+    (:func:`_run_quick`): one that waits for another of its batch is not a hang.
     """
 
     def __init__(self, f: Callable[..., Any], star: bool, capture: bool) -> None:
@@ -73,48 +82,168 @@ class BatchCall:
                 except Exception as e:
                     return Failed(pid, capture(e))
 
-        chunk = _CHUNKS.get(self.key, 1)
+        chunk = _CHUNKS.get(self.key)
+        known = chunk is not None
+        inline = False
+        if chunk is None:
+            # the map's first batch here: a function quick in its last map here starts inline,
+            # an element at a time at first (watched: see _Watch); any other, as an asyncmap
+            chunk = 1
+            inline = known = _FUNCTIONS.get(_ident(f), 1) > 1
         results: list[Any] = []
         while len(results) < len(batch):
-            if chunk > 1:
-                chunk = _run_quick(fn, batch, len(results), chunk, results)
+            if chunk > 1 or inline:
+                inline = False
+                chunk = _run_quick(c, fn, batch, len(results), chunk, results)
                 continue
             # not known quick: as an asyncmap (the first PROBE elements only, for a batch not
             # known slow either: the rest may go quicker)
-            end = len(batch) if self.key in _CHUNKS else len(results) + PROBE
+            end = len(batch) if known else len(results) + PROBE
+            known = True
             rest = iter(batch[len(results) : end])
             job = Job(c, fn, rest, DEFAULT_NTASKS, adaptive=True, max_chunk=MAX_CHUNK)
             results += job.run()
             chunk = job.chunk
-            _remember(self.key, chunk)
-        _remember(self.key, chunk)
+            _remember(self.key, f, chunk)
+        _remember(self.key, f, chunk)
         return results
 
 
+class _Watch:
+    """A batch running inline (:func:`_run_quick`), as the tick sees it: ``out`` grows by one as
+    each element finishes; when it has not grown for a whole tick, an element is stuck (waits,
+    maybe for one after it in the batch), and the tick hands the elements not started to an
+    asyncmap on a thread of their own (``rest``, ``helper``)."""
+
+    __slots__ = ("done", "error", "fn", "helper", "it", "out", "rest", "results", "seen")
+
+    def __init__(self, fn: Callable[[Any], Any], out: list[Any], it: Any) -> None:
+        self.fn = fn
+        self.out = out
+        self.it = it  # the batch's elements not started (shared with the runner's map)
+        self.seen = -1  # len(out) at the last tick
+        self.rest: list[Any] | None = None  # taken over: the elements the helper runs
+        self.helper: Job | None = None
+        self.results: list[Any] = []
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+_WATCHED: dict[int, _Watch] = {}  # id -> the batches running inline in this process
+_WATCH_LOCK = threading.Lock()
+_TICKING: set[int] = set()  # ids of the clusters whose tick looks at _WATCHED
+
+
+def _watch_tick(c: Any) -> None:
+    """On the cluster's housekeeping tick: take over the batches stuck on an element."""
+    if not _WATCHED:
+        return
+    with _WATCH_LOCK:
+        for w in list(_WATCHED.values()):
+            k = len(w.out)
+            if k != w.seen or w.rest is not None:
+                w.seen = k
+                continue
+            w.rest = list(w.it)  # (atomic: the runner waits inside an element)
+            if not w.rest:
+                w.done.set()
+                continue
+            stats["taken over"] += 1
+            rest = iter(w.rest)
+            w.helper = Job(c, w.fn, rest, DEFAULT_NTASKS, adaptive=True, max_chunk=MAX_CHUNK)
+            c.executor.submit(functools.partial(_help, w), main_ok=False)
+
+
+def _help(w: _Watch) -> None:
+    try:
+        w.results = w.helper.run()  # type: ignore[union-attr]
+    except BaseException as e:
+        w.error = e
+    finally:
+        w.done.set()
+
+
 def _run_quick(
-    fn: Callable[[Any], Any], batch: list[Any], start: int, chunk: int, out: list[Any]
+    c: Any, fn: Callable[[Any], Any], batch: list[Any], start: int, chunk: int, out: list[Any]
 ) -> int:
     """Run the elements of ``batch`` from ``start`` on, into ``out``, on this thread, in chunks
     that double while the elements stay quick (under ``FAST_ITEM`` each), as a runner of
     ``Job`` would without its lock and bookkeeping; stop after a chunk that was not quick (the
     rest is for a ``Job``, which starts a thread for each element that waits). The chunk size
-    to go on with (1: not quick)."""
+    to go on with (1: not quick).
+
+    Watched meanwhile (:class:`_Watch`): an element that has not returned after a tick of the
+    housekeeping thread (``refcount.FLUSH_INTERVAL``, 50-100 ms) leaves the elements after it
+    to an asyncmap on another thread, so that one waiting for another of the batch does not
+    wait for ever; costs nothing while the elements return."""
     it = itertools.islice(batch, start, None)
     clock = time.perf_counter
     n = len(batch)
-    while len(out) < n:
-        k = len(out)
-        t0 = clock()
-        out += map(fn, itertools.islice(it, chunk))
-        if clock() - t0 >= FAST_ITEM * (len(out) - k):
-            return 1
-        chunk = min(2 * chunk, MAX_CHUNK)
-    return chunk
+    w = _Watch(fn, out, it)
+    _watch(c, w)
+    quick = True
+    try:
+        while len(out) < n and w.rest is None:
+            k = len(out)
+            t0 = clock()
+            out += map(fn, itertools.islice(it, chunk))
+            if clock() - t0 >= FAST_ITEM * max(1, len(out) - k):
+                quick = False
+                break
+            chunk = min(2 * chunk, MAX_CHUNK)
+    except BaseException:
+        with _WATCH_LOCK:
+            _WATCHED.pop(id(w), None)
+        if w.helper is not None:
+            w.helper._stop()
+        raise
+    with _WATCH_LOCK:
+        _WATCHED.pop(id(w), None)
+    if not w.rest:  # (taken over once all had started: nothing for a helper)
+        return chunk if quick else 1
+    try:
+        w.done.wait()  # the helper runs the elements after the one that was stuck
+    except BaseException:
+        w.helper._stop()  # type: ignore[union-attr]
+        raise
+    if w.error is not None:
+        raise w.error
+    out += w.results
+    return 1
 
 
-def _remember(key: int, chunk: int) -> None:
+def _watch(c: Any, w: _Watch) -> None:
+    if id(c) not in _TICKING:
+        with _WATCH_LOCK:
+            first = id(c) not in _TICKING
+            _TICKING.add(id(c))
+        if first:
+            c.refcount.add_tick(functools.partial(_watch_tick, c))
+    with _WATCH_LOCK:
+        _WATCHED[id(w)] = w
+
+
+def _ident(f: Any) -> Any:
+    """What the worker remembers a function by, across maps: the function itself while it
+    lives (a function imported by name is the same object in every map); a stand-in that
+    nothing matches for one that cannot be weakly referenced."""
+    try:
+        weakref.ref(f)
+    except TypeError:
+        return _Unknown
+    return f
+
+
+class _Unknown:
+    """(A key of _FUNCTIONS that is never stored.)"""
+
+
+def _remember(key: int, f: Any, chunk: int) -> None:
     with _CHUNKS_LOCK:
         _CHUNKS.pop(key, None)
         _CHUNKS[key] = chunk  # (the newest last)
         while len(_CHUNKS) > REMEMBERED_MAPS:
             del _CHUNKS[next(iter(_CHUNKS))]
+        ident = _ident(f)
+        if ident is not _Unknown:
+            _FUNCTIONS[ident] = chunk

@@ -50,7 +50,8 @@ class RefCounter:
         registry: this process's id; who is dead.
         refs: the counts of the references owned here.
         connections: where notices go.
-        on_tick: also called by the flusher thread at every tick (housekeeping).
+        on_tick: also called by the flusher thread at every tick (housekeeping); more with
+            :meth:`add_tick`.
     """
 
     def __init__(
@@ -63,7 +64,7 @@ class RefCounter:
         self.registry = registry
         self.refs = refs
         self.connections = connections
-        self._on_tick = on_tick
+        self._ticks: list[Callable[[], None]] = [on_tick] if on_tick is not None else []
         self._handles: weakref.WeakValueDictionary[RRID, Any] = weakref.WeakValueDictionary()
         # serialises get-or-make: two readers may unpickle one reference at once; held only
         # for a lookup and an insert (no I/O), and finalizers never take it
@@ -176,11 +177,20 @@ class RefCounter:
                 )
                 self._flusher.start()
 
+    def add_tick(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` on the flusher thread at every tick (every ``FLUSH_INTERVAL`` s), from
+        now on; it must be quick and must not block."""
+        self._ticks = [*self._ticks, fn]  # (the loop reads the list without a lock)
+        self.ensure_flusher()
+
     def _flush_loop(self) -> None:
         while True:
             time.sleep(FLUSH_INTERVAL)
-            if self._on_tick is not None:
-                self._on_tick()
+            for tick in self._ticks:
+                try:
+                    tick()
+                except Exception:
+                    log.exception("housekeeping failed")
             if self._queue:
                 try:
                     self.flush()

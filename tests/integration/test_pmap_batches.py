@@ -143,15 +143,65 @@ def _quick_then_waiting(x: int) -> int:
 
 
 def test_a_map_that_starts_with_waiting_elements(shared: list[int]) -> None:
-    # a map's first batch on a worker starts as an asyncmap (a thread for an element that
-    # waits), even when the same function ran quick in the map before: what a worker learns of
-    # the elements' speed is kept by map, not by function
+    # the function ran quick in the map before, so the next map's first batch starts inline,
+    # on the worker's word (batchcall._FUNCTIONS); its first element waits for the others: the
+    # housekeeping tick hands the elements after it to an asyncmap, and all get through (the
+    # barrier would break after 30 s otherwise)
     pool = WorkerPool(shared[:1])
     quick = list(range(300))
     assert pmap(_quick_then_waiting, pool, quick, batch_size="auto") == quick
     ys = list(range(300, 300 + _WAITERS)) + quick
+    before = remotecall_fetch(_taken_over, shared[0])
     assert pmap(_quick_then_waiting, pool, ys, batch_size=len(ys)) == ys
+    assert remotecall_fetch(_taken_over, shared[0]) == before + 1  # (it did start inline)
     assert pmap(_quick_then_waiting, pool, ys, batch_size="auto") == ys
+
+
+def _taken_over() -> int:
+    from pydistributed import batchcall
+
+    return batchcall.stats["taken over"]
+
+
+def test_a_later_batch_whose_elements_wait_for_each_other(shared: list[int]) -> None:
+    # the map's first batches are quick, so its later ones run inline in chunks; one of them
+    # holds _WAITERS elements that wait for each other, the first of them ahead of the rest in
+    # its chunk: that used to wait for ever
+    pool = WorkerPool(shared[:1])
+    xs = list(range(200)) + list(range(300, 300 + _WAITERS)) + list(range(200, 300))
+    before = remotecall_fetch(_taken_over, shared[0])
+    assert pmap(_quick_then_waiting, pool, xs, batch_size=100) == xs
+    assert remotecall_fetch(_taken_over, shared[0]) == before + 1
+
+
+def test_a_batch_taken_over_keeps_its_order_and_its_errors() -> None:
+    # in this process: BatchCall of a function known quick, whose first element waits for the
+    # third (the housekeeping tick hands the second and third to an asyncmap)
+    from pydistributed.batchcall import BatchCall
+
+    ready = threading.Event()
+
+    def element(x: int) -> int:
+        if x == -1:
+            assert ready.wait(T)
+        elif x == -2:
+            ready.set()
+        elif x == -3:
+            raise ValueError("element -3")
+        return x
+
+    assert BatchCall(element, False, False)(list(range(50))) == list(range(50))
+    batch = [-1, 7, -2, *range(100)]
+    before = _taken_over()
+    assert BatchCall(element, False, False)(batch) == batch
+    assert _taken_over() == before + 1  # it started inline, on the function's word
+    ready.clear()
+    with pytest.raises(ValueError, match="element -3"):
+        BatchCall(element, False, False)([-1, 7, -2, -3, *range(100)])
+    ready.clear()
+    got = BatchCall(element, False, True)([-1, -3, -2, 5])  # capture: a Failed in its place
+    assert got[0] == -1 and got[2:] == [-2, 5]
+    assert "element -3" in str(got[1].captured)
 
 
 def _cached_here(_: Any) -> int:
