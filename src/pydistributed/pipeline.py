@@ -35,6 +35,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -124,6 +125,7 @@ class Pipeline(Filling):
         self.error: BaseException | None = None
         self.rtt = _FIRST_RTT
         self._steal_at = 0.0  # when an idle lane may take elements back (see _steal_for)
+        self._steal_due = 0.0  # before then, post does not wake the hub for a steal
         self._windows: dict[int, int] = {}  # a worker's last window, for its next lane
         self._target = max(1, nworkers())
         self._looked = time.monotonic()
@@ -175,6 +177,9 @@ class Pipeline(Filling):
             self._steal_at = 0.0
         if self._later:
             timeout = max(0.0, min(timeout, self._later[0][0] - now))
+        due = self._steal_due = self._earliest_steal()
+        if due > now:  # the hub looks then (post does not ring for a steal before)
+            timeout = min(timeout, due - now)
         if not self.inbox:
             try:
                 self._bell.get(timeout=timeout)
@@ -210,8 +215,10 @@ class Pipeline(Filling):
             lanes = list(self.lanes)
             if not self._all_sent or all(o.next_seq == o.answered for o in lanes):
                 self._bell.put(None)
-            elif lane.next_seq == lane.answered and any(
-                o.next_seq - o.answered >= 2 for o in lanes
+            elif (
+                lane.next_seq == lane.answered
+                and time.monotonic() >= self._steal_due
+                and any(o.next_seq - o.answered >= 2 for o in lanes)
             ):
                 self._bell.put(None)  # idle while another has elements waiting: _steal_for
 
@@ -351,6 +358,18 @@ class Pipeline(Filling):
             busy.steal_pending = False
             return False
         return True
+
+    def _earliest_steal(self) -> float:
+        """When an idle lane could take elements back at the earliest (see _steal_for), as far
+        as the elements out now tell (inf: no lane has two or more out, or the input is not
+        all sent)."""
+        if not self.exhausted or self.stopped:
+            return 0.0 if not self.exhausted else math.inf
+        oldest = math.inf
+        for lane in self.lanes:
+            if len(lane.sent) >= 2:
+                oldest = min(oldest, next(iter(lane.sent.values()))[3])
+        return oldest + max(STEAL_AFTER, 4 * self.rtt)
 
     def _stop(self) -> None:
         if self.stopped:
