@@ -76,9 +76,10 @@ _TABLE = collections.ChainMap(
 class Pickler(cloudpickle.Pickler):
     """cloudpickle's Pickler, remembering which functions go by reference.
 
-    cloudpickle asks, for every function it meets, whether its module can be imported by
-    name; the answer does not change for a given function object, and asking costs more than
-    the rest of pickling a small call. ``BY_REFERENCE`` keeps the answers (weakly).
+    cloudpickle asks, for every function and class it meets, whether its module can be
+    imported by name; the answer does not change for a given function or class object, and
+    asking costs more than the rest of pickling a small call. ``BY_REFERENCE`` keeps the
+    answers (weakly).
 
     Its dispatch table keeps the file names of code objects (:func:`_code_reduce`) and
     refuses open files, which cloudpickle would copy as a snapshot of their contents.
@@ -87,13 +88,22 @@ class Pickler(cloudpickle.Pickler):
     dispatch_table = _TABLE
 
     def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is FunctionType and _should_pickle_by_reference is not None:
+        t = type(obj)
+        if t is FunctionType and _should_pickle_by_reference is not None:
             by_ref = BY_REFERENCE.get(obj)
             if by_ref is None:
                 by_ref = BY_REFERENCE[obj] = bool(_should_pickle_by_reference(obj))
             if by_ref:
                 return NotImplemented
             return self._dynamic_function_reduce(obj)
+        if t is type:  # a class (of the plain metaclass): every message's own classes, say
+            by_ref = BY_REFERENCE.get(obj)
+            if by_ref:
+                return NotImplemented
+            reduced = super().reducer_override(obj)
+            if by_ref is None:
+                BY_REFERENCE[obj] = reduced is NotImplemented
+            return reduced
         return super().reducer_override(obj)
 
 

@@ -264,3 +264,24 @@ def test_plain_calls_while_another_thread_imports_cloudpickle() -> None:
 
     for _ in range(3):
         assert python_stdout(_RACE).splitlines()[-1] == "[]"
+
+
+def test_classes_by_reference_are_remembered_and_local_classes_still_go_by_value() -> None:
+    from pydistributed.cpickler import BY_REFERENCE
+    from pydistributed.messages import MapCalls
+
+    def local_class() -> type:
+        class Local:
+            def __init__(self) -> None:
+                self.x = 3
+
+        return Local
+
+    cls = local_class()
+    for _ in range(2):  # the second time from what the first one found out
+        msg = MapCalls(-1, 0, 1, print, [(MapCalls, cls())])
+        got = codec.decode(codec.encode(msg, 2)[0])
+        assert got.items[0][0] is MapCalls and got.items[0][1].x == 3
+        assert type(got.items[0][1]).__qualname__.endswith("Local")
+    assert BY_REFERENCE.get(MapCalls) is True
+    assert BY_REFERENCE.get(cls) is False
