@@ -23,6 +23,28 @@ if TYPE_CHECKING:
     import argparse
 
 
+def _line_streams() -> None:
+    """The master writes the cookie to a worker's stdin in ASCII and reads its stdout and
+    stderr as lines of UTF-8 (the banner among them): a standard stream whose encoding does not
+    write ASCII as ASCII (``PYTHONIOENCODING=utf-16`` in the master's environment, which the
+    worker inherits) is switched to UTF-8, with the same error handler, before anything is read
+    or written (Julia's workers write UTF-8 whatever the locale)."""
+    for name in ("stdin", "stdout", "stderr"):
+        stream = getattr(sys, name, None)
+        encoding = getattr(stream, "encoding", None)
+        if not encoding or not hasattr(stream, "reconfigure"):
+            continue
+        try:
+            fits = "pydist_worker:1#\n".encode(encoding) == b"pydist_worker:1#\n"
+        except (LookupError, UnicodeError):
+            fits = False
+        if not fits:
+            try:
+                stream.reconfigure(encoding="utf-8")  # type: ignore[union-attr]
+            except (ValueError, OSError):
+                pass
+
+
 def _apply_sys_path() -> None:
     """Start with the master's sys.path (set by LocalManager), so its modules import here."""
     raw = os.environ.pop("PYDIST_SYS_PATH", None)
@@ -95,6 +117,7 @@ def forked_main(bind_to: str) -> None:
     """A worker forked by the forkserver (``forkserver.py``): what :func:`main` does for
     ``--bind-to BIND_TO`` with the cookie on stdin, without parsing a command line (and so
     without importing ``argparse`` in the forkserver)."""
+    _line_streams()
     tied = _die_with_parent()
     _apply_sys_path()
     _raise_fd_limit()
@@ -109,6 +132,7 @@ def forked_main(bind_to: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    _line_streams()
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m pydistributed.worker")

@@ -238,3 +238,38 @@ def test_a_worker_s_environment_chooses_its_streams_settings(
             rmprocs(ws, waitfor=30)
         end_workers(ws)
         _close_forkserver()  # the next test's starts with the usual environment
+
+
+def _print_and_report(text: str) -> list[str]:
+    print(text, flush=True)
+    return [s.encoding for s in (sys.stdin, sys.stdout, sys.stderr)]
+
+
+@pytest.mark.parametrize("mode", ["forkserver", "exec"])
+def test_a_worker_inherits_an_encoding_that_is_not_ascii_compatible(
+    mode: str, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # PYTHONIOENCODING=utf-16 in the master: a worker that kept it could not read its cookie
+    # nor write its banner (addprocs failed: "UTF-16 stream does not start with BOM"); its
+    # streams are UTF-8 instead, and what it prints reaches the master
+    monkeypatch.setenv("PYDIST_SPAWN", mode)
+    monkeypatch.setenv("PYTHONIOENCODING", "utf-16")
+    _close_forkserver()
+    ws: list[int] = []
+    try:
+        ws = addprocs(1)
+        got = remotecall_fetch(_print_and_report, ws[0], "h\u00e9 from the worker")
+        assert got == ["utf-8"] * 3
+        out = ""
+
+        def relayed() -> bool:
+            nonlocal out
+            out += capfd.readouterr().out
+            return "h\u00e9 from the worker" in out
+
+        wait_until(relayed, timeout=10, interval=0.05, what="the worker's line to be relayed")
+    finally:
+        if ws:
+            rmprocs(ws, waitfor=30)
+        end_workers(ws)
+        _close_forkserver()
