@@ -76,7 +76,8 @@ WORKER_COUNTS = (
     "a worker of a master_worker or custom cluster counts only the processes it is connected "
     "to (nprocs() == 2 on each master_worker worker); Julia's topology.jl expects every "
     "worker's nprocs/nworkers/sorted workers to equal the master's (julia#21632, #21651); "
-    "Julia's current source seems to answer as we do: an open question (notes/stop21.md)"
+    "Julia's current source (cluster.jl: nprocs() is length(PGRP.workers) there) seems to answer "
+    "as we do: an open question (the stop-21 note on issue 13)"
 )
 
 
