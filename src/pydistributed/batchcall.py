@@ -28,7 +28,7 @@ _CHUNKS_LOCK = threading.Lock()
 _FUNCTIONS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 REMEMBERED_MAPS = 64
 PROBE = 16  # a batch of a map not known quick: its first elements as an asyncmap, to find out
-stats = {"taken over": 0}  # batches whose stuck inline run the tick handed on (for tests)
+stats = {"taken over": 0}  # inline runs, stuck or slow, that the tick handed on (for tests)
 
 
 class Failed:
@@ -111,17 +111,32 @@ class BatchCall:
 
 class _Watch:
     """A batch running inline (:func:`_run_quick`), as the tick sees it: ``out`` grows by one as
-    each element finishes; when it has not grown for a whole tick, an element is stuck (waits,
-    maybe for one after it in the batch), and the tick hands the elements not started to an
-    asyncmap on a thread of their own (``rest``, ``helper``)."""
+    each element finishes. When it has not grown for a whole tick, an element is stuck (waits,
+    maybe for one after it in the batch); when it grew by fewer elements than a tick holds of
+    quick ones (``FAST_ITEM`` each), the elements are no longer quick (and a chunk of 256 such
+    would run one after another to its end before the runner saw it). Either way, the tick
+    hands the elements not started to an asyncmap on a thread of their own (``rest``,
+    ``helper``)."""
 
-    __slots__ = ("done", "error", "fn", "helper", "it", "out", "rest", "results", "seen")
+    __slots__ = (
+        "done",
+        "error",
+        "fn",
+        "helper",
+        "it",
+        "out",
+        "rest",
+        "results",
+        "seen",
+        "seen_at",
+    )
 
     def __init__(self, fn: Callable[[Any], Any], out: list[Any], it: Any) -> None:
         self.fn = fn
         self.out = out
         self.it = it  # the batch's elements not started (shared with the runner's map)
-        self.seen = -1  # len(out) at the last tick
+        self.seen = -1  # len(out) at the last tick...
+        self.seen_at = 0.0  # ...and when it was
         self.rest: list[Any] | None = None  # taken over: the elements the helper runs
         self.helper: Job | None = None
         self.results: list[Any] = []
@@ -135,14 +150,16 @@ _TICKING: set[int] = set()  # ids of the clusters whose tick looks at _WATCHED
 
 
 def _watch_tick(c: Any) -> None:
-    """On the cluster's housekeeping tick: take over the batches stuck on an element."""
+    """On the cluster's housekeeping tick: take over the inline runs stuck on an element or no
+    longer quick."""
     if not _WATCHED:
         return
+    now = time.monotonic()
     with _WATCH_LOCK:
         for w in list(_WATCHED.values()):
             k = len(w.out)
-            if k != w.seen or w.rest is not None:
-                w.seen = k
+            if w.rest is not None or w.seen < 0 or (k - w.seen) * FAST_ITEM >= now - w.seen_at:
+                w.seen, w.seen_at = k, now  # (first seen, or still quick)
                 continue
             w.rest = list(w.it)  # (atomic: the runner waits inside an element)
             if not w.rest:
@@ -173,9 +190,10 @@ def _run_quick(
     to go on with (1: not quick).
 
     Watched meanwhile (:class:`_Watch`): an element that has not returned after a tick of the
-    housekeeping thread (``refcount.FLUSH_INTERVAL``, 50-100 ms) leaves the elements after it
-    to an asyncmap on another thread, so that one waiting for another of the batch does not
-    wait for ever; costs nothing while the elements return."""
+    housekeeping thread (``refcount.FLUSH_INTERVAL``, 50-100 ms), or elements that were not
+    quick over a tick, leave the elements after them to an asyncmap on another thread, so that
+    one waiting for another of the batch does not wait for ever, and slow ones do not run one
+    after another; costs nothing while the elements return."""
     it = itertools.islice(batch, start, None)
     clock = time.perf_counter
     n = len(batch)
@@ -202,7 +220,7 @@ def _run_quick(
     if not w.rest:  # (taken over once all had started: nothing for a helper)
         return chunk if quick else 1
     try:
-        w.done.wait()  # the helper runs the elements after the one that was stuck
+        w.done.wait()  # the helper runs the elements after the one running at the takeover
     except BaseException:
         w.helper._stop()  # type: ignore[union-attr]
         raise

@@ -188,6 +188,8 @@ def test_a_batch_taken_over_keeps_its_order_and_its_errors() -> None:
             ready.set()
         elif x == -3:
             raise ValueError("element -3")
+        elif x == -4:
+            time.sleep(0.02)
         return x
 
     assert BatchCall(element, False, False)(list(range(50))) == list(range(50))
@@ -198,6 +200,17 @@ def test_a_batch_taken_over_keeps_its_order_and_its_errors() -> None:
     ready.clear()
     with pytest.raises(ValueError, match="element -3"):
         BatchCall(element, False, False)([-1, 7, -2, -3, *range(100)])
+    ready.clear()
+    # quick elements, then slow ones in the same chunk of 256: handed on after a tick or two,
+    # not run one after another (20 x 20 ms)
+    slow = [-4] * 20
+    before = _taken_over()
+    assert BatchCall(element, False, False)([*range(300), *slow, *range(300)]) == [
+        *range(300),
+        *slow,
+        *range(300),
+    ]
+    assert _taken_over() == before + 1
     ready.clear()
     got = BatchCall(element, False, True)([-1, -3, -2, 5])  # capture: a Failed in its place
     assert got[0] == -1 and got[2:] == [-2, 5]
