@@ -119,6 +119,7 @@ class _Watch:
     ``helper``)."""
 
     __slots__ = (
+        "cluster",
         "done",
         "error",
         "fn",
@@ -131,7 +132,8 @@ class _Watch:
         "seen_at",
     )
 
-    def __init__(self, fn: Callable[[Any], Any], out: list[Any], it: Any) -> None:
+    def __init__(self, cluster: Any, fn: Callable[[Any], Any], out: list[Any], it: Any) -> None:
+        self.cluster = cluster
         self.fn = fn
         self.out = out
         self.it = it  # the batch's elements not started (shared with the runner's map)
@@ -146,10 +148,11 @@ class _Watch:
 
 _WATCHED: dict[int, _Watch] = {}  # id -> the batches running inline in this process
 _WATCH_LOCK = threading.Lock()
-_TICKING: set[int] = set()  # ids of the clusters whose tick looks at _WATCHED
+_TICKING: weakref.WeakSet[Any] = weakref.WeakSet()  # the RefCounters whose tick looks at it
+_WINDOW = 0.04  # judged over this long at least (two clusters in a process tick twice as often)
 
 
-def _watch_tick(c: Any) -> None:
+def _watch_tick() -> None:
     """On the cluster's housekeeping tick: take over the inline runs stuck on an element or no
     longer quick."""
     if not _WATCHED:
@@ -158,7 +161,9 @@ def _watch_tick(c: Any) -> None:
     with _WATCH_LOCK:
         for w in list(_WATCHED.values()):
             k = len(w.out)
-            if w.rest is not None or w.seen < 0 or (k - w.seen) * FAST_ITEM >= now - w.seen_at:
+            if w.rest is not None or (w.seen >= 0 and now - w.seen_at < _WINDOW):
+                continue  # taken over already, or seen too recently to judge
+            if w.seen < 0 or (k - w.seen) * FAST_ITEM >= now - w.seen_at:
                 w.seen, w.seen_at = k, now  # (first seen, or still quick)
                 continue
             w.rest = list(w.it)  # (atomic: the runner waits inside an element)
@@ -166,7 +171,7 @@ def _watch_tick(c: Any) -> None:
                 w.done.set()
                 continue
             stats["taken over"] += 1
-            rest = iter(w.rest)
+            c, rest = w.cluster, iter(w.rest)
             w.helper = Job(c, w.fn, rest, DEFAULT_NTASKS, adaptive=True, max_chunk=MAX_CHUNK)
             c.executor.submit(functools.partial(_help, w), main_ok=False)
 
@@ -197,7 +202,7 @@ def _run_quick(
     it = itertools.islice(batch, start, None)
     clock = time.perf_counter
     n = len(batch)
-    w = _Watch(fn, out, it)
+    w = _Watch(c, fn, out, it)
     _watch(c, w)
     quick = True
     try:
@@ -231,12 +236,15 @@ def _run_quick(
 
 
 def _watch(c: Any, w: _Watch) -> None:
-    if id(c) not in _TICKING:
+    """Register ``w`` for the tick (the first time, the cluster's housekeeping thread is
+    asked to call :func:`_watch_tick` at every tick)."""
+    refcount = c.refcount
+    if refcount not in _TICKING:
         with _WATCH_LOCK:
-            first = id(c) not in _TICKING
-            _TICKING.add(id(c))
+            first = refcount not in _TICKING
+            _TICKING.add(refcount)
         if first:
-            c.refcount.add_tick(functools.partial(_watch_tick, c))
+            refcount.add_tick(_watch_tick)
     with _WATCH_LOCK:
         _WATCHED[id(w)] = w
 
