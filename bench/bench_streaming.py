@@ -17,7 +17,8 @@ What it measures, each side in a fresh process of its own (``--child``), in roun
   ``RemoteChannel(() -> Channel(32))`` on the master, a feeder thread there putting 2,000 job
   ids then closing ``jobs``, 2 workers each looping ``for job in jobs: sleep(1 ms);
   put(results, ...)``, the master taking the 2,000 results; seconds from the first job to the
-  last result (the workers' loops started and waiting already, as the peer's processes are). With the plain ``take``/``put``, and with the jobs taken ahead
+  last result (the workers' loops started and waiting already, as the peer's processes are).
+  With the plain ``take``/``put``, and with the jobs taken ahead
   (``jobs.consume()``: up to 8 leased to each worker, fetched in one request) and the
   results streamed (``results.stream(linger=0.005)``: a result waits up to 5 ms for others
   to share its message).
