@@ -295,11 +295,13 @@ def test_messages_over_the_size_guard_go_element_by_element(
 
 
 def _slow_on(slow: int, x: int) -> tuple[int, int]:
-    """CPU work (about 20 ms, not a sleep: a batch's waiting elements may share threads) on
-    worker ``slow``; nothing elsewhere. Returns (who ran it, x)."""
+    """CPU work (about 50 ms, not a sleep: a batch's waiting elements may share threads) on
+    worker ``slow``; nothing elsewhere. Returns (who ran it, x). (At 20 ms, 1 run in 40 failed
+    on a machine loaded by two busy loops: the round trips measured there put the steal off,
+    4 of them, until the slow worker had fewer than two batches left.)"""
     if myid() == slow:
         s = 0
-        for i in range(400_000):
+        for i in range(1_000_000):
             s += i
     return myid(), x
 
