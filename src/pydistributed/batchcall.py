@@ -89,7 +89,7 @@ class BatchCall:
             # the map's first batch here: a function quick in its last map here starts inline,
             # an element at a time at first (watched: see _Watch); any other, as an asyncmap
             chunk = 1
-            inline = known = _FUNCTIONS.get(_ident(f), 1) > 1
+            inline = known = _quick_before(f)
         results: list[Any] = []
         while len(results) < len(batch):
             if chunk > 1 or inline:
@@ -143,7 +143,7 @@ class _Watch:
         self.helper: Job | None = None
         self.results: list[Any] = []
         self.error: BaseException | None = None
-        self.done = threading.Event()
+        self.done: threading.Event | None = None  # made by the tick when it takes over
 
 
 _WATCHED: dict[int, _Watch] = {}  # id -> the batches running inline in this process
@@ -168,9 +168,9 @@ def _watch_tick() -> None:
                 continue
             w.rest = list(w.it)  # (atomic: the runner waits inside an element)
             if not w.rest:
-                w.done.set()
                 continue
             stats["taken over"] += 1
+            w.done = threading.Event()
             c, rest = w.cluster, iter(w.rest)
             w.helper = Job(c, w.fn, rest, DEFAULT_NTASKS, adaptive=True, max_chunk=MAX_CHUNK)
             c.executor.submit(functools.partial(_help, w), main_ok=False)
@@ -182,7 +182,7 @@ def _help(w: _Watch) -> None:
     except BaseException as e:
         w.error = e
     finally:
-        w.done.set()
+        w.done.set()  # type: ignore[union-attr]
 
 
 def _run_quick(
@@ -225,7 +225,7 @@ def _run_quick(
     if not w.rest:  # (taken over once all had started: nothing for a helper)
         return chunk if quick else 1
     try:
-        w.done.wait()  # the helper runs the elements after the one running at the takeover
+        w.done.wait()  # type: ignore[union-attr]  # the helper runs the rest
     except BaseException:
         w.helper._stop()  # type: ignore[union-attr]
         raise
@@ -249,19 +249,14 @@ def _watch(c: Any, w: _Watch) -> None:
         _WATCHED[id(w)] = w
 
 
-def _ident(f: Any) -> Any:
-    """What the worker remembers a function by, across maps: the function itself while it
-    lives (a function imported by name is the same object in every map); a stand-in that
-    nothing matches for one that cannot be weakly referenced."""
+def _quick_before(f: Any) -> bool:
+    """Whether ``f``'s elements were quick in its last map here (the worker remembers a function
+    by the object itself, weakly: one imported by name is the same object in every map; one
+    that cannot be weakly referenced is not remembered)."""
     try:
-        weakref.ref(f)
+        return _FUNCTIONS.get(f, 1) > 1
     except TypeError:
-        return _Unknown
-    return f
-
-
-class _Unknown:
-    """(A key of _FUNCTIONS that is never stored.)"""
+        return False
 
 
 def _remember(key: int, f: Any, chunk: int) -> None:
@@ -270,6 +265,7 @@ def _remember(key: int, f: Any, chunk: int) -> None:
         _CHUNKS[key] = chunk  # (the newest last)
         while len(_CHUNKS) > REMEMBERED_MAPS:
             del _CHUNKS[next(iter(_CHUNKS))]
-        ident = _ident(f)
-        if ident is not _Unknown:
-            _FUNCTIONS[ident] = chunk
+        try:
+            _FUNCTIONS[f] = chunk
+        except TypeError:  # (not weakly referenceable: not remembered)
+            pass

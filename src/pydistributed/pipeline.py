@@ -346,7 +346,7 @@ class Pipeline(Filling):
         busy = victim(self.lanes, thief)
         if busy is None:
             return False
-        due = next(iter(busy.sent.values()))[3] + max(STEAL_AFTER, 4 * self.rtt)
+        due = self._due(busy)
         if time.monotonic() < due:
             self._steal_at = due  # the hub looks again then
             return True
@@ -363,13 +363,18 @@ class Pipeline(Filling):
         """When an idle lane could take elements back at the earliest (see _steal_for), as far
         as the elements out now tell (inf: no lane has two or more out, or the input is not
         all sent)."""
-        if not self.exhausted or self.stopped:
-            return 0.0 if not self.exhausted else math.inf
-        oldest = math.inf
-        for lane in self.lanes:
-            if len(lane.sent) >= 2:
-                oldest = min(oldest, next(iter(lane.sent.values()))[3])
-        return oldest + max(STEAL_AFTER, 4 * self.rtt)
+        if not self.exhausted:
+            return 0.0
+        if self.stopped:
+            return math.inf
+        return min(
+            (self._due(lane) for lane in self.lanes if len(lane.sent) >= 2), default=math.inf
+        )
+
+    def _due(self, lane: Lane) -> float:
+        """When ``lane``'s elements may be taken back: its oldest out ``STEAL_AFTER`` seconds
+        (four round trips if more)."""
+        return next(iter(lane.sent.values()))[3] + max(STEAL_AFTER, 4 * self.rtt)
 
     def _stop(self) -> None:
         if self.stopped:
